@@ -1,0 +1,589 @@
+//! `raft::Storage` on sled: the Raft log, hard state, conf state and the latest snapshot.
+//!
+//! # Layout
+//!
+//! Everything lives in one sled tree named [`TREE_NAME`], so that all the writes of one `Ready`
+//! can go into one `sled::Batch` (batches are atomic only within a tree) and be made durable by
+//! one `Db::flush()`:
+//!
+//! | key | value |
+//! |---|---|
+//! | `0x01 ‖ be_u64(index)` | `eraftpb::Entry` (protobuf) |
+//! | `hs` | `eraftpb::HardState` |
+//! | `cs` | `eraftpb::ConfState` as of the stored snapshot (equal to the one in `snap_meta`) |
+//! | `snap_meta` | `eraftpb::SnapshotMetadata` of the stored snapshot |
+//! | `snap_data` | the state machine image of the stored snapshot |
+//! | `trunc` | `be_u64(index) ‖ be_u64(term)` of the last entry removed from the log |
+//!
+//! Keys are big-endian so that sled's lexicographic order is numeric order. The metadata keys
+//! begin with ASCII letters, so they never fall inside the entry range `0x01 ‖ …`.
+//!
+//! # Why the conf state is stored only with snapshots
+//!
+//! `initial_state()` must return the configuration that matches the applied index raft is
+//! restarted with. The node restarts with `applied = snapshot index` and raft re-delivers every
+//! committed entry after it, including conf changes, which are then applied again. If the
+//! conf state were persisted at apply time, a restarted node would apply those conf changes a
+//! second time (and entering a joint configuration twice is an error). So the persisted
+//! ConfState is always the one *at the snapshot index*, exactly like etcd's MemoryStorage.
+//!
+//! # Writes
+//!
+//! Mutating methods only *stage* their writes into a caller-supplied [`sled::Batch`] and update
+//! the in-memory caches; [`SledStorage::write`] applies the batch and flushes. The raft thread
+//! never lets raft read the storage between staging and writing, and if the write fails the
+//! node stops (fails closed), so caches that ran ahead of the disk are never observed.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::Error;
+
+/// Name of the sled tree that holds the Raft log and metadata.
+pub const TREE_NAME: &str = "raft";
+
+/// Prefix byte of entry keys.
+const ENTRY_PREFIX: u8 = 0x01;
+const KEY_HARD_STATE: &[u8] = b"hs";
+const KEY_CONF_STATE: &[u8] = b"cs";
+const KEY_SNAP_META: &[u8] = b"snap_meta";
+const KEY_SNAP_DATA: &[u8] = b"snap_data";
+const KEY_TRUNCATED: &[u8] = b"trunc";
+
+/// The key of the entry at `index`.
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = ENTRY_PREFIX;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn storage_err(context: &str, err: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("{context}: {err}"))
+}
+
+fn raft_other(err: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(err.to_string().into()))
+}
+
+fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, Error> {
+    M::parse_from_bytes(bytes).map_err(|e| storage_err(&format!("decode {what}"), e))
+}
+
+fn encode<M: protobuf::Message>(what: &str, message: &M) -> Result<Vec<u8>, Error> {
+    message
+        .write_to_bytes()
+        .map_err(|e| storage_err(&format!("encode {what}"), e))
+}
+
+/// Sled-backed Raft storage with in-memory caches of the hot metadata.
+///
+/// Owned by the raft thread (inside the `RawNode`); the `raft::Storage` methods take `&self`.
+pub struct SledStorage {
+    db: sled::Db,
+    tree: sled::Tree,
+    hard_state: HardState,
+    /// ConfState at the stored snapshot (see the module docs for why not the latest one).
+    conf_state: ConfState,
+    snapshot_meta: SnapshotMetadata,
+    /// Index and term of the last entry removed from the log (0, 0 for a fresh log).
+    truncated_index: u64,
+    truncated_term: u64,
+    last_index: u64,
+    last_term: u64,
+    /// Set when raft asked for a snapshot newer than the stored one; the raft thread then makes
+    /// a fresh one (only it can call into the state machine).
+    snapshot_wanted: AtomicBool,
+}
+
+impl SledStorage {
+    /// Opens (or creates) the store in `dir` with a sled page cache of `cache_bytes`.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled cannot open the directory or a stored record does not decode.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|e| storage_err(&format!("open sled db at {}", dir.display()), e))?;
+        let tree = db
+            .open_tree(TREE_NAME)
+            .map_err(|e| storage_err("open raft tree", e))?;
+        let get = |key: &[u8]| tree.get(key).map_err(|e| storage_err("read metadata", e));
+
+        let hard_state = match get(KEY_HARD_STATE)? {
+            Some(v) => decode("hard state", &v)?,
+            None => HardState::default(),
+        };
+        let conf_state: ConfState = match get(KEY_CONF_STATE)? {
+            Some(v) => decode("conf state", &v)?,
+            None => ConfState::default(),
+        };
+        let snapshot_meta: SnapshotMetadata = match get(KEY_SNAP_META)? {
+            Some(v) => decode("snapshot metadata", &v)?,
+            None => SnapshotMetadata::default(),
+        };
+        let (truncated_index, truncated_term) = match get(KEY_TRUNCATED)? {
+            Some(v) => {
+                if v.len() != 16 {
+                    return Err(Error::Storage(format!(
+                        "truncated state has {} bytes, expected 16",
+                        v.len()
+                    )));
+                }
+                let index = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                let term = u64::from_be_bytes(v[8..].try_into().expect("8 bytes"));
+                (index, term)
+            }
+            None => (0, 0),
+        };
+        let (last_index, last_term) = match tree
+            .scan_prefix([ENTRY_PREFIX])
+            .next_back()
+            .transpose()
+            .map_err(|e| storage_err("read last entry", e))?
+        {
+            Some((_, v)) => {
+                let entry: Entry = decode("entry", &v)?;
+                (entry.index, entry.term)
+            }
+            None => (truncated_index, truncated_term),
+        };
+
+        // Paired assertions: these were checked before writing and must still hold after reading.
+        assert_eq!(
+            snapshot_meta.get_conf_state(),
+            &conf_state,
+            "stored conf state differs from the stored snapshot's"
+        );
+        assert!(
+            last_index >= snapshot_meta.index,
+            "last index {last_index} is behind the snapshot at {}",
+            snapshot_meta.index
+        );
+
+        Ok(SledStorage {
+            db,
+            tree,
+            hard_state,
+            conf_state,
+            snapshot_meta,
+            truncated_index,
+            truncated_term,
+            last_index,
+            last_term,
+            snapshot_wanted: AtomicBool::new(false),
+        })
+    }
+
+    /// True once the store has a configuration (it was bootstrapped or received a snapshot).
+    pub fn is_initialized(&self) -> bool {
+        !self.conf_state.voters.is_empty() || !self.conf_state.learners.is_empty()
+    }
+
+    /// Writes the initial configuration of a new cluster (a snapshot at index 0) and flushes.
+    ///
+    /// # Panics
+    ///
+    /// If the store is already initialized: a node must never be bootstrapped twice.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if the write or flush fails.
+    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<(), Error> {
+        assert!(!self.is_initialized(), "bootstrapping an initialized store");
+        assert_eq!(self.last_index, 0, "bootstrapping a store with entries");
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().set_conf_state(conf_state);
+        let mut batch = sled::Batch::default();
+        self.set_truncated(&mut batch, 0, 0);
+        self.stage_snapshot(&mut batch, &snapshot)?;
+        self.write(batch, true)
+    }
+
+    /// The cached hard state.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The ConfState at the stored snapshot.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Metadata of the stored snapshot (index 0 if there is none yet).
+    pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        &self.snapshot_meta
+    }
+
+    /// The stored snapshot's state machine image, if a snapshot past index 0 was ever stored.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled fails.
+    pub fn snapshot_data(&self) -> Result<Option<Vec<u8>>, Error> {
+        if self.snapshot_meta.index == 0 {
+            return Ok(None);
+        }
+        let data = self
+            .tree
+            .get(KEY_SNAP_DATA)
+            .map_err(|e| storage_err("read snapshot data", e))?
+            .ok_or_else(|| Error::Storage("snapshot metadata without data".into()))?;
+        Ok(Some(data.to_vec()))
+    }
+
+    /// Index of the first entry still in the log.
+    pub fn first(&self) -> u64 {
+        self.truncated_index + 1
+    }
+
+    /// Index of the last entry in the log (the truncated index if the log is empty).
+    pub fn last(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Whether raft asked for a snapshot newer than the stored one since the last call.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Stages `entries`, replacing any stored entries at or after the first one's index.
+    ///
+    /// # Panics
+    ///
+    /// If `entries` would leave a gap after the last entry, overwrite compacted entries, or are
+    /// not consecutive.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if an entry does not encode.
+    pub fn append(&mut self, batch: &mut sled::Batch, entries: &[Entry]) -> Result<(), Error> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        assert!(
+            first.index > self.truncated_index,
+            "appending entry {} over the compacted log (truncated at {})",
+            first.index,
+            self.truncated_index
+        );
+        assert!(
+            first.index <= self.last_index + 1,
+            "appending entry {} leaves a gap after the last entry {}",
+            first.index,
+            self.last_index
+        );
+        for pair in entries.windows(2) {
+            assert_eq!(
+                pair[1].index,
+                pair[0].index + 1,
+                "entries are not consecutive"
+            );
+        }
+        let last = entries.last().expect("non-empty");
+        // Remove the stored suffix that the new entries do not overwrite key by key.
+        for index in last.index + 1..=self.last_index {
+            batch.remove(&entry_key(index));
+        }
+        for entry in entries {
+            batch.insert(&entry_key(entry.index), encode("entry", entry)?);
+        }
+        self.last_index = last.index;
+        self.last_term = last.term;
+        Ok(())
+    }
+
+    /// Stages a new hard state.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if it does not encode.
+    pub fn set_hard_state(&mut self, batch: &mut sled::Batch, hs: HardState) -> Result<(), Error> {
+        batch.insert(KEY_HARD_STATE, encode("hard state", &hs)?);
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Records a new commit index without waiting for durability (raft does not need the commit
+    /// index to be durable; a lost update is recomputed after restart).
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled fails.
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), Error> {
+        self.hard_state.commit = commit;
+        let bytes = encode("hard state", &self.hard_state)?;
+        self.tree
+            .insert(KEY_HARD_STATE, bytes)
+            .map_err(|e| storage_err("write commit index", e))?;
+        Ok(())
+    }
+
+    /// Stages installing a snapshot received from the leader: the whole log is dropped, the
+    /// truncated index/term, conf state and snapshot become the snapshot's, and the hard state's
+    /// commit moves up to the snapshot index.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled fails; `SnapshotOutOfDate` is reported as `Ok(false)` (raft
+    /// never hands out such snapshots, but ignoring them is safe).
+    pub fn apply_snapshot(
+        &mut self,
+        batch: &mut sled::Batch,
+        snapshot: &Snapshot,
+    ) -> Result<bool, Error> {
+        let meta = snapshot.get_metadata();
+        if meta.index < self.first() {
+            return Ok(false);
+        }
+        for item in self.tree.scan_prefix([ENTRY_PREFIX]).keys() {
+            let key = item.map_err(|e| storage_err("scan entries", e))?;
+            batch.remove(key);
+        }
+        self.last_index = meta.index;
+        self.last_term = meta.term;
+        self.set_truncated(batch, meta.index, meta.term);
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        self.set_hard_state(batch, hs)?;
+        self.stage_snapshot(batch, snapshot)?;
+        Ok(true)
+    }
+
+    /// Stages storing a snapshot of the local state machine taken at `index` (which must be
+    /// applied, hence committed and in the log) with the configuration in force at `index`.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is behind the stored snapshot or past the last entry.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled fails.
+    pub fn create_snapshot(
+        &mut self,
+        batch: &mut sled::Batch,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<(), Error> {
+        assert!(
+            index >= self.snapshot_meta.index,
+            "snapshot at {index} is older than the stored one at {}",
+            self.snapshot_meta.index
+        );
+        assert!(
+            index <= self.last_index,
+            "snapshot at {index} is past the last entry {}",
+            self.last_index
+        );
+        let term = self
+            .term_of(index)
+            .map_err(|e| storage_err("snapshot term", e))?;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        if self.hard_state.commit < index {
+            // Keep the invariant commit >= snapshot index durable together with the snapshot.
+            let mut hs = self.hard_state.clone();
+            hs.commit = index;
+            self.set_hard_state(batch, hs)?;
+        }
+        self.stage_snapshot(batch, &snapshot)
+    }
+
+    fn stage_snapshot(
+        &mut self,
+        batch: &mut sled::Batch,
+        snapshot: &Snapshot,
+    ) -> Result<(), Error> {
+        let meta = snapshot.get_metadata();
+        batch.insert(KEY_SNAP_META, encode("snapshot metadata", meta)?);
+        batch.insert(KEY_CONF_STATE, encode("conf state", meta.get_conf_state())?);
+        batch.insert(KEY_SNAP_DATA, snapshot.get_data().to_vec());
+        self.conf_state = meta.get_conf_state().clone();
+        self.snapshot_meta = meta.clone();
+        Ok(())
+    }
+
+    fn set_truncated(&mut self, batch: &mut sled::Batch, index: u64, term: u64) {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&index.to_be_bytes());
+        value[8..].copy_from_slice(&term.to_be_bytes());
+        batch.insert(KEY_TRUNCATED, &value[..]);
+        self.truncated_index = index;
+        self.truncated_term = term;
+    }
+
+    /// Stages removing every entry before `compact_index`; `first()` becomes `compact_index`.
+    /// Compacting at or before the first index is a no-op (etcd #1784).
+    ///
+    /// The caller must never compact past its stored snapshot (entries no snapshot covers would
+    /// be lost); the raft thread compacts only behind a snapshot it just stored.
+    ///
+    /// # Panics
+    ///
+    /// If `compact_index` is past the last index plus one.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled fails.
+    pub fn compact(&mut self, batch: &mut sled::Batch, compact_index: u64) -> Result<(), Error> {
+        if compact_index <= self.first() {
+            return Ok(());
+        }
+        assert!(
+            compact_index <= self.last_index + 1,
+            "compacting to {compact_index} past the last entry {} plus one",
+            self.last_index
+        );
+        let term = self
+            .term_of(compact_index - 1)
+            .map_err(|e| storage_err("compaction term", e))?;
+        for index in self.first()..compact_index {
+            batch.remove(&entry_key(index));
+        }
+        self.set_truncated(batch, compact_index - 1, term);
+        Ok(())
+    }
+
+    /// Applies `batch` atomically and, if `sync`, flushes sled so everything written so far
+    /// survives a crash.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled fails; the caller must then stop (fail closed).
+    pub fn write(&mut self, batch: sled::Batch, sync: bool) -> Result<(), Error> {
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| storage_err("apply batch", e))?;
+        if sync {
+            self.db.flush().map_err(|e| storage_err("flush", e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable (used on graceful shutdown, for the commit index).
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled fails.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.db.flush().map_err(|e| storage_err("flush", e))?;
+        Ok(())
+    }
+
+    fn entry_at(&self, index: u64) -> raft::Result<Entry> {
+        let value = self
+            .tree
+            .get(entry_key(index))
+            .map_err(raft_other)?
+            .ok_or_else(|| raft_other(format!("entry {index} missing from the log")))?;
+        Entry::parse_from_bytes(&value).map_err(raft_other)
+    }
+
+    fn term_of(&self, index: u64) -> raft::Result<u64> {
+        if index == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        if index < self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if index > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if index == self.last_index {
+            return Ok(self.last_term);
+        }
+        let entry = self.entry_at(index)?;
+        assert_eq!(entry.index, index, "entry stored under the wrong key");
+        Ok(entry.term)
+    }
+}
+
+impl raft::Storage for SledStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        assert!(
+            high <= self.last_index + 1,
+            "entries [{low}, {high}) requested past the last index {}",
+            self.last_index
+        );
+        let max_size = max_size.into();
+        let mut entries = Vec::with_capacity((high.saturating_sub(low)) as usize);
+        let mut size = 0u64;
+        for item in self.tree.range(entry_key(low)..entry_key(high)) {
+            let (_, value) = item.map_err(raft_other)?;
+            let entry = Entry::parse_from_bytes(&value).map_err(raft_other)?;
+            assert_eq!(
+                entry.index,
+                low + entries.len() as u64,
+                "hole in the stored log"
+            );
+            size += u64::from(entry.compute_size());
+            if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
+                break;
+            }
+            entries.push(entry);
+        }
+        if entries.is_empty() && low < high {
+            return Err(raft_other(format!("entries [{low}, {high}) missing")));
+        }
+        Ok(entries)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.term_of(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot_meta.index < request_index || self.snapshot_meta.index == 0 {
+            self.snapshot_wanted.store(true, Ordering::Relaxed);
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let data = self
+            .snapshot_data()
+            .map_err(raft_other)?
+            .expect("snapshot past index 0 has data");
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(self.snapshot_meta.clone());
+        snapshot.set_data(data.into());
+        Ok(snapshot)
+    }
+}

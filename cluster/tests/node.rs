@@ -1,0 +1,215 @@
+//! One-node replication: group commit, durability across restarts, snapshots and compaction.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{ListSm, bounded, config, start};
+use dlock_cluster::{Error, NoTransport, Node, Role};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_share_fsyncs() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = ListSm::default();
+        let node = start(config(dir.path()), sm.clone()).await;
+        let before = node.status();
+
+        const PROPOSALS: usize = 1000;
+        let mut tasks = Vec::new();
+        for i in 0..PROPOSALS {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let command = format!("cmd-{i}").into_bytes();
+                let (index, reply) = node.propose(command.clone()).await.expect("propose");
+                (i, index, reply)
+            }));
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+
+        let applied = sm.state.lock().unwrap().clone();
+        let mut indexes: Vec<u64> = results.iter().map(|r| r.1).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        assert_eq!(indexes.len(), PROPOSALS, "every proposal got its own index");
+        for (i, index, reply) in &results {
+            let reply = String::from_utf8(reply.clone()).unwrap();
+            let (reply_index, count) = reply.split_once(':').unwrap();
+            assert_eq!(
+                reply_index.parse::<u64>().unwrap(),
+                *index,
+                "reply names the index"
+            );
+            let position = count.parse::<usize>().unwrap() - 1;
+            assert_eq!(applied.commands[position].0, *index);
+            assert_eq!(
+                applied.commands[position].1,
+                format!("cmd-{i}").into_bytes()
+            );
+        }
+
+        let status = node.status();
+        let flushes = status.flushes - before.flushes;
+        println!(
+            "{PROPOSALS} proposals: {flushes} flushes, {} readies",
+            status.readies - before.readies
+        );
+        assert!(
+            flushes * 4 <= PROPOSALS as u64,
+            "group commit: {flushes} flushes for {PROPOSALS} proposals"
+        );
+        assert_eq!(status.role, Role::Leader);
+        assert!(status.applied >= *indexes.last().unwrap());
+        node.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_rebuilt_after_shutdown_and_after_drop() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = ListSm::default();
+        let node = start(config(dir.path()), sm.clone()).await;
+        for i in 0..100 {
+            node.propose(format!("a{i}").into_bytes()).await.unwrap();
+        }
+        node.shutdown();
+        node.shutdown(); // idempotent
+        assert_eq!(
+            node.propose(b"late".to_vec()).await.unwrap_err(),
+            Error::Stopped
+        );
+        let expected = sm.state.lock().unwrap().clone();
+        assert_eq!(expected.commands.len(), 100);
+
+        // Restart: the log is replayed into a fresh state machine.
+        let sm2 = ListSm::default();
+        let node = start(config(dir.path()), sm2.clone()).await;
+        let read = node.read_index().await.unwrap();
+        assert!(read >= expected.commands.last().unwrap().0);
+        assert_eq!(sm2.state.lock().unwrap().commands, expected.commands);
+        for i in 0..50 {
+            node.propose(format!("b{i}").into_bytes()).await.unwrap();
+        }
+        let expected = sm2.state.lock().unwrap().clone();
+        drop(node); // the last handle stops the node too
+
+        let sm3 = ListSm::default();
+        let node = start(config(dir.path()), sm3.clone()).await;
+        node.read_index().await.unwrap();
+        assert_eq!(sm3.state.lock().unwrap().commands, expected.commands);
+        assert_eq!(expected.commands.len(), 150);
+        node.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_from_snapshot_plus_log_tail() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dlock_cluster::Config {
+            snapshot_interval_entries: 40,
+            log_tail_entries: 10,
+            ..config(dir.path())
+        };
+        let sm = ListSm::default();
+        let node = start(cfg.clone(), sm.clone()).await;
+        for i in 0..333 {
+            node.propose(format!("s{i}").into_bytes()).await.unwrap();
+        }
+        let status = node.status();
+        assert!(status.snapshot_index >= 300, "{status:?}");
+        assert!(status.snapshots >= 8, "{status:?}");
+        assert_eq!(
+            status.first_index,
+            status.snapshot_index - 10 + 1,
+            "{status:?}"
+        );
+        assert!(status.last_index > status.snapshot_index, "{status:?}");
+        let expected = sm.state.lock().unwrap().clone();
+        node.shutdown();
+
+        let sm2 = ListSm::default();
+        let node = start(cfg.clone(), sm2.clone()).await;
+        node.read_index().await.unwrap();
+        let recovered = sm2.state.lock().unwrap().clone();
+        assert_eq!(
+            recovered.restores, 1,
+            "recovery restores the stored snapshot"
+        );
+        assert_eq!(recovered.commands, expected.commands);
+        node.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_index_waits_for_applied_state() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = ListSm::default();
+        // Read straight after start: the fresh leader defers the read until its first commit.
+        let node = Node::start(
+            config(dir.path()),
+            Box::new(sm.clone()),
+            Arc::new(NoTransport),
+        )
+        .unwrap();
+        let first = node.read_index().await.unwrap();
+        assert!(first >= 1);
+        let (index, _) = node.propose(b"x".to_vec()).await.unwrap();
+        let read = node.read_index().await.unwrap();
+        assert!(read >= index);
+        assert!(node.status().applied >= read);
+        node.shutdown();
+        assert_eq!(node.read_index().await.unwrap_err(), Error::Stopped);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rejects_bad_input_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dlock_cluster::Config {
+        initial_voters: vec![2, 3],
+        ..config(dir.path())
+    };
+    let err = Node::start(bad, Box::new(ListSm::default()), Arc::new(NoTransport)).unwrap_err();
+    assert!(
+        matches!(err, Error::Config(ref m) if m.contains("node_id")),
+        "{err}"
+    );
+    let bad = dlock_cluster::Config {
+        election_ticks: 2,
+        ..config(dir.path())
+    };
+    assert!(bad.validate().is_err());
+
+    let node = start(config(dir.path()), ListSm::default()).await;
+    assert!(matches!(
+        node.propose(Vec::new()).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        node.propose(vec![0; 2 * 1024 * 1024]).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        node.receive(vec![0xff, 0xff]),
+        Err(Error::InvalidInput(_))
+    ));
+    // A local message type from the network is refused.
+    let mut hup = raft::eraftpb::Message::default();
+    hup.set_msg_type(raft::eraftpb::MessageType::MsgHup);
+    hup.to = 1;
+    let bytes = protobuf::Message::write_to_bytes(&hup).unwrap();
+    assert!(matches!(node.receive(bytes), Err(Error::InvalidInput(_))));
+    assert!(Error::Dropped.is_retryable());
+    assert!(!Error::Stopped.is_retryable());
+    node.shutdown();
+}

@@ -1,0 +1,557 @@
+//! The gRPC face of a node: `dlock.v1.Dlock` implemented on top of the cluster and the
+//! namespace. Handlers validate every request before it can reach the log (bad input gets its
+//! Win32 error and changes nothing), turn it into a [`Command`], propose it, and turn the
+//! namespace's [`Reply`] back into the wire reply.
+
+pub mod status;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dlock_proto::v1 as pb;
+use dlock_proto::v1::dlock_server::Dlock;
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request as GrpcRequest, Response, Status, Streaming};
+use tracing::{debug, instrument, warn};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::machine::{Shared, lock, now_unix_ms};
+use crate::namespace::win32::{
+    ERROR_NO_SYSTEM_RESOURCES, WAIT_ABANDONED_0, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+};
+use crate::namespace::{
+    Command, CreateParams, ObjectKind, ObjectState, Reply, Request, WaitOutcome, validate_request,
+};
+use status::to_status;
+
+/// Longest accepted `client_name`, in bytes.
+pub const CLIENT_NAME_BYTES_MAX: usize = crate::namespace::CLIENT_NAME_MAX_BYTES;
+
+/// The `dlock.v1.Dlock` service of one node.
+pub struct DlockService {
+    shared: Arc<Shared>,
+    node: dlock_cluster::Node,
+    config: Arc<Config>,
+}
+
+impl DlockService {
+    /// A service over the node's shared state and its Raft node.
+    pub fn new(shared: Arc<Shared>, node: dlock_cluster::Node, config: Arc<Config>) -> Self {
+        DlockService {
+            shared,
+            node,
+            config,
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Result<Reply, Status> {
+        let bytes = postcard::to_stdvec(&command)
+            .map_err(|e| to_status(Error::Internal(format!("encode command: {e}"))))?;
+        let (_index, reply) = self
+            .node
+            .propose(bytes)
+            .await
+            .map_err(|e| to_status(Error::from(e)))?;
+        let reply: Reply = postcard::from_bytes(&reply)
+            .map_err(|e| to_status(Error::Internal(format!("decode reply: {e}"))))?;
+        Ok(reply)
+    }
+
+    /// Proposes a client request (already validated) and maps session-level replies to statuses.
+    async fn client(
+        &self,
+        header: Option<pb::RequestHeader>,
+        request: Request,
+    ) -> Result<Reply, Status> {
+        let header = header.ok_or_else(|| Status::invalid_argument("missing request header"))?;
+        if header.seq == 0 {
+            return Err(Status::invalid_argument(
+                "header.seq must be greater than 0",
+            ));
+        }
+        let session = header.session_id;
+        let command = Command::Client {
+            session,
+            seq: header.seq,
+            ack_below: header.ack_below,
+            now_unix_ms: now_unix_ms(),
+            request,
+        };
+        match self.propose(command).await? {
+            Reply::SessionUnknown => Err(to_status(Error::SessionUnknown(session))),
+            Reply::TooManyPending => Err(to_status(Error::Overloaded(format!(
+                "session {session} has too many unacknowledged requests"
+            )))),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Runs a wait request to its single outcome: subscribe, propose, and if the wait was queued,
+    /// block until the log resolves it (granted, timed out by the leader, or failed).
+    async fn wait(
+        &self,
+        header: Option<pb::RequestHeader>,
+        request: Request,
+    ) -> Result<pb::WaitReply, Status> {
+        if let Err(code) = validate_request(&request) {
+            return Ok(wait_reply(WaitOutcome::Failed(code)));
+        }
+        let h = header.ok_or_else(|| Status::invalid_argument("missing request header"))?;
+        let mut subscription = self.shared.subscribe(h.session_id, h.seq).ok_or_else(|| {
+            to_status(Error::Overloaded(
+                "too many blocked waits on this node".into(),
+            ))
+        })?;
+        match self.client(Some(h), request).await? {
+            Reply::Wait(outcome) => Ok(wait_reply(outcome)),
+            Reply::WaitPending => match subscription.outcome().await {
+                Some(outcome) => Ok(wait_reply(outcome)),
+                None => Err(to_status(Error::Stopped)),
+            },
+            Reply::Error(code) => Ok(wait_reply(WaitOutcome::Failed(code))),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> Status {
+    to_status(Error::Internal(format!("unexpected reply {reply:?}")))
+}
+
+fn wait_reply(outcome: WaitOutcome) -> pb::WaitReply {
+    match outcome {
+        WaitOutcome::Signaled {
+            index,
+            fencing_token,
+        } => pb::WaitReply {
+            result: WAIT_OBJECT_0 + index,
+            error: 0,
+            fencing_token,
+        },
+        WaitOutcome::Abandoned {
+            index,
+            fencing_token,
+        } => pb::WaitReply {
+            result: WAIT_ABANDONED_0 + index,
+            error: 0,
+            fencing_token,
+        },
+        WaitOutcome::TimedOut => pb::WaitReply {
+            result: WAIT_TIMEOUT,
+            error: 0,
+            fencing_token: 0,
+        },
+        WaitOutcome::Failed(code) => pb::WaitReply {
+            result: WAIT_FAILED,
+            error: code,
+            fencing_token: 0,
+        },
+    }
+}
+
+fn status_reply(reply: Reply) -> Result<Response<pb::StatusReply>, Status> {
+    match reply {
+        Reply::Done => Ok(Response::new(pb::StatusReply { error: 0 })),
+        Reply::Error(code) => Ok(Response::new(pb::StatusReply { error: code })),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn kind_from_wire(kind: i32) -> Result<ObjectKind, Status> {
+    match pb::ObjectKind::try_from(kind) {
+        Ok(pb::ObjectKind::Mutex) => Ok(ObjectKind::Mutex),
+        Ok(pb::ObjectKind::Event) => Ok(ObjectKind::Event),
+        Ok(pb::ObjectKind::Semaphore) => Ok(ObjectKind::Semaphore),
+        _ => Err(Status::invalid_argument(format!(
+            "unknown object kind {kind}"
+        ))),
+    }
+}
+
+fn kind_to_wire(kind: ObjectKind) -> pb::ObjectKind {
+    match kind {
+        ObjectKind::Mutex => pb::ObjectKind::Mutex,
+        ObjectKind::Event => pb::ObjectKind::Event,
+        ObjectKind::Semaphore => pb::ObjectKind::Semaphore,
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Dlock for DlockService {
+    #[instrument(skip_all, fields(ttl_ms))]
+    async fn open_session(
+        &self,
+        request: GrpcRequest<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionReply>, Status> {
+        let req = request.into_inner();
+        if req.client_name.len() > CLIENT_NAME_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "client_name is {} bytes; the limit is {CLIENT_NAME_BYTES_MAX}",
+                req.client_name.len()
+            )));
+        }
+        let ttl_ms = self.config.grant_ttl_ms(req.ttl_ms);
+        tracing::Span::current().record("ttl_ms", ttl_ms);
+        let command = Command::OpenSession {
+            ttl_ms,
+            now_unix_ms: now_unix_ms(),
+            client_name: req.client_name,
+        };
+        match self.propose(command).await? {
+            Reply::SessionOpened { session } => {
+                debug!(session, ttl_ms, "session opened");
+                Ok(Response::new(pb::OpenSessionReply {
+                    session_id: session,
+                    ttl_ms,
+                }))
+            }
+            Reply::Error(ERROR_NO_SYSTEM_RESOURCES) => Err(to_status(Error::Overloaded(
+                "the cluster's session limit is reached".into(),
+            ))),
+            Reply::Error(code) => Err(to_status(Error::InvalidArgument(format!(
+                "session refused with win32 error {code}"
+            )))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    type KeepAliveStream = KeepAliveStream;
+
+    async fn keep_alive(
+        &self,
+        request: GrpcRequest<Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let inbound = request.into_inner();
+        let shared = self.shared.clone();
+        let node = self.node.clone();
+        let output = inbound.map(move |item| {
+            let session_id = item?.session_id;
+            let leadership = *node.leadership().borrow();
+            if !leadership.is_leader {
+                return Err(to_status(Error::NotLeader {
+                    leader_hint: leadership.leader_id,
+                }));
+            }
+            let ttl = lock(&shared.timers).touch(session_id, Instant::now(), now_unix_ms());
+            Ok(match ttl {
+                Some(ttl) => pb::KeepAliveReply {
+                    session_id,
+                    ttl_ms: ttl.as_millis() as u64,
+                    expired: false,
+                },
+                None => pb::KeepAliveReply {
+                    session_id,
+                    ttl_ms: 0,
+                    expired: true,
+                },
+            })
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    #[instrument(skip_all)]
+    async fn close_session(
+        &self,
+        request: GrpcRequest<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let req = request.into_inner();
+        status_reply(self.client(req.header, Request::CloseSession).await?)
+    }
+
+    #[instrument(skip_all, fields(name))]
+    async fn create(
+        &self,
+        request: GrpcRequest<pb::CreateRequest>,
+    ) -> Result<Response<pb::CreateReply>, Status> {
+        let req = request.into_inner();
+        let params = match kind_from_wire(req.kind)? {
+            ObjectKind::Mutex => CreateParams::Mutex {
+                initial_owner: req.flags & 0x1 != 0,
+            },
+            ObjectKind::Event => CreateParams::Event {
+                manual_reset: req.flags & 0x1 != 0,
+                initial_state: req.flags & 0x2 != 0,
+            },
+            ObjectKind::Semaphore => CreateParams::Semaphore {
+                initial: req.initial_count,
+                max: req.maximum_count,
+            },
+        };
+        let request = Request::Create {
+            thread: req.thread_id,
+            name: req.name,
+            params,
+            access: req.access,
+        };
+        if let Err(code) = validate_request(&request) {
+            return Ok(Response::new(pb::CreateReply {
+                error: code,
+                handle: 0,
+                fencing_token: 0,
+            }));
+        }
+        match self.client(req.header, request).await? {
+            Reply::Created {
+                handle,
+                already_existed,
+                fencing_token,
+            } => Ok(Response::new(pb::CreateReply {
+                error: if already_existed {
+                    crate::namespace::win32::ERROR_ALREADY_EXISTS
+                } else {
+                    0
+                },
+                handle,
+                fencing_token,
+            })),
+            Reply::Error(code) => Ok(Response::new(pb::CreateReply {
+                error: code,
+                handle: 0,
+                fencing_token: 0,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    #[instrument(skip_all)]
+    async fn open(
+        &self,
+        request: GrpcRequest<pb::OpenRequest>,
+    ) -> Result<Response<pb::OpenReply>, Status> {
+        let req = request.into_inner();
+        let request = Request::Open {
+            kind: kind_from_wire(req.kind)?,
+            name: req.name,
+            access: req.access,
+        };
+        if let Err(code) = validate_request(&request) {
+            return Ok(Response::new(pb::OpenReply {
+                error: code,
+                handle: 0,
+            }));
+        }
+        match self.client(req.header, request).await? {
+            Reply::Opened { handle } => Ok(Response::new(pb::OpenReply { error: 0, handle })),
+            Reply::Error(code) => Ok(Response::new(pb::OpenReply {
+                error: code,
+                handle: 0,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    #[instrument(skip_all)]
+    async fn close_handle(
+        &self,
+        request: GrpcRequest<pb::HandleRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let req = request.into_inner();
+        status_reply(
+            self.client(req.header, Request::CloseHandle { handle: req.handle })
+                .await?,
+        )
+    }
+
+    #[instrument(skip_all)]
+    async fn release_mutex(
+        &self,
+        request: GrpcRequest<pb::HandleRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let req = request.into_inner();
+        status_reply(
+            self.client(
+                req.header,
+                Request::ReleaseMutex {
+                    thread: req.thread_id,
+                    handle: req.handle,
+                },
+            )
+            .await?,
+        )
+    }
+
+    #[instrument(skip_all)]
+    async fn set_event(
+        &self,
+        request: GrpcRequest<pb::HandleRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let req = request.into_inner();
+        status_reply(
+            self.client(req.header, Request::SetEvent { handle: req.handle })
+                .await?,
+        )
+    }
+
+    #[instrument(skip_all)]
+    async fn reset_event(
+        &self,
+        request: GrpcRequest<pb::HandleRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let req = request.into_inner();
+        status_reply(
+            self.client(req.header, Request::ResetEvent { handle: req.handle })
+                .await?,
+        )
+    }
+
+    #[instrument(skip_all)]
+    async fn pulse_event(
+        &self,
+        request: GrpcRequest<pb::HandleRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let req = request.into_inner();
+        status_reply(
+            self.client(req.header, Request::PulseEvent { handle: req.handle })
+                .await?,
+        )
+    }
+
+    #[instrument(skip_all)]
+    async fn release_semaphore(
+        &self,
+        request: GrpcRequest<pb::ReleaseSemaphoreRequest>,
+    ) -> Result<Response<pb::ReleaseSemaphoreReply>, Status> {
+        let req = request.into_inner();
+        let request = Request::ReleaseSemaphore {
+            handle: req.handle,
+            count: req.count,
+        };
+        if let Err(code) = validate_request(&request) {
+            return Ok(Response::new(pb::ReleaseSemaphoreReply {
+                error: code,
+                previous_count: 0,
+            }));
+        }
+        match self.client(req.header, request).await? {
+            Reply::SemaphoreReleased { previous } => Ok(Response::new(pb::ReleaseSemaphoreReply {
+                error: 0,
+                previous_count: previous,
+            })),
+            Reply::Error(code) => Ok(Response::new(pb::ReleaseSemaphoreReply {
+                error: code,
+                previous_count: 0,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    #[instrument(skip_all, fields(handles))]
+    async fn wait(
+        &self,
+        request: GrpcRequest<pb::WaitRequest>,
+    ) -> Result<Response<pb::WaitReply>, Status> {
+        let req = request.into_inner();
+        tracing::Span::current().record("handles", req.handles.len());
+        let request = Request::Wait {
+            thread: req.thread_id,
+            handles: req.handles,
+            wait_all: req.wait_all,
+            timeout_ms: req.timeout_ms,
+        };
+        Ok(Response::new(
+            DlockService::wait(self, req.header, request).await?,
+        ))
+    }
+
+    #[instrument(skip_all)]
+    async fn signal_and_wait(
+        &self,
+        request: GrpcRequest<pb::SignalAndWaitRequest>,
+    ) -> Result<Response<pb::WaitReply>, Status> {
+        let req = request.into_inner();
+        let request = Request::SignalAndWait {
+            thread: req.thread_id,
+            signal: req.signal_handle,
+            wait: req.wait_handle,
+            timeout_ms: req.timeout_ms,
+        };
+        Ok(Response::new(
+            DlockService::wait(self, req.header, request).await?,
+        ))
+    }
+
+    #[instrument(skip_all)]
+    async fn thread_exit(
+        &self,
+        request: GrpcRequest<pb::ThreadExitRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let req = request.into_inner();
+        status_reply(
+            self.client(
+                req.header,
+                Request::ThreadExit {
+                    thread: req.thread_id,
+                },
+            )
+            .await?,
+        )
+    }
+
+    #[instrument(skip_all)]
+    async fn query(
+        &self,
+        request: GrpcRequest<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryReply>, Status> {
+        let req = request.into_inner();
+        self.node
+            .read_index()
+            .await
+            .map_err(|e| to_status(Error::from(e)))?;
+        let state = lock(&self.shared.ns).query(req.session_id, req.handle);
+        let mut reply = pb::QueryReply::default();
+        match state {
+            Err(code) => reply.error = code,
+            Ok(ObjectState::Mutex {
+                owner,
+                recursion,
+                abandoned,
+                fencing_token,
+            }) => {
+                reply.kind = kind_to_wire(ObjectKind::Mutex) as i32;
+                if let Some((session, thread)) = owner {
+                    reply.owner_session_id = session;
+                    reply.owner_thread_id = thread;
+                }
+                reply.recursion = recursion;
+                reply.abandoned = abandoned;
+                reply.fencing_token = fencing_token;
+            }
+            Ok(ObjectState::Event {
+                manual_reset,
+                signaled,
+            }) => {
+                reply.kind = kind_to_wire(ObjectKind::Event) as i32;
+                reply.manual_reset = manual_reset;
+                reply.signaled = signaled;
+            }
+            Ok(ObjectState::Semaphore { count, max }) => {
+                reply.kind = kind_to_wire(ObjectKind::Semaphore) as i32;
+                reply.count = count;
+                reply.maximum = max;
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
+    #[instrument(skip_all)]
+    async fn check_fencing_token(
+        &self,
+        request: GrpcRequest<pb::CheckFencingTokenRequest>,
+    ) -> Result<Response<pb::CheckFencingTokenReply>, Status> {
+        let req = request.into_inner();
+        self.node
+            .read_index()
+            .await
+            .map_err(|e| to_status(Error::from(e)))?;
+        let valid = lock(&self.shared.ns).check_fencing_token(&req.name, req.fencing_token);
+        if !valid {
+            warn!(name = %req.name, token = req.fencing_token, "stale fencing token presented");
+        }
+        Ok(Response::new(pb::CheckFencingTokenReply { valid }))
+    }
+}

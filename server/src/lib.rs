@@ -1,0 +1,37 @@
+//! # dlock-server: the dlockd node
+//!
+//! dlockd serves the Win32 named-object namespace (named mutexes, events and semaphores with
+//! create-or-open semantics) to clients on many hosts, replicated with Raft.
+//!
+//! # Layout
+//!
+//! * [`namespace`]: the deterministic state machine: objects, handles, sessions, waits. No I/O,
+//!   no clock; time enters only as data in commands.
+//! * [`machine`]: the glue between `dlock-cluster` (raft-rs over sled) and the namespace: the
+//!   `StateMachine` implementation, the leader's timers (session leases, wait timeouts,
+//!   keepalive checkpoints) and the registry through which blocked waits learn their outcome.
+//! * [`grpc`]: the `dlock.v1.Dlock` service and the one table mapping errors to gRPC statuses.
+//! * [`node`]: one running node ([`Server`], [`run`]).
+//! * [`config`]: the typed configuration with its defaults and validation.
+//!
+//! # Life of a request
+//!
+//! A handler validates the request (bad input gets its Win32 error and never reaches the log),
+//! encodes a [`namespace::Command`] stamped with the session, its sequence number and the
+//! node's wall-clock time, and proposes it. The Raft thread batches every proposal waiting at
+//! that moment into one Ready, writes them with one sled flush, and applies them in log order;
+//! the namespace's reply travels back to the handler. A wait that cannot be granted at once is
+//! queued in the namespace; the handler blocks on the wait registry until a later command (a
+//! release, a set, the leader's `CancelWait` when the timeout passes, an `ExpireSession`)
+//! resolves it. Retries with the same `(session, seq)` return the recorded reply.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod machine;
+pub mod namespace;
+pub mod node;
+
+pub use config::Config;
+pub use error::Error;
+pub use node::{Server, run};

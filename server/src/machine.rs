@@ -1,0 +1,469 @@
+//! The glue between the replicated log and the namespace: the [`StateMachine`] that
+//! `dlock-cluster` drives, the leader's timers (session leases, wait timeouts, keepalive
+//! checkpoints) and the registry through which a blocked `Wait` call learns its outcome.
+//!
+//! Locking: the raft thread applies a command while holding `ns` and then `timers`; every other
+//! user takes them in the same order (`ns` before `timers`), or only one of them. Both are std
+//! mutexes because no critical section awaits anything; a tokio mutex would only add cost.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dlock_cluster::StateMachine;
+use tokio::sync::{Notify, oneshot};
+use tracing::{debug, error, info};
+
+use crate::namespace::{Command, Namespace, Reply, Request, Resolved, Seq, SessionId, WaitOutcome};
+
+/// Milliseconds since the Unix epoch on this node's wall clock. Only ever used as data inside
+/// commands and in lease arithmetic with a documented margin; never inside `apply`.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Most `Wait` calls that may be blocked on this node at once; beyond it new waits are refused
+/// with `RESOURCE_EXHAUSTED` before they reach the log.
+pub const WAIT_SUBSCRIBERS_MAX: usize = 1 << 20;
+
+/// Most sessions written into one `Checkpoint` command; the rest go into the next one.
+pub const CHECKPOINT_SESSIONS_MAX: usize = 10_000;
+
+/// Blocked `Wait` calls by `(session, seq)`: several calls may wait for one wait (a retry while
+/// the first call is still open), so each key holds a list.
+type WaitRegistry = HashMap<(SessionId, Seq), Vec<oneshot::Sender<WaitOutcome>>>;
+
+/// State shared by the raft thread (through [`Machine`]), the gRPC handlers and the timer task.
+pub struct Shared {
+    /// The namespace state machine.
+    pub ns: Mutex<Namespace>,
+    /// Session and wait deadlines (acted upon only while this node leads).
+    pub timers: Mutex<Timers>,
+    /// Wakes the timer task when a deadline may have moved earlier.
+    pub timer_wake: Notify,
+    /// Blocked `Wait` calls by `(session, seq)`.
+    pub waiters: Mutex<WaitRegistry>,
+}
+
+/// Locks a std mutex, treating poisoning (a panic while holding it) as fatal for the node.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock()
+        .expect("a thread panicked while holding dlockd state")
+}
+
+impl Shared {
+    /// Fresh state for a node that starts with an empty namespace (the cluster restores
+    /// snapshots and replays the log into it).
+    pub fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            ns: Mutex::new(Namespace::new()),
+            timers: Mutex::new(Timers::default()),
+            timer_wake: Notify::new(),
+            waiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Registers interest in the outcome of wait `(session, seq)`. Register BEFORE proposing the
+    /// wait, so an outcome applied right after it cannot be missed.
+    ///
+    /// # Errors
+    ///
+    /// `None` when [`WAIT_SUBSCRIBERS_MAX`] calls are already blocked.
+    pub fn subscribe(self: &Arc<Self>, session: SessionId, seq: Seq) -> Option<Subscription> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiters = lock(&self.waiters);
+        if waiters.len() >= WAIT_SUBSCRIBERS_MAX {
+            return None;
+        }
+        waiters.entry((session, seq)).or_default().push(tx);
+        Some(Subscription {
+            shared: self.clone(),
+            key: (session, seq),
+            rx,
+        })
+    }
+
+    fn notify(&self, resolved: &Resolved) {
+        if let Some(senders) = lock(&self.waiters).remove(&(resolved.session, resolved.seq)) {
+            for tx in senders {
+                let _ = tx.send(resolved.outcome);
+            }
+        }
+    }
+}
+
+/// A registered interest in one wait's outcome; dropping it unregisters.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    key: (SessionId, Seq),
+    rx: oneshot::Receiver<WaitOutcome>,
+}
+
+impl Subscription {
+    /// Waits for the outcome. `None` if the node dropped the registry entry (it never does while
+    /// the subscription lives, except at shutdown).
+    pub async fn outcome(&mut self) -> Option<WaitOutcome> {
+        (&mut self.rx).await.ok()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut waiters = lock(&self.shared.waiters);
+        if let Some(senders) = waiters.get_mut(&self.key) {
+            senders.retain(|tx| !tx.is_closed());
+            if senders.is_empty() {
+                waiters.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The [`StateMachine`] the cluster applies committed commands to.
+pub struct Machine {
+    shared: Arc<Shared>,
+}
+
+impl Machine {
+    /// Wraps the shared state.
+    pub fn new(shared: Arc<Shared>) -> Machine {
+        Machine { shared }
+    }
+}
+
+impl StateMachine for Machine {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        let command: Command = match postcard::from_bytes(command) {
+            Ok(command) => command,
+            Err(err) => {
+                // Only this crate writes log entries and it validates them first, so this is a
+                // bug or a corrupt log. Every node sees the same bytes, so answering with an
+                // error (instead of crashing) keeps the replicas identical.
+                error!(index, error = %err, "undecodable command in the log; skipped");
+                return encode(&Reply::Error(
+                    crate::namespace::win32::ERROR_INVALID_PARAMETER,
+                ));
+            }
+        };
+        let mut ns = lock(&self.shared.ns);
+        let out = ns.apply(index, &command);
+        let mut timers = lock(&self.shared.timers);
+        let now = Instant::now();
+        match (&command, &out.reply) {
+            (Command::OpenSession { ttl_ms, .. }, Some(Reply::SessionOpened { session })) => {
+                debug!(session, ttl_ms, "session opened");
+                timers.session_opened(*session, *ttl_ms, now, now_unix_ms());
+            }
+            (Command::ExpireSession { session }, _) => {
+                info!(session, "session expired");
+                timers.session_removed(*session);
+            }
+            (
+                Command::Client {
+                    session,
+                    request: Request::CloseSession,
+                    ..
+                },
+                Some(Reply::Done),
+            ) => {
+                debug!(session, "session closed");
+                timers.session_removed(*session);
+            }
+            (
+                Command::Client {
+                    session,
+                    seq,
+                    request:
+                        Request::Wait { timeout_ms, .. } | Request::SignalAndWait { timeout_ms, .. },
+                    ..
+                },
+                Some(Reply::WaitPending),
+            ) if *timeout_ms != u32::MAX => {
+                timers.wait_pending(
+                    *session,
+                    *seq,
+                    now + Duration::from_millis(u64::from(*timeout_ms)),
+                );
+            }
+            _ => {}
+        }
+        for resolved in &out.resolved {
+            timers.wait_resolved(resolved.session, resolved.seq);
+        }
+        drop(timers);
+        drop(ns);
+        for resolved in &out.resolved {
+            self.shared.notify(resolved);
+        }
+        self.shared.timer_wake.notify_one();
+        encode(&out.reply.unwrap_or(Reply::Done))
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        lock(&self.shared.ns).snapshot()
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
+        let restored = Namespace::restore(data).map_err(|e| e.to_string())?;
+        let mut ns = lock(&self.shared.ns);
+        *ns = restored;
+        // Deadlines of the restored sessions and waits are rebuilt when this node leads.
+        lock(&self.shared.timers).clear();
+        info!(index, "namespace restored from snapshot");
+        Ok(())
+    }
+}
+
+fn encode(reply: &Reply) -> Vec<u8> {
+    postcard::to_stdvec(reply).expect("replies always encode")
+}
+
+/// One session's lease as the leader sees it.
+#[derive(Debug, Clone)]
+struct SessionTimer {
+    ttl: Duration,
+    deadline: Instant,
+    last_seen_unix_ms: u64,
+    /// `ExpireSession` was proposed; keepalives no longer help.
+    expiring: bool,
+}
+
+/// Session leases and wait timeouts, in memory. Keepalives only ever touch this, never the log.
+#[derive(Debug, Default)]
+pub struct Timers {
+    sessions: HashMap<SessionId, SessionTimer>,
+    session_deadlines: BTreeSet<(Instant, SessionId)>,
+    waits: HashMap<(SessionId, Seq), Instant>,
+    wait_deadlines: BTreeSet<(Instant, SessionId, Seq)>,
+    /// Sessions whose `last_seen_unix_ms` changed since the last checkpoint.
+    dirty: BTreeSet<SessionId>,
+}
+
+impl Timers {
+    fn clear(&mut self) {
+        *self = Timers::default();
+    }
+
+    fn session_opened(&mut self, id: SessionId, ttl_ms: u64, now: Instant, now_unix_ms: u64) {
+        let ttl = Duration::from_millis(ttl_ms);
+        self.set_session(
+            id,
+            SessionTimer {
+                ttl,
+                deadline: now + ttl,
+                last_seen_unix_ms: now_unix_ms,
+                expiring: false,
+            },
+        );
+    }
+
+    fn set_session(&mut self, id: SessionId, timer: SessionTimer) {
+        if let Some(old) = self.sessions.insert(id, timer.clone()) {
+            self.session_deadlines.remove(&(old.deadline, id));
+        }
+        if !timer.expiring {
+            self.session_deadlines.insert((timer.deadline, id));
+        }
+    }
+
+    fn session_removed(&mut self, id: SessionId) {
+        if let Some(old) = self.sessions.remove(&id) {
+            self.session_deadlines.remove(&(old.deadline, id));
+        }
+        self.dirty.remove(&id);
+    }
+
+    /// A keepalive for `id` arrived at the leader. Returns the TTL that now runs, or `None` if the
+    /// session is unknown or already being expired.
+    pub fn touch(&mut self, id: SessionId, now: Instant, now_unix_ms: u64) -> Option<Duration> {
+        let timer = self.sessions.get(&id)?;
+        if timer.expiring {
+            return None;
+        }
+        let mut timer = timer.clone();
+        timer.deadline = now + timer.ttl;
+        timer.last_seen_unix_ms = now_unix_ms;
+        let ttl = timer.ttl;
+        self.set_session(id, timer);
+        self.dirty.insert(id);
+        Some(ttl)
+    }
+
+    fn wait_pending(&mut self, session: SessionId, seq: Seq, deadline: Instant) {
+        // A retried wait must not move its deadline: keep the first one.
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.waits.entry((session, seq)) {
+            entry.insert(deadline);
+            self.wait_deadlines.insert((deadline, session, seq));
+        }
+    }
+
+    fn wait_resolved(&mut self, session: SessionId, seq: Seq) {
+        if let Some(deadline) = self.waits.remove(&(session, seq)) {
+            self.wait_deadlines.remove(&(deadline, session, seq));
+        }
+    }
+
+    /// Rebuilds every deadline from the namespace when this node becomes leader. Sessions whose
+    /// checkpointed last keepalive is older than their TTL plus `checkpoint_interval` are certainly
+    /// dead (their client could not have renewed them since) and expire at once; every other
+    /// session gets a full TTL of grace, so failover never expires a live session early. Waits
+    /// keep the deadline their timeout gives from the wall-clock time they were registered.
+    pub fn rebuild(
+        &mut self,
+        ns: &Namespace,
+        now: Instant,
+        now_unix_ms: u64,
+        checkpoint_interval: Duration,
+    ) {
+        self.clear();
+        for info in ns.sessions() {
+            let ttl = Duration::from_millis(info.ttl_ms);
+            let silent_ms = now_unix_ms.saturating_sub(info.last_seen_unix_ms);
+            let dead = Duration::from_millis(silent_ms) > ttl + checkpoint_interval;
+            let deadline = if dead { now } else { now + ttl };
+            self.set_session(
+                info.id,
+                SessionTimer {
+                    ttl,
+                    deadline,
+                    last_seen_unix_ms: info.last_seen_unix_ms,
+                    expiring: false,
+                },
+            );
+        }
+        for wait in ns.pending_waits() {
+            if wait.timeout_ms == u32::MAX {
+                continue;
+            }
+            let due_unix_ms = wait
+                .registered_unix_ms
+                .saturating_add(u64::from(wait.timeout_ms));
+            let left = Duration::from_millis(due_unix_ms.saturating_sub(now_unix_ms));
+            self.wait_pending(wait.session, wait.seq, now + left);
+        }
+    }
+
+    /// The earliest deadline, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let session = self.session_deadlines.first().map(|(at, _)| *at);
+        let wait = self.wait_deadlines.first().map(|(at, _, _)| *at);
+        match (session, wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes every session and wait whose deadline has passed. Sessions are marked as expiring;
+    /// waits leave the deadline set (re-arm them with [`Timers::retry_wait`] if the proposal fails).
+    pub fn take_due(&mut self, now: Instant) -> (Vec<SessionId>, Vec<(SessionId, Seq)>) {
+        let mut sessions = Vec::new();
+        while let Some(&(at, id)) = self.session_deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.session_deadlines.remove(&(at, id));
+            if let Some(timer) = self.sessions.get_mut(&id) {
+                timer.expiring = true;
+            }
+            sessions.push(id);
+        }
+        let mut waits = Vec::new();
+        while let Some(&(at, session, seq)) = self.wait_deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.wait_deadlines.remove(&(at, session, seq));
+            waits.push((session, seq));
+        }
+        (sessions, waits)
+    }
+
+    /// Re-arms a session whose `ExpireSession` proposal failed.
+    pub fn retry_session(&mut self, id: SessionId, at: Instant) {
+        if let Some(timer) = self.sessions.get(&id) {
+            let mut timer = timer.clone();
+            timer.expiring = false;
+            timer.deadline = at;
+            self.set_session(id, timer);
+        }
+    }
+
+    /// Re-arms a wait whose `CancelWait` proposal failed.
+    pub fn retry_wait(&mut self, session: SessionId, seq: Seq, at: Instant) {
+        if let Some(deadline) = self.waits.get_mut(&(session, seq)) {
+            *deadline = at;
+            self.wait_deadlines.insert((at, session, seq));
+        }
+    }
+
+    /// Takes up to `max` sessions whose keepalive time changed since the last checkpoint.
+    pub fn take_checkpoint(&mut self, max: usize) -> Vec<(SessionId, u64)> {
+        let ids: Vec<SessionId> = self.dirty.iter().take(max).copied().collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            self.dirty.remove(&id);
+            if let Some(timer) = self.sessions.get(&id) {
+                out.push((id, timer.last_seen_unix_ms));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_moves_the_deadline_and_marks_the_session_for_checkpoint() {
+        let mut timers = Timers::default();
+        let t0 = Instant::now();
+        timers.session_opened(7, 1_000, t0, 5_000);
+        assert_eq!(
+            timers.next_deadline(),
+            Some(t0 + Duration::from_millis(1_000))
+        );
+        let t1 = t0 + Duration::from_millis(600);
+        assert_eq!(
+            timers.touch(7, t1, 5_600),
+            Some(Duration::from_millis(1_000))
+        );
+        assert_eq!(
+            timers.next_deadline(),
+            Some(t1 + Duration::from_millis(1_000))
+        );
+        assert_eq!(timers.take_checkpoint(10), vec![(7, 5_600)]);
+        assert!(timers.take_checkpoint(10).is_empty());
+    }
+
+    #[test]
+    fn due_sessions_are_taken_once_and_keepalives_no_longer_help() {
+        let mut timers = Timers::default();
+        let t0 = Instant::now();
+        timers.session_opened(1, 100, t0, 0);
+        timers.session_opened(2, 10_000, t0, 0);
+        let (sessions, waits) = timers.take_due(t0 + Duration::from_millis(150));
+        assert_eq!(sessions, vec![1]);
+        assert!(waits.is_empty());
+        assert_eq!(timers.touch(1, t0 + Duration::from_millis(151), 151), None);
+        let (again, _) = timers.take_due(t0 + Duration::from_millis(200));
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn a_retried_wait_keeps_its_first_deadline() {
+        let mut timers = Timers::default();
+        let t0 = Instant::now();
+        timers.wait_pending(1, 5, t0 + Duration::from_millis(100));
+        timers.wait_pending(1, 5, t0 + Duration::from_millis(900));
+        assert_eq!(
+            timers.next_deadline(),
+            Some(t0 + Duration::from_millis(100))
+        );
+        timers.wait_resolved(1, 5);
+        assert_eq!(timers.next_deadline(), None);
+    }
+}

@@ -1,0 +1,63 @@
+//! Sessions: one per client process, with a lease, its handles, its pending waits and its reply
+//! table for deduplication.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{HandleId, Reply, Seq, SessionId};
+
+/// A session's replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Session {
+    /// Client description (host, pid), for logs and status.
+    pub client_name: String,
+    /// Lease length without keepalives, in milliseconds.
+    pub ttl_ms: u64,
+    /// The latest time the leader reported hearing from the client (`OpenSession`, `Checkpoint`).
+    pub last_seen_unix_ms: u64,
+    /// The session's open handles.
+    pub handles: BTreeSet<HandleId>,
+    /// Sequence numbers of the session's pending (queued) waits.
+    pub waits: BTreeSet<Seq>,
+    /// Recorded replies by request sequence number (dedupe table).
+    pub replies: BTreeMap<Seq, Reply>,
+    /// The highest `ack_below` seen: requests below it without a recorded reply are refused.
+    pub acked_below: Seq,
+}
+
+/// A read-only summary of one session, for the leader's lease timers and for status pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session id (log index of its `OpenSession`).
+    pub id: SessionId,
+    /// Client description given at `OpenSession`.
+    pub client_name: String,
+    /// Lease length without keepalives, in milliseconds.
+    pub ttl_ms: u64,
+    /// The latest time (leader's wall clock, ms since the Unix epoch) the log recorded hearing
+    /// from the client. A new leader computes the lease deadline from this plus `ttl_ms`, plus
+    /// its grace period.
+    pub last_seen_unix_ms: u64,
+    /// Number of open handles.
+    pub handles: usize,
+    /// Number of pending (queued) waits.
+    pub pending_waits: usize,
+    /// Number of entries in the reply table (bounded by `Limits::replies_per_session_max`).
+    pub replies: usize,
+}
+
+impl Session {
+    /// The summary of this session.
+    pub fn info(&self, id: SessionId) -> SessionInfo {
+        SessionInfo {
+            id,
+            client_name: self.client_name.clone(),
+            ttl_ms: self.ttl_ms,
+            last_seen_unix_ms: self.last_seen_unix_ms,
+            handles: self.handles.len(),
+            pending_waits: self.waits.len(),
+            replies: self.replies.len(),
+        }
+    }
+}

@@ -1,0 +1,973 @@
+//! Golden-script tests for the namespace state machine, plus snapshot and determinism tests.
+//!
+//! Scripts live in `testscripts/<area>/<behaviour>`; each starts with a `#` sentence stating the
+//! property and the spec section it comes from. Regenerate with `UPDATE_GOLDENFILES=1` and read
+//! every changed output against the spec.
+//!
+//! # Vocabulary
+//!
+//! Sessions are given symbolic names (`s1`); handles are printed and referred to as `h<id>` (the
+//! real handle id). Every command that reaches the state machine is applied at the next log
+//! index (starting at 1), so a fencing token equals the number of the command that granted it.
+//! Client commands take optional `seq=N` (default: the session's next sequence number) and
+//! `ack=N` (default 0) to exercise deduplication.
+//!
+//! ```text
+//! session NAME [ttl=MS] [client=TEXT]         OpenSession
+//! checkpoint NAME=MS...                       Checkpoint
+//! expire NAME                                 ExpireSession
+//! cancel NAME SEQ                             CancelWait (the leader's timeout)
+//! now MS                                      set the clock stamped into later commands
+//! advance MS                                  move the clock; CancelWait every expired wait
+//! limits KEY=N...                             replace the limits (before the first command)
+//! create NAME mutex|event|semaphore [OBJNAME] [t=] [owner=] [manual=] [set=] [initial=] [max=]
+//!        [access=] [pad=N pad_char=C]         Create (no OBJNAME: unnamed; pad: grow the name
+//!                                             to N UTF-16 units)
+//! open NAME KIND [OBJNAME] [access=] [pad=]   Open (no OBJNAME: lpName NULL)
+//! close NAME H                                CloseHandle
+//! release_mutex NAME H [t=]                   ReleaseMutex
+//! release_semaphore NAME H [count=1]          ReleaseSemaphore
+//! set|reset|pulse NAME H                      SetEvent / ResetEvent / PulseEvent
+//! wait NAME H... [all=] [timeout=MS|infinite] [t=] [repeat=N]
+//! signal_wait NAME SIGNAL WAIT [timeout=] [t=]
+//! thread_exit NAME [t=]                       ThreadExit
+//! close_session NAME                          CloseSession
+//! query NAME H                                Namespace::query
+//! state OBJNAME                               object state by name (Namespace internals)
+//! fence OBJNAME TOKEN                         Namespace::check_fencing_token
+//! sessions | pending | dump                   summaries
+//! set_recursion OBJNAME N                     test hook: force a mutex's recursion count
+//! ```
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::fmt::Write as _;
+
+use super::win32::*;
+use super::*;
+
+/// Runs the namespace and a twin fed the same commands (determinism), checking invariants and a
+/// snapshot round trip after every command.
+struct Runner {
+    ns: Namespace,
+    twin: Namespace,
+    index: u64,
+    now: u64,
+    session_ids: BTreeMap<String, SessionId>,
+    session_names: BTreeMap<SessionId, String>,
+    next_seq: BTreeMap<SessionId, Seq>,
+}
+
+impl Runner {
+    fn new() -> Self {
+        Runner {
+            ns: Namespace::new(),
+            twin: Namespace::new(),
+            index: 0,
+            now: 1_000,
+            session_ids: BTreeMap::new(),
+            session_names: BTreeMap::new(),
+            next_seq: BTreeMap::new(),
+        }
+    }
+
+    fn apply(&mut self, command: Command) -> ApplyOutput {
+        self.index += 1;
+        let output = self.ns.apply(self.index, &command);
+        let twin = self.twin.apply(self.index, &command);
+        assert_eq!(output, twin, "two namespaces diverged on the same command");
+        output
+    }
+
+    fn session_id(&self, name: &str) -> Result<SessionId, Box<dyn Error>> {
+        self.session_ids
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("unknown session {name}").into())
+    }
+
+    fn session_name(&self, id: SessionId) -> String {
+        self.session_names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+
+    /// Applies a client request and formats its reply and the waits it resolved.
+    fn client(
+        &mut self,
+        name: &str,
+        seq: Option<Seq>,
+        ack: Seq,
+        request: Request,
+    ) -> Result<String, Box<dyn Error>> {
+        let session = self.session_id(name)?;
+        let next = self.next_seq.entry(session).or_insert(1);
+        let seq = seq.unwrap_or(*next);
+        *next = (*next).max(seq + 1);
+        let explicit_seq = seq != *next - 1;
+        let validation = validate_request(&request);
+        let command = Command::Client {
+            session,
+            seq,
+            ack_below: ack,
+            now_unix_ms: self.now,
+            request,
+        };
+        let output = self.apply(command.clone());
+        let reply = output.reply.clone().expect("client commands always reply");
+        if let (Err(code), false) = (validation, explicit_seq) {
+            let Command::Client { request, .. } = &command else {
+                unreachable!()
+            };
+            if !matches!(
+                reply,
+                Reply::SessionUnknown | Reply::TooManyPending | Reply::Error(87)
+            ) {
+                assert_eq!(
+                    reply,
+                    failure_reply(request, code),
+                    "validate_request disagrees"
+                );
+            }
+        }
+        let mut out = format!("{name}: {}", self.format_reply(&reply));
+        if reply == Reply::WaitPending {
+            write!(out, " seq={seq}")?;
+        }
+        out.push('\n');
+        out.push_str(&self.format_resolved(&output.resolved));
+        Ok(out)
+    }
+
+    fn format_resolved(&self, resolved: &[Resolved]) -> String {
+        resolved
+            .iter()
+            .map(|r| {
+                format!(
+                    "resolved {} seq={}: {}\n",
+                    self.session_name(r.session),
+                    r.seq,
+                    format_outcome(&r.outcome)
+                )
+            })
+            .collect()
+    }
+
+    fn format_reply(&self, reply: &Reply) -> String {
+        match reply {
+            Reply::SessionOpened { session } => format!("session opened id={session}"),
+            Reply::SessionUnknown => "session unknown".into(),
+            Reply::Created {
+                handle,
+                already_existed,
+                fencing_token,
+            } => {
+                let mut s = format!("created h{handle}");
+                s.push_str(if *already_existed {
+                    " (existing, 183)"
+                } else {
+                    " (new)"
+                });
+                if *fencing_token != 0 {
+                    write!(s, " token={fencing_token}").expect("write to String");
+                }
+                s
+            }
+            Reply::Opened { handle } => format!("opened h{handle}"),
+            Reply::Done => "ok".into(),
+            Reply::SemaphoreReleased { previous } => format!("released previous={previous}"),
+            Reply::Error(code) => format!("error {code} {}", error_name(*code)),
+            Reply::Wait(outcome) => format_outcome(outcome),
+            Reply::WaitPending => "pending".into(),
+            Reply::TooManyPending => "too many pending".into(),
+        }
+    }
+
+    fn format_state(&self, state: &ObjectState) -> String {
+        match state {
+            ObjectState::Mutex {
+                owner,
+                recursion,
+                abandoned,
+                fencing_token,
+            } => {
+                let mut s = match owner {
+                    Some((session, thread)) => format!(
+                        "mutex owner={}/t{thread} recursion={recursion} token={fencing_token}",
+                        self.session_name(*session)
+                    ),
+                    None => "mutex unowned".into(),
+                };
+                if *abandoned {
+                    s.push_str(" abandoned");
+                }
+                s
+            }
+            ObjectState::Event {
+                manual_reset,
+                signaled,
+            } => format!(
+                "event {} {}",
+                if *manual_reset { "manual" } else { "auto" },
+                if *signaled { "signaled" } else { "unsignaled" }
+            ),
+            ObjectState::Semaphore { count, max } => format!("semaphore count={count} max={max}"),
+        }
+    }
+
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for (id, object) in &self.ns.objects {
+            let waiters: Vec<String> = object
+                .waiters
+                .iter()
+                .map(|(s, seq)| format!("{}#{seq}", self.session_name(*s)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "object {id} name={} handles={} waiters=[{}]: {}",
+                object
+                    .name
+                    .as_deref()
+                    .map(|n| format!("{n:?}"))
+                    .unwrap_or("-".into()),
+                object.handle_count,
+                waiters.join(" "),
+                self.format_state(&object.state())
+            );
+        }
+        for (id, handle) in &self.ns.handles {
+            let _ = writeln!(
+                out,
+                "h{id}: session={} object={} access={:#x}",
+                self.session_name(handle.session),
+                handle.object,
+                handle.access
+            );
+        }
+        if out.is_empty() {
+            out.push_str("empty\n");
+        }
+        out
+    }
+}
+
+fn format_outcome(outcome: &WaitOutcome) -> String {
+    let with = |base: &str, index: u32, token: u64| {
+        let mut s = base.to_string();
+        if index != 0 {
+            write!(s, "+{index}").expect("write to String");
+        }
+        if token != 0 {
+            write!(s, " token={token}").expect("write to String");
+        }
+        s
+    };
+    match outcome {
+        WaitOutcome::Signaled {
+            index,
+            fencing_token,
+        } => with("WAIT_OBJECT_0", *index, *fencing_token),
+        WaitOutcome::Abandoned {
+            index,
+            fencing_token,
+        } => with("WAIT_ABANDONED_0", *index, *fencing_token),
+        WaitOutcome::TimedOut => "WAIT_TIMEOUT".into(),
+        WaitOutcome::Failed(code) => format!("WAIT_FAILED {code} {}", error_name(*code)),
+    }
+}
+
+fn parse_handle(text: &str) -> Result<HandleId, Box<dyn Error>> {
+    Ok(text
+        .strip_prefix('h')
+        .ok_or_else(|| format!("handle {text} must be h<N>"))?
+        .parse()?)
+}
+
+fn parse_kind(text: &str) -> Result<ObjectKind, Box<dyn Error>> {
+    match text {
+        "mutex" => Ok(ObjectKind::Mutex),
+        "event" => Ok(ObjectKind::Event),
+        "semaphore" => Ok(ObjectKind::Semaphore),
+        _ => Err(format!("unknown object kind {text}").into()),
+    }
+}
+
+/// Parses an access mask: `|`-separated symbolic names or numbers (`0x…` or decimal).
+fn parse_access(text: &str) -> Result<u32, Box<dyn Error>> {
+    let mut mask = 0;
+    for part in text.split('|') {
+        mask |= match part {
+            "0" => 0,
+            "DELETE" => DELETE,
+            "READ_CONTROL" => READ_CONTROL,
+            "WRITE_DAC" => WRITE_DAC,
+            "WRITE_OWNER" => WRITE_OWNER,
+            "SYNCHRONIZE" => SYNCHRONIZE,
+            "STANDARD_RIGHTS_REQUIRED" => STANDARD_RIGHTS_REQUIRED,
+            "ACCESS_SYSTEM_SECURITY" => ACCESS_SYSTEM_SECURITY,
+            "MAXIMUM_ALLOWED" => MAXIMUM_ALLOWED,
+            "GENERIC_ALL" => GENERIC_ALL,
+            "GENERIC_EXECUTE" => GENERIC_EXECUTE,
+            "GENERIC_WRITE" => GENERIC_WRITE,
+            "GENERIC_READ" => GENERIC_READ,
+            "MUTANT_QUERY_STATE" | "MUTEX_MODIFY_STATE" => MUTANT_QUERY_STATE,
+            "MUTEX_ALL_ACCESS" => MUTEX_ALL_ACCESS,
+            "EVENT_QUERY_STATE" => EVENT_QUERY_STATE,
+            "EVENT_MODIFY_STATE" => EVENT_MODIFY_STATE,
+            "EVENT_ALL_ACCESS" => EVENT_ALL_ACCESS,
+            "SEMAPHORE_QUERY_STATE" => SEMAPHORE_QUERY_STATE,
+            "SEMAPHORE_MODIFY_STATE" => SEMAPHORE_MODIFY_STATE,
+            "SEMAPHORE_ALL_ACCESS" => SEMAPHORE_ALL_ACCESS,
+            hex if hex.starts_with("0x") => u32::from_str_radix(&hex[2..], 16)?,
+            other => other
+                .parse()
+                .map_err(|_| format!("unknown access right {other}"))?,
+        };
+    }
+    Ok(mask)
+}
+
+/// Parses an optional key into `T`, with a default.
+fn key<T: std::str::FromStr>(
+    args: &mut goldenscript::ArgumentConsumer<'_>,
+    name: &str,
+    default: T,
+) -> Result<T, Box<dyn Error>>
+where
+    T::Err: std::fmt::Display,
+{
+    match args.take_key(name) {
+        Some(value) => value
+            .parse()
+            .map_err(|e| format!("bad {name}={value}: {e}").into()),
+        None => Ok(default),
+    }
+}
+
+fn pos<'a>(
+    args: &mut goldenscript::ArgumentConsumer<'a>,
+    what: &str,
+) -> Result<&'a str, Box<dyn Error>> {
+    args.next_pos()
+        .ok_or_else(|| format!("missing {what}").into())
+}
+
+/// Reads the optional object name (with `pad=N` growing it to N UTF-16 units).
+fn object_name(
+    args: &mut goldenscript::ArgumentConsumer<'_>,
+) -> Result<Option<String>, Box<dyn Error>> {
+    let name = args.next_pos().map(str::to_string);
+    let pad: usize = key(args, "pad", 0)?;
+    let pad_char: char = key(args, "pad_char", 'x')?;
+    if pad == 0 {
+        return Ok(name);
+    }
+    let mut name = name.unwrap_or_default();
+    while name.encode_utf16().count() < pad {
+        name.push(pad_char);
+    }
+    Ok(Some(name))
+}
+
+fn parse_timeout(text: &str) -> Result<u32, Box<dyn Error>> {
+    if text == "infinite" {
+        Ok(INFINITE)
+    } else {
+        Ok(text.parse()?)
+    }
+}
+
+impl goldenscript::Runner for Runner {
+    type Command = goldenscript::Command;
+
+    fn run(
+        &mut self,
+        command: &goldenscript::Command,
+        _context: &goldenscript::Context,
+    ) -> Result<String, Box<dyn Error>> {
+        let mut args = command.consume_args();
+        // Keys common to every client command.
+        let seq: Option<Seq> = args.take_key("seq").map(str::parse).transpose()?;
+        let ack: Seq = key(&mut args, "ack", 0)?;
+        let thread: ThreadId = key(&mut args, "t", 1)?;
+        let out = match command.name.as_str() {
+            "session" => {
+                let name = pos(&mut args, "session name")?.to_string();
+                let ttl_ms = key(&mut args, "ttl", 10_000)?;
+                let client_name = key(&mut args, "client", "test".to_string())?;
+                let output = self.apply(Command::OpenSession {
+                    ttl_ms,
+                    now_unix_ms: self.now,
+                    client_name,
+                });
+                match output.reply {
+                    Some(Reply::SessionOpened { session }) => {
+                        self.session_ids.insert(name.clone(), session);
+                        self.session_names.insert(session, name.clone());
+                        format!("{name}: session opened id={session}\n")
+                    }
+                    Some(reply) => format!("{name}: {}\n", self.format_reply(&reply)),
+                    None => unreachable!("OpenSession always replies"),
+                }
+            }
+            "checkpoint" => {
+                let mut sessions = Vec::new();
+                while let Some((name, time)) = args.next_key() {
+                    sessions.push((self.session_id(name)?, time.parse()?));
+                }
+                let output = self.apply(Command::Checkpoint { sessions });
+                format!("{}\n", self.format_reply(&output.reply.expect("reply")))
+            }
+            "expire" => {
+                let session = self.session_id(pos(&mut args, "session")?)?;
+                let output = self.apply(Command::ExpireSession { session });
+                let reply = self.format_reply(&output.reply.expect("reply"));
+                format!("{reply}\n{}", self.format_resolved(&output.resolved))
+            }
+            "cancel" => {
+                let session = self.session_id(pos(&mut args, "session")?)?;
+                let seq = pos(&mut args, "seq")?.parse()?;
+                let output = self.apply(Command::CancelWait { session, seq });
+                let reply = self.format_reply(&output.reply.expect("reply"));
+                format!("{reply}\n{}", self.format_resolved(&output.resolved))
+            }
+            "now" => {
+                self.now = pos(&mut args, "time")?.parse()?;
+                String::new()
+            }
+            "advance" => {
+                let by: u64 = pos(&mut args, "milliseconds")?.parse()?;
+                self.now += by;
+                let mut out = format!("now={}\n", self.now);
+                let expired: Vec<PendingWait> = self
+                    .ns
+                    .pending_waits()
+                    .filter(|w| w.deadline_unix_ms().is_some_and(|d| d <= self.now))
+                    .collect();
+                for wait in expired {
+                    let command = Command::CancelWait {
+                        session: wait.session,
+                        seq: wait.seq,
+                    };
+                    let output = self.apply(command);
+                    writeln!(
+                        out,
+                        "cancel {} seq={}",
+                        self.session_name(wait.session),
+                        wait.seq
+                    )?;
+                    out.push_str(&self.format_resolved(&output.resolved));
+                }
+                out
+            }
+            "limits" => {
+                if self.index != 0 {
+                    return Err("limits must come before the first command".into());
+                }
+                let mut limits = Limits::default();
+                limits.sessions_max = key(&mut args, "sessions", limits.sessions_max)?;
+                limits.objects_max = key(&mut args, "objects", limits.objects_max)?;
+                limits.handles_per_session_max = key(
+                    &mut args,
+                    "handles_per_session",
+                    limits.handles_per_session_max,
+                )?;
+                limits.waits_per_session_max =
+                    key(&mut args, "waits_per_session", limits.waits_per_session_max)?;
+                limits.waiters_per_object_max = key(
+                    &mut args,
+                    "waiters_per_object",
+                    limits.waiters_per_object_max,
+                )?;
+                limits.replies_per_session_max = key(
+                    &mut args,
+                    "replies_per_session",
+                    limits.replies_per_session_max,
+                )?;
+                self.ns = Namespace::with_limits(limits);
+                self.twin = Namespace::with_limits(limits);
+                String::new()
+            }
+            "create" => {
+                let name = pos(&mut args, "session")?;
+                let kind = parse_kind(pos(&mut args, "kind")?)?;
+                let object = object_name(&mut args)?;
+                let params = match kind {
+                    ObjectKind::Mutex => CreateParams::Mutex {
+                        initial_owner: key(&mut args, "owner", false)?,
+                    },
+                    ObjectKind::Event => CreateParams::Event {
+                        manual_reset: key(&mut args, "manual", false)?,
+                        initial_state: key(&mut args, "set", false)?,
+                    },
+                    ObjectKind::Semaphore => CreateParams::Semaphore {
+                        initial: key(&mut args, "initial", 0)?,
+                        max: key(&mut args, "max", 1)?,
+                    },
+                };
+                let access = match args.take_key("access") {
+                    Some(text) => parse_access(text)?,
+                    None => all_access(kind),
+                };
+                args.reject_next()?;
+                let request = Request::Create {
+                    thread,
+                    name: object,
+                    params,
+                    access,
+                };
+                self.client(name, seq, ack, request)?
+            }
+            "open" => {
+                let name = pos(&mut args, "session")?;
+                let kind = parse_kind(pos(&mut args, "kind")?)?;
+                let object = object_name(&mut args)?;
+                let access = match args.take_key("access") {
+                    Some(text) => parse_access(text)?,
+                    None => all_access(kind),
+                };
+                args.reject_next()?;
+                self.client(
+                    name,
+                    seq,
+                    ack,
+                    Request::Open {
+                        kind,
+                        name: object,
+                        access,
+                    },
+                )?
+            }
+            "close" | "set" | "reset" | "pulse" | "release_mutex" | "release_semaphore"
+            | "query" => {
+                let name = pos(&mut args, "session")?;
+                let handle = parse_handle(pos(&mut args, "handle")?)?;
+                let count = key(&mut args, "count", 1)?;
+                args.reject_next()?;
+                let request = match command.name.as_str() {
+                    "close" => Request::CloseHandle { handle },
+                    "set" => Request::SetEvent { handle },
+                    "reset" => Request::ResetEvent { handle },
+                    "pulse" => Request::PulseEvent { handle },
+                    "release_mutex" => Request::ReleaseMutex { thread, handle },
+                    "release_semaphore" => Request::ReleaseSemaphore { handle, count },
+                    _ => {
+                        let session = self.session_id(name)?;
+                        return Ok(match self.ns.query(session, handle) {
+                            Ok(state) => {
+                                format!("{name}: h{handle} {}\n", self.format_state(&state))
+                            }
+                            Err(code) => format!("{name}: error {code} {}\n", error_name(code)),
+                        });
+                    }
+                };
+                self.client(name, seq, ack, request)?
+            }
+            "wait" => {
+                let name = pos(&mut args, "session")?;
+                let wait_all = key(&mut args, "all", false)?;
+                let timeout_ms =
+                    parse_timeout(&key(&mut args, "timeout", "infinite".to_string())?)?;
+                let repeat: usize = key(&mut args, "repeat", 1)?;
+                let mut handles = Vec::new();
+                while let Some(text) = args.next_pos() {
+                    handles.push(parse_handle(text)?);
+                }
+                args.reject_next()?;
+                let handles = handles.repeat(repeat);
+                let request = Request::Wait {
+                    thread,
+                    handles,
+                    wait_all,
+                    timeout_ms,
+                };
+                self.client(name, seq, ack, request)?
+            }
+            "signal_wait" => {
+                let name = pos(&mut args, "session")?;
+                let signal = parse_handle(pos(&mut args, "signal handle")?)?;
+                let wait = parse_handle(pos(&mut args, "wait handle")?)?;
+                let timeout_ms =
+                    parse_timeout(&key(&mut args, "timeout", "infinite".to_string())?)?;
+                args.reject_next()?;
+                let request = Request::SignalAndWait {
+                    thread,
+                    signal,
+                    wait,
+                    timeout_ms,
+                };
+                self.client(name, seq, ack, request)?
+            }
+            "thread_exit" => {
+                let name = pos(&mut args, "session")?;
+                args.reject_next()?;
+                self.client(name, seq, ack, Request::ThreadExit { thread })?
+            }
+            "close_session" => {
+                let name = pos(&mut args, "session")?;
+                args.reject_next()?;
+                self.client(name, seq, ack, Request::CloseSession)?
+            }
+            "state" => {
+                let name = pos(&mut args, "object name")?;
+                args.reject_next()?;
+                match self.ns.object_state_by_name(name) {
+                    Some(state) => format!("{name}: {}\n", self.format_state(&state)),
+                    None => format!("{name}: not found\n"),
+                }
+            }
+            "fence" => {
+                let name = pos(&mut args, "object name")?;
+                let token = pos(&mut args, "token")?.parse()?;
+                args.reject_next()?;
+                format!(
+                    "fence {name} token={token}: {}\n",
+                    self.ns.check_fencing_token(name, token)
+                )
+            }
+            "sessions" => {
+                let mut out = String::new();
+                for info in self.ns.sessions() {
+                    writeln!(
+                        out,
+                        "{}: id={} ttl={} last_seen={} handles={} pending_waits={} replies={}",
+                        self.session_name(info.id),
+                        info.id,
+                        info.ttl_ms,
+                        info.last_seen_unix_ms,
+                        info.handles,
+                        info.pending_waits,
+                        info.replies
+                    )?;
+                }
+                if out.is_empty() {
+                    "no sessions\n".into()
+                } else {
+                    out
+                }
+            }
+            "pending" => {
+                let mut out = String::new();
+                for wait in self.ns.pending_waits() {
+                    let deadline = wait
+                        .deadline_unix_ms()
+                        .map_or("never".to_string(), |d| d.to_string());
+                    writeln!(
+                        out,
+                        "{} seq={} t{} registered={} timeout={} deadline={deadline}",
+                        self.session_name(wait.session),
+                        wait.seq,
+                        wait.thread,
+                        wait.registered_unix_ms,
+                        wait.timeout_ms
+                    )?;
+                }
+                if out.is_empty() {
+                    "no pending waits\n".into()
+                } else {
+                    out
+                }
+            }
+            "dump" => self.dump(),
+            "set_recursion" => {
+                let name = pos(&mut args, "object name")?;
+                let count: u32 = pos(&mut args, "count")?.parse()?;
+                let key = name_key(name).map_err(|c| format!("bad name: {c}"))?;
+                for ns in [&mut self.ns, &mut self.twin] {
+                    let id = ns.names[key];
+                    let ObjectData::Mutex(m) = &mut ns.objects.get_mut(&id).expect("object").data
+                    else {
+                        return Err("not a mutex".into());
+                    };
+                    if m.owner.is_none() {
+                        return Err("mutex is not owned".into());
+                    }
+                    m.recursion = count;
+                }
+                String::new()
+            }
+            other => return Err(format!("unknown command {other}").into()),
+        };
+        args.reject_next()?;
+        Ok(out)
+    }
+
+    fn end_command(
+        &mut self,
+        _command: &goldenscript::Command,
+        _context: &goldenscript::Context,
+    ) -> Result<String, Box<dyn Error>> {
+        if let Err(err) = self.ns.verify() {
+            panic!("invariant violated: {err}");
+        }
+        let bytes = self.ns.snapshot();
+        let restored = Namespace::restore(&bytes)?;
+        assert_eq!(restored, self.ns, "snapshot round trip changed the state");
+        assert_eq!(bytes, self.twin.snapshot(), "twin snapshot differs");
+        Ok(String::new())
+    }
+}
+
+// The path is relative to the workspace root, where cargo runs rustc.
+test_each_file::test_each_path! {
+    in "server/src/namespace/testscripts" as scripts => test_goldenscript
+}
+
+fn test_goldenscript(path: &std::path::Path) {
+    goldenscript::run(&mut Runner::new(), path).expect("goldenscript failed")
+}
+
+/// A fixed mix of commands touching every kind of state.
+fn sample_commands() -> Vec<Command> {
+    let client = |session, seq, request| Command::Client {
+        session,
+        seq,
+        ack_below: 0,
+        now_unix_ms: 5_000 + seq,
+        request,
+    };
+    let create = |name: &str, params| Request::Create {
+        thread: 1,
+        name: Some(name.to_string()),
+        params,
+        access: GENERIC_ALL,
+    };
+    vec![
+        Command::OpenSession {
+            ttl_ms: 1_000,
+            now_unix_ms: 1,
+            client_name: "a".into(),
+        },
+        Command::OpenSession {
+            ttl_ms: 2_000,
+            now_unix_ms: 2,
+            client_name: "b".into(),
+        },
+        client(
+            1,
+            1,
+            create(
+                "m",
+                CreateParams::Mutex {
+                    initial_owner: true,
+                },
+            ),
+        ),
+        client(
+            2,
+            1,
+            create(
+                "Global\\m",
+                CreateParams::Mutex {
+                    initial_owner: true,
+                },
+            ),
+        ),
+        client(
+            1,
+            2,
+            create(
+                "e",
+                CreateParams::Event {
+                    manual_reset: false,
+                    initial_state: false,
+                },
+            ),
+        ),
+        client(
+            2,
+            2,
+            create(
+                "e",
+                CreateParams::Event {
+                    manual_reset: true,
+                    initial_state: true,
+                },
+            ),
+        ),
+        client(
+            1,
+            3,
+            create("s", CreateParams::Semaphore { initial: 1, max: 3 }),
+        ),
+        client(
+            2,
+            3,
+            Request::Wait {
+                thread: 7,
+                handles: vec![2],
+                wait_all: false,
+                timeout_ms: 500,
+            },
+        ),
+        client(
+            2,
+            4,
+            Request::Wait {
+                thread: 8,
+                handles: vec![4, 2],
+                wait_all: true,
+                timeout_ms: u32::MAX,
+            },
+        ),
+        Command::Checkpoint {
+            sessions: vec![(1, 100), (2, 50)],
+        },
+        client(1, 4, Request::SetEvent { handle: 3 }),
+        client(
+            1,
+            5,
+            Request::ReleaseSemaphore {
+                handle: 5,
+                count: 2,
+            },
+        ),
+        client(1, 6, Request::ThreadExit { thread: 1 }),
+        Command::CancelWait { session: 2, seq: 4 },
+    ]
+}
+
+#[test]
+fn snapshot_round_trips() {
+    let mut ns = Namespace::new();
+    for (i, command) in sample_commands().iter().enumerate() {
+        ns.apply(i as u64 + 1, command);
+        let bytes = ns.snapshot();
+        let restored = Namespace::restore(&bytes).expect("a snapshot restores");
+        assert_eq!(restored, ns);
+        assert_eq!(restored.snapshot(), bytes);
+    }
+    assert!(ns.sessions().count() == 2);
+}
+
+#[test]
+fn same_commands_give_identical_snapshots() {
+    let run = || {
+        let mut ns = Namespace::new();
+        let outputs: Vec<ApplyOutput> = sample_commands()
+            .iter()
+            .enumerate()
+            .map(|(i, command)| ns.apply(i as u64 + 1, command))
+            .collect();
+        (outputs, ns.snapshot())
+    };
+    let (outputs_a, bytes_a) = run();
+    let (outputs_b, bytes_b) = run();
+    assert_eq!(outputs_a, outputs_b);
+    assert_eq!(bytes_a, bytes_b);
+}
+
+#[test]
+fn restore_rejects_bad_bytes_without_panicking() {
+    assert!(matches!(
+        Namespace::restore(&[]),
+        Err(NamespaceError::Empty)
+    ));
+    assert!(matches!(
+        Namespace::restore(&[9, 0]),
+        Err(NamespaceError::Version(9))
+    ));
+    let mut ns = Namespace::new();
+    for (i, command) in sample_commands().iter().enumerate() {
+        ns.apply(i as u64 + 1, command);
+    }
+    let bytes = ns.snapshot();
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(
+        Namespace::restore(&trailing),
+        Err(NamespaceError::TrailingBytes(1))
+    ));
+    // Every truncation and every single-bit flip either fails cleanly or yields a consistent
+    // state; none may panic.
+    for len in 0..bytes.len() {
+        assert!(
+            Namespace::restore(&bytes[..len]).is_err(),
+            "truncation to {len} accepted"
+        );
+    }
+    for i in 1..bytes.len() {
+        for bit in 0..8 {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 1 << bit;
+            if let Ok(restored) = Namespace::restore(&flipped) {
+                restored
+                    .verify()
+                    .expect("restore only returns consistent states");
+            }
+        }
+    }
+}
+
+#[test]
+fn validate_request_checks_fields() {
+    let wait = |handles: Vec<HandleId>, wait_all| Request::Wait {
+        thread: 1,
+        handles,
+        wait_all,
+        timeout_ms: 0,
+    };
+    assert_eq!(
+        validate_request(&wait(vec![], false)),
+        Err(ERROR_INVALID_PARAMETER)
+    );
+    assert_eq!(validate_request(&wait(vec![1; 64], false)), Ok(()));
+    assert_eq!(
+        validate_request(&wait(vec![1; 65], false)),
+        Err(ERROR_INVALID_PARAMETER)
+    );
+    assert_eq!(
+        validate_request(&wait(vec![1, 2, 1], true)),
+        Err(ERROR_INVALID_PARAMETER)
+    );
+    let open = |name: Option<&str>| Request::Open {
+        kind: ObjectKind::Mutex,
+        name: name.map(str::to_string),
+        access: SYNCHRONIZE,
+    };
+    assert_eq!(validate_request(&open(None)), Err(ERROR_INVALID_PARAMETER));
+    assert_eq!(validate_request(&open(Some(""))), Err(ERROR_INVALID_HANDLE));
+    assert_eq!(
+        validate_request(&open(Some("Local\\x"))),
+        Err(ERROR_INVALID_PARAMETER)
+    );
+    assert_eq!(validate_request(&open(Some("Global\\x"))), Ok(()));
+    let release = Request::ReleaseSemaphore {
+        handle: 1,
+        count: 0,
+    };
+    assert_eq!(validate_request(&release), Err(ERROR_INVALID_PARAMETER));
+    assert_eq!(failure_reply(&release, 87), Reply::Error(87));
+}
+
+#[test]
+#[should_panic(expected = "applied after index")]
+fn apply_refuses_a_non_increasing_index() {
+    let mut ns = Namespace::new();
+    let open = Command::OpenSession {
+        ttl_ms: 1,
+        now_unix_ms: 1,
+        client_name: String::new(),
+    };
+    ns.apply(5, &open);
+    ns.apply(5, &open);
+}
+
+#[test]
+fn open_session_refuses_a_long_client_name() {
+    let mut ns = Namespace::new();
+    let open = |name: String| Command::OpenSession {
+        ttl_ms: 1,
+        now_unix_ms: 1,
+        client_name: name,
+    };
+    let reply = ns
+        .apply(1, &open("x".repeat(CLIENT_NAME_MAX_BYTES + 1)))
+        .reply;
+    assert_eq!(reply, Some(Reply::Error(ERROR_INVALID_PARAMETER)));
+    assert_eq!(ns.sessions().count(), 0);
+    let reply = ns.apply(2, &open("x".repeat(CLIENT_NAME_MAX_BYTES))).reply;
+    assert_eq!(reply, Some(Reply::SessionOpened { session: 2 }));
+}

@@ -1,0 +1,333 @@
+//! The vocabulary of the namespace state machine: the commands that travel through the Raft log
+//! and the replies that `apply` produces. Everything here is plain data (serde, encoded with
+//! postcard in the log and in snapshots) so that the state machine stays free of I/O and of the
+//! wire protocol's generated types.
+
+use serde::{Deserialize, Serialize};
+
+/// A session id. It is the Raft log index of the `OpenSession` entry that created the session,
+/// so it is unique for the life of the cluster and never reused.
+pub type SessionId = u64;
+/// A handle id, unique across the whole namespace (a counter in the state), never reused. A handle
+/// belongs to exactly one session; using it from another session fails with `ERROR_INVALID_HANDLE`.
+pub type HandleId = u64;
+/// A client-chosen thread id, unique within its session. Mutex ownership is `(session, thread)`.
+pub type ThreadId = u64;
+/// A per-session request sequence number, chosen by the client, strictly increasing per request
+/// (a retry reuses the number of the request it retries).
+pub type Seq = u64;
+
+/// The three object types that share the one namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ObjectKind {
+    /// A mutex (`CreateMutex`).
+    Mutex,
+    /// An event (`CreateEvent`).
+    Event,
+    /// A semaphore (`CreateSemaphore`).
+    Semaphore,
+}
+
+/// The type-specific creation parameters of a create-or-open. They are ignored when the name
+/// already exists (except that semaphore counts are validated first, as Windows does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CreateParams {
+    /// `CreateMutexEx`: whether the creating thread owns the new mutex.
+    Mutex {
+        /// `CREATE_MUTEX_INITIAL_OWNER` / `bInitialOwner`.
+        initial_owner: bool,
+    },
+    /// `CreateEventEx`.
+    Event {
+        /// `CREATE_EVENT_MANUAL_RESET` / `bManualReset`.
+        manual_reset: bool,
+        /// `CREATE_EVENT_INITIAL_SET` / `bInitialState`.
+        initial_state: bool,
+    },
+    /// `CreateSemaphoreEx`.
+    Semaphore {
+        /// `lInitialCount`, must be in `0..=max`.
+        initial: i32,
+        /// `lMaximumCount`, must be > 0.
+        max: i32,
+    },
+}
+
+impl CreateParams {
+    /// The object type these parameters create.
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            CreateParams::Mutex { .. } => ObjectKind::Mutex,
+            CreateParams::Event { .. } => ObjectKind::Event,
+            CreateParams::Semaphore { .. } => ObjectKind::Semaphore,
+        }
+    }
+}
+
+/// A command as it is stored in the Raft log. Time only ever enters the state machine as data in
+/// a command (`now_unix_ms`, stamped by the node that proposes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Open a new session. Its id is the log index of this entry. Reply: `Reply::SessionOpened`.
+    OpenSession {
+        /// Time-to-live of the session without keepalives, in milliseconds (already validated
+        /// against the server's limits).
+        ttl_ms: u64,
+        /// Wall-clock time at the proposing node.
+        now_unix_ms: u64,
+        /// Free-form client description (host, pid) for logs and status; bounded by the server.
+        client_name: String,
+    },
+    /// A checkpoint of keepalives seen by the leader: for each listed session the wall-clock time
+    /// at which the leader last heard from it. Never sent per keepalive; proposed periodically
+    /// and only for sessions whose time changed. Unknown sessions are ignored. Reply: `Done`.
+    Checkpoint {
+        /// `(session, last_seen_unix_ms)` pairs. A smaller time than the stored one is ignored.
+        sessions: Vec<(SessionId, u64)>,
+    },
+    /// The leader decided the session's lease ran out: close all of its handles, abandon every
+    /// mutex owned by any of its threads, drop its pending waits (they resolve as
+    /// `WaitOutcome::Failed(ERROR_INVALID_HANDLE)`), forget it. Unknown session: no-op. Reply:
+    /// `Done`.
+    ExpireSession {
+        /// The session to end.
+        session: SessionId,
+    },
+    /// The leader decided a pending wait's timeout passed. If the wait `(session, seq)` is still
+    /// pending it resolves as `WaitOutcome::TimedOut` and is removed from every queue; if it was
+    /// already granted (or is unknown) this is a no-op: the first recorded outcome wins. Reply:
+    /// `Done`.
+    CancelWait {
+        /// The waiting session.
+        session: SessionId,
+        /// The sequence number of the wait request.
+        seq: Seq,
+    },
+    /// A client request, deduplicated by `(session, seq)`.
+    Client {
+        /// The requesting session. An unknown (expired or closed) session gets
+        /// `Reply::SessionUnknown` and nothing happens.
+        session: SessionId,
+        /// The request's sequence number. If a reply for it is already recorded, that reply is
+        /// returned again and nothing else happens.
+        seq: Seq,
+        /// Every reply with a sequence number below this one has been received by the client and
+        /// may be forgotten (Raft thesis §6.3 style client table pruning).
+        ack_below: Seq,
+        /// Wall-clock time at the proposing node; recorded with waits so a new leader can compute
+        /// their remaining timeout.
+        now_unix_ms: u64,
+        /// What to do.
+        request: Request,
+    },
+}
+
+/// The client operations. Each mirrors one Win32 call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// `Create{Mutex,Event,Semaphore}Ex`: create or open by name. `name` is the name exactly as
+    /// the caller gave it (`None` or empty = unnamed). Reply: `Created` or `Error`.
+    Create {
+        /// The calling thread (becomes owner of a new mutex with `initial_owner`).
+        thread: ThreadId,
+        /// The object name, `None` for an unnamed object.
+        name: Option<String>,
+        /// Type and creation parameters.
+        params: CreateParams,
+        /// The requested access mask (may contain generic rights).
+        access: u32,
+    },
+    /// `Open{Mutex,Event,Semaphore}`. Reply: `Opened` or `Error`.
+    Open {
+        /// Expected object type.
+        kind: ObjectKind,
+        /// The name (`None` fails with 87).
+        name: Option<String>,
+        /// The requested access mask.
+        access: u32,
+    },
+    /// `CloseHandle`. Reply: `Done` or `Error(6)`.
+    CloseHandle {
+        /// The handle to close.
+        handle: HandleId,
+    },
+    /// `ReleaseMutex` by `thread`. Reply: `Done` or `Error(288 | 6)`.
+    ReleaseMutex {
+        /// The releasing thread.
+        thread: ThreadId,
+        /// A handle to the mutex.
+        handle: HandleId,
+    },
+    /// `SetEvent`. Reply: `Done` or `Error(5 | 6)`.
+    SetEvent {
+        /// A handle to the event.
+        handle: HandleId,
+    },
+    /// `ResetEvent`. Reply: `Done` or `Error(5 | 6)`.
+    ResetEvent {
+        /// A handle to the event.
+        handle: HandleId,
+    },
+    /// `PulseEvent`: release exactly the waiters registered now, then leave it non-signaled.
+    PulseEvent {
+        /// A handle to the event.
+        handle: HandleId,
+    },
+    /// `ReleaseSemaphore`. Reply: `SemaphoreReleased { previous }` or `Error(87 | 298 | 5 | 6)`.
+    ReleaseSemaphore {
+        /// A handle to the semaphore.
+        handle: HandleId,
+        /// How much to add; must be > 0.
+        count: i32,
+    },
+    /// `WaitForMultipleObjects` (one handle = `WaitForSingleObject`). Reply: `Wait(outcome)` if it
+    /// resolved at once (including `TimedOut` for `timeout_ms == 0`), `WaitPending` if it was
+    /// queued, or `Wait(Failed(code))` for a bad request.
+    Wait {
+        /// The waiting thread (owner identity for mutexes).
+        thread: ThreadId,
+        /// 1..=64 handles.
+        handles: Vec<HandleId>,
+        /// `bWaitAll`.
+        wait_all: bool,
+        /// Milliseconds; `u32::MAX` is INFINITE; 0 polls.
+        timeout_ms: u32,
+    },
+    /// `SignalObjectAndWait`: atomically signal `signal` (SetEvent, ReleaseMutex or
+    /// ReleaseSemaphore by 1) and wait on `wait`. Same replies as `Wait`; a failing signal gives
+    /// `Wait(Failed(code))` and nothing waits.
+    SignalAndWait {
+        /// The calling thread.
+        thread: ThreadId,
+        /// The object to signal.
+        signal: HandleId,
+        /// The object to wait on.
+        wait: HandleId,
+        /// Milliseconds; `u32::MAX` is INFINITE.
+        timeout_ms: u32,
+    },
+    /// A client thread exited: abandon every mutex it owns. Reply: `Done`.
+    ThreadExit {
+        /// The thread that exited.
+        thread: ThreadId,
+    },
+    /// The client ends its session on purpose (same effects as `ExpireSession`). Reply: `Done`.
+    CloseSession,
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitOutcome {
+    /// `WAIT_OBJECT_0 + index` (index 0 for wait-all).
+    Signaled {
+        /// Index into the request's handle array.
+        index: u32,
+        /// Log index of the entry that granted the wait if it acquired a mutex (recursive
+        /// acquisitions keep the token of the original grant), else 0.
+        fencing_token: u64,
+    },
+    /// `WAIT_ABANDONED_0 + index` (index 0 for wait-all).
+    Abandoned {
+        /// Index into the request's handle array.
+        index: u32,
+        /// As for `Signaled`.
+        fencing_token: u64,
+    },
+    /// `WAIT_TIMEOUT`.
+    TimedOut,
+    /// `WAIT_FAILED` with this last-error code.
+    Failed(u32),
+}
+
+/// The reply to one applied command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// `OpenSession` succeeded.
+    SessionOpened {
+        /// The new session's id.
+        session: SessionId,
+    },
+    /// The command's session does not exist (never did, expired or closed).
+    SessionUnknown,
+    /// A create succeeded.
+    Created {
+        /// The new handle.
+        handle: HandleId,
+        /// Last error 183 rather than 0.
+        already_existed: bool,
+        /// Fencing token if the create made the caller the owner of a new mutex, else 0.
+        fencing_token: u64,
+    },
+    /// An open succeeded.
+    Opened {
+        /// The new handle.
+        handle: HandleId,
+    },
+    /// Success without data.
+    Done,
+    /// `ReleaseSemaphore` succeeded.
+    SemaphoreReleased {
+        /// The count before the release.
+        previous: i32,
+    },
+    /// The operation failed with this Win32 error code and changed nothing.
+    Error(u32),
+    /// A wait that resolved.
+    Wait(WaitOutcome),
+    /// A wait that was queued; its outcome will be reported through `ApplyOutput::resolved` and is
+    /// then returned for any retry of the same `(session, seq)`.
+    WaitPending,
+    /// The session has too many unacknowledged replies or pending requests
+    /// (`REPLIES_PER_SESSION_MAX`, see `Limits::replies_per_session_max`); nothing was done.
+    TooManyPending,
+}
+
+/// A wait that reached its single outcome during `apply` of some (other) command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    /// The waiting session.
+    pub session: SessionId,
+    /// The wait request's sequence number.
+    pub seq: Seq,
+    /// Its outcome.
+    pub outcome: WaitOutcome,
+}
+
+/// What `Namespace::apply` produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApplyOutput {
+    /// The reply for the command's proposer (`None` only for commands without a reply).
+    pub reply: Option<Reply>,
+    /// Waits (of any session) that this command resolved, in the order they resolved.
+    pub resolved: Vec<Resolved>,
+}
+
+/// A snapshot of one object's state, for `Query` and for tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectState {
+    /// A mutex.
+    Mutex {
+        /// `(session, thread)` of the owner, if owned.
+        owner: Option<(SessionId, ThreadId)>,
+        /// Recursion count (0 when unowned).
+        recursion: u32,
+        /// Abandoned and not yet re-acquired.
+        abandoned: bool,
+        /// Fencing token of the current grant (0 when unowned).
+        fencing_token: u64,
+    },
+    /// An event.
+    Event {
+        /// Manual-reset event.
+        manual_reset: bool,
+        /// Currently signaled.
+        signaled: bool,
+    },
+    /// A semaphore.
+    Semaphore {
+        /// Current count.
+        count: i32,
+        /// Maximum count.
+        max: i32,
+    },
+}

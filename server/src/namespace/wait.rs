@@ -1,0 +1,53 @@
+//! Waits: a registered `WaitForMultipleObjects` that could not be satisfied at once.
+
+use serde::{Deserialize, Serialize};
+
+use super::object::ObjectId;
+use super::types::{Seq, SessionId, ThreadId};
+
+/// A wait is identified by the request that made it.
+pub(crate) type WaitKey = (SessionId, Seq);
+
+/// A pending wait's replicated state. It references objects, not handles: closing the handle it
+/// was made through does not end it (§4.4), and it keeps its objects alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Wait {
+    /// The waiting thread (mutex owner identity together with the session).
+    pub thread: ThreadId,
+    /// The object behind each entry of the request's handle array, in request order (wait-any
+    /// may name an object twice).
+    pub objects: Vec<ObjectId>,
+    /// `bWaitAll`.
+    pub wait_all: bool,
+    /// `now_unix_ms` of the command that queued the wait.
+    pub registered_unix_ms: u64,
+    /// The requested timeout; `u32::MAX` (INFINITE) never expires.
+    pub timeout_ms: u32,
+}
+
+/// A pending wait as the leader's timeout timers see it. The deadline is
+/// `registered_unix_ms + timeout_ms`; when it passes the leader proposes `CancelWait`. A
+/// `timeout_ms` of `u32::MAX` (INFINITE) never expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingWait {
+    /// The waiting session.
+    pub session: SessionId,
+    /// The wait request's sequence number.
+    pub seq: Seq,
+    /// The waiting thread.
+    pub thread: ThreadId,
+    /// Wall-clock time (ms since the Unix epoch) of the command that queued the wait.
+    pub registered_unix_ms: u64,
+    /// The requested timeout in milliseconds; `u32::MAX` is INFINITE.
+    pub timeout_ms: u32,
+}
+
+impl PendingWait {
+    /// The wall-clock time at which the wait times out, or `None` for INFINITE.
+    pub fn deadline_unix_ms(&self) -> Option<u64> {
+        (self.timeout_ms != u32::MAX).then(|| {
+            self.registered_unix_ms
+                .saturating_add(u64::from(self.timeout_ms))
+        })
+    }
+}

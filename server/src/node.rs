@@ -1,0 +1,236 @@
+//! One running dlockd node: the Raft node over sled, the namespace, the leader's timer task and
+//! the gRPC server, wired together. `main.rs` only parses flags and calls [`run`]; tests embed
+//! [`Server`] directly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dlock_proto::v1::dlock_server::DlockServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::grpc::DlockService;
+use crate::machine::{CHECKPOINT_SESSIONS_MAX, Machine, Shared, lock, now_unix_ms};
+use crate::namespace::{Command, Seq, SessionId};
+
+/// How long a failed timer proposal (lost in a leader change, queue full) waits before retrying.
+const TIMER_RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A running node. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    local_addr: SocketAddr,
+    node: dlock_cluster::Node,
+    stop: watch::Sender<bool>,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    timers: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the data directory, starts Raft and binds the client port.
+    ///
+    /// # Errors
+    ///
+    /// An invalid configuration, an unusable data directory, a port that cannot be bound.
+    pub async fn start(config: Config) -> Result<Server, Error> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+            context: format!("cannot create data directory {}", config.data_dir.display()),
+            source,
+        })?;
+        let config = Arc::new(config);
+        let shared = Shared::new();
+        let cluster_config = dlock_cluster::Config {
+            node_id: config.node_id,
+            data_dir: config.data_dir.join("raft"),
+            initial_voters: vec![config.node_id],
+            tick_interval: config.tick(),
+            snapshot_interval_entries: config.snapshot_interval_entries,
+            ..dlock_cluster::Config::default()
+        };
+        let node = dlock_cluster::Node::start(
+            cluster_config,
+            Box::new(Machine::new(shared.clone())),
+            // A one-member cluster has nobody to send to; the peer transport replaces this.
+            Arc::new(dlock_cluster::NoTransport),
+        )?;
+
+        let listener = tokio::net::TcpListener::bind(config.client_addr)
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("cannot listen on {}", config.client_addr),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Io {
+            context: "cannot read the bound address".into(),
+            source,
+        })?;
+        let (stop, stopped) = watch::channel(false);
+
+        let service = DlockServer::new(DlockService::new(
+            shared.clone(),
+            node.clone(),
+            config.clone(),
+        ))
+        .max_decoding_message_size(config.request_bytes_max);
+        let mut serve_stop = stopped.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let serve = tokio::spawn(
+            tonic::transport::Server::builder()
+                .concurrency_limit_per_connection(config.requests_per_connection_max)
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = serve_stop.wait_for(|s| *s).await;
+                }),
+        );
+        let timers = tokio::spawn(timer_task(shared, node.clone(), config.clone(), stopped));
+        info!(
+            node_id = config.node_id,
+            client_addr = %local_addr,
+            data_dir = %config.data_dir.display(),
+            "dlockd serving"
+        );
+        Ok(Server {
+            local_addr,
+            node,
+            stop,
+            serve,
+            timers,
+        })
+    }
+
+    /// The address the client API listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The Raft node (status, counters).
+    pub fn raft(&self) -> &dlock_cluster::Node {
+        &self.node
+    }
+
+    /// Stops serving, stops the timers and the Raft thread, and waits for all of them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        match self.serve.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(error = %err, "gRPC server ended with an error"),
+            Err(err) => warn!(error = %err, "gRPC server task failed"),
+        }
+        let _ = self.timers.await;
+        let node = self.node.clone();
+        let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
+        info!("dlockd stopped");
+    }
+}
+
+/// Runs a node until `shutdown` completes.
+///
+/// # Errors
+///
+/// As [`Server::start`].
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let server = Server::start(config).await?;
+    shutdown.await;
+    info!("shutdown requested");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// The leader's clock: expires sessions whose lease ran out, times out waits, and checkpoints
+/// keepalive times into the log. Followers keep their timers up to date (through apply) but act
+/// on none of them; a node that becomes leader rebuilds every deadline first.
+async fn timer_task(
+    shared: Arc<Shared>,
+    node: dlock_cluster::Node,
+    config: Arc<Config>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut leadership = node.leadership();
+    let checkpoint_interval = Duration::from_millis(config.checkpoint_interval_ms);
+    let mut leading_term = None;
+    let mut next_checkpoint = Instant::now() + checkpoint_interval;
+    loop {
+        let state = *leadership.borrow_and_update();
+        if !state.is_leader {
+            leading_term = None;
+            tokio::select! {
+                _ = leadership.changed() => continue,
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+        }
+        if leading_term != Some(state.term) {
+            leading_term = Some(state.term);
+            let ns = lock(&shared.ns);
+            lock(&shared.timers).rebuild(&ns, Instant::now(), now_unix_ms(), checkpoint_interval);
+            drop(ns);
+            info!(
+                term = state.term,
+                "leading: session and wait deadlines rebuilt"
+            );
+        }
+        let now = Instant::now();
+        let (sessions, waits) = lock(&shared.timers).take_due(now);
+        for session in sessions {
+            tokio::spawn(expire_session(shared.clone(), node.clone(), session));
+        }
+        for (session, seq) in waits {
+            tokio::spawn(cancel_wait(shared.clone(), node.clone(), session, seq));
+        }
+        if now >= next_checkpoint {
+            next_checkpoint = now + checkpoint_interval;
+            let sessions = lock(&shared.timers).take_checkpoint(CHECKPOINT_SESSIONS_MAX);
+            if !sessions.is_empty() {
+                tokio::spawn(propose_logged(
+                    node.clone(),
+                    Command::Checkpoint { sessions },
+                ));
+            }
+        }
+        let deadline = lock(&shared.timers)
+            .next_deadline()
+            .map_or(next_checkpoint, |d| d.min(next_checkpoint));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = shared.timer_wake.notified() => {}
+            _ = leadership.changed() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn propose(node: &dlock_cluster::Node, command: &Command) -> Result<(), Error> {
+    let bytes = postcard::to_stdvec(command).map_err(|e| Error::Internal(e.to_string()))?;
+    node.propose(bytes).await?;
+    Ok(())
+}
+
+async fn propose_logged(node: dlock_cluster::Node, command: Command) {
+    if let Err(err) = propose(&node, &command).await {
+        warn!(error = %err, ?command, "timer proposal failed");
+    }
+}
+
+async fn expire_session(shared: Arc<Shared>, node: dlock_cluster::Node, session: SessionId) {
+    info!(session, "session lease ran out; expiring");
+    if let Err(err) = propose(&node, &Command::ExpireSession { session }).await {
+        warn!(session, error = %err, "expiry proposal failed; will retry");
+        lock(&shared.timers).retry_session(session, Instant::now() + TIMER_RETRY_BACKOFF);
+        shared.timer_wake.notify_one();
+    }
+}
+
+async fn cancel_wait(shared: Arc<Shared>, node: dlock_cluster::Node, session: SessionId, seq: Seq) {
+    if let Err(err) = propose(&node, &Command::CancelWait { session, seq }).await {
+        error!(session, seq, error = %err, "wait timeout proposal failed; will retry");
+        lock(&shared.timers).retry_wait(session, seq, Instant::now() + TIMER_RETRY_BACKOFF);
+        shared.timer_wake.notify_one();
+    }
+}
