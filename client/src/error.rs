@@ -1,0 +1,88 @@
+//! The one error type of the crate.
+//!
+//! Variants are named by what the caller should do next (STYLE rule 4): fix the request
+//! ([`Error::Win32`], [`Error::InvalidArgument`]), open a new session ([`Error::SessionLost`]),
+//! or wait and try again later ([`Error::Unavailable`], [`Error::Overloaded`]). Expected
+//! outcomes such as a wait timing out or an abandoned mutex are *values*
+//! ([`crate::WaitOutcome`]), never errors.
+
+/// `ERROR_INVALID_PARAMETER`: how the facade reports [`Error::InvalidArgument`].
+pub(crate) const CODE_INVALID_PARAMETER: u32 = 87;
+/// `ERROR_NETWORK_UNREACHABLE`: how the facade reports [`Error::Unavailable`].
+pub(crate) const CODE_NETWORK_UNREACHABLE: u32 = 1231;
+/// `ERROR_CONNECTION_ABORTED`: how the facade reports [`Error::SessionLost`] during a call.
+pub(crate) const CODE_CONNECTION_ABORTED: u32 = 1236;
+/// `ERROR_INTERNAL_ERROR`: how the facade reports [`Error::Transport`] and [`Error::Protocol`].
+pub(crate) const CODE_INTERNAL_ERROR: u32 = 1359;
+/// `ERROR_NO_SYSTEM_RESOURCES`: how the facade reports [`Error::Overloaded`].
+pub(crate) const CODE_NO_SYSTEM_RESOURCES: u32 = 1450;
+
+/// Everything that can go wrong in a dlock call.
+///
+/// ```
+/// use dlock::Error;
+/// assert_eq!(Error::Win32(2).code(), 2);
+/// assert_eq!(Error::Unavailable.code(), 1231);
+/// assert!(Error::Unavailable.to_string().contains("unavailable"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The call failed the way the Win32 call would: the value is the Win32 last-error code
+    /// (for example 2 `ERROR_FILE_NOT_FOUND`, 6 `ERROR_INVALID_HANDLE`, 288 `ERROR_NOT_OWNER`).
+    /// The call changed nothing.
+    #[error("win32 error {0}")]
+    Win32(u32),
+    /// No node of the cluster answered within the request timeout
+    /// ([`crate::ClientConfig::request_timeout`]). The request may or may not have been applied.
+    #[error("dlock cluster unavailable (no node answered within the request timeout)")]
+    Unavailable,
+    /// The session does not exist any more (it expired, was closed, or the client's own lease
+    /// clock says it may have expired). Its handles are gone and the mutexes its owners held are
+    /// abandoned; open a new session.
+    #[error("dlock session lost (expired or closed)")]
+    SessionLost,
+    /// The cluster kept answering `RESOURCE_EXHAUSTED` (a queue or a per-session limit is full)
+    /// until the request timeout passed.
+    #[error("dlock cluster overloaded (resource exhausted until the request timeout)")]
+    Overloaded,
+    /// The request is malformed in a way no Win32 call can produce, or the client configuration
+    /// is invalid (for example an endpoint that is not `host:port`). Fix the caller.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The server answered with a gRPC status the protocol does not use (for example
+    /// `UNIMPLEMENTED` from a node of another version, or `PERMISSION_DENIED` from a proxy).
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// A reply violated the wire contract (for example an unknown wait result). Indicates a bug
+    /// or a version mismatch between client and server.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The Win32 last-error code for this error: the code itself for [`Error::Win32`], otherwise
+    /// the code the [`crate::win32`] facade reports for it:
+    ///
+    /// | variant | code |
+    /// |---|---|
+    /// | `Unavailable` | 1231 `ERROR_NETWORK_UNREACHABLE` |
+    /// | `SessionLost` | 1236 `ERROR_CONNECTION_ABORTED` |
+    /// | `Overloaded` | 1450 `ERROR_NO_SYSTEM_RESOURCES` |
+    /// | `InvalidArgument` | 87 `ERROR_INVALID_PARAMETER` |
+    /// | `Transport`, `Protocol` | 1359 `ERROR_INTERNAL_ERROR` |
+    ///
+    /// ```
+    /// assert_eq!(dlock::Error::SessionLost.code(), 1236);
+    /// ```
+    pub fn code(&self) -> u32 {
+        match self {
+            Error::Win32(code) => *code,
+            Error::Unavailable => CODE_NETWORK_UNREACHABLE,
+            Error::SessionLost => CODE_CONNECTION_ABORTED,
+            Error::Overloaded => CODE_NO_SYSTEM_RESOURCES,
+            Error::InvalidArgument(_) => CODE_INVALID_PARAMETER,
+            Error::Transport(_) | Error::Protocol(_) => CODE_INTERNAL_ERROR,
+        }
+    }
+}

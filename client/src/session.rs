@@ -1,0 +1,1099 @@
+//! Sessions: the identity that owns handles and mutexes, its lease, and the low-level calls.
+//!
+//! # Lease tracking
+//!
+//! The cluster expires a session `ttl` after the last keepalive the leader saw. The client
+//! cannot know when the leader saw a keepalive, only when it *sent* it, so it measures
+//! conservatively: a reply renews the lease from the moment its request was sent (keepalive
+//! replies are matched to requests in order on the stream). With `elapsed` the time since
+//! that moment, the session is [`SessionState::Alive`] below 2/3 of the TTL,
+//! [`SessionState::Jeopardy`] from 2/3, and [`SessionState::Expired`] from a full TTL, or as
+//! soon as a reply says so. Expired is terminal: the keepalive task stops and the client sends
+//! a best-effort `CloseSession`, so the mutexes the application was told it lost are abandoned
+//! promptly instead of lingering until the server's own expiry.
+//!
+//! # Request identity
+//!
+//! Every mutating request carries `(session, seq)`; a retry reuses the header, so the server
+//! returns the first reply instead of acting twice. `ack_below` is the smallest sequence number
+//! still in flight (or the next one if none): the server may forget replies below it.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use dlock_proto::v1::{self, dlock_client::DlockClient};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::client::{Backoff, CallPolicy, leader_hint};
+use crate::types::WAIT_OBJECTS_MAX;
+use crate::{Client, Created, Error, ObjectKind, ObjectState, SessionState, Timeout, WaitOutcome};
+
+/// The owner thread id that the typed handles ([`crate::Mutex`], [`crate::Event`],
+/// [`crate::Semaphore`]) use for every call: all typed handles of one [`Session`] act as a
+/// single owner, so a mutex locked through one typed handle is re-entered (recursively), not
+/// contended, through another typed handle of the same session. Use two sessions (or the
+/// low-level calls with distinct thread ids) for owners that must contend.
+///
+/// The value (2^63) is far from the small counters the [`crate::win32`] facade assigns to OS
+/// threads and from ids applications typically pick.
+pub const TYPED_OWNER_THREAD_ID: u64 = 1 << 63;
+
+/// Shortest keepalive period, whatever the TTL.
+const KEEPALIVE_INTERVAL_MIN: Duration = Duration::from_millis(10);
+
+/// Allocates sequence numbers and computes `ack_below`.
+#[derive(Debug)]
+pub(crate) struct SeqTracker {
+    next: u64,
+    in_flight: BTreeSet<u64>,
+}
+
+impl SeqTracker {
+    pub(crate) fn new() -> SeqTracker {
+        SeqTracker {
+            next: 1,
+            in_flight: BTreeSet::new(),
+        }
+    }
+
+    /// Allocates a sequence number, marks it in flight and returns `(seq, ack_below)`.
+    pub(crate) fn begin(&mut self) -> (u64, u64) {
+        let seq = self.next;
+        self.next = seq.checked_add(1).expect("sequence numbers exhausted");
+        let inserted = self.in_flight.insert(seq);
+        assert!(inserted, "sequence number {seq} allocated twice");
+        (seq, self.ack_below())
+    }
+
+    /// The request `seq` got its final reply (or was given up).
+    pub(crate) fn finish(&mut self, seq: u64) {
+        let removed = self.in_flight.remove(&seq);
+        assert!(removed, "sequence number {seq} finished but not in flight");
+    }
+
+    /// The smallest sequence number in flight, or the next one if none.
+    pub(crate) fn ack_below(&self) -> u64 {
+        self.in_flight.first().copied().unwrap_or(self.next)
+    }
+}
+
+/// The conservative lease clock (see the module docs). Pure: time is passed in.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseClock {
+    /// When the request behind the latest renewal was sent.
+    renewed_at: Instant,
+    ttl: Duration,
+    /// Latched: once expired, always expired.
+    expired: bool,
+}
+
+impl LeaseClock {
+    pub(crate) fn new(sent_at: Instant, ttl: Duration) -> LeaseClock {
+        LeaseClock {
+            renewed_at: sent_at,
+            ttl,
+            expired: false,
+        }
+    }
+
+    fn jeopardy_after(&self) -> Duration {
+        self.ttl * 2 / 3
+    }
+
+    /// The state at `now`, without latching.
+    pub(crate) fn state_at(&self, now: Instant) -> SessionState {
+        if self.expired {
+            return SessionState::Expired;
+        }
+        let elapsed = now.saturating_duration_since(self.renewed_at);
+        if elapsed >= self.ttl {
+            SessionState::Expired
+        } else if elapsed >= self.jeopardy_after() {
+            SessionState::Jeopardy
+        } else {
+            SessionState::Alive
+        }
+    }
+
+    /// The state at `now`, latching expiry.
+    pub(crate) fn observe(&mut self, now: Instant) -> SessionState {
+        let state = self.state_at(now);
+        if state == SessionState::Expired {
+            self.expired = true;
+        }
+        state
+    }
+
+    /// A reply to a request sent at `sent_at` granted `ttl` more. Too late if the lease had
+    /// already run out at `now`: expiry is terminal.
+    pub(crate) fn renew(&mut self, sent_at: Instant, ttl: Duration, now: Instant) -> SessionState {
+        if self.observe(now) == SessionState::Expired {
+            return SessionState::Expired;
+        }
+        if sent_at > self.renewed_at {
+            self.renewed_at = sent_at;
+        }
+        if !ttl.is_zero() {
+            self.ttl = ttl;
+        }
+        self.observe(now)
+    }
+
+    pub(crate) fn expire(&mut self) {
+        self.expired = true;
+    }
+
+    /// When the state changes next (absent renewals), or `None` once expired.
+    pub(crate) fn next_transition(&self, now: Instant) -> Option<Instant> {
+        match self.state_at(now) {
+            SessionState::Alive => Some(self.renewed_at + self.jeopardy_after()),
+            SessionState::Jeopardy => Some(self.renewed_at + self.ttl),
+            SessionState::Expired => None,
+        }
+    }
+}
+
+/// What the background tasks and the calls share. The tasks hold an `Arc` of this, never of
+/// [`SessionInner`], so dropping the last [`Session`] is observable.
+pub(crate) struct Shared {
+    id: u64,
+    ttl: Duration,
+    client: Client,
+    /// The runtime the session was opened in: background closes are spawned there.
+    runtime: tokio::runtime::Handle,
+    /// Std mutexes: held for a few instructions, never across an await.
+    seqs: StdMutex<SeqTracker>,
+    lease: StdMutex<LeaseClock>,
+    state_tx: watch::Sender<SessionState>,
+    /// Set to stop the background tasks.
+    stop_tx: watch::Sender<bool>,
+    /// A `CloseSession` was sent or is not needed (the server said the session is gone).
+    close_done: AtomicBool,
+}
+
+/// Marks one sequence number in flight until dropped (also when the call is cancelled).
+struct InFlight<'a> {
+    shared: &'a Shared,
+    header: v1::RequestHeader,
+}
+
+impl<'a> InFlight<'a> {
+    fn begin(shared: &'a Shared) -> InFlight<'a> {
+        let (seq, ack_below) = shared
+            .seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .begin();
+        InFlight {
+            shared,
+            header: v1::RequestHeader {
+                session_id: shared.id,
+                seq,
+                ack_below,
+            },
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish(self.header.seq);
+    }
+}
+
+impl Shared {
+    pub(crate) fn is_expired(&self) -> bool {
+        self.refresh(Instant::now()) == SessionState::Expired
+    }
+
+    /// Resolves once the session is expired.
+    pub(crate) async fn expired(&self) {
+        let mut rx = self.state_tx.subscribe();
+        let _ = rx.wait_for(|s| *s == SessionState::Expired).await;
+    }
+
+    /// Reads the lease clock at `now` and publishes the state.
+    fn refresh(&self, now: Instant) -> SessionState {
+        let state = self
+            .lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(now);
+        self.publish(state);
+        state
+    }
+
+    fn publish(&self, state: SessionState) {
+        let changed = self.state_tx.send_if_modified(|s| {
+            if *s == state {
+                false
+            } else {
+                *s = state;
+                true
+            }
+        });
+        if changed {
+            match state {
+                SessionState::Alive => tracing::info!(session = self.id, "session alive again"),
+                SessionState::Jeopardy => {
+                    tracing::warn!(session = self.id, "session in jeopardy: no lease renewal")
+                }
+                SessionState::Expired => tracing::warn!(session = self.id, "session expired"),
+            }
+        }
+        if state == SessionState::Expired {
+            self.stop_tx.send_replace(true);
+        }
+    }
+
+    /// The session is gone (or must be treated as gone) for `reason`.
+    pub(crate) fn mark_expired(&self, reason: &str) {
+        tracing::debug!(session = self.id, reason, "marking session expired");
+        self.lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire();
+        self.publish(SessionState::Expired);
+    }
+
+    /// The server says the session does not exist: no `CloseSession` needed.
+    fn mark_server_expired(&self, reason: &str) {
+        self.close_done.store(true, Ordering::SeqCst);
+        self.mark_expired(reason);
+    }
+
+    fn renew(&self, sent_at: Instant, ttl_ms: u64) {
+        let state = self.lease.lock().unwrap_or_else(|e| e.into_inner()).renew(
+            sent_at,
+            Duration::from_millis(ttl_ms),
+            Instant::now(),
+        );
+        self.publish(state);
+    }
+
+    /// Sends one mutating request with a fresh header, retried per `policy`.
+    async fn mutate<T, F, Fut>(&self, policy: CallPolicy<'_>, mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(DlockClient<Channel>, v1::RequestHeader) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let in_flight = InFlight::begin(self);
+        let header = in_flight.header;
+        let result = self.client.call(policy, |c| f(c, header)).await;
+        drop(in_flight);
+        result
+    }
+
+    /// `CloseSession`, at most once, ignoring "already gone".
+    async fn close_rpc(&self) -> Result<(), Error> {
+        if self.close_done.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let policy = self.client.unary_policy("CloseSession", None);
+        let result = self
+            .mutate(policy, |mut c, header| async move {
+                c.close_session(v1::CloseSessionRequest {
+                    header: Some(header),
+                })
+                .await
+            })
+            .await;
+        match result {
+            Ok(reply) if reply.error == 0 => Ok(()),
+            Ok(reply) => Err(Error::Win32(reply.error)),
+            Err(Error::SessionLost) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+/// Owns the background tasks: dropping it (with the last [`Session`] clone) stops them.
+struct SessionInner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for SessionInner {
+    fn drop(&mut self) {
+        // The clock task sees the stop and sends the best-effort CloseSession.
+        self.shared.stop_tx.send_replace(true);
+    }
+}
+
+/// A session: the identity that owns handles and mutexes, kept alive by a background task.
+///
+/// Cheap to clone (an `Arc` inside). Dropping the last clone stops the keepalive task and
+/// closes the session in the background (best effort; otherwise the cluster expires it after
+/// its TTL), which abandons the mutexes its owners still hold, like a Win32 process exit.
+///
+/// Handle ids are only valid in the session that opened them. Calls that involve mutex
+/// ownership take an explicit `thread`: the owner is `(session, thread)`. Two different
+/// `thread` values of one session contend; the same value re-acquires recursively.
+///
+/// Cancelling a call future does not cancel the request on the server: a cancelled wait stays
+/// registered there until it is granted or times out.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), dlock::Error> {
+/// use dlock::{ObjectKind, Timeout, WaitOutcome};
+/// let client = dlock::Client::connect(["127.0.0.1:7700"]).await?;
+/// let session = client.open_session(std::time::Duration::from_secs(10)).await?;
+/// let created = session
+///     .create(1, ObjectKind::Mutex, Some("orders"), 0, 0x001F_0001, 0, 0)
+///     .await?;
+/// match session.wait(1, &[created.handle], false, Timeout::Millis(5000)).await? {
+///     WaitOutcome::Signaled { fencing_token, .. } => println!("locked, token {fencing_token}"),
+///     WaitOutcome::Abandoned { .. } => println!("locked; previous owner died"),
+///     WaitOutcome::TimedOut => println!("busy"),
+/// }
+/// session.release_mutex(1, created.handle).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id())
+            .field("ttl", &self.ttl())
+            .field("state", &*self.shared().state_tx.borrow())
+            .finish()
+    }
+}
+
+impl Session {
+    /// Starts the session's background tasks; `sent_at` is when `OpenSession` was first sent.
+    pub(crate) fn start(client: Client, id: u64, ttl: Duration, sent_at: Instant) -> Session {
+        let (state_tx, _) = watch::channel(SessionState::Alive);
+        let (stop_tx, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            id,
+            ttl,
+            client,
+            runtime: tokio::runtime::Handle::current(),
+            seqs: StdMutex::new(SeqTracker::new()),
+            lease: StdMutex::new(LeaseClock::new(sent_at, ttl)),
+            state_tx,
+            stop_tx,
+            close_done: AtomicBool::new(false),
+        });
+        shared.refresh(Instant::now());
+        tokio::spawn(keepalive_task(shared.clone()));
+        tokio::spawn(clock_task(shared.clone()));
+        Session {
+            inner: Arc::new(SessionInner { shared }),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The runtime the session lives in (for background work from `Drop`).
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.inner.shared.runtime
+    }
+
+    /// The session id the server assigned (never reused).
+    pub fn id(&self) -> u64 {
+        self.shared().id
+    }
+
+    /// The TTL the server granted at open.
+    pub fn ttl(&self) -> Duration {
+        self.shared().ttl
+    }
+
+    /// The client this session was opened with.
+    pub fn client(&self) -> &Client {
+        &self.shared().client
+    }
+
+    /// The lease state now (see [`SessionState`]).
+    ///
+    /// ```no_run
+    /// # fn demo(session: dlock::Session) {
+    /// if session.state() != dlock::SessionState::Alive {
+    ///     // Stop writing to the resource the mutex protects.
+    /// }
+    /// # }
+    /// ```
+    pub fn state(&self) -> SessionState {
+        self.shared().refresh(Instant::now())
+    }
+
+    /// A receiver that sees every state change, on time (a background task watches the lease
+    /// clock), so an application can react to jeopardy as it happens.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: dlock::Session) {
+    /// let mut states = session.watch_state();
+    /// while states.changed().await.is_ok() {
+    ///     if *states.borrow() == dlock::SessionState::Expired {
+    ///         break;
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn watch_state(&self) -> watch::Receiver<SessionState> {
+        self.shared().state_tx.subscribe()
+    }
+
+    /// Ends the session on purpose: its handles close and the mutexes its owners still hold
+    /// become abandoned. The session is [`SessionState::Expired`] afterwards, even if the
+    /// request failed (the cluster then expires it after its TTL).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] / [`Error::Overloaded`] if the cluster could not be told.
+    pub async fn close(&self) -> Result<(), Error> {
+        let shared = self.shared();
+        shared.mark_expired("closed by the application");
+        shared.close_rpc().await
+    }
+
+    fn ensure_alive(&self) -> Result<(), Error> {
+        if self.shared().is_expired() {
+            Err(Error::SessionLost)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn unary_policy(&self, what: &'static str) -> CallPolicy<'_> {
+        self.shared().client.unary_policy(what, Some(self.shared()))
+    }
+
+    fn wait_policy(&self, what: &'static str, timeout: Timeout) -> CallPolicy<'_> {
+        let request_timeout = self.shared().client.config().request_timeout;
+        CallPolicy {
+            deadline: timeout
+                .as_duration()
+                .map(|t| Instant::now() + t + request_timeout),
+            attempt_timeout: None,
+            session: Some(self.shared()),
+            what,
+        }
+    }
+
+    /// Create-or-open a named object (`CreateMutexEx` / `CreateEventEx` / `CreateSemaphoreEx`).
+    ///
+    /// `name` `None` or `""` makes an unnamed object. `flags`: mutex
+    /// `CREATE_MUTEX_INITIAL_OWNER` (1, the new mutex is owned by `thread`); event
+    /// `CREATE_EVENT_MANUAL_RESET` (1) and `CREATE_EVENT_INITIAL_SET` (2). `access` is the
+    /// access mask wanted (e.g. `MUTEX_ALL_ACCESS`). The counts are for semaphores (0 otherwise).
+    /// If the name exists with the same type, a handle to it is returned with
+    /// [`Created::already_existed`] and the parameters are ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`] with the Win32 failure code (6 name held by another type, 5, 87, 3,
+    /// 123, 161, 206, 1450); [`Error::SessionLost`], [`Error::Unavailable`],
+    /// [`Error::Overloaded`], [`Error::InvalidArgument`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        thread: u64,
+        kind: ObjectKind,
+        name: Option<&str>,
+        flags: u32,
+        access: u32,
+        initial_count: i32,
+        maximum_count: i32,
+    ) -> Result<Created, Error> {
+        self.ensure_alive()?;
+        let name = name.map(str::to_owned);
+        let reply = self
+            .shared()
+            .mutate(self.unary_policy("Create"), |mut c, header| {
+                let request = v1::CreateRequest {
+                    header: Some(header),
+                    thread_id: thread,
+                    kind: kind.to_wire(),
+                    name: name.clone(),
+                    flags,
+                    access,
+                    initial_count,
+                    maximum_count,
+                };
+                async move { c.create(request).await }
+            })
+            .await?;
+        match reply.error {
+            0 | 183 if reply.handle != 0 => Ok(Created {
+                handle: reply.handle,
+                already_existed: reply.error == 183,
+                fencing_token: reply.fencing_token,
+            }),
+            0 | 183 => Err(Error::Protocol("Create succeeded without a handle".into())),
+            code => Err(Error::Win32(code)),
+        }
+    }
+
+    /// Opens an existing named object (`OpenMutex` / `OpenEvent` / `OpenSemaphore`) and
+    /// returns the new handle id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`]: 2 no such name, 6 another type, 5 access (including 0), 1314, 87,
+    /// 3, 123, 161, 206, 1450; and the cluster errors.
+    pub async fn open(&self, kind: ObjectKind, name: &str, access: u32) -> Result<u64, Error> {
+        self.ensure_alive()?;
+        let reply = self
+            .shared()
+            .mutate(self.unary_policy("Open"), |mut c, header| {
+                let request = v1::OpenRequest {
+                    header: Some(header),
+                    kind: kind.to_wire(),
+                    name: Some(name.to_owned()),
+                    access,
+                };
+                async move { c.open(request).await }
+            })
+            .await?;
+        match reply.error {
+            0 if reply.handle != 0 => Ok(reply.handle),
+            0 => Err(Error::Protocol("Open succeeded without a handle".into())),
+            code => Err(Error::Win32(code)),
+        }
+    }
+
+    /// A `HandleRequest` RPC answered by a `StatusReply`.
+    async fn handle_call<F, Fut>(
+        &self,
+        what: &'static str,
+        handle: u64,
+        thread: u64,
+        rpc: F,
+    ) -> Result<(), Error>
+    where
+        F: Fn(DlockClient<Channel>, v1::HandleRequest) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<v1::StatusReply>, Status>>,
+    {
+        self.ensure_alive()?;
+        let reply = self
+            .shared()
+            .mutate(self.unary_policy(what), |c, header| {
+                rpc(
+                    c,
+                    v1::HandleRequest {
+                        header: Some(header),
+                        handle,
+                        thread_id: thread,
+                    },
+                )
+            })
+            .await?;
+        match reply.error {
+            0 => Ok(()),
+            code => Err(Error::Win32(code)),
+        }
+    }
+
+    /// `CloseHandle`. The object disappears with its last handle and last waiter.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`]`(6)` for an unknown or already closed handle; the cluster errors.
+    pub async fn close_handle(&self, handle: u64) -> Result<(), Error> {
+        self.handle_call("CloseHandle", handle, 0, |mut c, r| async move {
+            c.close_handle(r).await
+        })
+        .await
+    }
+
+    /// `ReleaseMutex` on behalf of `thread`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`]: 288 if `thread` does not own the mutex, 6 for a bad or non-mutex
+    /// handle; the cluster errors.
+    pub async fn release_mutex(&self, thread: u64, handle: u64) -> Result<(), Error> {
+        self.handle_call("ReleaseMutex", handle, thread, |mut c, r| async move {
+            c.release_mutex(r).await
+        })
+        .await
+    }
+
+    /// `SetEvent`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`]: 5 without `EVENT_MODIFY_STATE`, 6 bad or non-event handle.
+    pub async fn set_event(&self, handle: u64) -> Result<(), Error> {
+        self.handle_call("SetEvent", handle, 0, |mut c, r| async move {
+            c.set_event(r).await
+        })
+        .await
+    }
+
+    /// `ResetEvent`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`]: 5 without `EVENT_MODIFY_STATE`, 6 bad or non-event handle.
+    pub async fn reset_event(&self, handle: u64) -> Result<(), Error> {
+        self.handle_call("ResetEvent", handle, 0, |mut c, r| async move {
+            c.reset_event(r).await
+        })
+        .await
+    }
+
+    /// `PulseEvent`: releases exactly the waiters registered when it is applied, then leaves
+    /// the event non-signaled (reliable, unlike on Windows).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`]: 5 without `EVENT_MODIFY_STATE`, 6 bad or non-event handle.
+    pub async fn pulse_event(&self, handle: u64) -> Result<(), Error> {
+        self.handle_call("PulseEvent", handle, 0, |mut c, r| async move {
+            c.pulse_event(r).await
+        })
+        .await
+    }
+
+    /// `ReleaseSemaphore`: adds `count` and returns the previous count.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`]: 87 if `count <= 0`, 298 if the maximum would be exceeded (the count
+    /// is unchanged), 5, 6.
+    pub async fn release_semaphore(&self, handle: u64, count: i32) -> Result<i32, Error> {
+        self.ensure_alive()?;
+        let reply = self
+            .shared()
+            .mutate(self.unary_policy("ReleaseSemaphore"), |mut c, header| {
+                let request = v1::ReleaseSemaphoreRequest {
+                    header: Some(header),
+                    handle,
+                    count,
+                };
+                async move { c.release_semaphore(request).await }
+            })
+            .await?;
+        match reply.error {
+            0 => Ok(reply.previous_count),
+            code => Err(Error::Win32(code)),
+        }
+    }
+
+    /// `WaitForMultipleObjects` (and, with one handle, `WaitForSingleObject`) on behalf of
+    /// `thread`, which becomes the owner of any mutex acquired.
+    ///
+    /// The server enforces `timeout`. The client keeps the call going for up to
+    /// `timeout + request_timeout`; if the call breaks (network, leader change) it re-sends it
+    /// with the same header, re-attaching to the same wait and receiving its one recorded
+    /// outcome. An infinite wait retries for as long as the session is not expired.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`] for `WAIT_FAILED` (87 for 0 or more than 64 handles or a duplicate
+    /// in a wait-all, 6, 5, 587, 1450); [`Error::SessionLost`] if the session expired during
+    /// the wait; [`Error::Unavailable`] if the cluster stayed unreachable.
+    pub async fn wait(
+        &self,
+        thread: u64,
+        handles: &[u64],
+        wait_all: bool,
+        timeout: Timeout,
+    ) -> Result<WaitOutcome, Error> {
+        if handles.is_empty() || handles.len() > WAIT_OBJECTS_MAX {
+            return Err(Error::Win32(crate::error::CODE_INVALID_PARAMETER));
+        }
+        self.ensure_alive()?;
+        let count = handles.len();
+        let handles = handles.to_vec();
+        let reply = self
+            .shared()
+            .mutate(self.wait_policy("Wait", timeout), |mut c, header| {
+                let request = v1::WaitRequest {
+                    header: Some(header),
+                    thread_id: thread,
+                    handles: handles.clone(),
+                    wait_all,
+                    timeout_ms: timeout.as_wire(),
+                };
+                async move { c.wait(request).await }
+            })
+            .await?;
+        WaitOutcome::from_wire(reply.result, reply.error, reply.fencing_token, count)
+    }
+
+    /// `SignalObjectAndWait`: signals `signal` (sets an event, releases a mutex owned by
+    /// `thread`, or releases a semaphore by one) and waits on `wait` in one atomic step.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::wait`]; also 288 / 298 / 5 / 6 from the signal half.
+    pub async fn signal_and_wait(
+        &self,
+        thread: u64,
+        signal: u64,
+        wait: u64,
+        timeout: Timeout,
+    ) -> Result<WaitOutcome, Error> {
+        self.ensure_alive()?;
+        let reply = self
+            .shared()
+            .mutate(
+                self.wait_policy("SignalAndWait", timeout),
+                |mut c, header| {
+                    let request = v1::SignalAndWaitRequest {
+                        header: Some(header),
+                        thread_id: thread,
+                        signal_handle: signal,
+                        wait_handle: wait,
+                        timeout_ms: timeout.as_wire(),
+                    };
+                    async move { c.signal_and_wait(request).await }
+                },
+            )
+            .await?;
+        WaitOutcome::from_wire(reply.result, reply.error, reply.fencing_token, 1)
+    }
+
+    /// Reports that `thread` exited: every mutex it owns becomes abandoned (Win32 thread-exit
+    /// semantics). The thread id may be reused afterwards.
+    ///
+    /// # Errors
+    ///
+    /// The cluster errors.
+    pub async fn thread_exit(&self, thread: u64) -> Result<(), Error> {
+        self.ensure_alive()?;
+        let reply = self
+            .shared()
+            .mutate(self.unary_policy("ThreadExit"), |mut c, header| {
+                let request = v1::ThreadExitRequest {
+                    header: Some(header),
+                    thread_id: thread,
+                };
+                async move { c.thread_exit(request).await }
+            })
+            .await?;
+        match reply.error {
+            0 => Ok(()),
+            code => Err(Error::Win32(code)),
+        }
+    }
+
+    /// Reads an object's state through a handle (linearizable).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`]`(6)` for a bad handle; the cluster errors.
+    pub async fn query(&self, handle: u64) -> Result<ObjectState, Error> {
+        self.ensure_alive()?;
+        let request = v1::QueryRequest {
+            session_id: self.id(),
+            handle,
+        };
+        let reply = self
+            .shared()
+            .client
+            .call(self.unary_policy("Query"), |mut c| async move {
+                c.query(request).await
+            })
+            .await?;
+        match reply.error {
+            0 => ObjectState::from_wire(&reply),
+            code => Err(Error::Win32(code)),
+        }
+    }
+
+    /// Checks a fencing token for a mutex name: true iff the mutex is owned now and its
+    /// current grant has exactly this token. Same as [`Client::check_fencing_token`].
+    ///
+    /// # Errors
+    ///
+    /// The cluster errors.
+    pub async fn check_fencing_token(&self, name: &str, token: u64) -> Result<bool, Error> {
+        self.shared().client.check_fencing_token(name, token).await
+    }
+}
+
+/// How a keepalive stream ended.
+enum StreamEnd {
+    /// Stop for good (session stopped or expired).
+    Stop,
+    /// The stream broke; reconnect, following the status's leader hint if any.
+    Broken(Option<Status>),
+}
+
+/// Resolves once the stop flag is set (dropping the watch guard before returning, so that the
+/// future stays `Send`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Keeps the session alive: a bidi `KeepAlive` stream with one request every ttl/3,
+/// reconnected on any node when it breaks.
+async fn keepalive_task(shared: Arc<Shared>) {
+    let mut stop = shared.stop_tx.subscribe();
+    let interval = (shared.ttl / 3).max(KEEPALIVE_INTERVAL_MIN);
+    let attempt_timeout = shared.client.config().attempt_timeout;
+    let request = v1::KeepAliveRequest {
+        session_id: shared.id,
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let (node, channel) = shared.client.pick();
+        // Room for the initial request plus one per tick; a stream with an unanswered request
+        // older than one interval is abandoned, so this never fills.
+        let (tx, rx) = mpsc::channel(4);
+        let mut sent = VecDeque::new();
+        sent.push_back(Instant::now());
+        let _ = tx.try_send(request);
+        let mut client = DlockClient::new(channel);
+        let open =
+            tokio::time::timeout(attempt_timeout, client.keep_alive(ReceiverStream::new(rx)));
+        let opened = tokio::select! {
+            () = stopped(&mut stop) => return,
+            r = open => r,
+        };
+        let end = match opened {
+            Ok(Ok(response)) => {
+                let mut stream = response.into_inner();
+                let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+                ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = stopped(&mut stop) => break StreamEnd::Stop,
+                        _ = ticker.tick() => {
+                            if sent.front().is_some_and(|t| t.elapsed() >= interval) {
+                                tracing::debug!(session = shared.id, node, "keepalive unanswered");
+                                break StreamEnd::Broken(None);
+                            }
+                            sent.push_back(Instant::now());
+                            if tx.send(request).await.is_err() {
+                                break StreamEnd::Broken(None);
+                            }
+                        }
+                        message = stream.message() => match message {
+                            Ok(Some(reply)) => {
+                                let sent_at = sent.pop_front();
+                                if reply.expired {
+                                    shared.mark_server_expired("keepalive reply: expired");
+                                    break StreamEnd::Stop;
+                                }
+                                if let Some(sent_at) = sent_at {
+                                    shared.renew(sent_at, reply.ttl_ms);
+                                }
+                                backoff.reset();
+                            }
+                            Ok(None) => break StreamEnd::Broken(None),
+                            Err(status) => break StreamEnd::Broken(Some(status)),
+                        },
+                    }
+                }
+            }
+            Ok(Err(status)) => StreamEnd::Broken(Some(status)),
+            Err(_) => StreamEnd::Broken(None),
+        };
+        let status = match end {
+            StreamEnd::Stop => return,
+            StreamEnd::Broken(status) => status,
+        };
+        if let Some(status) = &status {
+            tracing::debug!(
+                session = shared.id,
+                node,
+                code = ?status.code(),
+                message = status.message(),
+                "keepalive stream failed"
+            );
+            if status.code() == tonic::Code::NotFound {
+                shared.mark_server_expired("keepalive: session not found");
+                return;
+            }
+        }
+        let followed = status
+            .as_ref()
+            .and_then(leader_hint)
+            .is_some_and(|hint| shared.client.follow_hint(&hint));
+        if !followed {
+            shared.client.advance(node);
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Publishes lease-state changes on time, and sends the best-effort `CloseSession` once the
+/// session is stopped or expired.
+async fn clock_task(shared: Arc<Shared>) {
+    let mut stop = shared.stop_tx.subscribe();
+    loop {
+        let now = Instant::now();
+        let state = shared.refresh(now);
+        let next = shared
+            .lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_transition(now);
+        let Some(next) = next else { break };
+        if state == SessionState::Expired || *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            () = stopped(&mut stop) => break,
+            () = tokio::time::sleep_until(next) => {}
+        }
+    }
+    shared.mark_expired("session stopped");
+    if let Err(err) = shared.close_rpc().await {
+        tracing::debug!(session = shared.id, error = %err, "best-effort CloseSession failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seqs_start_at_one_and_ack_the_oldest_in_flight() {
+        let mut t = SeqTracker::new();
+        assert_eq!(t.ack_below(), 1);
+        assert_eq!(t.begin(), (1, 1));
+        assert_eq!(t.begin(), (2, 1), "1 is still in flight");
+        t.finish(1);
+        assert_eq!(t.ack_below(), 2);
+        assert_eq!(t.begin(), (3, 2));
+        t.finish(3);
+        assert_eq!(t.ack_below(), 2, "2 still in flight");
+        t.finish(2);
+        assert_eq!(t.ack_below(), 4, "nothing in flight: the next seq");
+        assert_eq!(t.begin(), (4, 4));
+    }
+
+    #[test]
+    #[should_panic(expected = "not in flight")]
+    fn finishing_twice_is_a_bug() {
+        let mut t = SeqTracker::new();
+        let (seq, _) = t.begin();
+        t.finish(seq);
+        t.finish(seq);
+    }
+
+    #[test]
+    fn lease_goes_alive_jeopardy_expired_from_the_send_time() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_millis(900);
+        let mut l = LeaseClock::new(t0, ttl);
+        assert_eq!(l.state_at(t0), SessionState::Alive);
+        assert_eq!(l.next_transition(t0), Some(t0 + Duration::from_millis(600)));
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(l.state_at(ms(599)), SessionState::Alive);
+        assert_eq!(l.state_at(ms(600)), SessionState::Jeopardy);
+        assert_eq!(l.next_transition(ms(600)), Some(ms(900)));
+        assert_eq!(l.state_at(ms(899)), SessionState::Jeopardy);
+        assert_eq!(l.state_at(ms(900)), SessionState::Expired);
+        assert_eq!(l.next_transition(ms(900)), None);
+
+        // A renewal for a keepalive sent at 500 ms, received at 700 ms: alive until 1100.
+        assert_eq!(l.renew(ms(500), ttl, ms(700)), SessionState::Alive);
+        assert_eq!(l.state_at(ms(1099)), SessionState::Alive);
+        assert_eq!(l.state_at(ms(1100)), SessionState::Jeopardy);
+        assert_eq!(l.state_at(ms(1400)), SessionState::Expired);
+
+        // An older reply (sent before the current renewal) does not move the clock back.
+        assert_eq!(l.renew(ms(100), ttl, ms(800)), SessionState::Alive);
+        assert_eq!(l.state_at(ms(1100)), SessionState::Jeopardy);
+
+        // The server may grant another TTL.
+        assert_eq!(
+            l.renew(ms(800), Duration::from_millis(3000), ms(850)),
+            SessionState::Alive
+        );
+        assert_eq!(l.state_at(ms(2799)), SessionState::Alive);
+        assert_eq!(l.state_at(ms(3800)), SessionState::Expired);
+    }
+
+    #[test]
+    fn lease_expiry_is_terminal() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_millis(300);
+        let mut l = LeaseClock::new(t0, ttl);
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(l.observe(ms(300)), SessionState::Expired);
+        // A late reply cannot revive it, even one for a request sent in time.
+        assert_eq!(l.renew(ms(250), ttl, ms(310)), SessionState::Expired);
+        assert_eq!(l.state_at(ms(260)), SessionState::Expired);
+
+        let mut l = LeaseClock::new(t0, ttl);
+        l.expire();
+        assert_eq!(l.state_at(t0), SessionState::Expired);
+        assert_eq!(l.renew(t0, ttl, t0), SessionState::Expired);
+    }
+
+    #[test]
+    fn late_reply_after_local_expiry_without_observation_stays_expired() {
+        // Nobody observed the clock between 0 and 400 ms; the renewal arrives at 400 ms for a
+        // request sent at 200 ms. The lease ran out at 300 ms, so the session stays expired.
+        let t0 = Instant::now();
+        let ttl = Duration::from_millis(300);
+        let mut l = LeaseClock::new(t0, ttl);
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(l.renew(ms(200), ttl, ms(400)), SessionState::Expired);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_cluster_drives_the_session_to_jeopardy_then_expired() {
+        let mut config = crate::ClientConfig::new(["127.0.0.1:1"]);
+        config.request_timeout = Duration::from_millis(200);
+        let client = Client::connect_with_config(config).await.unwrap();
+        // A session as if OpenSession had just been answered; no node will answer keepalives.
+        let session = Session::start(client, 7, Duration::from_millis(900), Instant::now());
+        let mut states = session.watch_state();
+        assert_eq!(*states.borrow_and_update(), SessionState::Alive);
+        let t0 = Instant::now();
+        states.changed().await.unwrap();
+        assert_eq!(*states.borrow_and_update(), SessionState::Jeopardy);
+        assert!(t0.elapsed() >= Duration::from_millis(600));
+        states.changed().await.unwrap();
+        assert_eq!(*states.borrow_and_update(), SessionState::Expired);
+        assert!(t0.elapsed() >= Duration::from_millis(900));
+        assert_eq!(session.state(), SessionState::Expired);
+        // Calls on an expired session fail fast.
+        assert_eq!(session.set_event(1).await.unwrap_err(), Error::SessionLost);
+        assert_eq!(
+            session
+                .wait(1, &[1], false, Timeout::Infinite)
+                .await
+                .unwrap_err(),
+            Error::SessionLost
+        );
+    }
+
+    #[tokio::test]
+    async fn waits_validate_the_handle_count_locally() {
+        let client = Client::connect(["127.0.0.1:1"]).await.unwrap();
+        let session = Session::start(client, 7, Duration::from_secs(60), Instant::now());
+        assert_eq!(
+            session.wait(1, &[], false, Timeout::Millis(0)).await,
+            Err(Error::Win32(87))
+        );
+        assert_eq!(
+            session.wait(1, &[1; 65], false, Timeout::Millis(0)).await,
+            Err(Error::Win32(87))
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! The process-global state behind the facade: one tokio runtime, one client, the current
+//! session, and the handle table.
+
+use std::future::Future;
+use std::sync::{LazyLock, Mutex as StdMutex, OnceLock};
+use std::time::Duration;
+
+use super::handles::HandleTable;
+use super::{
+    ERROR_BAD_NET_NAME, ERROR_INVALID_HANDLE, ERROR_NO_SYSTEM_RESOURCES, ERROR_NOT_SUPPORTED,
+};
+use crate::config::split_endpoint_list;
+use crate::{Client, ClientConfig, Error, ObjectKind, Session, SessionState};
+
+/// Worker threads of the facade's runtime: the blocking calls run their futures on the calling
+/// thread, so the workers only drive I/O, timers and the keepalive.
+const RUNTIME_WORKER_THREADS: usize = 2;
+/// How long a thread's exit waits for its `ThreadExit` to be applied. Bounded so a thread never
+/// hangs on exit when the cluster is unreachable; the request keeps retrying in the background
+/// up to the request timeout, and the session's expiry abandons the mutexes in the worst case.
+const THREAD_EXIT_WAIT: Duration = Duration::from_secs(2);
+/// Default for `DLOCK_SESSION_TTL_MS`.
+const SESSION_TTL_DEFAULT: Duration = Duration::from_millis(10_000);
+
+/// One open facade handle.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) session: Session,
+    pub(crate) id: u64,
+    pub(crate) kind: ObjectKind,
+}
+
+/// The handle table. A std mutex: held only for lookups and inserts, never across an await.
+pub(crate) static HANDLES: LazyLock<StdMutex<HandleTable<Entry>>> =
+    LazyLock::new(|| StdMutex::new(HandleTable::new()));
+
+/// Looks a handle up; 6 if it is unknown, of another kind than `kind`, or from a lost session.
+pub(crate) fn resolve(handle: isize, kind: Option<ObjectKind>) -> Result<Entry, u32> {
+    let table = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = table.get(handle).ok_or(ERROR_INVALID_HANDLE)?;
+    if kind.is_some_and(|k| k != entry.kind) {
+        return Err(ERROR_INVALID_HANDLE);
+    }
+    if entry.session.state() == SessionState::Expired {
+        return Err(ERROR_INVALID_HANDLE);
+    }
+    Ok(entry.clone())
+}
+
+/// Settings read from the environment once, at first use.
+struct Settings {
+    /// The endpoint list, or why `DLOCK_ENDPOINTS` is unusable.
+    endpoints: Result<Vec<String>, String>,
+    session_ttl: Duration,
+    request_timeout: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let endpoints = match std::env::var("DLOCK_ENDPOINTS") {
+            Ok(list) => {
+                let list = split_endpoint_list(&list);
+                if list.is_empty() {
+                    Err("DLOCK_ENDPOINTS is empty".to_owned())
+                } else {
+                    Ok(list)
+                }
+            }
+            Err(std::env::VarError::NotPresent) => Ok(vec![crate::DEFAULT_ENDPOINT.to_owned()]),
+            Err(err) => Err(format!("DLOCK_ENDPOINTS: {err}")),
+        };
+        Settings {
+            endpoints,
+            session_ttl: env_millis("DLOCK_SESSION_TTL_MS", SESSION_TTL_DEFAULT),
+            request_timeout: env_millis("DLOCK_REQUEST_TIMEOUT_MS", crate::REQUEST_TIMEOUT_DEFAULT),
+        }
+    }
+}
+
+/// A positive millisecond count from the environment, or the default (with a warning if set but
+/// unusable).
+fn env_millis(var: &str, default: Duration) -> Duration {
+    match std::env::var(var) {
+        Err(_) => default,
+        Ok(raw) => match raw.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => {
+                tracing::warn!(var, value = raw, ?default, "ignoring invalid setting");
+                default
+            }
+        },
+    }
+}
+
+/// The connection state, created lazily inside the runtime.
+#[derive(Default)]
+struct Conn {
+    client: Option<Client>,
+    session: Option<Session>,
+}
+
+pub(crate) struct Facade {
+    runtime: tokio::runtime::Runtime,
+    settings: Settings,
+    /// A tokio mutex: held across `OpenSession` so that concurrent first calls open one
+    /// session, not several.
+    conn: tokio::sync::Mutex<Conn>,
+}
+
+static FACADE: OnceLock<Option<Facade>> = OnceLock::new();
+
+fn facade() -> Option<&'static Facade> {
+    FACADE
+        .get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(RUNTIME_WORKER_THREADS)
+                .thread_name("dlock-worker")
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => Some(Facade {
+                    runtime,
+                    settings: Settings::from_env(),
+                    conn: tokio::sync::Mutex::new(Conn::default()),
+                }),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start the dlock runtime");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Runs a facade operation to completion on the calling thread.
+///
+/// Fails with `ERROR_NOT_SUPPORTED` when called from inside a tokio runtime (blocking there
+/// could deadlock it, and `block_on` would panic), and with `ERROR_NO_SYSTEM_RESOURCES` if the
+/// runtime cannot be started.
+pub(crate) fn block_on<T, F, Fut>(op: F) -> Result<T, u32>
+where
+    F: FnOnce(&'static Facade) -> Fut,
+    Fut: Future<Output = Result<T, u32>>,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tracing::warn!("dlock::win32 called from inside a tokio runtime; use the async API");
+        return Err(ERROR_NOT_SUPPORTED);
+    }
+    let facade = facade().ok_or(ERROR_NO_SYSTEM_RESOURCES)?;
+    facade.runtime.block_on(op(facade))
+}
+
+impl Facade {
+    /// The current session, opening one (and the client) if there is none or it expired.
+    pub(crate) async fn session(&self) -> Result<Session, u32> {
+        let mut conn = self.conn.lock().await;
+        if let Some(session) = &conn.session {
+            if session.state() != SessionState::Expired {
+                return Ok(session.clone());
+            }
+            tracing::info!(session = session.id(), "session lost; opening a new one");
+        }
+        let client = match &conn.client {
+            Some(client) => client.clone(),
+            None => {
+                let endpoints = self.settings.endpoints.clone().map_err(|why| {
+                    tracing::error!(why, "no usable cluster endpoints");
+                    ERROR_BAD_NET_NAME
+                })?;
+                let mut config = ClientConfig::new(endpoints);
+                config.request_timeout = self.settings.request_timeout;
+                let client = Client::connect_with_config(config).await.map_err(|err| {
+                    tracing::error!(error = %err, "invalid DLOCK_ENDPOINTS");
+                    ERROR_BAD_NET_NAME
+                })?;
+                conn.client = Some(client.clone());
+                client
+            }
+        };
+        let session = client
+            .open_session(self.settings.session_ttl)
+            .await
+            .map_err(|e| e.code())?;
+        conn.session = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Runs `op` on the current session; if the session turns out to be lost, opens a new one
+    /// and runs `op` once more (for creates and opens, which act on no existing handle).
+    pub(crate) async fn with_session<T, F, Fut>(&self, mut op: F) -> Result<(Session, T), u32>
+    where
+        F: FnMut(Session) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let mut retried = false;
+        loop {
+            let session = self.session().await?;
+            match op(session.clone()).await {
+                Ok(value) => return Ok((session, value)),
+                Err(Error::SessionLost) if !retried => retried = true,
+                Err(err) => return Err(err.code()),
+            }
+        }
+    }
+}
+
+/// Reports that facade thread `thread` exited, waiting a bounded time for the cluster to apply
+/// it. Called from a thread-local destructor: uses only `spawn` and a std channel, both safe
+/// while the thread's other thread-locals are being torn down.
+pub(crate) fn thread_exited(thread: u64) {
+    let Some(Some(facade)) = FACADE.get() else {
+        return;
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    facade.runtime.spawn(async move {
+        let session = facade.conn.lock().await.session.clone();
+        if let Some(session) = session.filter(|s| s.state() != SessionState::Expired) {
+            match session.thread_exit(thread).await {
+                Ok(()) => tracing::debug!(thread, "reported thread exit"),
+                Err(err) => tracing::warn!(thread, error = %err, "ThreadExit failed"),
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(THREAD_EXIT_WAIT);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_millis_falls_back_on_garbage() {
+        assert_eq!(
+            env_millis("DLOCK_TEST_UNSET_VARIABLE_XYZ", Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn blocking_calls_refuse_to_run_inside_a_runtime() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let r = rt.block_on(async { block_on(|_| async { Ok(1) }) });
+        assert_eq!(r, Err(ERROR_NOT_SUPPORTED));
+    }
+
+    #[test]
+    fn spawning_from_a_thread_local_destructor_does_not_panic() {
+        // The mechanism thread_exited relies on: spawn onto a runtime from a TLS destructor
+        // and wait on a std channel.
+        static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        });
+        static RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        struct Guard;
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let (tx, rx) = std::sync::mpsc::channel();
+                RT.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let _ = tx.send(());
+                });
+                if rx.recv_timeout(Duration::from_secs(5)).is_ok() {
+                    RAN.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        thread_local! { static G: Guard = const { Guard }; }
+        LazyLock::force(&RT);
+        std::thread::spawn(|| G.with(|_| ())).join().unwrap();
+        assert!(RAN.load(std::sync::atomic::Ordering::SeqCst));
+    }
+}

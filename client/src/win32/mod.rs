@@ -1,0 +1,996 @@
+//! The blocking Win32 facade: `CreateMutexA`, `WaitForSingleObject`, `GetLastError`, ...
+//! with Win32 names, signatures and semantics, served by the dlock cluster.
+//!
+//! ```no_run
+//! use dlock::win32::*;
+//!
+//! let h = CreateMutexA(None, FALSE, Some("NameOfMutexObject"));
+//! if h == NULL {
+//!     eprintln!("CreateMutex error: {}", GetLastError());
+//! } else {
+//!     let opened_existing = GetLastError() == ERROR_ALREADY_EXISTS;
+//!     match WaitForSingleObject(h, 5000) {
+//!         WAIT_OBJECT_0 | WAIT_ABANDONED => {
+//!             // ... we own the mutex ...
+//!             ReleaseMutex(h);
+//!         }
+//!         WAIT_TIMEOUT => eprintln!("busy"),
+//!         _ => eprintln!("wait failed: {}", GetLastError()),
+//!     }
+//!     CloseHandle(h);
+//!     let _ = opened_existing;
+//! }
+//! ```
+//!
+//! # Configuration (environment, read once at the first call)
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `DLOCK_ENDPOINTS` | comma-separated cluster nodes, each `http://host:port` or `host:port` | `127.0.0.1:7700` (dlockd's default client address) |
+//! | `DLOCK_SESSION_TTL_MS` | the session TTL asked for, in milliseconds (the server clamps it) | `10000` |
+//! | `DLOCK_REQUEST_TIMEOUT_MS` | how long a call keeps retrying across nodes before failing with `ERROR_NETWORK_UNREACHABLE` | `10000` |
+//!
+//! The facade connects lazily at the first call that needs the cluster, and opens one session
+//! for the process.
+//!
+//! # Semantics
+//!
+//! * **Handles** are process-wide and usable from any thread. Their values are small
+//!   multiples of 4, never 0 (NULL), and not reused. `bInheritHandle` and security
+//!   descriptors are accepted and ignored.
+//! * **The last error is per OS thread**, and set exactly when Win32 sets it: creates always
+//!   set it (0 new, 183 `ERROR_ALREADY_EXISTS`, or the failure code); every other call sets it
+//!   only when it fails. Successful waits and `WAIT_TIMEOUT` leave it untouched.
+//! * **Mutex ownership belongs to the calling OS thread.** Each thread gets a process-unique
+//!   id on first use. When a thread that waited (or created a mutex owned) exits, the facade
+//!   reports it to the cluster (blocking the exit for at most 2 s): the mutexes it still owns
+//!   become abandoned, as on Windows. When the process dies, its session expires after the
+//!   TTL and its mutexes become abandoned.
+//! * **`bAlertable`** is accepted and ignored: there are no APCs, so `WAIT_IO_COMPLETION`
+//!   never happens.
+//! * Names are cut at the first NUL, limited to 260 UTF-16 units in both `A` and `W` forms
+//!   (else `ERROR_FILENAME_EXCED_RANGE`); invalid UTF-16 in a `W` name gives
+//!   `ERROR_INVALID_NAME`. Everything else about names is validated by the server.
+//!
+//! # Cluster trouble: the dlock-specific error codes
+//!
+//! | situation | result | `GetLastError()` |
+//! |---|---|---|
+//! | no node answered within `DLOCK_REQUEST_TIMEOUT_MS` | NULL / FALSE / `WAIT_FAILED` | [`ERROR_NETWORK_UNREACHABLE`] (1231) |
+//! | the cluster stayed overloaded for the request timeout | NULL / FALSE / `WAIT_FAILED` | [`ERROR_NO_SYSTEM_RESOURCES`] (1450) |
+//! | a handle of a session that was lost (its value is still known) | FALSE / `WAIT_FAILED` | [`ERROR_INVALID_HANDLE`] (6) |
+//! | the session was lost *during* the call (e.g. a wait in progress) | FALSE / `WAIT_FAILED` | [`ERROR_CONNECTION_ABORTED`] (1236) |
+//! | a `Local\` name (the host-local backend does not exist yet) | NULL | [`ERROR_NOT_SUPPORTED`] (50) |
+//! | a call from inside a tokio runtime | NULL / FALSE / `WAIT_FAILED` | [`ERROR_NOT_SUPPORTED`] (50) |
+//! | `DLOCK_ENDPOINTS` unusable | NULL / FALSE / `WAIT_FAILED` | [`ERROR_BAD_NET_NAME`] (67) |
+//! | the server broke the protocol (version mismatch, bug) | NULL / FALSE / `WAIT_FAILED` | [`ERROR_INTERNAL_ERROR`] (1359) |
+//!
+//! A lost session is replaced transparently: the next create or open opens a new session (a
+//! create that finds its session lost mid-call is retried once on a new session). Handles of
+//! the old session then fail with `ERROR_INVALID_HANDLE`, including `CloseHandle`, which also
+//! forgets the value. Calls never hang forever, except an `INFINITE` wait while the cluster is
+//! reachable (the wait ends with `ERROR_CONNECTION_ABORTED` if the session is lost).
+//!
+//! # Restrictions
+//!
+//! * Do not call the facade from inside a tokio runtime (an async task or a runtime worker
+//!   thread): the calls block. They fail with `ERROR_NOT_SUPPORTED` there; use the async API
+//!   ([`crate::Session`]) instead. The facade runs its own runtime (2 worker threads named
+//!   `dlock-worker`).
+//! * `Local\` names: the host-local fast path (shared memory, no server) comes later; for now
+//!   creates and opens of `Local\` names fail with `ERROR_NOT_SUPPORTED` and are never sent to
+//!   the cluster.
+#![allow(non_snake_case, non_camel_case_types)]
+
+mod global;
+mod handles;
+mod names;
+mod thread;
+
+use std::future::Future;
+
+use crate::{Error, ObjectKind, Session, Timeout};
+use global::{Entry, HANDLES, block_on, resolve};
+
+/// A handle value; 0 is NULL.
+pub type HANDLE = isize;
+/// A 32-bit unsigned value.
+pub type DWORD = u32;
+/// A Win32 boolean: 0 is FALSE, anything else TRUE.
+pub type BOOL = i32;
+/// A 32-bit signed value.
+pub type LONG = i32;
+
+/// The NULL handle.
+pub const NULL: HANDLE = 0;
+/// BOOL true.
+pub const TRUE: BOOL = 1;
+/// BOOL false.
+pub const FALSE: BOOL = 0;
+
+/// Security attributes: accepted for signature compatibility; the descriptor is ignored, and so
+/// is `bInheritHandle` (there are no child processes to inherit dlock handles).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SECURITY_ATTRIBUTES {
+    /// Size of the structure (not checked).
+    pub nLength: DWORD,
+    /// Address of a security descriptor (ignored).
+    pub lpSecurityDescriptor: usize,
+    /// Whether the handle is inheritable (ignored).
+    pub bInheritHandle: BOOL,
+}
+
+// ---- Wait results and limits (win32-semantics §1.1) ----
+
+/// The wait was satisfied by the object at index 0 (add the index for multiple objects).
+pub const WAIT_OBJECT_0: DWORD = 0x0000_0000;
+/// The wait acquired an abandoned mutex.
+pub const WAIT_ABANDONED: DWORD = 0x0000_0080;
+/// The wait acquired the abandoned mutex at index 0 (add the index).
+pub const WAIT_ABANDONED_0: DWORD = 0x0000_0080;
+/// An alertable wait was interrupted by an APC (never returned by dlock).
+pub const WAIT_IO_COMPLETION: DWORD = 0x0000_00C0;
+/// The timeout elapsed.
+pub const WAIT_TIMEOUT: DWORD = 0x0000_0102;
+/// The wait failed; see `GetLastError`.
+pub const WAIT_FAILED: DWORD = 0xFFFF_FFFF;
+/// A timeout that never expires.
+pub const INFINITE: DWORD = 0xFFFF_FFFF;
+/// The most handles one wait may name.
+pub const MAXIMUM_WAIT_OBJECTS: DWORD = 64;
+/// The longest name, in UTF-16 code units.
+pub const MAX_PATH: DWORD = 260;
+
+// ---- Error codes (win32-semantics §1.2) ----
+
+/// Success.
+pub const ERROR_SUCCESS: DWORD = 0;
+/// No object has that name.
+pub const ERROR_FILE_NOT_FOUND: DWORD = 2;
+/// A path component of the name does not exist.
+pub const ERROR_PATH_NOT_FOUND: DWORD = 3;
+/// The handle or object does not grant the access needed.
+pub const ERROR_ACCESS_DENIED: DWORD = 5;
+/// The handle is invalid, closed, of the wrong type, or from a lost session.
+pub const ERROR_INVALID_HANDLE: DWORD = 6;
+/// A parameter is invalid.
+pub const ERROR_INVALID_PARAMETER: DWORD = 87;
+/// The name is malformed (also: invalid UTF-16).
+pub const ERROR_INVALID_NAME: DWORD = 123;
+/// The name starts with a backslash.
+pub const ERROR_BAD_PATHNAME: DWORD = 161;
+/// A create opened an existing object of the same type (the handle is valid).
+pub const ERROR_ALREADY_EXISTS: DWORD = 183;
+/// The name is longer than 260 UTF-16 units.
+pub const ERROR_FILENAME_EXCED_RANGE: DWORD = 206;
+/// The calling thread does not own the mutex.
+pub const ERROR_NOT_OWNER: DWORD = 288;
+/// The semaphore's maximum would be exceeded.
+pub const ERROR_TOO_MANY_POSTS: DWORD = 298;
+/// The mutex's recursion limit was reached.
+pub const ERROR_MUTANT_LIMIT_EXCEEDED: DWORD = 587;
+/// `ACCESS_SYSTEM_SECURITY` was requested.
+pub const ERROR_PRIVILEGE_NOT_HELD: DWORD = 1314;
+
+// ---- dlock-specific uses of Win32 error codes (see the module docs) ----
+
+/// dlock: the operation is not supported: a `Local\` name (no host-local backend yet), or a
+/// facade call from inside a tokio runtime.
+pub const ERROR_NOT_SUPPORTED: DWORD = 50;
+/// dlock: `DLOCK_ENDPOINTS` is empty or malformed.
+pub const ERROR_BAD_NET_NAME: DWORD = 67;
+/// dlock: no cluster node answered within the request timeout.
+pub const ERROR_NETWORK_UNREACHABLE: DWORD = crate::error::CODE_NETWORK_UNREACHABLE;
+/// dlock: the process's session was lost while the call was in progress (e.g. during a wait).
+pub const ERROR_CONNECTION_ABORTED: DWORD = crate::error::CODE_CONNECTION_ABORTED;
+/// dlock: the server violated the protocol or answered with an unexpected status.
+pub const ERROR_INTERNAL_ERROR: DWORD = crate::error::CODE_INTERNAL_ERROR;
+/// dlock: a limit was reached: the server's (handles, waiters, sessions) or the cluster stayed
+/// overloaded for the whole request timeout.
+pub const ERROR_NO_SYSTEM_RESOURCES: DWORD = crate::error::CODE_NO_SYSTEM_RESOURCES;
+
+// ---- Access rights (win32-semantics §1.3) ----
+
+/// Standard right: delete the object.
+pub const DELETE: DWORD = 0x0001_0000;
+/// Standard right: read the security descriptor.
+pub const READ_CONTROL: DWORD = 0x0002_0000;
+/// Same as `READ_CONTROL`.
+pub const STANDARD_RIGHTS_READ: DWORD = READ_CONTROL;
+/// Same as `READ_CONTROL`.
+pub const STANDARD_RIGHTS_WRITE: DWORD = READ_CONTROL;
+/// Same as `READ_CONTROL`.
+pub const STANDARD_RIGHTS_EXECUTE: DWORD = READ_CONTROL;
+/// Standard right: modify the DACL.
+pub const WRITE_DAC: DWORD = 0x0004_0000;
+/// Standard right: change the owner.
+pub const WRITE_OWNER: DWORD = 0x0008_0000;
+/// Standard right: wait on the object.
+pub const SYNCHRONIZE: DWORD = 0x0010_0000;
+/// `DELETE | READ_CONTROL | WRITE_DAC | WRITE_OWNER`.
+pub const STANDARD_RIGHTS_REQUIRED: DWORD = 0x000F_0000;
+/// Access to the SACL (needs a privilege: opens fail with 1314).
+pub const ACCESS_SYSTEM_SECURITY: DWORD = 0x0100_0000;
+/// The maximum access allowed.
+pub const MAXIMUM_ALLOWED: DWORD = 0x0200_0000;
+/// Generic all access (mapped to the type's `..._ALL_ACCESS`).
+pub const GENERIC_ALL: DWORD = 0x1000_0000;
+/// Generic execute (mapped to `READ_CONTROL | SYNCHRONIZE`).
+pub const GENERIC_EXECUTE: DWORD = 0x2000_0000;
+/// Generic write (mapped per type; a mutex gets only `READ_CONTROL`).
+pub const GENERIC_WRITE: DWORD = 0x4000_0000;
+/// Generic read (mapped to `READ_CONTROL | <TYPE>_QUERY_STATE`).
+pub const GENERIC_READ: DWORD = 0x8000_0000;
+/// Mutex: query state.
+pub const MUTANT_QUERY_STATE: DWORD = 0x0001;
+/// Mutex: same bit as `MUTANT_QUERY_STATE` ("reserved for future use").
+pub const MUTEX_MODIFY_STATE: DWORD = 0x0001;
+/// Mutex: all access.
+pub const MUTEX_ALL_ACCESS: DWORD = 0x001F_0001;
+/// Same as `MUTEX_ALL_ACCESS`.
+pub const MUTANT_ALL_ACCESS: DWORD = MUTEX_ALL_ACCESS;
+/// Event: query state.
+pub const EVENT_QUERY_STATE: DWORD = 0x0001;
+/// Event: set, reset, pulse.
+pub const EVENT_MODIFY_STATE: DWORD = 0x0002;
+/// Event: all access.
+pub const EVENT_ALL_ACCESS: DWORD = 0x001F_0003;
+/// Semaphore: query state.
+pub const SEMAPHORE_QUERY_STATE: DWORD = 0x0001;
+/// Semaphore: release.
+pub const SEMAPHORE_MODIFY_STATE: DWORD = 0x0002;
+/// Semaphore: all access.
+pub const SEMAPHORE_ALL_ACCESS: DWORD = 0x001F_0003;
+
+// ---- Flags (win32-semantics §1.4) ----
+
+/// `CreateMutexEx`: the creating thread owns a new mutex.
+pub const CREATE_MUTEX_INITIAL_OWNER: DWORD = 0x0000_0001;
+/// `CreateEventEx`: manual-reset event.
+pub const CREATE_EVENT_MANUAL_RESET: DWORD = 0x0000_0001;
+/// `CreateEventEx`: initially signaled.
+pub const CREATE_EVENT_INITIAL_SET: DWORD = 0x0000_0002;
+
+// ---- Last error ----
+
+/// The calling thread's last-error code.
+///
+/// ```
+/// dlock::win32::SetLastError(0xDEADBEEF);
+/// assert_eq!(dlock::win32::GetLastError(), 0xDEADBEEF);
+/// ```
+pub fn GetLastError() -> DWORD {
+    thread::last_error()
+}
+
+/// Sets the calling thread's last-error code.
+pub fn SetLastError(code: DWORD) {
+    thread::set_last_error(code);
+}
+
+/// Sets the last error and returns `value` (the failure value of the caller).
+fn fail<T>(code: u32, value: T) -> T {
+    thread::set_last_error(code);
+    value
+}
+
+fn is_true(b: BOOL) -> bool {
+    b != FALSE
+}
+
+// ---- Create and open ----
+
+/// The shared body of every create: name checks, then create-or-open on the current session.
+fn create(
+    kind: ObjectKind,
+    name: Result<Option<String>, u32>,
+    flags: u32,
+    access: u32,
+    initial_count: i32,
+    maximum_count: i32,
+) -> HANDLE {
+    let name = match name {
+        Ok(name) => name,
+        Err(code) => return fail(code, NULL),
+    };
+    if names::is_local(name.as_deref()) {
+        return fail(ERROR_NOT_SUPPORTED, NULL);
+    }
+    if !HANDLES.lock().unwrap_or_else(|e| e.into_inner()).has_room() {
+        return fail(ERROR_NO_SYSTEM_RESOURCES, NULL);
+    }
+    let thread = thread::current_thread_id();
+    if kind == ObjectKind::Mutex && flags & CREATE_MUTEX_INITIAL_OWNER != 0 {
+        thread::mark_may_own();
+    }
+    let name = name.as_deref();
+    let result = block_on(|facade| {
+        facade.with_session(move |session| async move {
+            session
+                .create(
+                    thread,
+                    kind,
+                    name,
+                    flags,
+                    access,
+                    initial_count,
+                    maximum_count,
+                )
+                .await
+        })
+    });
+    match result {
+        Ok((session, created)) => {
+            let handle = insert_handle(session, created.handle, kind);
+            thread::set_last_error(if created.already_existed {
+                ERROR_ALREADY_EXISTS
+            } else {
+                ERROR_SUCCESS
+            });
+            handle
+        }
+        Err(code) => fail(code, NULL),
+    }
+}
+
+/// The shared body of every open.
+fn open(kind: ObjectKind, access: u32, name: Result<Option<String>, u32>) -> HANDLE {
+    let name = match name {
+        Ok(Some(name)) => name,
+        Ok(None) => return fail(ERROR_INVALID_PARAMETER, NULL),
+        Err(code) => return fail(code, NULL),
+    };
+    if names::is_local(Some(&name)) {
+        return fail(ERROR_NOT_SUPPORTED, NULL);
+    }
+    if !HANDLES.lock().unwrap_or_else(|e| e.into_inner()).has_room() {
+        return fail(ERROR_NO_SYSTEM_RESOURCES, NULL);
+    }
+    let name = name.as_str();
+    let result = block_on(|facade| {
+        facade.with_session(move |session| async move { session.open(kind, name, access).await })
+    });
+    match result {
+        Ok((session, id)) => insert_handle(session, id, kind),
+        Err(code) => fail(code, NULL),
+    }
+}
+
+fn insert_handle(session: Session, id: u64, kind: ObjectKind) -> HANDLE {
+    HANDLES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(Entry { session, id, kind })
+}
+
+fn mutex_flags(initial_owner: BOOL) -> u32 {
+    if is_true(initial_owner) {
+        CREATE_MUTEX_INITIAL_OWNER
+    } else {
+        0
+    }
+}
+
+fn event_flags(manual_reset: BOOL, initial_state: BOOL) -> u32 {
+    let mut flags = 0;
+    if is_true(manual_reset) {
+        flags |= CREATE_EVENT_MANUAL_RESET;
+    }
+    if is_true(initial_state) {
+        flags |= CREATE_EVENT_INITIAL_SET;
+    }
+    flags
+}
+
+/// Creates or opens a named mutex with `MUTEX_ALL_ACCESS`. `bInitialOwner` makes the calling
+/// thread own a *new* mutex. Last error: 0 (new), 183 (existing; not acquired) or the failure
+/// code (NULL returned): 6 name held by another type, 5, 3, 123, 161, 206, 50 for `Local\`,
+/// and the cluster codes of the module docs.
+pub fn CreateMutexA(
+    lpMutexAttributes: Option<&SECURITY_ATTRIBUTES>,
+    bInitialOwner: BOOL,
+    lpName: Option<&str>,
+) -> HANDLE {
+    let _ = lpMutexAttributes;
+    create(
+        ObjectKind::Mutex,
+        names::from_a(lpName),
+        mutex_flags(bInitialOwner),
+        MUTEX_ALL_ACCESS,
+        0,
+        0,
+    )
+}
+
+/// [`CreateMutexA`] with a UTF-16 name.
+pub fn CreateMutexW(
+    lpMutexAttributes: Option<&SECURITY_ATTRIBUTES>,
+    bInitialOwner: BOOL,
+    lpName: Option<&[u16]>,
+) -> HANDLE {
+    let _ = lpMutexAttributes;
+    create(
+        ObjectKind::Mutex,
+        names::from_w(lpName),
+        mutex_flags(bInitialOwner),
+        MUTEX_ALL_ACCESS,
+        0,
+        0,
+    )
+}
+
+/// Creates or opens a named mutex with the given flags (`CREATE_MUTEX_INITIAL_OWNER`) and
+/// access mask. Otherwise as [`CreateMutexA`].
+pub fn CreateMutexExA(
+    lpMutexAttributes: Option<&SECURITY_ATTRIBUTES>,
+    lpName: Option<&str>,
+    dwFlags: DWORD,
+    dwDesiredAccess: DWORD,
+) -> HANDLE {
+    let _ = lpMutexAttributes;
+    create(
+        ObjectKind::Mutex,
+        names::from_a(lpName),
+        dwFlags,
+        dwDesiredAccess,
+        0,
+        0,
+    )
+}
+
+/// [`CreateMutexExA`] with a UTF-16 name.
+pub fn CreateMutexExW(
+    lpMutexAttributes: Option<&SECURITY_ATTRIBUTES>,
+    lpName: Option<&[u16]>,
+    dwFlags: DWORD,
+    dwDesiredAccess: DWORD,
+) -> HANDLE {
+    let _ = lpMutexAttributes;
+    create(
+        ObjectKind::Mutex,
+        names::from_w(lpName),
+        dwFlags,
+        dwDesiredAccess,
+        0,
+        0,
+    )
+}
+
+/// Opens an existing named mutex. NULL on failure: 2 no such name, 6 another type, 5 access
+/// (including 0), 1314, 87 for a NULL name, 3/123/161/206, 50 for `Local\`. The last error
+/// is unchanged on success.
+pub fn OpenMutexA(dwDesiredAccess: DWORD, bInheritHandle: BOOL, lpName: Option<&str>) -> HANDLE {
+    let _ = bInheritHandle;
+    open(ObjectKind::Mutex, dwDesiredAccess, names::from_a(lpName))
+}
+
+/// [`OpenMutexA`] with a UTF-16 name.
+pub fn OpenMutexW(dwDesiredAccess: DWORD, bInheritHandle: BOOL, lpName: Option<&[u16]>) -> HANDLE {
+    let _ = bInheritHandle;
+    open(ObjectKind::Mutex, dwDesiredAccess, names::from_w(lpName))
+}
+
+/// Creates or opens a named event with `EVENT_ALL_ACCESS`; for an existing event the type
+/// and state arguments are ignored. Last error as for [`CreateMutexA`].
+pub fn CreateEventA(
+    lpEventAttributes: Option<&SECURITY_ATTRIBUTES>,
+    bManualReset: BOOL,
+    bInitialState: BOOL,
+    lpName: Option<&str>,
+) -> HANDLE {
+    let _ = lpEventAttributes;
+    create(
+        ObjectKind::Event,
+        names::from_a(lpName),
+        event_flags(bManualReset, bInitialState),
+        EVENT_ALL_ACCESS,
+        0,
+        0,
+    )
+}
+
+/// [`CreateEventA`] with a UTF-16 name.
+pub fn CreateEventW(
+    lpEventAttributes: Option<&SECURITY_ATTRIBUTES>,
+    bManualReset: BOOL,
+    bInitialState: BOOL,
+    lpName: Option<&[u16]>,
+) -> HANDLE {
+    let _ = lpEventAttributes;
+    create(
+        ObjectKind::Event,
+        names::from_w(lpName),
+        event_flags(bManualReset, bInitialState),
+        EVENT_ALL_ACCESS,
+        0,
+        0,
+    )
+}
+
+/// Creates or opens a named event with flags (`CREATE_EVENT_MANUAL_RESET`,
+/// `CREATE_EVENT_INITIAL_SET`) and an access mask. Otherwise as [`CreateEventA`].
+pub fn CreateEventExA(
+    lpEventAttributes: Option<&SECURITY_ATTRIBUTES>,
+    lpName: Option<&str>,
+    dwFlags: DWORD,
+    dwDesiredAccess: DWORD,
+) -> HANDLE {
+    let _ = lpEventAttributes;
+    create(
+        ObjectKind::Event,
+        names::from_a(lpName),
+        dwFlags,
+        dwDesiredAccess,
+        0,
+        0,
+    )
+}
+
+/// [`CreateEventExA`] with a UTF-16 name.
+pub fn CreateEventExW(
+    lpEventAttributes: Option<&SECURITY_ATTRIBUTES>,
+    lpName: Option<&[u16]>,
+    dwFlags: DWORD,
+    dwDesiredAccess: DWORD,
+) -> HANDLE {
+    let _ = lpEventAttributes;
+    create(
+        ObjectKind::Event,
+        names::from_w(lpName),
+        dwFlags,
+        dwDesiredAccess,
+        0,
+        0,
+    )
+}
+
+/// Opens an existing named event. Errors as [`OpenMutexA`].
+pub fn OpenEventA(dwDesiredAccess: DWORD, bInheritHandle: BOOL, lpName: Option<&str>) -> HANDLE {
+    let _ = bInheritHandle;
+    open(ObjectKind::Event, dwDesiredAccess, names::from_a(lpName))
+}
+
+/// [`OpenEventA`] with a UTF-16 name.
+pub fn OpenEventW(dwDesiredAccess: DWORD, bInheritHandle: BOOL, lpName: Option<&[u16]>) -> HANDLE {
+    let _ = bInheritHandle;
+    open(ObjectKind::Event, dwDesiredAccess, names::from_w(lpName))
+}
+
+/// Creates or opens a named semaphore with `SEMAPHORE_ALL_ACCESS`. The counts must satisfy
+/// `0 <= lInitialCount <= lMaximumCount` and `lMaximumCount > 0` (else 87, even when the
+/// name exists); for an existing semaphore they are otherwise ignored. Last error as for
+/// [`CreateMutexA`].
+pub fn CreateSemaphoreA(
+    lpSemaphoreAttributes: Option<&SECURITY_ATTRIBUTES>,
+    lInitialCount: LONG,
+    lMaximumCount: LONG,
+    lpName: Option<&str>,
+) -> HANDLE {
+    let _ = lpSemaphoreAttributes;
+    create(
+        ObjectKind::Semaphore,
+        names::from_a(lpName),
+        0,
+        SEMAPHORE_ALL_ACCESS,
+        lInitialCount,
+        lMaximumCount,
+    )
+}
+
+/// [`CreateSemaphoreA`] with a UTF-16 name.
+pub fn CreateSemaphoreW(
+    lpSemaphoreAttributes: Option<&SECURITY_ATTRIBUTES>,
+    lInitialCount: LONG,
+    lMaximumCount: LONG,
+    lpName: Option<&[u16]>,
+) -> HANDLE {
+    let _ = lpSemaphoreAttributes;
+    create(
+        ObjectKind::Semaphore,
+        names::from_w(lpName),
+        0,
+        SEMAPHORE_ALL_ACCESS,
+        lInitialCount,
+        lMaximumCount,
+    )
+}
+
+/// [`CreateSemaphoreA`] with reserved flags (passed on, ignored by the server) and an access
+/// mask.
+pub fn CreateSemaphoreExA(
+    lpSemaphoreAttributes: Option<&SECURITY_ATTRIBUTES>,
+    lInitialCount: LONG,
+    lMaximumCount: LONG,
+    lpName: Option<&str>,
+    dwFlags: DWORD,
+    dwDesiredAccess: DWORD,
+) -> HANDLE {
+    let _ = lpSemaphoreAttributes;
+    create(
+        ObjectKind::Semaphore,
+        names::from_a(lpName),
+        dwFlags,
+        dwDesiredAccess,
+        lInitialCount,
+        lMaximumCount,
+    )
+}
+
+/// [`CreateSemaphoreExA`] with a UTF-16 name.
+pub fn CreateSemaphoreExW(
+    lpSemaphoreAttributes: Option<&SECURITY_ATTRIBUTES>,
+    lInitialCount: LONG,
+    lMaximumCount: LONG,
+    lpName: Option<&[u16]>,
+    dwFlags: DWORD,
+    dwDesiredAccess: DWORD,
+) -> HANDLE {
+    let _ = lpSemaphoreAttributes;
+    create(
+        ObjectKind::Semaphore,
+        names::from_w(lpName),
+        dwFlags,
+        dwDesiredAccess,
+        lInitialCount,
+        lMaximumCount,
+    )
+}
+
+/// Opens an existing named semaphore. Errors as [`OpenMutexA`].
+pub fn OpenSemaphoreA(
+    dwDesiredAccess: DWORD,
+    bInheritHandle: BOOL,
+    lpName: Option<&str>,
+) -> HANDLE {
+    let _ = bInheritHandle;
+    open(
+        ObjectKind::Semaphore,
+        dwDesiredAccess,
+        names::from_a(lpName),
+    )
+}
+
+/// [`OpenSemaphoreA`] with a UTF-16 name.
+pub fn OpenSemaphoreW(
+    dwDesiredAccess: DWORD,
+    bInheritHandle: BOOL,
+    lpName: Option<&[u16]>,
+) -> HANDLE {
+    let _ = bInheritHandle;
+    open(
+        ObjectKind::Semaphore,
+        dwDesiredAccess,
+        names::from_w(lpName),
+    )
+}
+
+// ---- Operations on handles ----
+
+/// Runs `op` on the session and server id behind `handle` (which must be of `kind`, if
+/// given). Failure codes: 6 for a bad handle; [`Error::code`] otherwise (a session lost during
+/// the call gives 1236).
+fn with_handle<T, F, Fut>(handle: HANDLE, kind: Option<ObjectKind>, op: F) -> Result<T, u32>
+where
+    F: FnOnce(Session, u64) -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let entry = resolve(handle, kind)?;
+    block_on(|_| async move { op(entry.session, entry.id).await.map_err(|e| e.code()) })
+}
+
+fn to_bool(result: Result<(), u32>) -> BOOL {
+    match result {
+        Ok(()) => TRUE,
+        Err(code) => fail(code, FALSE),
+    }
+}
+
+/// Releases the calling thread's ownership of a mutex once. FALSE with 288 if the thread does
+/// not own it, 6 for a bad or non-mutex handle.
+pub fn ReleaseMutex(hMutex: HANDLE) -> BOOL {
+    let thread = thread::current_thread_id();
+    to_bool(with_handle(
+        hMutex,
+        Some(ObjectKind::Mutex),
+        |s, h| async move { s.release_mutex(thread, h).await },
+    ))
+}
+
+/// Signals an event. FALSE with 5 (no `EVENT_MODIFY_STATE`) or 6.
+pub fn SetEvent(hEvent: HANDLE) -> BOOL {
+    to_bool(with_handle(
+        hEvent,
+        Some(ObjectKind::Event),
+        |s, h| async move { s.set_event(h).await },
+    ))
+}
+
+/// Resets an event to non-signaled. FALSE with 5 or 6.
+pub fn ResetEvent(hEvent: HANDLE) -> BOOL {
+    to_bool(with_handle(
+        hEvent,
+        Some(ObjectKind::Event),
+        |s, h| async move { s.reset_event(h).await },
+    ))
+}
+
+/// Releases the waiters registered right now (all that can be released for a manual-reset
+/// event, at most one for auto-reset) and leaves the event non-signaled. Reliable in dlock,
+/// unlike on Windows. FALSE with 5 or 6.
+pub fn PulseEvent(hEvent: HANDLE) -> BOOL {
+    to_bool(with_handle(
+        hEvent,
+        Some(ObjectKind::Event),
+        |s, h| async move { s.pulse_event(h).await },
+    ))
+}
+
+/// Adds `lReleaseCount` to a semaphore; on success writes the previous count to
+/// `lpPreviousCount` if given. FALSE (and `lpPreviousCount` untouched) with 87 for a count
+/// <= 0, 298 above the maximum, 5 or 6.
+pub fn ReleaseSemaphore(
+    hSemaphore: HANDLE,
+    lReleaseCount: LONG,
+    lpPreviousCount: Option<&mut LONG>,
+) -> BOOL {
+    let result = with_handle(hSemaphore, Some(ObjectKind::Semaphore), |s, h| async move {
+        s.release_semaphore(h, lReleaseCount).await
+    });
+    match result {
+        Ok(previous) => {
+            if let Some(out) = lpPreviousCount {
+                *out = previous;
+            }
+            TRUE
+        }
+        Err(code) => fail(code, FALSE),
+    }
+}
+
+/// Closes a handle; the object disappears with its last handle anywhere (and last waiter).
+/// Closing does not release a mutex the thread owns. FALSE with 6 for an unknown or already
+/// closed handle, and for a handle of a lost session (whose value is forgotten as well).
+pub fn CloseHandle(hObject: HANDLE) -> BOOL {
+    let entry = match resolve(hObject, None) {
+        Ok(entry) => entry,
+        Err(code) => {
+            // A handle of a lost session: forget it, but report it as invalid.
+            HANDLES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(hObject);
+            return fail(code, FALSE);
+        }
+    };
+    let session = entry.session.clone();
+    let result = block_on(|_| async move { Ok(session.close_handle(entry.id).await) });
+    let forget = || {
+        HANDLES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hObject);
+    };
+    match result {
+        Ok(Ok(())) => {
+            forget();
+            TRUE
+        }
+        Ok(Err(Error::SessionLost)) | Ok(Err(Error::Win32(ERROR_INVALID_HANDLE))) => {
+            forget();
+            fail(ERROR_INVALID_HANDLE, FALSE)
+        }
+        // Cluster trouble: keep the handle so the caller can retry the close.
+        Ok(Err(err)) => fail(err.code(), FALSE),
+        Err(code) => fail(code, FALSE),
+    }
+}
+
+// ---- Waits ----
+
+/// Resolves every handle of a wait; they must all belong to one live session.
+fn resolve_all(handles: &[HANDLE]) -> Result<(Session, Vec<u64>), u32> {
+    let mut session: Option<Session> = None;
+    let mut ids = Vec::with_capacity(handles.len());
+    for &handle in handles {
+        let entry = resolve(handle, None)?;
+        match &session {
+            Some(s) if s.id() != entry.session.id() => return Err(ERROR_INVALID_HANDLE),
+            Some(_) => {}
+            None => session = Some(entry.session.clone()),
+        }
+        ids.push(entry.id);
+    }
+    session.map(|s| (s, ids)).ok_or(ERROR_INVALID_PARAMETER)
+}
+
+fn wait_result(result: Result<crate::WaitOutcome, u32>) -> DWORD {
+    match result {
+        Ok(outcome) => outcome.to_win32(),
+        Err(code) => fail(code, WAIT_FAILED),
+    }
+}
+
+/// Waits until the object is signaled or `dwMilliseconds` pass (`INFINITE` never). Returns
+/// `WAIT_OBJECT_0`, `WAIT_ABANDONED` (an abandoned mutex, now owned by the calling thread),
+/// `WAIT_TIMEOUT`, or `WAIT_FAILED` (6 bad handle, 5 no `SYNCHRONIZE`, 587, 1236 if the
+/// session was lost during the wait, 1231). A mutex acquired belongs to the calling thread.
+/// Success and timeout leave the last error untouched.
+pub fn WaitForSingleObject(hHandle: HANDLE, dwMilliseconds: DWORD) -> DWORD {
+    WaitForMultipleObjects(&[hHandle], FALSE, dwMilliseconds)
+}
+
+/// Waits for any (`bWaitAll` FALSE: the lowest-indexed signaled object is acquired and its
+/// index returned) or all (TRUE: all acquired at once, `WAIT_OBJECT_0` or `WAIT_ABANDONED_0`)
+/// of 1 to 64 handles. `WAIT_FAILED` with 87 for 0 or more than 64 handles (no server call)
+/// or a duplicate object in a wait-all, 6 for an unknown handle; otherwise as
+/// [`WaitForSingleObject`].
+pub fn WaitForMultipleObjects(
+    lpHandles: &[HANDLE],
+    bWaitAll: BOOL,
+    dwMilliseconds: DWORD,
+) -> DWORD {
+    if lpHandles.is_empty() || lpHandles.len() > MAXIMUM_WAIT_OBJECTS as usize {
+        return fail(ERROR_INVALID_PARAMETER, WAIT_FAILED);
+    }
+    let (session, ids) = match resolve_all(lpHandles) {
+        Ok(resolved) => resolved,
+        Err(code) => return fail(code, WAIT_FAILED),
+    };
+    let thread = thread::current_thread_id();
+    thread::mark_may_own();
+    let timeout = Timeout::from_millis(dwMilliseconds);
+    wait_result(block_on(|_| async move {
+        session
+            .wait(thread, &ids, is_true(bWaitAll), timeout)
+            .await
+            .map_err(|e| e.code())
+    }))
+}
+
+/// Atomically signals one object (sets an event, releases a mutex the calling thread owns, or
+/// releases a semaphore by one) and waits on another. `bAlertable` is ignored. Results as
+/// [`WaitForSingleObject`]; `WAIT_FAILED` also with 288 / 298 / 5 / 6 from the signal half.
+pub fn SignalObjectAndWait(
+    hObjectToSignal: HANDLE,
+    hObjectToWaitOn: HANDLE,
+    dwMilliseconds: DWORD,
+    bAlertable: BOOL,
+) -> DWORD {
+    let _ = bAlertable;
+    let (session, ids) = match resolve_all(&[hObjectToSignal, hObjectToWaitOn]) {
+        Ok(resolved) => resolved,
+        Err(code) => return fail(code, WAIT_FAILED),
+    };
+    let thread = thread::current_thread_id();
+    thread::mark_may_own();
+    let timeout = Timeout::from_millis(dwMilliseconds);
+    wait_result(block_on(|_| async move {
+        session
+            .signal_and_wait(thread, ids[0], ids[1], timeout)
+            .await
+            .map_err(|e| e.code())
+    }))
+}
+
+/// **dlock extension.** The fencing token of the calling thread's current hold of the mutex
+/// behind `hMutex`, or 0 if the thread does not own it. The token is the Raft log index of
+/// the grant; it grows strictly across successive owners, so a storage system that remembers
+/// the highest token it has seen can reject a stale owner. Reads the cluster (linearizable).
+/// On failure returns 0 and sets the last error (6 bad or non-mutex handle, cluster codes);
+/// a successful call leaves the last error untouched.
+pub fn GetFencingToken(hMutex: HANDLE) -> u64 {
+    let thread = thread::current_thread_id();
+    let result = with_handle(hMutex, Some(ObjectKind::Mutex), |s, h| async move {
+        let state = s.query(h).await?;
+        let mine = state.owner_session_id == s.id() && state.owner_thread_id == thread;
+        Ok(if mine { state.fencing_token } else { 0 })
+    });
+    match result {
+        Ok(token) => token,
+        Err(code) => fail(code, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // These tests never reach a server: every path below fails before any RPC.
+
+    #[test]
+    fn bad_handles_fail_with_invalid_handle() {
+        SetLastError(0);
+        assert_eq!(ReleaseMutex(NULL), FALSE);
+        assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
+        SetLastError(0);
+        assert_eq!(SetEvent(0x7777_7774), FALSE);
+        assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
+        SetLastError(0);
+        assert_eq!(CloseHandle(12345), FALSE);
+        assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
+        SetLastError(0);
+        let mut prev = 99;
+        assert_eq!(ReleaseSemaphore(8, 1, Some(&mut prev)), FALSE);
+        assert_eq!(prev, 99, "previous count not written on failure");
+        assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
+        SetLastError(0);
+        assert_eq!(WaitForSingleObject(4, 0), WAIT_FAILED);
+        assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
+        SetLastError(0);
+        assert_eq!(SignalObjectAndWait(4, 8, 0, FALSE), WAIT_FAILED);
+        assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
+        SetLastError(0);
+        assert_eq!(GetFencingToken(4), 0);
+        assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
+    }
+
+    #[test]
+    fn wait_counts_are_checked_without_a_server() {
+        SetLastError(0);
+        assert_eq!(WaitForMultipleObjects(&[], FALSE, 0), WAIT_FAILED);
+        assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
+        SetLastError(0);
+        assert_eq!(WaitForMultipleObjects(&[4; 65], TRUE, 0), WAIT_FAILED);
+        assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
+        SetLastError(0);
+        assert_eq!(WaitForMultipleObjects(&[4; 64], TRUE, 0), WAIT_FAILED);
+        assert_eq!(
+            GetLastError(),
+            ERROR_INVALID_HANDLE,
+            "64 is allowed; 4 is unknown"
+        );
+    }
+
+    #[test]
+    fn local_names_are_not_supported_yet() {
+        SetLastError(0xDEAD_BEEF);
+        assert_eq!(CreateMutexA(None, FALSE, Some("Local\\m")), NULL);
+        assert_eq!(GetLastError(), ERROR_NOT_SUPPORTED);
+        let w: Vec<u16> = "Local\\e".encode_utf16().collect();
+        SetLastError(0);
+        assert_eq!(CreateEventW(None, TRUE, FALSE, Some(&w)), NULL);
+        assert_eq!(GetLastError(), ERROR_NOT_SUPPORTED);
+        SetLastError(0);
+        assert_eq!(
+            OpenSemaphoreA(SEMAPHORE_ALL_ACCESS, FALSE, Some("Local\\s")),
+            NULL
+        );
+        assert_eq!(GetLastError(), ERROR_NOT_SUPPORTED);
+    }
+
+    #[test]
+    fn name_errors_come_before_any_server_call() {
+        SetLastError(0);
+        assert_eq!(CreateMutexA(None, FALSE, Some(&"n".repeat(261))), NULL);
+        assert_eq!(GetLastError(), ERROR_FILENAME_EXCED_RANGE);
+        SetLastError(0);
+        assert_eq!(CreateSemaphoreW(None, 0, 1, Some(&[0xDC00])), NULL);
+        assert_eq!(GetLastError(), ERROR_INVALID_NAME);
+        SetLastError(0);
+        assert_eq!(OpenMutexA(MUTEX_ALL_ACCESS, FALSE, None), NULL);
+        assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
+        SetLastError(0);
+        assert_eq!(OpenEventW(EVENT_ALL_ACCESS, FALSE, None), NULL);
+        assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
+    }
+
+    #[test]
+    fn constants_have_their_win32_values() {
+        assert_eq!(WAIT_ABANDONED_0, 0x80);
+        assert_eq!(WAIT_TIMEOUT, 258);
+        assert_eq!(INFINITE, u32::MAX);
+        assert_eq!(
+            MUTEX_ALL_ACCESS,
+            STANDARD_RIGHTS_REQUIRED | SYNCHRONIZE | MUTANT_QUERY_STATE
+        );
+        assert_eq!(
+            EVENT_ALL_ACCESS,
+            STANDARD_RIGHTS_REQUIRED | SYNCHRONIZE | EVENT_QUERY_STATE | EVENT_MODIFY_STATE
+        );
+        assert_eq!(SEMAPHORE_ALL_ACCESS, 0x001F_0003);
+        assert_eq!(ERROR_NETWORK_UNREACHABLE, 1231);
+        assert_eq!(ERROR_CONNECTION_ABORTED, 1236);
+        assert_eq!(ERROR_NO_SYSTEM_RESOURCES, 1450);
+    }
+}

@@ -1,0 +1,84 @@
+//! A small benchmark through `dlock::win32` against the cluster in `DLOCK_ENDPOINTS` (not a
+//! test: it asserts nothing about speed, it prints numbers).
+//!
+//! `dlock-bench pair [N]`: N uncontended `WaitForSingleObject` + `ReleaseMutex` pairs on one
+//! mutex from one thread; prints median, p99 and mean latency per pair, and pairs per second.
+//! `dlock-bench distinct THREADS SECONDS`: THREADS threads each lock and unlock their own mutex
+//! for SECONDS; prints total pairs per second.
+
+use std::time::{Duration, Instant};
+
+use dlock::win32::*;
+
+fn pair(n: usize) {
+    let h = CreateMutexA(
+        None,
+        FALSE,
+        Some(&format!("bench-pair-{}", std::process::id())),
+    );
+    assert_ne!(h, 0, "create failed: {}", GetLastError());
+    for _ in 0..50 {
+        WaitForSingleObject(h, INFINITE);
+        ReleaseMutex(h);
+    }
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        assert_eq!(WaitForSingleObject(h, INFINITE), WAIT_OBJECT_0);
+        assert_eq!(ReleaseMutex(h), TRUE);
+        samples.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "pair: n={n} median={:?} p99={:?} mean={:?} pairs/s={:.0}",
+        pct(0.5),
+        pct(0.99),
+        total / n as u32,
+        n as f64 / total.as_secs_f64()
+    );
+    CloseHandle(h);
+}
+
+fn distinct(threads: usize, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let name = format!("bench-distinct-{}-{i}", std::process::id());
+                let h = CreateMutexA(None, FALSE, Some(&name));
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    assert_eq!(WaitForSingleObject(h, INFINITE), WAIT_OBJECT_0);
+                    assert_eq!(ReleaseMutex(h), TRUE);
+                    n += 1;
+                }
+                CloseHandle(h);
+                n
+            })
+        })
+        .collect();
+    let total: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "distinct: threads={threads} pairs={total} pairs/s={:.0}",
+        total as f64 / secs
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let num =
+        |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    match args.get(1).map(String::as_str) {
+        Some("pair") | None => pair(num(2, 2000)),
+        Some("distinct") => distinct(num(2, 64), num(3, 10) as u64),
+        Some(other) => {
+            eprintln!("unknown mode {other}; use `pair [N]` or `distinct THREADS SECONDS`");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Test harness for dlock's end-to-end tests: starts real `dlockd` processes on free loopback
+//! ports with their own data directories, and kills them (gracefully or with SIGKILL).
+//!
+//! `dlockd` is the binary cargo builds for the `dlock-server` package in the same target
+//! directory (`cargo test --workspace` builds it before running any test). Children are tied to
+//! the test process with `PR_SET_PDEATHSIG`, so a failing test leaves no stray servers behind.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a started dlockd may take to accept connections.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of a binary built in this target directory (`dlockd`, or an example under `examples/`).
+///
+/// # Panics
+///
+/// If the binary was not built: run the tests with `cargo test --workspace`.
+pub fn target_binary(relative: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test>-<hash>  ->  target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so it is built",
+        path.display()
+    );
+    path
+}
+
+/// A free port on 127.0.0.1 (bound and released; the small race is harmless in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Makes a child die with the test process (`PR_SET_PDEATHSIG`). The signal fires when the
+/// *thread* that spawned the child exits, so long-lived servers are spawned from a thread that
+/// lives as long as the process (see [`Dlockd::start_detached`]).
+pub fn die_with_parent(command: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A running dlockd child process.
+pub struct Dlockd {
+    child: Child,
+    /// Its client address.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Dlockd {
+    /// Starts dlockd with `data_dir` on a free port and waits until it accepts connections.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Dlockd {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(data_dir, addr, &extra);
+        let mut d = Dlockd {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            extra,
+        };
+        d.wait_ready();
+        d
+    }
+
+    /// Like [`Dlockd::start`], but spawned from a thread that never exits, so the server lives
+    /// as long as the test process (for servers shared through a `OnceLock`).
+    pub fn start_detached(data_dir: &Path, extra: &[&str]) -> Dlockd {
+        let (tx, rx) = mpsc::channel();
+        let data_dir = data_dir.to_path_buf();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        std::thread::Builder::new()
+            .name("dlockd-parent".into())
+            .spawn(move || {
+                let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+                tx.send(Dlockd::start(&data_dir, &refs)).unwrap();
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn dlockd parent thread");
+        rx.recv().expect("dlockd started")
+    }
+
+    /// The endpoint string for `DLOCK_ENDPOINTS`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush or clean up) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same address and data directory (after [`Dlockd::kill9`]).
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.data_dir, self.addr, &self.extra);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("dlockd exited during start-up: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dlockd did not listen on {} in time",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Dlockd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn(data_dir: &Path, addr: SocketAddr, extra: &[String]) -> Child {
+    let mut command = Command::new(target_binary("dlockd"));
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--client-addr")
+        .arg(addr.to_string())
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null());
+    die_with_parent(&mut command);
+    command.spawn().expect("spawn dlockd")
+}
+
+/// Reads lines from a child's stdout on a thread, so tests can wait for a line with a deadline.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    /// Starts reading `child`'s stdout (which must be piped).
+    pub fn new(child: &mut Child) -> Lines {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx }
+    }
+
+    /// The next line, or `None` if the stream ended or `timeout` passed.
+    pub fn next(&self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Waits for a line equal to `expected`, returning every line read; panics after `timeout`.
+    pub fn expect(&self, expected: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left) {
+                Some(line) if line == expected => return seen,
+                Some(line) => seen.push(line),
+                None => panic!("did not see {expected:?} within {timeout:?}; saw {seen:?}"),
+            }
+        }
+    }
+}
+
+/// One dlockd shared by every test of the calling test binary, with `DLOCK_ENDPOINTS` pointing
+/// the `dlock::win32` facade at it. Call it first in every test that uses the facade.
+pub fn shared_dlockd() -> &'static Dlockd {
+    static SERVER: std::sync::OnceLock<(tempfile::TempDir, Dlockd)> = std::sync::OnceLock::new();
+    let (_dir, server) = SERVER.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temporary data directory");
+        let server = Dlockd::start_detached(dir.path(), &[]);
+        // SAFETY: runs once, inside the OnceLock initialiser, before any test of this binary
+        // has used the facade (every such test calls this function first), and nothing else in
+        // the test process reads or writes the environment concurrently.
+        unsafe {
+            std::env::set_var("DLOCK_ENDPOINTS", server.endpoint());
+        }
+        (dir, server)
+    });
+    server
+}
+
+/// A name unique to this process and call, so tests sharing a server never collide.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

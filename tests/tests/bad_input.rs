@@ -1,0 +1,317 @@
+//! Bad input against a real dlockd, through the raw gRPC API (so the server's own validation is
+//! what is tested, not the client library's): every bad request gets its documented error and
+//! changes nothing, and the node keeps serving.
+
+use dlock_proto::v1 as pb;
+use dlock_proto::v1::dlock_client::DlockClient;
+use dlock_tests::{Dlockd, unique};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const WAIT_FAILED: u32 = 0xFFFF_FFFF;
+const WAIT_OBJECT_0: u32 = 0;
+const MUTEX_ALL_ACCESS: u32 = 0x001F_0001;
+const SEMAPHORE_ALL_ACCESS: u32 = 0x001F_0003;
+const EVENT_ALL_ACCESS: u32 = 0x001F_0003;
+
+struct Session {
+    client: DlockClient<Channel>,
+    id: u64,
+    seq: u64,
+}
+
+impl Session {
+    async fn open(server: &Dlockd) -> Session {
+        let mut client = DlockClient::connect(server.endpoint())
+            .await
+            .expect("connect");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let id = loop {
+            match client
+                .open_session(pb::OpenSessionRequest {
+                    ttl_ms: 30_000,
+                    client_name: "bad-input".into(),
+                })
+                .await
+            {
+                Ok(reply) => break reply.into_inner().session_id,
+                Err(status) if status.code() == Code::Unavailable => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no leader in time: {status}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(status) => panic!("open session: {status}"),
+            }
+        };
+        Session { client, id, seq: 0 }
+    }
+
+    fn header(&mut self) -> Option<pb::RequestHeader> {
+        self.seq += 1;
+        Some(pb::RequestHeader {
+            session_id: self.id,
+            seq: self.seq,
+            ack_below: self.seq,
+        })
+    }
+
+    async fn create(
+        &mut self,
+        kind: pb::ObjectKind,
+        name: &str,
+        initial: i32,
+        max: i32,
+    ) -> pb::CreateReply {
+        let header = self.header();
+        self.client
+            .create(pb::CreateRequest {
+                header,
+                thread_id: 1,
+                kind: kind as i32,
+                name: Some(name.to_string()),
+                flags: 0,
+                access: match kind {
+                    pb::ObjectKind::Mutex => MUTEX_ALL_ACCESS,
+                    pb::ObjectKind::Semaphore => SEMAPHORE_ALL_ACCESS,
+                    _ => EVENT_ALL_ACCESS,
+                },
+                initial_count: initial,
+                maximum_count: max,
+            })
+            .await
+            .expect("create")
+            .into_inner()
+    }
+
+    async fn open_name(&mut self, kind: pb::ObjectKind, name: &str) -> pb::OpenReply {
+        let header = self.header();
+        self.client
+            .open(pb::OpenRequest {
+                header,
+                kind: kind as i32,
+                name: Some(name.into()),
+                access: MUTEX_ALL_ACCESS,
+            })
+            .await
+            .expect("open")
+            .into_inner()
+    }
+
+    async fn wait(&mut self, handles: Vec<u64>, wait_all: bool) -> pb::WaitReply {
+        let header = self.header();
+        self.client
+            .wait(pb::WaitRequest {
+                header,
+                thread_id: 1,
+                handles,
+                wait_all,
+                timeout_ms: 0,
+            })
+            .await
+            .expect("wait")
+            .into_inner()
+    }
+
+    async fn close(&mut self, handle: u64) -> u32 {
+        let header = self.header();
+        self.client
+            .close_handle(pb::HandleRequest {
+                header,
+                handle,
+                thread_id: 1,
+            })
+            .await
+            .expect("close")
+            .into_inner()
+            .error
+    }
+}
+
+fn server() -> (tempfile::TempDir, Dlockd) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Dlockd::start(dir.path(), &[]);
+    (dir, server)
+}
+
+#[tokio::test]
+async fn bad_names_get_their_error_and_create_nothing() {
+    let (_dir, server) = server();
+    let mut s = Session::open(&server).await;
+    let long = "n".repeat(261);
+    for (name, code) in [
+        (long.as_str(), 206),
+        ("\\x", 161),
+        ("a\\b", 3),
+        ("Local\\x", 87),
+    ] {
+        let reply = s.create(pb::ObjectKind::Mutex, name, 0, 0).await;
+        assert_eq!((reply.error, reply.handle), (code, 0), "{name:?}");
+    }
+    // Nothing was created under any of those names.
+    let reply = s.open_name(pb::ObjectKind::Mutex, &"n".repeat(260)).await;
+    assert_eq!(reply.error, 2);
+}
+
+#[tokio::test]
+async fn bad_semaphore_counts_get_87_even_when_the_name_exists() {
+    let (_dir, server) = server();
+    let mut s = Session::open(&server).await;
+    let name = unique("sem");
+    for (initial, max) in [(-1, 5), (6, 5), (0, 0), (0, -3)] {
+        let reply = s
+            .create(pb::ObjectKind::Semaphore, &name, initial, max)
+            .await;
+        assert_eq!(reply.error, 87, "initial {initial} max {max}");
+    }
+    assert_eq!(
+        s.open_name(pb::ObjectKind::Semaphore, &name).await.error,
+        2,
+        "nothing created"
+    );
+    let created = s.create(pb::ObjectKind::Semaphore, &name, 1, 2).await;
+    assert_eq!(created.error, 0);
+    let reply = s.create(pb::ObjectKind::Semaphore, &name, 3, 2).await;
+    assert_eq!(reply.error, 87, "validated before the name lookup");
+    let header = s.header();
+    let release = s
+        .client
+        .release_semaphore(pb::ReleaseSemaphoreRequest {
+            header,
+            handle: created.handle,
+            count: -1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(release.error, 87);
+    let header = s.header();
+    let release = s
+        .client
+        .release_semaphore(pb::ReleaseSemaphoreRequest {
+            header,
+            handle: created.handle,
+            count: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (release.error, release.previous_count),
+        (0, 1),
+        "count unchanged by the bad calls"
+    );
+}
+
+#[tokio::test]
+async fn zero_or_65_handles_fail_with_87() {
+    let (_dir, server) = server();
+    let mut s = Session::open(&server).await;
+    let ev = s.create(pb::ObjectKind::Event, "", 0, 0).await.handle;
+    let reply = s.wait(vec![], false).await;
+    assert_eq!((reply.result, reply.error), (WAIT_FAILED, 87));
+    let reply = s.wait(vec![ev; 65], false).await;
+    assert_eq!((reply.result, reply.error), (WAIT_FAILED, 87));
+}
+
+#[tokio::test]
+async fn handles_of_another_session_and_closed_handles_are_invalid() {
+    let (_dir, server) = server();
+    let mut a = Session::open(&server).await;
+    let mut b = Session::open(&server).await;
+    let name = unique("mutex");
+    let h = a.create(pb::ObjectKind::Mutex, &name, 0, 0).await.handle;
+    let reply = b.wait(vec![h], false).await;
+    assert_eq!(
+        (reply.result, reply.error),
+        (WAIT_FAILED, 6),
+        "a's handle is not b's"
+    );
+    assert_eq!(b.close(h).await, 6, "b cannot close a's handle");
+    let reply = a.wait(vec![h], false).await;
+    assert_eq!(
+        reply.result, WAIT_OBJECT_0,
+        "a's handle still works and was not taken by b"
+    );
+    assert_eq!(a.close(h).await, 0);
+    assert_eq!(a.close(h).await, 6, "closed handles are invalid");
+    let reply = a.wait(vec![h], false).await;
+    assert_eq!((reply.result, reply.error), (WAIT_FAILED, 6));
+}
+
+#[tokio::test]
+async fn a_huge_message_is_refused_and_the_node_keeps_serving() {
+    let (_dir, server) = server();
+    let mut s = Session::open(&server).await;
+    let header = s.header();
+    let status = s
+        .client
+        .create(pb::CreateRequest {
+            header,
+            thread_id: 1,
+            kind: pb::ObjectKind::Mutex as i32,
+            name: Some("h".repeat(4 << 20)),
+            flags: 0,
+            access: MUTEX_ALL_ACCESS,
+            initial_count: 0,
+            maximum_count: 0,
+        })
+        .await
+        .expect_err("a 4 MiB request must be refused");
+    assert!(
+        matches!(
+            status.code(),
+            Code::ResourceExhausted | Code::OutOfRange | Code::Internal
+        ),
+        "{status}"
+    );
+    let mut fresh = Session::open(&server).await;
+    let reply = fresh
+        .create(pb::ObjectKind::Event, &unique("after"), 0, 0)
+        .await;
+    assert_eq!(reply.error, 0, "the node still serves");
+}
+
+#[tokio::test]
+async fn requests_without_a_header_or_with_unknown_kinds_are_invalid_arguments() {
+    let (_dir, server) = server();
+    let mut s = Session::open(&server).await;
+    let status = s
+        .client
+        .close_handle(pb::HandleRequest {
+            header: None,
+            handle: 1,
+            thread_id: 1,
+        })
+        .await
+        .expect_err("no header");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let header = s.header();
+    let status = s
+        .client
+        .open(pb::OpenRequest {
+            header,
+            kind: 42,
+            name: Some("x".into()),
+            access: 0,
+        })
+        .await
+        .expect_err("unknown kind");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let header = Some(pb::RequestHeader {
+        session_id: 999_999,
+        seq: 1,
+        ack_below: 0,
+    });
+    let status = s
+        .client
+        .close_handle(pb::HandleRequest {
+            header,
+            handle: 1,
+            thread_id: 1,
+        })
+        .await
+        .expect_err("unknown session");
+    assert_eq!(status.code(), Code::NotFound);
+}
