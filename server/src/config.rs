@@ -16,6 +16,11 @@ pub const DEFAULT_CLIENT_ADDR: &str = "127.0.0.1:7700";
 /// The default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "dlockd-data";
 
+/// The largest session TTL any configuration may allow: one day, in milliseconds.
+pub const SESSION_TTL_MS_LIMIT: u64 = 24 * 3600 * 1000;
+/// The longest keepalive checkpoint interval: one hour, in milliseconds.
+pub const CHECKPOINT_INTERVAL_MS_LIMIT: u64 = 3600 * 1000;
+
 /// Everything a dlockd node needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -97,8 +102,17 @@ impl Config {
                 self.session_ttl_ms_default, self.session_ttl_ms_min, self.session_ttl_ms_max
             ));
         }
-        if self.checkpoint_interval_ms == 0 {
-            return fail("checkpoint-interval-ms must be greater than 0".into());
+        if self.session_ttl_ms_max > SESSION_TTL_MS_LIMIT {
+            return fail(format!(
+                "session-ttl-ms-max ({}) must not exceed {SESSION_TTL_MS_LIMIT} (one day)",
+                self.session_ttl_ms_max
+            ));
+        }
+        if !(1..=CHECKPOINT_INTERVAL_MS_LIMIT).contains(&self.checkpoint_interval_ms) {
+            return fail(format!(
+                "checkpoint-interval-ms ({}) must lie within [1, {CHECKPOINT_INTERVAL_MS_LIMIT}]",
+                self.checkpoint_interval_ms
+            ));
         }
         if !(1..=10_000).contains(&self.tick_ms) {
             return fail(format!(

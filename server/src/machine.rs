@@ -112,6 +112,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // Close our receiver first so our own sender counts as closed below; otherwise the
+        // entry would never be removed for waits that resolved at once.
+        self.rx.close();
         let mut waiters = lock(&self.shared.waiters);
         if let Some(senders) = waiters.get_mut(&self.key) {
             senders.retain(|tx| !tx.is_closed());
@@ -172,21 +175,14 @@ impl StateMachine for Machine {
                 debug!(session, "session closed");
                 timers.session_removed(*session);
             }
-            (
-                Command::Client {
-                    session,
-                    seq,
-                    request:
-                        Request::Wait { timeout_ms, .. } | Request::SignalAndWait { timeout_ms, .. },
-                    ..
-                },
-                Some(Reply::WaitPending),
-            ) if *timeout_ms != u32::MAX => {
-                timers.wait_pending(
-                    *session,
-                    *seq,
-                    now + Duration::from_millis(u64::from(*timeout_ms)),
-                );
+            (Command::Client { session, seq, .. }, Some(Reply::WaitPending)) => {
+                // Take the timeout from the recorded wait, not from this command: a retry that
+                // re-attaches must not change (or add) the first request's deadline.
+                if let Some(wait) = ns.pending_wait(*session, *seq)
+                    && wait.timeout_ms != u32::MAX
+                {
+                    timers.wait_pending(*session, *seq, later(now, u64::from(wait.timeout_ms)));
+                }
             }
             _ => {}
         }
@@ -212,13 +208,46 @@ impl StateMachine for Machine {
         *ns = restored;
         // Deadlines of the restored sessions and waits are rebuilt when this node leads.
         lock(&self.shared.timers).clear();
+        // Waits blocked on this node may have been resolved inside the entries the snapshot
+        // replaced: hand them their recorded outcome, or end the call if their session is gone
+        // (the client retries and learns the session is unknown). Still-pending waits stay.
+        let mut waiters = lock(&self.shared.waiters);
+        waiters.retain(
+            |&(session, seq), senders| match ns.recorded_reply(session, seq) {
+                Some(Reply::Wait(outcome)) => {
+                    for tx in senders.drain(..) {
+                        let _ = tx.send(*outcome);
+                    }
+                    false
+                }
+                _ => ns.pending_wait(session, seq).is_some(),
+            },
+        );
+        drop(waiters);
         info!(index, "namespace restored from snapshot");
         Ok(())
     }
 }
 
+/// `now + ms`, saturating far in the future instead of overflowing `Instant`.
+fn later(now: Instant, ms: u64) -> Instant {
+    now.checked_add(Duration::from_millis(ms))
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 fn encode(reply: &Reply) -> Vec<u8> {
     postcard::to_stdvec(reply).expect("replies always encode")
+}
+
+/// What a keepalive did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// The lease was renewed for this TTL.
+    Renewed(Duration),
+    /// The lease already ran out and `ExpireSession` is on its way: the session is lost.
+    Expiring,
+    /// The timers do not know the session (check the namespace before calling it expired).
+    Unknown,
 }
 
 /// One session's lease as the leader sees it.
@@ -253,7 +282,7 @@ impl Timers {
             id,
             SessionTimer {
                 ttl,
-                deadline: now + ttl,
+                deadline: later(now, ttl_ms),
                 last_seen_unix_ms: now_unix_ms,
                 expiring: false,
             },
@@ -276,20 +305,30 @@ impl Timers {
         self.dirty.remove(&id);
     }
 
-    /// A keepalive for `id` arrived at the leader. Returns the TTL that now runs, or `None` if the
-    /// session is unknown or already being expired.
-    pub fn touch(&mut self, id: SessionId, now: Instant, now_unix_ms: u64) -> Option<Duration> {
-        let timer = self.sessions.get(&id)?;
+    /// A keepalive for `id` arrived at the leader: the lease runs a full TTL from `now`.
+    pub fn touch(&mut self, id: SessionId, now: Instant, now_unix_ms: u64) -> Touch {
+        let Some(timer) = self.sessions.get(&id) else {
+            return Touch::Unknown;
+        };
         if timer.expiring {
-            return None;
+            return Touch::Expiring;
         }
         let mut timer = timer.clone();
-        timer.deadline = now + timer.ttl;
+        timer.deadline = later(now, timer.ttl.as_millis() as u64);
         timer.last_seen_unix_ms = now_unix_ms;
         let ttl = timer.ttl;
         self.set_session(id, timer);
         self.dirty.insert(id);
-        Some(ttl)
+        Touch::Renewed(ttl)
+    }
+
+    /// Starts tracking a session the namespace has but the timers do not (a keepalive that
+    /// arrived between a snapshot install or a leadership change and the rebuild): it gets a
+    /// full TTL from `now`, like every session after a leader change.
+    pub fn adopt(&mut self, id: SessionId, ttl_ms: u64, now: Instant, now_unix_ms: u64) {
+        if !self.sessions.contains_key(&id) {
+            self.session_opened(id, ttl_ms, now, now_unix_ms);
+        }
     }
 
     fn wait_pending(&mut self, session: SessionId, seq: Seq, deadline: Instant) {
@@ -306,11 +345,15 @@ impl Timers {
         }
     }
 
-    /// Rebuilds every deadline from the namespace when this node becomes leader. Sessions whose
-    /// checkpointed last keepalive is older than their TTL plus `checkpoint_interval` are certainly
-    /// dead (their client could not have renewed them since) and expire at once; every other
-    /// session gets a full TTL of grace, so failover never expires a live session early. Waits
-    /// keep the deadline their timeout gives from the wall-clock time they were registered.
+    /// Rebuilds every deadline from the namespace when this node becomes leader.
+    ///
+    /// Every session gets a full TTL of grace from now, so failover never expires a live session
+    /// early, except sessions that were already dead while a leader was watching: those whose
+    /// checkpointed last keepalive is older than the latest checkpoint minus their TTL (with one
+    /// checkpoint interval of slack). They expire at once. Because each leader writes a
+    /// checkpoint when its term starts, repeated elections cannot keep a dead session alive.
+    /// Waits keep the deadline their timeout gives from the wall-clock time they were
+    /// registered.
     pub fn rebuild(
         &mut self,
         ns: &Namespace,
@@ -319,11 +362,12 @@ impl Timers {
         checkpoint_interval: Duration,
     ) {
         self.clear();
+        let watched_until_unix_ms = ns.last_checkpoint_unix_ms();
         for info in ns.sessions() {
             let ttl = Duration::from_millis(info.ttl_ms);
-            let silent_ms = now_unix_ms.saturating_sub(info.last_seen_unix_ms);
+            let silent_ms = watched_until_unix_ms.saturating_sub(info.last_seen_unix_ms);
             let dead = Duration::from_millis(silent_ms) > ttl + checkpoint_interval;
-            let deadline = if dead { now } else { now + ttl };
+            let deadline = if dead { now } else { later(now, info.ttl_ms) };
             self.set_session(
                 info.id,
                 SessionTimer {
@@ -341,8 +385,8 @@ impl Timers {
             let due_unix_ms = wait
                 .registered_unix_ms
                 .saturating_add(u64::from(wait.timeout_ms));
-            let left = Duration::from_millis(due_unix_ms.saturating_sub(now_unix_ms));
-            self.wait_pending(wait.session, wait.seq, now + left);
+            let left_ms = due_unix_ms.saturating_sub(now_unix_ms);
+            self.wait_pending(wait.session, wait.seq, later(now, left_ms));
         }
     }
 
@@ -381,13 +425,12 @@ impl Timers {
         (sessions, waits)
     }
 
-    /// Re-arms a session whose `ExpireSession` proposal failed.
+    /// Re-arms a session whose `ExpireSession` proposal failed. It stays marked as expiring:
+    /// its lease ran out, so no keepalive may revive it.
     pub fn retry_session(&mut self, id: SessionId, at: Instant) {
-        if let Some(timer) = self.sessions.get(&id) {
-            let mut timer = timer.clone();
-            timer.expiring = false;
+        if let Some(timer) = self.sessions.get_mut(&id) {
             timer.deadline = at;
-            self.set_session(id, timer);
+            self.session_deadlines.insert((at, id));
         }
     }
 
@@ -429,7 +472,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(600);
         assert_eq!(
             timers.touch(7, t1, 5_600),
-            Some(Duration::from_millis(1_000))
+            Touch::Renewed(Duration::from_millis(1_000))
         );
         assert_eq!(
             timers.next_deadline(),
@@ -448,9 +491,53 @@ mod tests {
         let (sessions, waits) = timers.take_due(t0 + Duration::from_millis(150));
         assert_eq!(sessions, vec![1]);
         assert!(waits.is_empty());
-        assert_eq!(timers.touch(1, t0 + Duration::from_millis(151), 151), None);
+        assert_eq!(
+            timers.touch(1, t0 + Duration::from_millis(151), 151),
+            Touch::Expiring
+        );
         let (again, _) = timers.take_due(t0 + Duration::from_millis(200));
         assert!(again.is_empty());
+        timers.retry_session(1, t0 + Duration::from_millis(210));
+        assert_eq!(
+            timers.touch(1, t0 + Duration::from_millis(211), 211),
+            Touch::Expiring
+        );
+        let (retried, _) = timers.take_due(t0 + Duration::from_millis(220));
+        assert_eq!(retried, vec![1], "a failed expiry is retried");
+    }
+
+    #[test]
+    fn rebuild_grants_grace_except_to_sessions_dead_under_the_last_leader() {
+        let mut ns = Namespace::new();
+        for index in 1..=2 {
+            let open = Command::OpenSession {
+                ttl_ms: 1_000,
+                now_unix_ms: 10_000,
+                client_name: "test".into(),
+            };
+            ns.apply(index, &open);
+        }
+        // The last leader heard from session 2 and checkpointed at 14 s; session 1 was silent.
+        let checkpoint = Command::Checkpoint {
+            now_unix_ms: 14_000,
+            sessions: vec![(2, 14_000)],
+        };
+        ns.apply(3, &checkpoint);
+        // A new leader long after (no leader in between): wall-clock silence is no evidence.
+        let mut timers = Timers::default();
+        let t0 = Instant::now();
+        timers.rebuild(&ns, t0, 60_000, Duration::from_millis(1_000));
+        let (due, _) = timers.take_due(t0);
+        assert_eq!(
+            due,
+            vec![1],
+            "session 1 was already dead while a leader watched"
+        );
+        assert_eq!(
+            timers.next_deadline(),
+            Some(t0 + Duration::from_millis(1_000)),
+            "session 2 gets a full TTL of grace"
+        );
     }
 
     #[test]

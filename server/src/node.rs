@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dlock_proto::v1::dlock_server::DlockServer;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -20,6 +20,13 @@ use crate::namespace::{Command, Seq, SessionId};
 
 /// How long a failed timer proposal (lost in a leader change, queue full) waits before retrying.
 const TIMER_RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Most timer proposals (expiries, wait timeouts) in flight at once; the rest wait their turn,
+/// so a leader that finds thousands of dead sessions does not flood its own proposal queue.
+const TIMER_PROPOSALS_MAX: usize = 64;
+
+/// How long a shutdown waits for open connections to finish before closing them.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// A running node. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
@@ -75,6 +82,7 @@ impl Server {
             shared.clone(),
             node.clone(),
             config.clone(),
+            stopped.clone(),
         ))
         .max_decoding_message_size(config.request_bytes_max);
         let mut serve_stop = stopped.clone();
@@ -119,10 +127,17 @@ impl Server {
     /// Stops serving, stops the timers and the Raft thread, and waits for all of them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        match self.serve.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => warn!(error = %err, "gRPC server ended with an error"),
-            Err(err) => warn!(error = %err, "gRPC server task failed"),
+        // Long calls end on the stop signal; a client that keeps a connection open without
+        // calls must not hold the shutdown hostage, so the graceful drain is bounded.
+        let mut serve = self.serve;
+        match tokio::time::timeout(SHUTDOWN_DRAIN, &mut serve).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => warn!(error = %err, "gRPC server ended with an error"),
+            Ok(Err(err)) => warn!(error = %err, "gRPC server task failed"),
+            Err(_) => {
+                warn!(drain = ?SHUTDOWN_DRAIN, "connections still open; closing them");
+                serve.abort();
+            }
         }
         let _ = self.timers.await;
         let node = self.node.clone();
@@ -155,6 +170,7 @@ async fn timer_task(
 ) {
     let mut leadership = node.leadership();
     let checkpoint_interval = Duration::from_millis(config.checkpoint_interval_ms);
+    let permits = Arc::new(Semaphore::new(TIMER_PROPOSALS_MAX));
     let mut leading_term = None;
     let mut next_checkpoint = Instant::now() + checkpoint_interval;
     loop {
@@ -162,7 +178,11 @@ async fn timer_task(
         if !state.is_leader {
             leading_term = None;
             tokio::select! {
-                _ = leadership.changed() => continue,
+                changed = leadership.changed() => match changed {
+                    Ok(()) => continue,
+                    // The raft thread is gone (fatal storage error): nothing left to time.
+                    Err(_) => return,
+                },
                 _ = stopped.wait_for(|s| *s) => return,
             }
         }
@@ -175,23 +195,37 @@ async fn timer_task(
                 term = state.term,
                 "leading: session and wait deadlines rebuilt"
             );
+            // Mark the start of this term in the log, so a later leader can tell sessions that
+            // were already dead under this one from sessions that merely lacked a leader.
+            let command = Command::Checkpoint {
+                now_unix_ms: now_unix_ms(),
+                sessions: Vec::new(),
+            };
+            spawn_bounded(&permits, propose_logged(node.clone(), command));
         }
         let now = Instant::now();
         let (sessions, waits) = lock(&shared.timers).take_due(now);
         for session in sessions {
-            tokio::spawn(expire_session(shared.clone(), node.clone(), session));
+            spawn_bounded(
+                &permits,
+                expire_session(shared.clone(), node.clone(), session),
+            );
         }
         for (session, seq) in waits {
-            tokio::spawn(cancel_wait(shared.clone(), node.clone(), session, seq));
+            spawn_bounded(
+                &permits,
+                cancel_wait(shared.clone(), node.clone(), session, seq),
+            );
         }
         if now >= next_checkpoint {
             next_checkpoint = now + checkpoint_interval;
             let sessions = lock(&shared.timers).take_checkpoint(CHECKPOINT_SESSIONS_MAX);
             if !sessions.is_empty() {
-                tokio::spawn(propose_logged(
-                    node.clone(),
-                    Command::Checkpoint { sessions },
-                ));
+                let command = Command::Checkpoint {
+                    now_unix_ms: now_unix_ms(),
+                    sessions,
+                };
+                spawn_bounded(&permits, propose_logged(node.clone(), command));
             }
         }
         let deadline = lock(&shared.timers)
@@ -200,10 +234,25 @@ async fn timer_task(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = shared.timer_wake.notified() => {}
-            _ = leadership.changed() => {}
+            changed = leadership.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
             _ = stopped.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Runs `task` once one of the timer task's [`TIMER_PROPOSALS_MAX`] permits is free.
+fn spawn_bounded(permits: &Arc<Semaphore>, task: impl Future<Output = ()> + Send + 'static) {
+    let permits = permits.clone();
+    tokio::spawn(async move {
+        let Ok(_permit) = permits.acquire_owned().await else {
+            return;
+        };
+        task.await;
+    });
 }
 
 async fn propose(node: &dlock_cluster::Node, command: &Command) -> Result<(), Error> {

@@ -12,13 +12,14 @@ use std::time::Instant;
 use dlock_proto::v1 as pb;
 use dlock_proto::v1::dlock_server::Dlock;
 use futures::Stream;
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::{debug, instrument, warn};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::machine::{Shared, lock, now_unix_ms};
+use crate::machine::{Shared, Touch, lock, now_unix_ms};
 use crate::namespace::win32::{
     ERROR_NO_SYSTEM_RESOURCES, WAIT_ABANDONED_0, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
@@ -35,15 +36,23 @@ pub struct DlockService {
     shared: Arc<Shared>,
     node: dlock_cluster::Node,
     config: Arc<Config>,
+    /// Becomes true when the node shuts down: long calls (waits, keepalive streams) end then.
+    stopped: watch::Receiver<bool>,
 }
 
 impl DlockService {
     /// A service over the node's shared state and its Raft node.
-    pub fn new(shared: Arc<Shared>, node: dlock_cluster::Node, config: Arc<Config>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        node: dlock_cluster::Node,
+        config: Arc<Config>,
+        stopped: watch::Receiver<bool>,
+    ) -> Self {
         DlockService {
             shared,
             node,
             config,
+            stopped,
         }
     }
 
@@ -107,18 +116,51 @@ impl DlockService {
         })?;
         match self.client(Some(h), request).await? {
             Reply::Wait(outcome) => Ok(wait_reply(outcome)),
-            Reply::WaitPending => match subscription.outcome().await {
-                Some(outcome) => Ok(wait_reply(outcome)),
-                None => Err(to_status(Error::Stopped)),
-            },
+            Reply::WaitPending => {
+                let mut stopped = self.stopped.clone();
+                tokio::select! {
+                    outcome = subscription.outcome() => match outcome {
+                        Some(outcome) => Ok(wait_reply(outcome)),
+                        None => Err(to_status(Error::Retry)),
+                    },
+                    // The wait stays registered in the replicated state; the client re-attaches
+                    // on another node (or this one after a restart) with the same header.
+                    _ = stopped.wait_for(|s| *s) => Err(to_status(Error::Stopped)),
+                }
+            }
             Reply::Error(code) => Ok(wait_reply(WaitOutcome::Failed(code))),
             other => Err(unexpected(other)),
         }
     }
 }
 
+/// A recorded reply of another kind than the request expects: the client reused a sequence
+/// number for a different request.
 fn unexpected(reply: Reply) -> Status {
-    to_status(Error::Internal(format!("unexpected reply {reply:?}")))
+    to_status(Error::InvalidArgument(format!(
+        "sequence number already used by another request (recorded reply {reply:?})"
+    )))
+}
+
+/// Renews a session's lease on a keepalive. `None` means the session is lost: unknown to the
+/// namespace, or its lease already ran out and its expiry is under way.
+fn keep_alive(shared: &Shared, session: u64) -> Option<std::time::Duration> {
+    let (now, now_unix) = (Instant::now(), now_unix_ms());
+    match lock(&shared.timers).touch(session, now, now_unix) {
+        Touch::Renewed(ttl) => return Some(ttl),
+        Touch::Expiring => return None,
+        Touch::Unknown => {}
+    }
+    // Slow path: the timers may not know a session the namespace has (right after a snapshot
+    // install or a leader change, before the rebuild). Lock order: ns, then timers.
+    let ns = lock(&shared.ns);
+    let info = ns.session(session)?;
+    let mut timers = lock(&shared.timers);
+    timers.adopt(session, info.ttl_ms, now, now_unix);
+    match timers.touch(session, now, now_unix) {
+        Touch::Renewed(ttl) => Some(ttl),
+        Touch::Expiring | Touch::Unknown => None,
+    }
 }
 
 fn wait_reply(outcome: WaitOutcome) -> pb::WaitReply {
@@ -237,19 +279,16 @@ impl Dlock for DlockService {
                     leader_hint: leadership.leader_id,
                 }));
             }
-            let ttl = lock(&shared.timers).touch(session_id, Instant::now(), now_unix_ms());
-            Ok(match ttl {
-                Some(ttl) => pb::KeepAliveReply {
-                    session_id,
-                    ttl_ms: ttl.as_millis() as u64,
-                    expired: false,
-                },
-                None => pb::KeepAliveReply {
-                    session_id,
-                    ttl_ms: 0,
-                    expired: true,
-                },
+            let ttl = keep_alive(&shared, session_id);
+            Ok(pb::KeepAliveReply {
+                session_id,
+                ttl_ms: ttl.map_or(0, |ttl| ttl.as_millis() as u64),
+                expired: ttl.is_none(),
             })
+        });
+        let mut stopped = self.stopped.clone();
+        let output = futures::StreamExt::take_until(output, async move {
+            let _ = stopped.wait_for(|s| *s).await;
         });
         Ok(Response::new(Box::pin(output)))
     }

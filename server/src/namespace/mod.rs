@@ -281,6 +281,8 @@ pub struct Namespace {
     names: BTreeMap<String, ObjectId>,
     /// Pending waits by `(session, seq)`.
     waits: BTreeMap<WaitKey, Wait>,
+    /// `now_unix_ms` of the latest `Checkpoint` (0 before the first).
+    last_checkpoint_unix_ms: u64,
 }
 
 impl Default for Namespace {
@@ -307,6 +309,7 @@ impl Namespace {
             objects: BTreeMap::new(),
             names: BTreeMap::new(),
             waits: BTreeMap::new(),
+            last_checkpoint_unix_ms: 0,
         }
     }
 
@@ -340,7 +343,11 @@ impl Namespace {
                 now_unix_ms,
                 client_name,
             } => self.open_session(index, *ttl_ms, *now_unix_ms, client_name),
-            Command::Checkpoint { sessions } => {
+            Command::Checkpoint {
+                now_unix_ms,
+                sessions,
+            } => {
+                self.last_checkpoint_unix_ms = self.last_checkpoint_unix_ms.max(*now_unix_ms);
                 for (id, seen) in sessions {
                     if let Some(session) = self.sessions.get_mut(id) {
                         session.last_seen_unix_ms = session.last_seen_unix_ms.max(*seen);
@@ -425,13 +432,30 @@ impl Namespace {
 
     /// All pending (queued) waits in `(session, seq)` order, for the leader's timeout timers.
     pub fn pending_waits(&self) -> impl Iterator<Item = PendingWait> + '_ {
-        self.waits.iter().map(|((session, seq), wait)| PendingWait {
-            session: *session,
-            seq: *seq,
+        self.waits
+            .keys()
+            .filter_map(|(session, seq)| self.pending_wait(*session, *seq))
+    }
+
+    /// The leader's wall-clock time of the latest `Checkpoint` (0 before the first).
+    pub fn last_checkpoint_unix_ms(&self) -> u64 {
+        self.last_checkpoint_unix_ms
+    }
+
+    /// The pending wait `(session, seq)`, if it is still queued.
+    pub fn pending_wait(&self, session: SessionId, seq: Seq) -> Option<PendingWait> {
+        self.waits.get(&(session, seq)).map(|wait| PendingWait {
+            session,
+            seq,
             thread: wait.thread,
             registered_unix_ms: wait.registered_unix_ms,
             timeout_ms: wait.timeout_ms,
         })
+    }
+
+    /// The reply recorded for request `(session, seq)` in the session's dedupe table, if any.
+    pub fn recorded_reply(&self, session: SessionId, seq: Seq) -> Option<&Reply> {
+        self.sessions.get(&session)?.replies.get(&seq)
     }
 
     /// Encodes the whole state (postcard, after a format version byte).

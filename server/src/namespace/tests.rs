@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! session NAME [ttl=MS] [client=TEXT]         OpenSession
-//! checkpoint NAME=MS...                       Checkpoint
+//! checkpoint [now=MS] NAME=MS...             Checkpoint (now defaults to the clock)
 //! expire NAME                                 ExpireSession
 //! cancel NAME SEQ                             CancelWait (the leader's timeout)
 //! now MS                                      set the clock stamped into later commands
@@ -414,10 +414,18 @@ impl goldenscript::Runner for Runner {
             }
             "checkpoint" => {
                 let mut sessions = Vec::new();
+                let mut now_unix_ms = self.now;
                 while let Some((name, time)) = args.next_key() {
-                    sessions.push((self.session_id(name)?, time.parse()?));
+                    if name == "now" {
+                        now_unix_ms = time.parse()?;
+                    } else {
+                        sessions.push((self.session_id(name)?, time.parse()?));
+                    }
                 }
-                let output = self.apply(Command::Checkpoint { sessions });
+                let output = self.apply(Command::Checkpoint {
+                    now_unix_ms,
+                    sessions,
+                });
                 format!("{}\n", self.format_reply(&output.reply.expect("reply")))
             }
             "expire" => {
@@ -643,10 +651,10 @@ impl goldenscript::Runner for Runner {
                     )?;
                 }
                 if out.is_empty() {
-                    "no sessions\n".into()
-                } else {
-                    out
+                    out.push_str("no sessions\n");
                 }
+                writeln!(out, "last checkpoint={}", self.ns.last_checkpoint_unix_ms())?;
+                out
             }
             "pending" => {
                 let mut out = String::new();
@@ -813,6 +821,7 @@ fn sample_commands() -> Vec<Command> {
             },
         ),
         Command::Checkpoint {
+            now_unix_ms: 120,
             sessions: vec![(1, 100), (2, 50)],
         },
         client(1, 4, Request::SetEvent { handle: 3 }),

@@ -80,8 +80,14 @@ pub enum Command {
     },
     /// A checkpoint of keepalives seen by the leader: for each listed session the wall-clock time
     /// at which the leader last heard from it. Never sent per keepalive; proposed periodically
-    /// and only for sessions whose time changed. Unknown sessions are ignored. Reply: `Done`.
+    /// for sessions whose time changed, and once when a leader's term starts. Unknown sessions
+    /// are ignored. Reply: `Done`.
     Checkpoint {
+        /// Wall-clock time at the leader when it wrote the checkpoint. The namespace keeps the
+        /// latest one: a session whose last keepalive is older than this minus its TTL was
+        /// certainly dead while a leader was watching, so a later leader expires it at once
+        /// instead of granting it a grace period (repeated elections cannot keep it alive).
+        now_unix_ms: u64,
         /// `(session, last_seen_unix_ms)` pairs. A smaller time than the stored one is ignored.
         sessions: Vec<(SessionId, u64)>,
     },
