@@ -3,6 +3,8 @@
 //!
 //! `dlock-bench pair [N]`: N uncontended `WaitForSingleObject` + `ReleaseMutex` pairs on one
 //! mutex from one thread; prints median, p99 and mean latency per pair, and pairs per second.
+//! `dlock-bench read [N]`: N `GetFencingToken` calls (a linearizable read: one gRPC round trip
+//! and a ReadIndex, no log write); the floor under every mutating call.
 //! `dlock-bench distinct THREADS SECONDS`: THREADS threads each lock and unlock their own mutex
 //! for SECONDS; prints total pairs per second.
 
@@ -42,6 +44,23 @@ fn pair(n: usize) {
     CloseHandle(h);
 }
 
+fn read(n: usize) {
+    let h = CreateMutexA(None, TRUE, Some(&format!("bench-read-{}", std::process::id())));
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        assert!(GetFencingToken(h) > 0);
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    println!(
+        "read (GetFencingToken, a ReadIndex query): n={n} median={:?} p99={:?}",
+        samples[n / 2],
+        samples[(n * 99 / 100).min(n - 1)]
+    );
+    CloseHandle(h);
+}
+
 fn distinct(threads: usize, seconds: u64) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
@@ -75,6 +94,7 @@ fn main() {
         |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     match args.get(1).map(String::as_str) {
         Some("pair") | None => pair(num(2, 2000)),
+        Some("read") => read(num(2, 2000)),
         Some("distinct") => distinct(num(2, 64), num(3, 10) as u64),
         Some(other) => {
             eprintln!("unknown mode {other}; use `pair [N]` or `distinct THREADS SECONDS`");
