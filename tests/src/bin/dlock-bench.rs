@@ -45,7 +45,11 @@ fn pair(n: usize) {
 }
 
 fn read(n: usize) {
-    let h = CreateMutexA(None, TRUE, Some(&format!("bench-read-{}", std::process::id())));
+    let h = CreateMutexA(
+        None,
+        TRUE,
+        Some(&format!("bench-read-{}", std::process::id())),
+    );
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
