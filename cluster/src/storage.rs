@@ -100,6 +100,39 @@ pub struct SledStorage {
     snapshot_wanted: AtomicBool,
 }
 
+/// How long [`open_db`] keeps retrying a data directory whose lock is still held.
+const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the sled database, waiting while another handle in this process still holds its file
+/// lock: sled releases the lock from a background thread some time after the last `Db` handle
+/// is dropped, so a restart in the same process (tests, an embedded node) can race it. A lock
+/// held by another *process* is still refused, after [`DB_LOCK_WAIT`].
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
+    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as ErrorKind::Other with this message (config.rs).
+            Err(sled::Error::Io(err))
+                if err.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(storage_err(
+                    &format!("open sled db at {}", dir.display()),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
 impl SledStorage {
     /// Opens (or creates) the store in `dir` with a sled page cache of `cache_bytes`.
     ///
@@ -107,11 +140,7 @@ impl SledStorage {
     ///
     /// `Error::Storage` if sled cannot open the directory or a stored record does not decode.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(|e| storage_err(&format!("open sled db at {}", dir.display()), e))?;
+        let db = open_db(dir, cache_bytes)?;
         let tree = db
             .open_tree(TREE_NAME)
             .map_err(|e| storage_err("open raft tree", e))?;
