@@ -1,5 +1,6 @@
 //! Node configuration: one typed struct, every default in [`Config::default`], [`Config::validate`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,9 +13,21 @@ pub struct Config {
     pub node_id: u64,
     /// Directory of the sled database (log, hard state, snapshot). Created if missing.
     pub data_dir: PathBuf,
-    /// Voters of a brand-new cluster. Used only when `data_dir` holds no state yet; an
-    /// existing store keeps its own configuration. Must contain `node_id`.
+    /// Voters of a brand-new cluster, without addresses (a cluster of one, or tests with their
+    /// own transport). Ignored when `initial_cluster` is non-empty. Used only when `data_dir`
+    /// holds no state yet; an existing store keeps its own configuration. Must then contain
+    /// `node_id`.
     pub initial_voters: Vec<u64>,
+    /// The founding members of a brand-new cluster: node id → peer address (`HOST:PORT`, or a
+    /// URI such as `http://HOST:PORT`). When non-empty it replaces `initial_voters`: its ids
+    /// are the initial voters and its addresses seed the replicated peer registry.
+    ///
+    /// Used only when `data_dir` holds no state yet; a node with stored state ignores it and
+    /// rejoins with the configuration and addresses it stored. If it does not contain
+    /// `node_id`, the node *joins* an existing cluster: it starts empty and waits for the
+    /// leader (after an `add_learner`/`add_voter` for this node) to send it a snapshot; the
+    /// addresses here are only used to answer the leader until then.
+    pub initial_cluster: BTreeMap<u64, String>,
     /// Raft tick period. Elections and heartbeats are counted in ticks.
     pub tick_interval: Duration,
     /// Election timeout in ticks (randomised by raft in `[election_ticks, 2 × election_ticks)`).
@@ -55,6 +68,7 @@ impl Default for Config {
             node_id: 1,
             data_dir: PathBuf::from("dlock-data"),
             initial_voters: vec![1],
+            initial_cluster: BTreeMap::new(),
             tick_interval: crate::TICK_INTERVAL_DEFAULT,
             election_ticks: 10,
             heartbeat_ticks: 2,
@@ -87,26 +101,37 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return fail("data_dir must not be empty".into());
         }
-        if self.initial_voters.is_empty() {
-            return fail("initial_voters must name at least one voter".into());
-        }
-        if self.initial_voters.contains(&0) {
-            return fail("initial_voters must not contain 0".into());
-        }
-        let mut voters = self.initial_voters.clone();
-        voters.sort_unstable();
-        voters.dedup();
-        if voters.len() != self.initial_voters.len() {
-            return fail(format!(
-                "initial_voters {:?} contains duplicates",
-                self.initial_voters
-            ));
-        }
-        if !self.initial_voters.contains(&self.node_id) {
-            return fail(format!(
-                "initial_voters {:?} must contain node_id {}",
-                self.initial_voters, self.node_id
-            ));
+        if !self.initial_cluster.is_empty() {
+            if self.initial_cluster.contains_key(&0) {
+                return fail("initial_cluster must not contain node id 0".into());
+            }
+            for (id, address) in &self.initial_cluster {
+                if address.trim().is_empty() {
+                    return fail(format!("initial_cluster: node {id} has an empty address"));
+                }
+            }
+        } else {
+            if self.initial_voters.is_empty() {
+                return fail("initial_voters must name at least one voter".into());
+            }
+            if self.initial_voters.contains(&0) {
+                return fail("initial_voters must not contain 0".into());
+            }
+            let mut voters = self.initial_voters.clone();
+            voters.sort_unstable();
+            voters.dedup();
+            if voters.len() != self.initial_voters.len() {
+                return fail(format!(
+                    "initial_voters {:?} contains duplicates",
+                    self.initial_voters
+                ));
+            }
+            if !self.initial_voters.contains(&self.node_id) {
+                return fail(format!(
+                    "initial_voters {:?} must contain node_id {}",
+                    self.initial_voters, self.node_id
+                ));
+            }
         }
         if self.tick_interval.is_zero() {
             return fail("tick_interval must be positive".into());
@@ -161,6 +186,24 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The voters a brand-new store is bootstrapped with: the ids of `initial_cluster` if it
+    /// is non-empty, else `initial_voters`. Empty if this node joins an existing cluster.
+    pub fn bootstrap_voters(&self) -> Vec<u64> {
+        if self.joins_existing_cluster() {
+            Vec::new()
+        } else if self.initial_cluster.is_empty() {
+            self.initial_voters.clone()
+        } else {
+            self.initial_cluster.keys().copied().collect()
+        }
+    }
+
+    /// True if `initial_cluster` is non-empty and does not name `node_id`: a brand-new store
+    /// then stays empty and waits for the leader's snapshot (see `initial_cluster`).
+    pub fn joins_existing_cluster(&self) -> bool {
+        !self.initial_cluster.is_empty() && !self.initial_cluster.contains_key(&self.node_id)
     }
 
     /// The raft-rs configuration derived from this one, every field set explicitly so that a

@@ -19,6 +19,10 @@ pub enum Error {
     /// A proposal's outcome is unknown: it may still be applied. Retry idempotently.
     #[error("cluster: request dropped (leadership changed or no quorum); outcome unknown")]
     Dropped,
+    /// A membership change is already in progress (proposed but not yet applied, or the
+    /// configuration is joint and leaving it is pending); retry once it has applied.
+    #[error("cluster: a membership change is already in progress; retry when it has applied")]
+    ConfChangePending,
     /// The node has been shut down.
     #[error("cluster: node stopped")]
     Stopped,
@@ -44,7 +48,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::NotLeader { .. } | Error::Overloaded | Error::Dropped
+            Error::NotLeader { .. } | Error::Overloaded | Error::Dropped | Error::ConfChangePending
         )
     }
 

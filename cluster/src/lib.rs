@@ -55,24 +55,54 @@
 //! entries for slow followers. If a storage write fails, the node fails closed: the raft thread
 //! stops and everyone gets [`Error::Storage`].
 //!
+//! # Membership
+//!
+//! A brand-new cluster is founded from [`Config::initial_cluster`] (node id → peer address);
+//! a node whose store already holds state ignores it and rejoins with what it stored. The
+//! leader changes membership at run time with [`Node::add_voter`], [`Node::add_learner`],
+//! [`Node::promote_learner`] and [`Node::remove_node`]: one simple `ConfChangeV2` at a time,
+//! each resolving when it is applied. The added node's address travels in the conf change's
+//! context; every node keeps a replicated *peer registry* (id → address), stored with each
+//! snapshot and sent inline with snapshots, published with the configuration through
+//! [`Node::membership`]. A leader that finds the configuration joint (left over from an earlier
+//! leader) proposes the leave-joint entry itself; a leader that applies its own removal hands
+//! leadership to the most up-to-date voter.
+//!
+//! # Transport
+//!
+//! [`Transport`] carries encoded raft messages. [`transport::GrpcTransport`] does it over the
+//! `dlock.v1.RaftPeer` gRPC service (one long-lived client stream per peer, reconnecting with
+//! backoff) and [`transport::RaftPeerService`] is its receiving side. [`Node::start`] binds the
+//! transport to the node ([`Transport::bind`]) so that it can report unreachable peers and
+//! snapshot delivery, and follow the peer registry.
+//!
 //! # IMPLEMENTATION CAVEATS
 //!
-//! - No membership-change API yet; conf-change entries in the log are applied correctly.
-//! - Transport feedback (`report_unreachable`, `report_snapshot`) is available on [`Node`] but
-//!   the peer transport that calls it lives elsewhere.
 //! - Proposals are accepted only on the leader (no forwarding): followers answer
 //!   [`Error::NotLeader`] with a hint.
+//! - Snapshots travel inline in one raft message (no chunking); the gRPC size limits are
+//!   raised to [`transport::PEER_MESSAGE_BYTES_MAX`] for that.
+//! - Stores bootstrapped before the peer registry existed (snapshot at index 0) cannot add
+//!   members until they have taken their first snapshot and compacted the log.
+//! - A removed node learns of its removal only if it applies the conf change; the leader stops
+//!   replicating to it once the removal is applied, so it often never does ([`Status::removed`]
+//!   stays false). The remaining members' [`Node::membership`] is authoritative: shut the
+//!   removed node down. Until then it is harmless (pre-vote + check-quorum ignore it).
+//! - Removing the current leader is done in two steps (see [`Node::remove_node`]), because
+//!   raft-rs 0.7 panics when a leader applies its own removal.
 
 mod config;
 mod error;
 mod node;
 pub mod storage;
+pub mod transport;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use config::Config;
 pub use error::Error;
-pub use node::Node;
+pub use node::{Node, WeakNode};
 
 /// The replicated state: commands applied in log order on every node.
 ///
@@ -96,8 +126,18 @@ pub trait StateMachine: Send + 'static {
 /// Outbound peer messages.
 pub trait Transport: Send + Sync + 'static {
     /// Send an encoded `eraftpb::Message` to peer `to`. Must not block; may drop (raft
-    /// retransmits).
+    /// retransmits). Called on the raft thread.
     fn send(&self, to: u64, message: Vec<u8>);
+
+    /// Called once by [`Node::start`] with the node this transport serves, right after the
+    /// raft thread was spawned (and again if the same transport is given to a restarted
+    /// node). A transport keeps only the [`WeakNode`] (a strong [`Node`] would keep the node
+    /// alive forever: the node owns the transport) and uses it for feedback
+    /// ([`Node::report_unreachable`], [`Node::report_snapshot`]) and to follow
+    /// [`Node::membership`]. The default does nothing.
+    fn bind(&self, node: &Node) {
+        let _ = node;
+    }
 }
 
 /// A transport for a cluster of one, or for tests: drops every message.
@@ -144,6 +184,61 @@ pub struct Leadership {
     pub is_leader: bool,
 }
 
+/// Whether a member votes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemberKind {
+    /// Votes and counts for the quorum.
+    #[default]
+    Voter,
+    /// Receives the log but does not vote (catching up before a promotion).
+    Learner,
+}
+
+/// The cluster configuration as of the last applied entry, with every member's peer address.
+/// Published through [`Node::membership`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Voters, ascending (empty on a node that has not joined yet).
+    pub voters: Vec<u64>,
+    /// Learners, ascending.
+    pub learners: Vec<u64>,
+    /// Voters of the outgoing configuration while joint (empty otherwise).
+    pub voters_outgoing: Vec<u64>,
+    /// Peer addresses by node id: the replicated registry. On a node that is joining and has
+    /// not received its first snapshot yet, the addresses of `Config::initial_cluster`.
+    pub peers: BTreeMap<u64, String>,
+    /// The log index at which this configuration was applied.
+    pub index: u64,
+}
+
+impl Membership {
+    /// True if `id` is a voter (incoming or outgoing) or a learner.
+    pub fn contains(&self, id: u64) -> bool {
+        self.voters.contains(&id)
+            || self.learners.contains(&id)
+            || self.voters_outgoing.contains(&id)
+    }
+
+    /// True while the configuration is joint (a change is half-way).
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+}
+
+/// One member as this node sees it (part of [`Status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The member's node id (this node included).
+    pub id: u64,
+    /// Its peer address, if the registry has one.
+    pub address: Option<String>,
+    /// Voter or learner.
+    pub kind: MemberKind,
+    /// On the leader: the highest log index known to be replicated on that member (for the
+    /// leader itself, its last index). `None` on other nodes.
+    pub matched: Option<u64>,
+}
+
 /// A point-in-time view of a node, for monitoring and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
@@ -175,6 +270,17 @@ pub struct Status {
     pub snapshots: u64,
     /// Set once the raft thread has stopped (shutdown or fatal error).
     pub stopped: bool,
+    /// MsgSnapshots this node sent that the transport reported delivered.
+    pub snapshots_sent: u64,
+    /// MsgSnapshots this node sent that the transport reported failed.
+    pub snapshots_failed: u64,
+    /// Every member (voters, then learners, each ascending), with the leader's replication
+    /// progress if this node leads.
+    pub members: Vec<PeerStatus>,
+    /// True once this node has applied a configuration that no longer contains it: it gets no
+    /// more messages and should be shut down. (It may never apply its removal: see the crate
+    /// docs' caveats.)
+    pub removed: bool,
 }
 
 /// Default interval between Raft ticks.

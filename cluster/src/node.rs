@@ -4,19 +4,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
+    Message, MessageType, Snapshot,
 };
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
-use crate::storage::SledStorage;
-use crate::{Config, Error, Leadership, Role, StateMachine, Status, Transport};
+use crate::storage::{self, BOOTSTRAP_INDEX, SledStorage};
+use crate::{
+    Config, Error, Leadership, MemberKind, Membership, PeerStatus, Role, StateMachine, Status,
+    Transport,
+};
 
 /// Queue slots reserved for control inputs (shutdown wake-ups, transport feedback) on top of
 /// the per-kind limits in [`Config`]. Beyond this, feedback is dropped (raft copes).
@@ -33,10 +37,24 @@ const TICK_BURST_MAX: u32 = 3;
 type ProposeReply = oneshot::Sender<Result<(u64, Vec<u8>), Error>>;
 type ReadReply = oneshot::Sender<Result<u64, Error>>;
 
+/// A membership change requested through the `Node` API.
+#[derive(Debug, Clone)]
+enum MembershipChange {
+    AddVoter { id: u64, address: String },
+    AddLearner { id: u64, address: String },
+    Promote { id: u64 },
+    Remove { id: u64 },
+}
+
 /// Work for the raft thread.
 enum Input {
     Propose {
         command: Vec<u8>,
+        reply: ProposeReply,
+    },
+    /// Counted against the proposal queue.
+    ConfChange {
+        change: MembershipChange,
         reply: ProposeReply,
     },
     ReadIndex {
@@ -83,6 +101,7 @@ struct Inner {
     tx: SyncSender<Input>,
     shared: Arc<Shared>,
     leadership: watch::Receiver<Leadership>,
+    membership: watch::Receiver<Membership>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -118,6 +137,28 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
+/// A handle that does not keep the node alive: what a [`Transport`] keeps (see
+/// [`Transport::bind`]). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct WeakNode {
+    inner: Weak<Inner>,
+}
+
+impl WeakNode {
+    /// The node, if some [`Node`] handle still exists.
+    pub fn upgrade(&self) -> Option<Node> {
+        self.inner.upgrade().map(|inner| Node { inner })
+    }
+}
+
+impl std::fmt::Debug for WeakNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakNode")
+            .field("alive", &(self.inner.strong_count() > 0))
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
@@ -127,11 +168,15 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Opens (or creates) the sled db in `data_dir`; if the store is empty, bootstraps it with
-    /// `initial_voters`, otherwise ignores them and recovers: the stored snapshot is restored
-    /// into `sm`, raft's `applied` is set to the snapshot index and raft re-delivers the
-    /// committed entries after it. Spawns the raft thread. A single-voter cluster campaigns at
-    /// once and is leader within a few milliseconds.
+    /// Opens (or creates) the sled db in `data_dir`. If the store is empty, bootstraps it from
+    /// `initial_cluster` (or `initial_voters`): a snapshot at index 1 holding the initial
+    /// voters, their addresses and `sm`'s (empty) image; or, if `initial_cluster` does not name
+    /// this node, leaves it empty to join an existing cluster. A store with state ignores the
+    /// initial members and recovers: the stored snapshot is restored into `sm`, raft's `applied`
+    /// is set to the snapshot index and raft re-delivers the committed entries after it
+    /// (conf changes included). Spawns the raft thread, then binds `transport` to the node
+    /// ([`Transport::bind`]). A single-voter cluster campaigns at once and is leader within a
+    /// few milliseconds.
     ///
     /// # Errors
     ///
@@ -145,19 +190,36 @@ impl Node {
     ) -> Result<Node, Error> {
         config.validate()?;
         let mut storage = SledStorage::open(&config.data_dir, config.sled_cache_bytes)?;
+        let mut peers = storage.snapshot_peers().clone();
         if storage.is_initialized() {
             tracing::info!(
                 node_id = config.node_id,
                 voters = ?storage.conf_state().voters,
-                "recovering existing store; initial_voters ignored"
+                learners = ?storage.conf_state().learners,
+                peers = ?peers,
+                "recovering existing store; initial cluster ignored"
             );
-        } else {
+        } else if config.joins_existing_cluster() {
             tracing::info!(
                 node_id = config.node_id,
-                voters = ?config.initial_voters,
+                contacts = ?config.initial_cluster,
+                "empty store, not a founding member: joining an existing cluster, waiting for the leader's snapshot"
+            );
+            peers = config.initial_cluster.clone();
+        } else {
+            let voters = config.bootstrap_voters();
+            tracing::info!(
+                node_id = config.node_id,
+                voters = ?voters,
+                peers = ?config.initial_cluster,
                 "bootstrapping new store"
             );
-            storage.bootstrap(ConfState::from((config.initial_voters.clone(), Vec::new())))?;
+            storage.bootstrap_cluster(
+                ConfState::from((voters, Vec::new())),
+                &config.initial_cluster,
+                sm.snapshot(),
+            )?;
+            peers = config.initial_cluster.clone();
         }
         let snapshot_index = storage.snapshot_metadata().index;
         // Invariants the raft thread maintains (checked when written, again after reading):
@@ -173,7 +235,10 @@ impl Node {
             "commit {} is behind the snapshot at {snapshot_index}",
             storage.hard_state().commit
         );
-        if let Some(data) = storage.snapshot_data()? {
+        // The bootstrap snapshot holds the image of an empty state machine, which `sm` is.
+        if snapshot_index > BOOTSTRAP_INDEX
+            && let Some(data) = storage.snapshot_data()?
+        {
             sm.restore(snapshot_index, &data)
                 .map_err(Error::StateMachine)?;
         }
@@ -215,6 +280,7 @@ impl Node {
             command_bytes_max: config.command_bytes_max,
         });
         let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
+        let (membership_tx, membership_rx) = watch::channel(Membership::default());
         let now = Instant::now();
         let proposal_id_seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -230,10 +296,14 @@ impl Node {
             drain_max: capacity,
             raw,
             sm,
-            transport,
+            transport: transport.clone(),
             rx,
             shared: shared.clone(),
             leadership_tx,
+            membership_tx,
+            peers,
+            membership_index: snapshot_index,
+            membership_dirty: true,
             next_proposal_id: proposal_id_seed,
             proposals: BTreeMap::new(),
             next_read_ctx: 1,
@@ -250,20 +320,37 @@ impl Node {
             flushes: 0,
             entries_appended: 0,
             snapshots: 0,
+            snapshots_sent: 0,
+            snapshots_failed: 0,
         };
         worker.publish();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", config.node_id))
             .spawn(move || worker.run())
             .map_err(|e| Error::Storage(format!("spawn raft thread: {e}")))?;
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 tx,
                 shared,
                 leadership: leadership_rx,
+                membership: membership_rx,
                 thread: Mutex::new(Some(thread)),
             }),
-        })
+        };
+        transport.bind(&node);
+        Ok(node)
+    }
+
+    /// A handle that does not keep the node alive.
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.inner.shared.node_id
     }
 
     /// Queues `input`, counted against `counter` (limit `max`).
@@ -358,6 +445,92 @@ impl Node {
         self.inner.leadership.clone()
     }
 
+    /// The configuration and peer registry as of the last applied entry; updated whenever a
+    /// conf change or a snapshot is applied.
+    pub fn membership(&self) -> watch::Receiver<Membership> {
+        self.inner.membership.clone()
+    }
+
+    /// Every member's peer address (the replicated registry), this node's included.
+    pub fn peers(&self) -> BTreeMap<u64, String> {
+        self.inner.membership.borrow().peers.clone()
+    }
+
+    /// Adds `id` as a voter reachable at `address` (or promotes it if it is a learner; prefer
+    /// [`Node::add_learner`] then [`Node::promote_learner`] so that a new node catches up
+    /// before it counts for the quorum). Resolves with the log index of the conf change once
+    /// it is applied on this node.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::remove_node`].
+    pub async fn add_voter(&self, id: u64, address: impl Into<String>) -> Result<u64, Error> {
+        self.change_membership(MembershipChange::AddVoter {
+            id,
+            address: address.into(),
+        })
+        .await
+    }
+
+    /// Adds `id` as a learner reachable at `address`: it receives the log (a snapshot first)
+    /// but does not vote. Resolves with the conf change's log index once applied.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::remove_node`]; `InvalidInput` if `id` is already a member.
+    pub async fn add_learner(&self, id: u64, address: impl Into<String>) -> Result<u64, Error> {
+        self.change_membership(MembershipChange::AddLearner {
+            id,
+            address: address.into(),
+        })
+        .await
+    }
+
+    /// Makes learner `id` a voter. Resolves with the conf change's log index once applied.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::remove_node`]; `InvalidInput` if `id` is not a learner.
+    pub async fn promote_learner(&self, id: u64) -> Result<u64, Error> {
+        self.change_membership(MembershipChange::Promote { id })
+            .await
+    }
+
+    /// Removes voter or learner `id`. Resolves with the conf change's log index once applied
+    /// on this node.
+    ///
+    /// Removing the leader itself: the leader first hands leadership to the most up-to-date
+    /// voter and answers `NotLeader { leader_hint: Some(that voter) }`; retrying there (the
+    /// usual NotLeader handling) removes the old leader as an ordinary follower. (raft-rs 0.7
+    /// panics when a leader applies its own removal, so a leader never proposes it; a leader
+    /// elected while someone else's removal of it is pending steps down before applying it.)
+    ///
+    /// # Errors
+    ///
+    /// - `NotLeader { leader_hint }` on a non-leader;
+    /// - `ConfChangePending` if another membership change has not been applied yet (or the
+    ///   configuration is joint and leaving it is pending);
+    /// - `InvalidInput` for a change that makes no sense (unknown node, removing the last
+    ///   voter, id 0, empty address) or that raft refused when applying it;
+    /// - `Dropped` if leadership was lost before it applied (outcome unknown: check
+    ///   [`Node::membership`]), `Overloaded`, `Stopped`.
+    pub async fn remove_node(&self, id: u64) -> Result<u64, Error> {
+        self.change_membership(MembershipChange::Remove { id })
+            .await
+    }
+
+    async fn change_membership(&self, change: MembershipChange) -> Result<u64, Error> {
+        let shared = &self.inner.shared;
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(
+            Input::ConfChange { change, reply },
+            &shared.queued_proposals,
+            shared.proposal_queue_max,
+        )?;
+        let result = rx.await.unwrap_or_else(|_| Err(shared.stopped_error()));
+        result.map(|(index, _)| index)
+    }
+
     /// Hands an inbound peer message (an encoded `eraftpb::Message`) to the raft thread.
     ///
     /// # Errors
@@ -418,6 +591,16 @@ struct PendingProposal {
     reply: ProposeReply,
 }
 
+/// What applying one committed entry produced for its proposer.
+enum Outcome {
+    /// An empty entry (a new leader's, or a conf change raft replaced): nobody's proposal.
+    Empty,
+    /// The state machine's reply, or an applied conf change (empty reply).
+    Reply(Vec<u8>),
+    /// A conf change raft refused when applying it (the configuration is unchanged).
+    Failed(Error),
+}
+
 /// A ReadIndex request waiting for raft's confirmation.
 struct PendingRead {
     deadline: Instant,
@@ -439,6 +622,14 @@ struct Worker {
     rx: Receiver<Input>,
     shared: Arc<Shared>,
     leadership_tx: watch::Sender<Leadership>,
+    membership_tx: watch::Sender<Membership>,
+    /// The peer registry as of `applied` (the addresses of `Config::initial_cluster` on a
+    /// joining node until its first snapshot).
+    peers: BTreeMap<u64, String>,
+    /// The log index at which the current configuration was applied.
+    membership_index: u64,
+    /// The configuration or registry changed since the last `publish`.
+    membership_dirty: bool,
     next_proposal_id: u64,
     /// Pending proposals by log index.
     proposals: BTreeMap<u64, PendingProposal>,
@@ -460,6 +651,8 @@ struct Worker {
     flushes: u64,
     entries_appended: u64,
     snapshots: u64,
+    snapshots_sent: u64,
+    snapshots_failed: u64,
 }
 
 impl Worker {
@@ -527,6 +720,7 @@ impl Worker {
             }
             self.tick_if_due();
             self.on_ready()?;
+            self.maintain_membership();
             self.maybe_snapshot()?;
             self.publish();
         }
@@ -557,6 +751,10 @@ impl Worker {
                 self.shared.queued_proposals.fetch_sub(1, Ordering::AcqRel);
                 self.propose(command, reply);
             }
+            Input::ConfChange { change, reply } => {
+                self.shared.queued_proposals.fetch_sub(1, Ordering::AcqRel);
+                self.propose_conf_change(change, reply);
+            }
             Input::ReadIndex { reply } => {
                 self.shared.queued_reads.fetch_sub(1, Ordering::AcqRel);
                 self.read_index(PendingRead {
@@ -579,6 +777,12 @@ impl Worker {
             }
             Input::Unreachable(to) => self.raw.report_unreachable(to),
             Input::SnapshotStatus { to, success } => {
+                tracing::debug!(to, success, "snapshot delivery reported");
+                if success {
+                    self.snapshots_sent += 1;
+                } else {
+                    self.snapshots_failed += 1;
+                }
                 let status = if success {
                     SnapshotStatus::Finish
                 } else {
@@ -604,7 +808,19 @@ impl Worker {
         let id = self.next_proposal_id;
         self.next_proposal_id = self.next_proposal_id.wrapping_add(1);
         let last_before = self.raw.raft.raft_log.last_index();
-        match self.raw.propose(id.to_be_bytes().to_vec(), command) {
+        let result = self.raw.propose(id.to_be_bytes().to_vec(), command);
+        self.track_proposal(result, last_before, id, reply);
+    }
+
+    /// Records a proposal that raft accepted (or answers the caller if it did not).
+    fn track_proposal(
+        &mut self,
+        result: raft::Result<()>,
+        last_before: u64,
+        id: u64,
+        reply: ProposeReply,
+    ) {
+        match result {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 if index != last_before + 1 {
@@ -624,6 +840,183 @@ impl Worker {
             Err(err) => {
                 let _ = reply.send(Err(Error::Raft(err.to_string())));
             }
+        }
+    }
+
+    /// Validates a membership change against the applied configuration and proposes it as a
+    /// simple `ConfChangeV2` whose context carries the added node's address.
+    fn propose_conf_change(&mut self, change: MembershipChange, reply: ProposeReply) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(Error::NotLeader {
+                leader_hint: self.leader_hint(),
+            }));
+            return;
+        }
+        // A new leader counts its whole uncommitted log as a pending conf change until it has
+        // applied its first entry, so this also waits for that.
+        if self.raw.raft.has_pending_conf() || !self.conf_state.voters_outgoing.is_empty() {
+            let _ = reply.send(Err(Error::ConfChangePending));
+            return;
+        }
+        if let MembershipChange::Remove { id } = change
+            && id == self.id
+            && self.conf_state.voters.len() > 1
+        {
+            // raft-rs 0.7 panics when a leader applies its own removal (`maybe_commit`
+            // unwraps the leader's own progress): hand leadership over first and let the
+            // caller retry the removal on the new leader, where it is a plain removal.
+            let transferee = self.best_transferee();
+            if let Some(transferee) = transferee {
+                tracing::info!(
+                    transferee,
+                    "asked to remove the leader itself: transferring leadership first"
+                );
+                self.raw.transfer_leader(transferee);
+            }
+            let _ = reply.send(Err(Error::NotLeader {
+                leader_hint: transferee,
+            }));
+            return;
+        }
+        match self.conf_change_for(&change) {
+            Ok(cc) => {
+                tracing::info!(change = ?change, "proposing membership change");
+                let id = self.next_proposal_id;
+                self.next_proposal_id = self.next_proposal_id.wrapping_add(1);
+                let last_before = self.raw.raft.raft_log.last_index();
+                let result = self.raw.propose_conf_change(id.to_be_bytes().to_vec(), cc);
+                self.track_proposal(result, last_before, id, reply);
+            }
+            Err(err) => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+
+    fn conf_change_for(&self, change: &MembershipChange) -> Result<ConfChangeV2, Error> {
+        let invalid = |msg: String| Err(Error::InvalidInput(msg));
+        let cs = &self.conf_state;
+        let (id, address) = match change {
+            MembershipChange::AddVoter { id, address }
+            | MembershipChange::AddLearner { id, address } => (*id, Some(address)),
+            MembershipChange::Promote { id } | MembershipChange::Remove { id } => (*id, None),
+        };
+        if id == 0 {
+            return invalid("node id 0 is raft's 'no node'".into());
+        }
+        if address.is_some_and(|a| a.trim().is_empty()) {
+            return invalid(format!("node {id}: empty peer address"));
+        }
+        let is_voter = cs.voters.contains(&id);
+        let is_learner = cs.learners.contains(&id);
+        let change_type = match change {
+            MembershipChange::AddVoter { .. } if is_voter => {
+                return invalid(format!("node {id} is already a voter"));
+            }
+            MembershipChange::AddVoter { .. } => ConfChangeType::AddNode,
+            MembershipChange::AddLearner { .. } if is_voter || is_learner => {
+                return invalid(format!("node {id} is already a member"));
+            }
+            MembershipChange::AddLearner { .. } => ConfChangeType::AddLearnerNode,
+            MembershipChange::Promote { .. } if !is_learner => {
+                return invalid(format!("node {id} is not a learner"));
+            }
+            MembershipChange::Promote { .. } => ConfChangeType::AddNode,
+            MembershipChange::Remove { .. } if !is_voter && !is_learner => {
+                return invalid(format!("node {id} is not a member"));
+            }
+            MembershipChange::Remove { .. } if is_voter && cs.voters.len() == 1 => {
+                return invalid(format!("node {id} is the last voter"));
+            }
+            MembershipChange::Remove { .. } => ConfChangeType::RemoveNode,
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        let address = address.or_else(|| self.peers.get(&id));
+        if change_type != ConfChangeType::RemoveNode
+            && let Some(address) = address
+        {
+            let context = BTreeMap::from([(id, address.clone())]);
+            cc.set_context(storage::encode_peers(&context).into());
+        }
+        Ok(cc)
+    }
+
+    /// Membership duties of a leader, run after each `Ready` (never between `ready()` and
+    /// `advance()`): leave a joint configuration that nobody is leaving (FIELD-NOTES §1.9:
+    /// raft-rs may never auto-leave if the leader changed before the enter-joint entry was
+    /// applied), and hand leadership away once this leader's own removal has been applied.
+    fn maintain_membership(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return;
+        }
+        if !self.conf_state.voters_outgoing.is_empty()
+            && !raft.has_pending_conf()
+            && raft.commit_to_current_term()
+        {
+            tracing::info!(
+                voters = ?self.conf_state.voters,
+                voters_outgoing = ?self.conf_state.voters_outgoing,
+                "configuration is joint and nothing is leaving it: proposing leave-joint"
+            );
+            if let Err(err) = self
+                .raw
+                .propose_conf_change(Vec::new(), ConfChangeV2::default())
+            {
+                tracing::warn!(error = %err, "leave-joint proposal failed; retrying later");
+            }
+            return;
+        }
+        if !self.conf_state.voters.contains(&self.id)
+            && self.raw.raft.lead_transferee.is_none()
+            && let Some(transferee) = self.best_transferee()
+        {
+            tracing::info!(
+                transferee,
+                "this leader is no longer a voter: transferring leadership"
+            );
+            self.raw.transfer_leader(transferee);
+        }
+    }
+
+    /// The voter other than this node that has replicated the most (for a leader transfer).
+    fn best_transferee(&self) -> Option<u64> {
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.id && self.conf_state.voters.contains(*id))
+            .max_by_key(|(_, progress)| progress.matched)
+            .map(|(id, _)| *id)
+    }
+
+    /// A leader about to apply a conf change that drops it from the configuration altogether
+    /// steps down first: raft-rs 0.7 would otherwise panic on its next commit (its own
+    /// progress is gone). This happens only when another leader proposed the removal and this
+    /// node was elected before applying it; stepping down in the same term is always safe.
+    fn step_down_if_removing_self(&mut self, changes: &[ConfChangeSingle]) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let cs = &self.conf_state;
+        let removed = if changes.is_empty() {
+            // Leaving a joint configuration keeps only the incoming voters and learners.
+            !cs.voters.contains(&self.id)
+                && !cs.learners.contains(&self.id)
+                && !cs.learners_next.contains(&self.id)
+        } else {
+            changes.iter().any(|change| {
+                change.node_id == self.id && change.get_change_type() == ConfChangeType::RemoveNode
+            })
+        };
+        if removed {
+            tracing::info!("applying this leader's own removal: stepping down first");
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
         }
     }
 
@@ -836,14 +1229,30 @@ impl Worker {
             tracing::warn!(index = meta.index, "ignoring out-of-date snapshot");
             return Ok(false);
         }
-        tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
+        let (peers, image) = storage::decode_snapshot_data(snapshot.get_data())
+            .map_err(|e| Error::StateMachine(format!("snapshot from the leader: {e}")))?;
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            bytes = image.len(),
+            voters = ?meta.get_conf_state().voters,
+            learners = ?meta.get_conf_state().learners,
+            peers = ?peers,
+            "installing snapshot"
+        );
         self.sm
-            .restore(meta.index, snapshot.get_data())
+            .restore(meta.index, image)
             .map_err(Error::StateMachine)?;
-        let staged = self.raw.mut_store().apply_snapshot(batch, snapshot)?;
+        let mut local = Snapshot::default();
+        local.set_metadata(meta.clone());
+        local.set_data(image.to_vec().into());
+        let staged = self.raw.mut_store().apply_snapshot(batch, &local, &peers)?;
         assert!(staged, "snapshot newer than the log was not staged");
         self.applied = meta.index;
         self.conf_state = meta.get_conf_state().clone();
+        self.peers = peers;
+        self.membership_index = meta.index;
+        self.membership_dirty = true;
         self.snapshots += 1;
         // Anything proposed at or below the snapshot index was decided elsewhere.
         let later = self.proposals.split_off(&(meta.index + 1));
@@ -860,42 +1269,107 @@ impl Worker {
                 self.applied + 1,
                 "committed entries must be applied in order without gaps"
             );
-            let reply = match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => None,
-                EntryType::EntryNormal => Some(self.sm.apply(entry.index, &entry.data)),
+            let outcome = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => Outcome::Empty,
+                EntryType::EntryNormal => Outcome::Reply(self.sm.apply(entry.index, &entry.data)),
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&entry.data)
                         .map_err(|e| Error::Raft(format!("undecodable conf change: {e}")))?;
+                    let mut single = ConfChangeSingle::default();
+                    single.set_change_type(cc.get_change_type());
+                    single.node_id = cc.node_id;
+                    self.step_down_if_removing_self(std::slice::from_ref(&single));
                     let result = self.raw.apply_conf_change(&cc);
-                    self.on_conf_changed(result)?;
-                    Some(Vec::new())
+                    self.on_conf_change_applied(entry.index, result, &[single], &[])
                 }
                 EntryType::EntryConfChangeV2 => {
+                    // Empty data (raft's own auto-leave entry) decodes as the empty leave-joint
+                    // change, which carries no context (TiKV #12022).
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map_err(|e| Error::Raft(format!("undecodable conf change: {e}")))?;
+                    self.step_down_if_removing_self(cc.get_changes());
                     let result = self.raw.apply_conf_change(&cc);
-                    self.on_conf_changed(result)?;
-                    Some(Vec::new())
+                    self.on_conf_change_applied(
+                        entry.index,
+                        result,
+                        cc.get_changes(),
+                        cc.get_context(),
+                    )
                 }
             };
             self.applied = entry.index;
-            self.complete_proposal(&entry, reply);
+            self.complete_proposal(&entry, outcome);
         }
         self.serve_confirmed_reads();
         Ok(())
     }
 
-    /// Records the configuration that `RawNode::apply_conf_change` returned.
-    fn on_conf_changed(&mut self, result: raft::Result<ConfState>) -> Result<(), Error> {
-        let conf_state = result.map_err(|e| Error::Raft(format!("apply conf change: {e}")))?;
-        tracing::info!(voters = ?conf_state.voters, learners = ?conf_state.learners, "configuration changed");
+    /// Records the configuration that `RawNode::apply_conf_change` returned and updates the
+    /// peer registry: addresses of added nodes come from `context` ([`storage::encode_peers`]);
+    /// nodes no longer in the configuration are forgotten. raft refuses an invalid change
+    /// without changing anything, identically on every node, so that is not fatal: the
+    /// configuration stays as it was and the proposer is told.
+    fn on_conf_change_applied(
+        &mut self,
+        index: u64,
+        result: raft::Result<ConfState>,
+        changes: &[ConfChangeSingle],
+        context: &[u8],
+    ) -> Outcome {
+        let conf_state = match result {
+            Ok(conf_state) => conf_state,
+            Err(err) => {
+                tracing::warn!(index, error = %err, "conf change refused by raft; configuration unchanged");
+                return Outcome::Failed(Error::InvalidInput(format!(
+                    "conf change refused by raft: {err}"
+                )));
+            }
+        };
+        let added = if context.is_empty() {
+            BTreeMap::new()
+        } else {
+            match storage::decode_peers(context) {
+                Ok((added, _)) => added,
+                Err(err) => {
+                    tracing::warn!(index, error = %err, "conf change context is not a peer registry; no address learnt");
+                    BTreeMap::new()
+                }
+            }
+        };
+        for change in changes {
+            if change.get_change_type() != ConfChangeType::RemoveNode
+                && let Some(address) = added.get(&change.node_id)
+            {
+                self.peers.insert(change.node_id, address.clone());
+            }
+        }
+        let member = |id: &u64| {
+            conf_state.voters.contains(id)
+                || conf_state.learners.contains(id)
+                || conf_state.voters_outgoing.contains(id)
+                || conf_state.learners_next.contains(id)
+        };
+        self.peers.retain(|id, _| member(id));
+        tracing::info!(
+            index,
+            voters = ?conf_state.voters,
+            learners = ?conf_state.learners,
+            voters_outgoing = ?conf_state.voters_outgoing,
+            peers = ?self.peers,
+            "configuration changed"
+        );
+        if !member(&self.id) {
+            tracing::info!(index, "this node has been removed from the cluster");
+        }
         self.conf_state = conf_state;
-        Ok(())
+        self.membership_index = index;
+        self.membership_dirty = true;
+        Outcome::Reply(Vec::new())
     }
 
     /// Completes the proposal waiting at `entry.index`, if any. A proposal whose index was
     /// taken by an entry of another term (or another proposer) was overwritten: `Dropped`.
-    fn complete_proposal(&mut self, entry: &Entry, reply: Option<Vec<u8>>) {
+    fn complete_proposal(&mut self, entry: &Entry, outcome: Outcome) {
         while let Some(first) = self.proposals.first_entry() {
             if *first.key() >= entry.index {
                 break;
@@ -906,8 +1380,9 @@ impl Worker {
             return;
         };
         let ours = proposal.term == entry.term && entry.context[..] == proposal.id.to_be_bytes();
-        let result = match reply {
-            Some(reply) if ours => Ok((entry.index, reply)),
+        let result = match outcome {
+            Outcome::Reply(reply) if ours => Ok((entry.index, reply)),
+            Outcome::Failed(err) if ours => Err(err),
             _ => Err(Error::Dropped),
         };
         let _ = proposal.reply.send(result);
@@ -930,7 +1405,7 @@ impl Worker {
         let conf_state = self.conf_state.clone();
         let store = self.raw.mut_store();
         let mut batch = sled::Batch::default();
-        store.create_snapshot(&mut batch, index, conf_state, data)?;
+        store.create_snapshot(&mut batch, index, conf_state, &self.peers, data)?;
         store.compact(&mut batch, compact_to)?;
         store.write(batch, true)?;
         self.flushes += 1;
@@ -962,6 +1437,69 @@ impl Worker {
             status.flushes = self.flushes;
             status.entries_appended = self.entries_appended;
             status.snapshots = self.snapshots;
+            status.snapshots_sent = self.snapshots_sent;
+            status.snapshots_failed = self.snapshots_failed;
+            if self.membership_dirty {
+                let cs = &self.conf_state;
+                let mut voters: Vec<u64> = cs.voters.clone();
+                voters.extend(
+                    cs.voters_outgoing
+                        .iter()
+                        .filter(|id| !cs.voters.contains(id)),
+                );
+                voters.sort_unstable();
+                let mut learners: Vec<u64> = cs.learners.clone();
+                learners.extend(
+                    cs.learners_next
+                        .iter()
+                        .filter(|id| !cs.learners.contains(id)),
+                );
+                learners.sort_unstable();
+                let member = |id: u64, kind: MemberKind| PeerStatus {
+                    id,
+                    address: self.peers.get(&id).cloned(),
+                    kind,
+                    matched: None,
+                };
+                status.members = voters
+                    .iter()
+                    .map(|id| member(*id, MemberKind::Voter))
+                    .chain(learners.iter().map(|id| member(*id, MemberKind::Learner)))
+                    .collect();
+                let initialized = !voters.is_empty() || !learners.is_empty();
+                status.removed =
+                    initialized && !voters.contains(&self.id) && !learners.contains(&self.id);
+                let mut sorted_voters = cs.voters.clone();
+                sorted_voters.sort_unstable();
+                let mut sorted_learners = cs.learners.clone();
+                sorted_learners.sort_unstable();
+                let mut voters_outgoing = cs.voters_outgoing.clone();
+                voters_outgoing.sort_unstable();
+                let membership = Membership {
+                    voters: sorted_voters,
+                    learners: sorted_learners,
+                    voters_outgoing,
+                    peers: self.peers.clone(),
+                    index: self.membership_index,
+                };
+                self.membership_tx.send_if_modified(|current| {
+                    if *current == membership {
+                        false
+                    } else {
+                        *current = membership;
+                        true
+                    }
+                });
+                self.membership_dirty = false;
+            }
+            let leading = raft.state == StateRole::Leader;
+            for member in &mut status.members {
+                member.matched = if leading {
+                    raft.prs().get(member.id).map(|progress| progress.matched)
+                } else {
+                    None
+                };
+            }
         }
         let leadership = Leadership {
             term: raft.term,
@@ -996,7 +1534,7 @@ impl Worker {
         }
         while let Ok(input) = self.rx.try_recv() {
             match input {
-                Input::Propose { reply, .. } => {
+                Input::Propose { reply, .. } | Input::ConfChange { reply, .. } => {
                     self.shared.queued_proposals.fetch_sub(1, Ordering::AcqRel);
                     let _ = reply.send(Err(error.clone()));
                 }

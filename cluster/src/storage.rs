@@ -13,6 +13,7 @@
 //! | `cs` | `eraftpb::ConfState` as of the stored snapshot (equal to the one in `snap_meta`) |
 //! | `snap_meta` | `eraftpb::SnapshotMetadata` of the stored snapshot |
 //! | `snap_data` | the state machine image of the stored snapshot |
+//! | `snap_peers` | the peer address registry as of the stored snapshot ([`encode_peers`]) |
 //! | `trunc` | `be_u64(index) ‖ be_u64(term)` of the last entry removed from the log |
 //!
 //! Keys are big-endian so that sled's lexicographic order is numeric order. The metadata keys
@@ -27,6 +28,22 @@
 //! second time (and entering a joint configuration twice is an error). So the persisted
 //! ConfState is always the one *at the snapshot index*, exactly like etcd's MemoryStorage.
 //!
+//! # Peer addresses
+//!
+//! The registry of member addresses (node id → peer address) follows the same rule as the conf
+//! state: the stored copy (`snap_peers`) is the one *at the snapshot index*; conf-change entries
+//! after it carry the addresses of the nodes they add and are re-applied on restart. A snapshot
+//! sent to another node carries the registry inline: `Snapshot.data` on the wire is an envelope
+//! ([`encode_snapshot_data`]) holding the registry and the state machine image, so a node that
+//! catches up through a snapshot learns every member's address.
+//!
+//! # Bootstrap
+//!
+//! [`SledStorage::bootstrap_cluster`] stores the initial configuration as a snapshot at index
+//! [`BOOTSTRAP_INDEX`] (term 1), like raft-rs's `five_mem_node`, not at index 0: the log then
+//! starts at index 2, so a node added later (which starts empty) can never be sent the log from
+//! index 1, which would not contain the initial configuration; it receives the snapshot instead.
+//!
 //! # Writes
 //!
 //! Mutating methods only *stage* their writes into a caller-supplied [`sled::Batch`] and update
@@ -34,6 +51,7 @@
 //! never lets raft read the storage between staging and writing, and if the write fails the
 //! node stops (fails closed), so caches that ran ahead of the disk are never observed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -53,6 +71,84 @@ const KEY_CONF_STATE: &[u8] = b"cs";
 const KEY_SNAP_META: &[u8] = b"snap_meta";
 const KEY_SNAP_DATA: &[u8] = b"snap_data";
 const KEY_TRUNCATED: &[u8] = b"trunc";
+const KEY_SNAP_PEERS: &[u8] = b"snap_peers";
+
+/// Index (and term) of the snapshot that [`SledStorage::bootstrap_cluster`] stores.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+
+/// First bytes of a snapshot envelope ([`encode_snapshot_data`]), with a format version.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"dlksnap1";
+
+/// Peer addresses longer than this are refused when decoding (a corrupt length field).
+const ADDRESS_BYTES_MAX: usize = 4096;
+
+/// Encodes a peer address registry: `be_u32(count)`, then per peer `be_u64(id) ‖
+/// be_u32(len) ‖ utf8 address`, in id order. Also the format of a conf change's context.
+pub fn encode_peers(peers: &BTreeMap<u64, String>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + peers.len() * 32);
+    out.extend_from_slice(&(peers.len() as u32).to_be_bytes());
+    for (id, address) in peers {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&(address.len() as u32).to_be_bytes());
+        out.extend_from_slice(address.as_bytes());
+    }
+    out
+}
+
+/// Decodes the prefix of `data` written by [`encode_peers`]; returns the registry and the rest.
+///
+/// # Errors
+///
+/// A description of what is malformed.
+pub fn decode_peers(data: &[u8]) -> Result<(BTreeMap<u64, String>, &[u8]), String> {
+    fn take<'a>(data: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8], String> {
+        if data.len() < n {
+            return Err(format!("peer registry truncated in {what}"));
+        }
+        let (head, tail) = data.split_at(n);
+        *data = tail;
+        Ok(head)
+    }
+    let mut rest = data;
+    let count = u32::from_be_bytes(take(&mut rest, 4, "count")?.try_into().expect("4 bytes"));
+    let mut peers = BTreeMap::new();
+    for _ in 0..count {
+        let id = u64::from_be_bytes(take(&mut rest, 8, "id")?.try_into().expect("8 bytes"));
+        let len =
+            u32::from_be_bytes(take(&mut rest, 4, "length")?.try_into().expect("4 bytes")) as usize;
+        if len > ADDRESS_BYTES_MAX {
+            return Err(format!("peer {id} address of {len} bytes is too long"));
+        }
+        let address = std::str::from_utf8(take(&mut rest, len, "address")?)
+            .map_err(|e| format!("peer {id} address is not UTF-8: {e}"))?;
+        peers.insert(id, address.to_string());
+    }
+    Ok((peers, rest))
+}
+
+/// The `Snapshot.data` sent to other nodes: the magic `dlksnap1` ‖ [`encode_peers`] ‖ the state
+/// machine image.
+pub fn encode_snapshot_data(peers: &BTreeMap<u64, String>, image: &[u8]) -> Vec<u8> {
+    let registry = encode_peers(peers);
+    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + registry.len() + image.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&registry);
+    out.extend_from_slice(image);
+    out
+}
+
+/// Splits a `Snapshot.data` written by [`encode_snapshot_data`] into the peer registry and the
+/// state machine image.
+///
+/// # Errors
+///
+/// A description of what is malformed.
+pub fn decode_snapshot_data(data: &[u8]) -> Result<(BTreeMap<u64, String>, &[u8]), String> {
+    let Some(rest) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
+        return Err("snapshot data lacks the dlock envelope header".into());
+    };
+    decode_peers(rest)
+}
 
 /// The key of the entry at `index`.
 fn entry_key(index: u64) -> [u8; 9] {
@@ -90,6 +186,8 @@ pub struct SledStorage {
     /// ConfState at the stored snapshot (see the module docs for why not the latest one).
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
+    /// Peer addresses at the stored snapshot.
+    snapshot_peers: BTreeMap<u64, String>,
     /// Index and term of the last entry removed from the log (0, 0 for a fresh log).
     truncated_index: u64,
     truncated_term: u64,
@@ -158,6 +256,20 @@ impl SledStorage {
             Some(v) => decode("snapshot metadata", &v)?,
             None => SnapshotMetadata::default(),
         };
+        let snapshot_peers = match get(KEY_SNAP_PEERS)? {
+            Some(v) => {
+                let (peers, rest) =
+                    decode_peers(&v).map_err(|e| storage_err("decode peer registry", e))?;
+                if !rest.is_empty() {
+                    return Err(Error::Storage(
+                        "trailing bytes after the peer registry".into(),
+                    ));
+                }
+                peers
+            }
+            // Stores written before the registry existed.
+            None => BTreeMap::new(),
+        };
         let (truncated_index, truncated_term) = match get(KEY_TRUNCATED)? {
             Some(v) => {
                 if v.len() != 16 {
@@ -203,6 +315,7 @@ impl SledStorage {
             hard_state,
             conf_state,
             snapshot_meta,
+            snapshot_peers,
             truncated_index,
             truncated_term,
             last_index,
@@ -232,7 +345,45 @@ impl SledStorage {
         snapshot.mut_metadata().set_conf_state(conf_state);
         let mut batch = sled::Batch::default();
         self.set_truncated(&mut batch, 0, 0);
-        self.stage_snapshot(&mut batch, &snapshot)?;
+        self.stage_snapshot(&mut batch, &snapshot, &BTreeMap::new())?;
+        self.write(batch, true)
+    }
+
+    /// Writes the initial configuration of a new cluster as a snapshot at [`BOOTSTRAP_INDEX`]
+    /// (term 1) holding `conf_state`, the peer registry `peers` and `image` (the state machine
+    /// image of an empty state machine), then flushes. Every founding member writes the same
+    /// snapshot, so their logs agree; see the module docs for why not index 0.
+    ///
+    /// # Panics
+    ///
+    /// If the store is already initialized: a node must never be bootstrapped twice.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if the write or flush fails.
+    pub fn bootstrap_cluster(
+        &mut self,
+        conf_state: ConfState,
+        peers: &BTreeMap<u64, String>,
+        image: Vec<u8>,
+    ) -> Result<(), Error> {
+        assert!(!self.is_initialized(), "bootstrapping an initialized store");
+        assert_eq!(self.last_index, 0, "bootstrapping a store with entries");
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(image.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = 1;
+        meta.set_conf_state(conf_state);
+        let mut batch = sled::Batch::default();
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(1);
+        hs.commit = hs.commit.max(BOOTSTRAP_INDEX);
+        self.set_hard_state(&mut batch, hs)?;
+        self.set_truncated(&mut batch, BOOTSTRAP_INDEX, 1);
+        self.last_index = BOOTSTRAP_INDEX;
+        self.last_term = 1;
+        self.stage_snapshot(&mut batch, &snapshot, peers)?;
         self.write(batch, true)
     }
 
@@ -249,6 +400,11 @@ impl SledStorage {
     /// Metadata of the stored snapshot (index 0 if there is none yet).
     pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
         &self.snapshot_meta
+    }
+
+    /// The peer address registry at the stored snapshot (empty for stores that predate it).
+    pub fn snapshot_peers(&self) -> &BTreeMap<u64, String> {
+        &self.snapshot_peers
     }
 
     /// The stored snapshot's state machine image, if a snapshot past index 0 was ever stored.
@@ -357,7 +513,8 @@ impl SledStorage {
 
     /// Stages installing a snapshot received from the leader: the whole log is dropped, the
     /// truncated index/term, conf state and snapshot become the snapshot's, and the hard state's
-    /// commit moves up to the snapshot index.
+    /// commit moves up to the snapshot index. `snapshot.data` is the state machine image (the
+    /// caller has already split the wire envelope) and `peers` the registry that came with it.
     ///
     /// # Errors
     ///
@@ -367,6 +524,7 @@ impl SledStorage {
         &mut self,
         batch: &mut sled::Batch,
         snapshot: &Snapshot,
+        peers: &BTreeMap<u64, String>,
     ) -> Result<bool, Error> {
         let meta = snapshot.get_metadata();
         if meta.index < self.first() {
@@ -383,12 +541,13 @@ impl SledStorage {
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
         self.set_hard_state(batch, hs)?;
-        self.stage_snapshot(batch, snapshot)?;
+        self.stage_snapshot(batch, snapshot, peers)?;
         Ok(true)
     }
 
     /// Stages storing a snapshot of the local state machine taken at `index` (which must be
-    /// applied, hence committed and in the log) with the configuration in force at `index`.
+    /// applied, hence committed and in the log) with the configuration and peer registry in
+    /// force at `index`.
     ///
     /// # Panics
     ///
@@ -402,6 +561,7 @@ impl SledStorage {
         batch: &mut sled::Batch,
         index: u64,
         conf_state: ConfState,
+        peers: &BTreeMap<u64, String>,
         data: Vec<u8>,
     ) -> Result<(), Error> {
         assert!(
@@ -429,20 +589,23 @@ impl SledStorage {
             hs.commit = index;
             self.set_hard_state(batch, hs)?;
         }
-        self.stage_snapshot(batch, &snapshot)
+        self.stage_snapshot(batch, &snapshot, peers)
     }
 
     fn stage_snapshot(
         &mut self,
         batch: &mut sled::Batch,
         snapshot: &Snapshot,
+        peers: &BTreeMap<u64, String>,
     ) -> Result<(), Error> {
         let meta = snapshot.get_metadata();
         batch.insert(KEY_SNAP_META, encode("snapshot metadata", meta)?);
         batch.insert(KEY_CONF_STATE, encode("conf state", meta.get_conf_state())?);
         batch.insert(KEY_SNAP_DATA, snapshot.get_data().to_vec());
+        batch.insert(KEY_SNAP_PEERS, encode_peers(peers));
         self.conf_state = meta.get_conf_state().clone();
         self.snapshot_meta = meta.clone();
+        self.snapshot_peers = peers.clone();
         Ok(())
     }
 
@@ -599,8 +762,19 @@ impl raft::Storage for SledStorage {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_meta.index < request_index || self.snapshot_meta.index == 0 {
+    /// The stored snapshot, with the peer registry inline ([`encode_snapshot_data`]). If it
+    /// is older than `request_index`, or its configuration does not contain the recipient `to`
+    /// (raft-rs refuses to restore such a snapshot: it happens when `to` was added after the
+    /// snapshot was taken), the raft thread is asked for a fresh one and raft retries later.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let cs = self.snapshot_meta.get_conf_state();
+        let has_recipient = cs.voters.contains(&to)
+            || cs.learners.contains(&to)
+            || cs.voters_outgoing.contains(&to);
+        if self.snapshot_meta.index < request_index
+            || self.snapshot_meta.index == 0
+            || !has_recipient
+        {
             self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
@@ -612,7 +786,7 @@ impl raft::Storage for SledStorage {
             .expect("snapshot past index 0 has data");
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(self.snapshot_meta.clone());
-        snapshot.set_data(data.into());
+        snapshot.set_data(encode_snapshot_data(&self.snapshot_peers, &data).into());
         Ok(snapshot)
     }
 }

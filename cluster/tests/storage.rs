@@ -4,6 +4,8 @@
 
 #![allow(clippy::field_reassign_with_default)] // rust-protobuf 2 structs are built field by field.
 
+use std::collections::BTreeMap;
+
 use dlock_cluster::storage::SledStorage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
@@ -166,7 +168,9 @@ fn run_seed(seed: u64) {
                 term += 1;
                 let snap = snapshot(index, term, vec![1, 2, 3, 4]);
                 let mem_result = mem.wl().apply_snapshot(snap.clone());
-                let staged = store.apply_snapshot(&mut batch, &snap).unwrap();
+                let staged = store
+                    .apply_snapshot(&mut batch, &snap, &BTreeMap::new())
+                    .unwrap();
                 assert_eq!(
                     mem_result.is_ok(),
                     staged,
@@ -222,7 +226,8 @@ fn local_snapshot_then_compaction_keeps_a_tail() {
         .create_snapshot(
             &mut batch,
             80,
-            ConfState::from((vec![1], vec![])),
+            ConfState::from((vec![1, 2], vec![])),
+            &BTreeMap::from([(1, "a:1".to_string()), (2, "b:2".to_string())]),
             b"image".to_vec(),
         )
         .unwrap();
@@ -250,7 +255,18 @@ fn local_snapshot_then_compaction_keeps_a_tail() {
     let snap = store.snapshot(0, 2).unwrap();
     assert_eq!(snap.get_metadata().index, 80);
     assert_eq!(snap.get_metadata().term, 2);
-    assert_eq!(&snap.data[..], b"image");
+    let (peers, image) = dlock_cluster::storage::decode_snapshot_data(&snap.data).unwrap();
+    assert_eq!(image, b"image");
+    assert_eq!(peers.get(&2).map(String::as_str), Some("b:2"));
+    // A node added after the stored snapshot is not in its configuration: raft-rs would refuse
+    // it, so a fresh snapshot is asked for.
+    assert_eq!(
+        store.snapshot(0, 3),
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable
+        ))
+    );
+    assert!(store.take_snapshot_wanted());
     // A newer snapshot than stored is not available yet; the raft thread is told to make one.
     assert_eq!(
         store.snapshot(90, 2),

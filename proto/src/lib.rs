@@ -1,7 +1,10 @@
 //! The dlock.v1 wire protocol, generated from `proto/dlock/v1/*.proto`.
 //!
 //! * [`v1::dlock_client`] / [`v1::dlock_server`]: the client API (`service Dlock`).
+//! * [`v1::admin_client`] / [`v1::admin_server`]: membership and status (`service Admin`).
 //! * [`v1::raft_peer_client`] / [`v1::raft_peer_server`]: the Raft peer transport.
+//! * [`v1::peer_info_client`] / [`v1::peer_info_server`]: what nodes tell each other about
+//!   themselves (client address, Raft state).
 //!
 //! The `.proto` files are the documented contract; this crate only compiles them.
 

@@ -1,18 +1,32 @@
 //! dlockd's configuration: one typed struct, every default in [`Config::default`], validated at
 //! start-up with precise messages.
 //!
-//! Every field can be set by a command-line flag or by an environment variable named
-//! `DLOCKD_<FIELD>` (for example `--client-addr` / `DLOCKD_CLIENT_ADDR`); flags win. The binary
-//! (`main.rs`) does the parsing; this module only holds the values and their rules.
+//! # Sources
+//!
+//! Every setting has one name, used the same way in all three sources, highest first:
+//!
+//! 1. a command-line flag: `--client-addr 127.0.0.1:7700`;
+//! 2. an environment variable, `DLOCKD_` and the name in upper snake case:
+//!    `DLOCKD_CLIENT_ADDR=127.0.0.1:7700`;
+//! 3. a TOML file named by `--config FILE` (or `DLOCKD_CONFIG`): `client-addr = "127.0.0.1:7700"`.
+//!
+//! Anything unset takes the default in [`Config::default`]. [`Settings`] is that layered
+//! input (clap parses flags and environment into it, serde parses the file into it);
+//! [`Settings::resolve`] merges and validates.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use crate::error::Error;
 
 /// The default address clients connect to (`DLOCK_ENDPOINTS` of the client defaults to it).
 pub const DEFAULT_CLIENT_ADDR: &str = "127.0.0.1:7700";
+/// The default address of the peer (Raft) transport.
+pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7701";
 /// The default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "dlockd-data";
 
@@ -29,8 +43,17 @@ pub struct Config {
     /// Where the node keeps its Raft log, hard state and snapshots (sled). Created if missing; a
     /// node whose directory is empty bootstraps a new one-member cluster.
     pub data_dir: PathBuf,
-    /// The address the client API (gRPC `dlock.v1.Dlock`) listens on. Port 0 picks a free port.
+    /// The address the client API (gRPC `dlock.v1.Dlock` and `dlock.v1.Admin`) listens on.
+    /// Port 0 picks a free port.
     pub client_addr: SocketAddr,
+    /// The address the peer transport (Raft messages between nodes) listens on.
+    pub peer_addr: SocketAddr,
+    /// The members of a new cluster, node id to peer address (`host:port`). Used only when the
+    /// data directory is empty; a node with stored state rejoins with the members it stored.
+    /// Empty means a one-member cluster of this node at `peer_addr`. A list that does not name
+    /// this node means "join that existing cluster": the node starts empty and waits until an
+    /// admin adds it (`AddLearner` / `AddVoter`), then catches up from a snapshot.
+    pub initial_cluster: BTreeMap<u64, String>,
     /// TTL granted to sessions that ask for 0, in milliseconds.
     pub session_ttl_ms_default: u64,
     /// Smallest TTL a session can get, in milliseconds; smaller requests are raised to it.
@@ -59,6 +82,8 @@ impl Default for Config {
             node_id: 1,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             client_addr: DEFAULT_CLIENT_ADDR.parse().expect("valid default address"),
+            peer_addr: DEFAULT_PEER_ADDR.parse().expect("valid default address"),
+            initial_cluster: BTreeMap::new(),
             session_ttl_ms_default: 10_000,
             session_ttl_ms_min: 500,
             session_ttl_ms_max: 600_000,
@@ -84,6 +109,12 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return fail("data-dir must not be empty".into());
+        }
+        if self.client_addr == self.peer_addr && self.client_addr.port() != 0 {
+            return fail(format!(
+                "client-addr and peer-addr must differ (both are {})",
+                self.client_addr
+            ));
         }
         if self.session_ttl_ms_min == 0 {
             return fail("session-ttl-ms-min must be greater than 0".into());
@@ -148,6 +179,165 @@ impl Config {
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
     }
+
+    /// The members of a new cluster: `initial_cluster`, or this node alone at `peer_addr`.
+    pub fn members(&self) -> BTreeMap<u64, String> {
+        if self.initial_cluster.is_empty() {
+            BTreeMap::from([(self.node_id, self.peer_addr.to_string())])
+        } else {
+            self.initial_cluster.clone()
+        }
+    }
+}
+
+/// Parses `1=host:port,2=host:port,...` (the `initial-cluster` syntax).
+///
+/// # Errors
+///
+/// `Error::Config` naming the malformed member.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, Error> {
+    let mut members = BTreeMap::new();
+    for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let (id, addr) = member.split_once('=').ok_or_else(|| {
+            Error::Config(format!(
+                "initial-cluster member {member:?} is not ID=HOST:PORT"
+            ))
+        })?;
+        let id: u64 = id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+            Error::Config(format!(
+                "initial-cluster member {member:?}: the id must be a number > 0"
+            ))
+        })?;
+        let addr = addr.trim();
+        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            return Err(Error::Config(format!(
+                "initial-cluster member {member:?}: the address must be HOST:PORT"
+            )));
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            return Err(Error::Config(format!(
+                "initial-cluster names node {id} twice"
+            )));
+        }
+    }
+    Ok(members)
+}
+
+/// The layered input of the configuration: every field optional, the same names as flags
+/// (`--session-ttl-ms-min`), environment variables (`DLOCKD_SESSION_TTL_MS_MIN`) and file keys
+/// (`session-ttl-ms-min = 500`).
+#[derive(Debug, Default, Clone, Deserialize, clap::Parser)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(
+    name = "dlockd",
+    version,
+    about = "dlockd: the Win32 named-object namespace (mutexes, events, semaphores), served over \
+             gRPC and replicated with Raft. With no flags it starts a one-node cluster on \
+             127.0.0.1:7700 with its data in ./dlockd-data."
+)]
+pub struct Settings {
+    /// A TOML file with any of the settings below (same names, e.g. `node-id = 2`).
+    #[arg(long, env = "DLOCKD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's Raft id [default: 1].
+    #[arg(long, env = "DLOCKD_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Directory for the Raft log, hard state and snapshots [default: ./dlockd-data].
+    #[arg(long, env = "DLOCKD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the client API [default: 127.0.0.1:7700].
+    #[arg(long, env = "DLOCKD_CLIENT_ADDR")]
+    pub client_addr: Option<SocketAddr>,
+    /// Address of the peer (Raft) transport [default: 127.0.0.1:7701].
+    #[arg(long, env = "DLOCKD_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// Members of a new cluster, `ID=HOST:PEERPORT,...`; ignored once the data dir has state.
+    /// A list without this node joins that existing cluster [default: this node alone].
+    #[arg(long, env = "DLOCKD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// TTL in milliseconds for sessions that ask for 0 [default: 10000].
+    #[arg(long, env = "DLOCKD_SESSION_TTL_MS_DEFAULT")]
+    pub session_ttl_ms_default: Option<u64>,
+    /// Smallest session TTL in milliseconds [default: 500].
+    #[arg(long, env = "DLOCKD_SESSION_TTL_MS_MIN")]
+    pub session_ttl_ms_min: Option<u64>,
+    /// Largest session TTL in milliseconds [default: 600000].
+    #[arg(long, env = "DLOCKD_SESSION_TTL_MS_MAX")]
+    pub session_ttl_ms_max: Option<u64>,
+    /// How often keepalive times are checkpointed into the log, in milliseconds [default: 1000].
+    #[arg(long, env = "DLOCKD_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Raft tick in milliseconds [default: 100].
+    #[arg(long, env = "DLOCKD_TICK_MS")]
+    pub tick_ms: Option<u64>,
+    /// Snapshot the state machine every this many applied entries [default: 10000].
+    #[arg(long, env = "DLOCKD_SNAPSHOT_INTERVAL_ENTRIES")]
+    pub snapshot_interval_entries: Option<u64>,
+    /// Largest client request in bytes [default: 65536].
+    #[arg(long, env = "DLOCKD_REQUEST_BYTES_MAX")]
+    pub request_bytes_max: Option<usize>,
+}
+
+impl Settings {
+    /// Reads a settings file.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Config` if it cannot be read or is not valid TOML with known keys.
+    pub fn from_file(path: &Path) -> Result<Settings, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
+    }
+
+    /// Layers `self` (flags and environment) over the file it names (if any) over the defaults,
+    /// and validates the result.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Config` for an unreadable file or an invalid value.
+    pub fn resolve(self) -> Result<Config, Error> {
+        let file = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        let d = Config::default();
+        macro_rules! pick {
+            ($field:ident) => {
+                self.$field.or(file.$field).unwrap_or(d.$field)
+            };
+        }
+        let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
+            Some(text) => parse_initial_cluster(&text)?,
+            None => BTreeMap::new(),
+        };
+        let config = Config {
+            node_id: pick!(node_id),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or(d.data_dir.clone()),
+            client_addr: pick!(client_addr),
+            peer_addr: pick!(peer_addr),
+            initial_cluster,
+            session_ttl_ms_default: pick!(session_ttl_ms_default),
+            session_ttl_ms_min: pick!(session_ttl_ms_min),
+            session_ttl_ms_max: pick!(session_ttl_ms_max),
+            checkpoint_interval_ms: pick!(checkpoint_interval_ms),
+            tick_ms: pick!(tick_ms),
+            snapshot_interval_entries: pick!(snapshot_interval_entries),
+            request_bytes_max: pick!(request_bytes_max),
+            ..d
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +360,47 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("5000") && err.contains("1000"), "{err}");
+    }
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_malformed_members() {
+        let members =
+            parse_initial_cluster("1=127.0.0.1:7701, 2=node-2:7701,3=[::1]:7701").unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[&2], "node-2:7701");
+        for bad in ["1", "0=a:1", "x=a:1", "1=a", "1=a:0", "1=:5", "1=a:1,1=b:2"] {
+            let err = parse_initial_cluster(bad).unwrap_err().to_string();
+            assert!(err.contains("initial-cluster"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dlockd.toml");
+        std::fs::write(
+            &path,
+            "node-id = 2\ntick-ms = 50\ninitial-cluster = \"1=a:1,2=b:2\"\n",
+        )
+        .unwrap();
+        let settings = Settings {
+            config: Some(path.clone()),
+            tick_ms: Some(20),
+            ..Settings::default()
+        };
+        let config = settings.resolve().unwrap();
+        assert_eq!(config.node_id, 2, "from the file");
+        assert_eq!(config.tick_ms, 20, "the flag wins");
+        assert_eq!(config.session_ttl_ms_default, 10_000, "the default");
+        assert_eq!(config.initial_cluster.len(), 2);
+        std::fs::write(&path, "node-idd = 2\n").unwrap();
+        let err = Settings {
+            config: Some(path),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("node-idd"), "{err}");
     }
 
     #[test]

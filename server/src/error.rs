@@ -24,6 +24,9 @@ pub enum Error {
     /// The session does not exist (expired or closed).
     #[error("session {0} is not known (expired or closed)")]
     SessionUnknown(u64),
+    /// Another membership change is still being applied; retry after it.
+    #[error("another membership change is in progress; retry when it has been applied")]
+    ChangePending,
     /// The node is shutting down.
     #[error("node is shutting down")]
     Stopped,
@@ -48,6 +51,8 @@ impl From<dlock_cluster::Error> for Error {
             C::Overloaded => Error::Overloaded("raft proposal queue is full".into()),
             C::Dropped => Error::Retry,
             C::Stopped => Error::Stopped,
+            C::ConfChangePending => Error::ChangePending,
+            C::InvalidInput(msg) => Error::InvalidArgument(msg),
             other => Error::Internal(other.to_string()),
         }
     }

@@ -2,12 +2,16 @@
 //! the gRPC server, wired together. `main.rs` only parses flags and calls [`run`]; tests embed
 //! [`Server`] directly.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dlock_cluster::transport::{GrpcTransport, RaftPeerService};
+use dlock_proto::v1::admin_server::AdminServer;
 use dlock_proto::v1::dlock_server::DlockServer;
+use dlock_proto::v1::peer_info_server::PeerInfoServer;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -15,6 +19,8 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::error::Error;
 use crate::grpc::DlockService;
+use crate::grpc::admin::AdminService;
+use crate::grpc::peer_info::{Directory, PeerInfoService};
 use crate::machine::{CHECKPOINT_SESSIONS_MAX, Machine, Shared, lock, now_unix_ms};
 use crate::namespace::{Command, Seq, SessionId};
 
@@ -28,13 +34,17 @@ const TIMER_PROPOSALS_MAX: usize = 64;
 /// How long a shutdown waits for open connections to finish before closing them.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
+/// How often a follower retries learning an unreachable leader's client address.
+const DIRECTORY_RETRY: Duration = Duration::from_millis(200);
+
 /// A running node. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     local_addr: SocketAddr,
+    peer_addr: SocketAddr,
     node: dlock_cluster::Node,
     stop: watch::Sender<bool>,
-    serve: JoinHandle<Result<(), tonic::transport::Error>>,
-    timers: JoinHandle<()>,
+    serve: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -44,49 +54,69 @@ impl Server {
     ///
     /// An invalid configuration, an unusable data directory, a port that cannot be bound.
     pub async fn start(config: Config) -> Result<Server, Error> {
+        Server::start_with_transport(config, None).await
+    }
+
+    /// Like [`Server::start`], but Raft messages go through `transport` instead of the gRPC
+    /// peer transport (tests use an in-process network that can drop, delay and partition).
+    /// The peer port still serves `PeerInfo` and accepts Raft streams.
+    ///
+    /// # Errors
+    ///
+    /// As [`Server::start`].
+    pub async fn start_with_transport(
+        config: Config,
+        transport: Option<Arc<dyn dlock_cluster::Transport>>,
+    ) -> Result<Server, Error> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
             context: format!("cannot create data directory {}", config.data_dir.display()),
             source,
         })?;
+        let client_listener = bind(config.client_addr, "client").await?;
+        let local_addr = bound_addr(&client_listener)?;
+        let peer_listener = bind(config.peer_addr, "peer").await?;
+        let peer_addr = bound_addr(&peer_listener)?;
+        let members = if config.initial_cluster.is_empty() {
+            BTreeMap::from([(config.node_id, peer_addr.to_string())])
+        } else {
+            config.initial_cluster.clone()
+        };
         let config = Arc::new(config);
         let shared = Shared::new();
         let cluster_config = dlock_cluster::Config {
             node_id: config.node_id,
             data_dir: config.data_dir.join("raft"),
-            initial_voters: vec![config.node_id],
+            initial_cluster: members,
             tick_interval: config.tick(),
             snapshot_interval_entries: config.snapshot_interval_entries,
             ..dlock_cluster::Config::default()
         };
+        let transport = match transport {
+            Some(transport) => transport,
+            None => GrpcTransport::new(config.node_id),
+        };
         let node = dlock_cluster::Node::start(
             cluster_config,
             Box::new(Machine::new(shared.clone())),
-            // A one-member cluster has nobody to send to; the peer transport replaces this.
-            Arc::new(dlock_cluster::NoTransport),
+            transport,
         )?;
-
-        let listener = tokio::net::TcpListener::bind(config.client_addr)
-            .await
-            .map_err(|source| Error::Io {
-                context: format!("cannot listen on {}", config.client_addr),
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Io {
-            context: "cannot read the bound address".into(),
-            source,
-        })?;
         let (stop, stopped) = watch::channel(false);
+        let directory = Directory::new(config.node_id, local_addr);
 
         let service = DlockServer::new(DlockService::new(
             shared.clone(),
             node.clone(),
             config.clone(),
             stopped.clone(),
+            directory.clone(),
         ))
         .max_decoding_message_size(config.request_bytes_max);
-        let mut serve_stop = stopped.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let admin = AdminServer::new(AdminService::new(
+            node.clone(),
+            local_addr,
+            directory.clone(),
+        ));
         let serve = tokio::spawn(
             tonic::transport::Server::builder()
                 .concurrency_limit_per_connection(config.requests_per_connection_max)
@@ -94,24 +124,56 @@ impl Server {
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = serve_stop.wait_for(|s| *s).await;
-                }),
+                .add_service(admin)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(client_listener),
+                    stopped_signal(stopped.clone()),
+                ),
         );
-        let timers = tokio::spawn(timer_task(shared, node.clone(), config.clone(), stopped));
+        let peer_serve = tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(1)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+                .tcp_nodelay(true)
+                .add_service(RaftPeerService::new(node.clone()))
+                .add_service(PeerInfoServer::new(PeerInfoService::new(
+                    node.clone(),
+                    local_addr,
+                )))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
+                    stopped_signal(stopped.clone()),
+                ),
+        );
+        let background = vec![
+            tokio::spawn(timer_task(
+                shared,
+                node.clone(),
+                config.clone(),
+                stopped.clone(),
+            )),
+            tokio::spawn(directory_task(node.clone(), directory, stopped)),
+        ];
         info!(
             node_id = config.node_id,
             client_addr = %local_addr,
+            peer_addr = %peer_addr,
             data_dir = %config.data_dir.display(),
             "dlockd serving"
         );
         Ok(Server {
             local_addr,
+            peer_addr,
             node,
             stop,
-            serve,
-            timers,
+            serve: vec![serve, peer_serve],
+            background,
         })
+    }
+
+    /// The address the peer transport listens on (useful with port 0).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
     }
 
     /// The address the client API listens on (useful with port 0).
@@ -129,20 +191,76 @@ impl Server {
         let _ = self.stop.send(true);
         // Long calls end on the stop signal; a client that keeps a connection open without
         // calls must not hold the shutdown hostage, so the graceful drain is bounded.
-        let mut serve = self.serve;
-        match tokio::time::timeout(SHUTDOWN_DRAIN, &mut serve).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => warn!(error = %err, "gRPC server ended with an error"),
-            Ok(Err(err)) => warn!(error = %err, "gRPC server task failed"),
-            Err(_) => {
-                warn!(drain = ?SHUTDOWN_DRAIN, "connections still open; closing them");
-                serve.abort();
+        for mut serve in self.serve {
+            match tokio::time::timeout(SHUTDOWN_DRAIN, &mut serve).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => warn!(error = %err, "gRPC server ended with an error"),
+                Ok(Err(err)) => warn!(error = %err, "gRPC server task failed"),
+                Err(_) => {
+                    warn!(drain = ?SHUTDOWN_DRAIN, "connections still open; closing them");
+                    serve.abort();
+                }
             }
         }
-        let _ = self.timers.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         let node = self.node.clone();
         let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
         info!("dlockd stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("cannot listen on {addr} ({what} address)"),
+            source,
+        })
+}
+
+fn bound_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, Error> {
+    listener.local_addr().map_err(|source| Error::Io {
+        context: "cannot read the bound address".into(),
+        source,
+    })
+}
+
+async fn stopped_signal(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Keeps the [`Directory`] knowing the current leader's client address, so that followers can
+/// send clients a leader hint: whenever the leader changes to a node whose address is unknown,
+/// ask it (over the peer port) until it answers or leadership moves on.
+async fn directory_task(
+    node: dlock_cluster::Node,
+    directory: Arc<Directory>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut leadership = node.leadership();
+    loop {
+        let leader = leadership.borrow_and_update().leader_id;
+        if let Some(id) = leader
+            && directory.client_addr(id).is_none()
+            && let Some(peer_addr) = node.peers().get(&id).cloned()
+        {
+            directory.learn(id, &peer_addr).await;
+            if directory.client_addr(id).is_none() {
+                // Not reachable yet: try again shortly unless something changes first.
+                tokio::select! {
+                    _ = tokio::time::sleep(DIRECTORY_RETRY) => continue,
+                    changed = leadership.changed() => if changed.is_err() { return },
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            changed = leadership.changed() => if changed.is_err() { return },
+            _ = stopped.wait_for(|s| *s) => return,
+        }
     }
 }
 

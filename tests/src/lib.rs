@@ -5,6 +5,8 @@
 //! directory (`cargo test --workspace` builds it before running any test). Children are tied to
 //! the test process with `PR_SET_PDEATHSIG`, so a failing test leaves no stray servers behind.
 
+pub mod history;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -65,6 +67,8 @@ pub struct Dlockd {
     child: Child,
     /// Its client address.
     pub addr: SocketAddr,
+    /// Its peer (Raft transport) address.
+    pub peer_addr: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
     extra: Vec<String>,
@@ -74,11 +78,13 @@ impl Dlockd {
     /// Starts dlockd with `data_dir` on a free port and waits until it accepts connections.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Dlockd {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let peer_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn(data_dir, addr, &extra);
+        let child = spawn(data_dir, addr, peer_addr, &extra);
         let mut d = Dlockd {
             child,
             addr,
+            peer_addr,
             data_dir: data_dir.to_path_buf(),
             extra,
         };
@@ -118,7 +124,7 @@ impl Dlockd {
 
     /// Starts the server again on the same address and data directory (after [`Dlockd::kill9`]).
     pub fn restart(&mut self) {
-        self.child = spawn(&self.data_dir, self.addr, &self.extra);
+        self.child = spawn(&self.data_dir, self.addr, self.peer_addr, &self.extra);
         self.wait_ready();
     }
 
@@ -147,13 +153,15 @@ impl Drop for Dlockd {
     }
 }
 
-fn spawn(data_dir: &Path, addr: SocketAddr, extra: &[String]) -> Child {
+fn spawn(data_dir: &Path, addr: SocketAddr, peer_addr: SocketAddr, extra: &[String]) -> Child {
     let mut command = Command::new(target_binary("dlockd"));
     command
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--client-addr")
         .arg(addr.to_string())
+        .arg("--peer-addr")
+        .arg(peer_addr.to_string())
         .args(extra)
         .env(
             "RUST_LOG",
@@ -219,6 +227,23 @@ pub fn shared_dlockd() -> &'static Dlockd {
             std::env::set_var("DLOCK_ENDPOINTS", server.endpoint());
         }
         (dir, server)
+    });
+    server
+}
+
+/// Like [`shared_dlockd`], but behind a mutex so a test can kill and restart it (the client
+/// address stays the same across restarts, so the facade reconnects to it).
+pub fn restartable_dlockd() -> &'static std::sync::Mutex<Dlockd> {
+    static SERVER: std::sync::OnceLock<(tempfile::TempDir, std::sync::Mutex<Dlockd>)> =
+        std::sync::OnceLock::new();
+    let (_dir, server) = SERVER.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temporary data directory");
+        let server = Dlockd::start_detached(dir.path(), &[]);
+        // SAFETY: as in `shared_dlockd`: once, before any facade use in this test binary.
+        unsafe {
+            std::env::set_var("DLOCK_ENDPOINTS", server.endpoint());
+        }
+        (dir, std::sync::Mutex::new(server))
     });
     server
 }

@@ -3,25 +3,12 @@
 //! in-flight requests with the same sequence number and the server deduplicates them), every
 //! object, handle, owner and session must be back, and a later wait must behave.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dlock::win32::*;
-use dlock_tests::{Dlockd, unique};
-
-fn server() -> &'static Mutex<Dlockd> {
-    static SERVER: OnceLock<(tempfile::TempDir, Mutex<Dlockd>)> = OnceLock::new();
-    let (_dir, server) = SERVER.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Dlockd::start_detached(dir.path(), &[]);
-        // SAFETY: once, before any facade use in this binary; nothing else touches the
-        // environment concurrently.
-        unsafe { std::env::set_var("DLOCK_ENDPOINTS", server.endpoint()) };
-        (dir, Mutex::new(server))
-    });
-    server
-}
+use dlock_tests::{restartable_dlockd, unique};
 
 const WRITERS: usize = 4;
 /// Acknowledged releases before the crash, and again after the restart.
@@ -30,7 +17,7 @@ const ACKS_AFTER_RESTART: u64 = 200;
 
 #[test]
 fn kill_9_under_load_loses_nothing_acknowledged_and_acts_once() {
-    let server = server();
+    let server = restartable_dlockd();
     let sem = CreateSemaphoreA(None, 0, i32::MAX, Some(&unique("counter")));
     assert_ne!(sem, 0, "create: {}", GetLastError());
     let mutex = CreateMutexA(None, TRUE, Some(&unique("held")));

@@ -2,32 +2,19 @@
 //! back: its mutexes become abandoned. Sessions that are still alive survive the restart.
 
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use dlock::win32::*;
-use dlock_tests::{Dlockd, Lines, die_with_parent, unique};
+use dlock_tests::{Lines, die_with_parent, restartable_dlockd, unique};
 
 const CHILD_TTL_MS: u64 = 1_000;
 /// How long the node stays down: well past the child's TTL plus the checkpoint interval (1 s),
 /// well within the parent's default TTL (10 s). Real time must pass here: it is the scenario.
 const DOWNTIME: Duration = Duration::from_millis(3_000);
 
-fn server() -> &'static Mutex<Dlockd> {
-    static SERVER: OnceLock<(tempfile::TempDir, Mutex<Dlockd>)> = OnceLock::new();
-    let (_dir, server) = SERVER.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Dlockd::start_detached(dir.path(), &[]);
-        // SAFETY: once, before any facade use in this binary.
-        unsafe { std::env::set_var("DLOCK_ENDPOINTS", server.endpoint()) };
-        (dir, Mutex::new(server))
-    });
-    server
-}
-
 #[test]
 fn a_session_that_expired_while_the_node_was_down_is_abandoned_on_restart() {
-    let server = server();
+    let server = restartable_dlockd();
     let name = unique("orphan");
     let endpoint = server.lock().unwrap().endpoint();
     let mut command = Command::new(env!("CARGO_BIN_EXE_dlock-child"));

@@ -3,6 +3,8 @@
 //! Win32 error and changes nothing), turn it into a [`Command`], propose it, and turn the
 //! namespace's [`Reply`] back into the wire reply.
 
+pub mod admin;
+pub mod peer_info;
 pub mod status;
 
 use std::pin::Pin;
@@ -26,6 +28,7 @@ use crate::namespace::win32::{
 use crate::namespace::{
     Command, CreateParams, ObjectKind, ObjectState, Reply, Request, WaitOutcome, validate_request,
 };
+use peer_info::Directory;
 use status::to_status;
 
 /// Longest accepted `client_name`, in bytes.
@@ -38,6 +41,8 @@ pub struct DlockService {
     config: Arc<Config>,
     /// Becomes true when the node shuts down: long calls (waits, keepalive streams) end then.
     stopped: watch::Receiver<bool>,
+    /// Client addresses of the members, for leader hints.
+    directory: Arc<Directory>,
 }
 
 impl DlockService {
@@ -47,13 +52,21 @@ impl DlockService {
         node: dlock_cluster::Node,
         config: Arc<Config>,
         stopped: watch::Receiver<bool>,
+        directory: Arc<Directory>,
     ) -> Self {
         DlockService {
             shared,
             node,
             config,
             stopped,
+            directory,
         }
+    }
+
+    /// Maps a cluster error to its status; "not the leader" carries the leader's client address
+    /// in the `dlock-leader-hint` metadata when this node knows it.
+    fn cluster_error(&self, err: dlock_cluster::Error) -> Status {
+        not_leader_hint(&self.directory, Error::from(err))
     }
 
     async fn propose(&self, command: Command) -> Result<Reply, Status> {
@@ -63,7 +76,7 @@ impl DlockService {
             .node
             .propose(bytes)
             .await
-            .map_err(|e| to_status(Error::from(e)))?;
+            .map_err(|e| self.cluster_error(e))?;
         let reply: Reply = postcard::from_bytes(&reply)
             .map_err(|e| to_status(Error::Internal(format!("decode reply: {e}"))))?;
         Ok(reply)
@@ -132,6 +145,24 @@ impl DlockService {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// [`to_status`], plus the `dlock-leader-hint` metadata for "not the leader" when the leader's
+/// client address is known.
+pub fn not_leader_hint(directory: &Directory, err: Error) -> Status {
+    let hint = match &err {
+        Error::NotLeader {
+            leader_hint: Some(id),
+        } => directory.client_addr(*id),
+        _ => None,
+    };
+    let mut status = to_status(err);
+    if let Some(addr) = hint.and_then(|a| a.parse().ok()) {
+        status
+            .metadata_mut()
+            .insert(dlock_proto::LEADER_HINT_METADATA, addr);
+    }
+    status
 }
 
 /// A recorded reply of another kind than the request expects: the client reused a sequence
@@ -271,13 +302,15 @@ impl Dlock for DlockService {
         let inbound = request.into_inner();
         let shared = self.shared.clone();
         let node = self.node.clone();
+        let directory = self.directory.clone();
         let output = inbound.map(move |item| {
             let session_id = item?.session_id;
             let leadership = *node.leadership().borrow();
             if !leadership.is_leader {
-                return Err(to_status(Error::NotLeader {
+                let err = Error::NotLeader {
                     leader_hint: leadership.leader_id,
-                }));
+                };
+                return Err(not_leader_hint(&directory, err));
             }
             let ttl = keep_alive(&shared, session_id);
             Ok(pb::KeepAliveReply {
@@ -540,7 +573,7 @@ impl Dlock for DlockService {
         self.node
             .read_index()
             .await
-            .map_err(|e| to_status(Error::from(e)))?;
+            .map_err(|e| self.cluster_error(e))?;
         let state = lock(&self.shared.ns).query(req.session_id, req.handle);
         let mut reply = pb::QueryReply::default();
         match state {
@@ -586,7 +619,7 @@ impl Dlock for DlockService {
         self.node
             .read_index()
             .await
-            .map_err(|e| to_status(Error::from(e)))?;
+            .map_err(|e| self.cluster_error(e))?;
         let valid = lock(&self.shared.ns).check_fencing_token(&req.name, req.fencing_token);
         if !valid {
             warn!(name = %req.name, token = req.fencing_token, "stale fencing token presented");

@@ -12,6 +12,7 @@ pub fn to_status(err: Error) -> Status {
         Error::Overloaded(_) => Code::ResourceExhausted,
         Error::InvalidArgument(_) | Error::Config(_) => Code::InvalidArgument,
         Error::SessionUnknown(_) => Code::NotFound,
+        Error::ChangePending => Code::FailedPrecondition,
         Error::Internal(_) | Error::Io { .. } => Code::Internal,
     };
     Status::new(code, err.to_string())
@@ -35,6 +36,7 @@ mod tests {
             (Error::Overloaded("queue".into()), Code::ResourceExhausted),
             (Error::InvalidArgument("x".into()), Code::InvalidArgument),
             (Error::SessionUnknown(9), Code::NotFound),
+            (Error::ChangePending, Code::FailedPrecondition),
             (Error::Internal("disk".into()), Code::Internal),
         ];
         for (err, code) in cases {

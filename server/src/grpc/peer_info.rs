@@ -1,0 +1,124 @@
+//! What nodes tell each other about themselves (`dlock.v1.PeerInfo`), and the [`Directory`]
+//! that turns a leader's node id into the client address followers put in their leader hints.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock_proto::v1 as pb;
+use dlock_proto::v1::peer_info_client::PeerInfoClient;
+use dlock_proto::v1::peer_info_server::PeerInfo;
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+
+use crate::machine::lock;
+
+/// How long one `Info` call to a peer may take.
+pub const PEER_INFO_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The Raft role as the admin API spells it.
+pub fn role_name(role: dlock_cluster::Role) -> &'static str {
+    match role {
+        dlock_cluster::Role::Follower => "FOLLOWER",
+        dlock_cluster::Role::PreCandidate => "PRE_CANDIDATE",
+        dlock_cluster::Role::Candidate => "CANDIDATE",
+        dlock_cluster::Role::Leader => "LEADER",
+    }
+}
+
+/// This node's own status, as `Info` and the admin `Status` report it.
+pub fn own_status(node: &dlock_cluster::Node, client_addr: SocketAddr) -> pb::NodeStatus {
+    let status = node.status();
+    pb::NodeStatus {
+        node_id: status.id,
+        role: role_name(status.role).into(),
+        term: status.term,
+        commit: status.commit,
+        applied: status.applied,
+        leader_id: status.leader_id.unwrap_or(0),
+        client_addr: client_addr.to_string(),
+        reachable: true,
+    }
+}
+
+/// The `dlock.v1.PeerInfo` service of one node.
+pub struct PeerInfoService {
+    node: dlock_cluster::Node,
+    client_addr: SocketAddr,
+}
+
+impl PeerInfoService {
+    /// Answers for `node`, whose client API listens on `client_addr`.
+    pub fn new(node: dlock_cluster::Node, client_addr: SocketAddr) -> Self {
+        PeerInfoService { node, client_addr }
+    }
+}
+
+#[tonic::async_trait]
+impl PeerInfo for PeerInfoService {
+    async fn info(
+        &self,
+        _request: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        Ok(Response::new(own_status(&self.node, self.client_addr)))
+    }
+}
+
+/// Asks the node at `peer_addr` for its status; `None` if it does not answer in time.
+pub async fn ask_peer(peer_addr: &str) -> Option<pb::NodeStatus> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{peer_addr}"))
+        .ok()?
+        .connect_timeout(PEER_INFO_TIMEOUT)
+        .timeout(PEER_INFO_TIMEOUT);
+    let call = async {
+        let mut client = PeerInfoClient::new(endpoint.connect().await.ok()?);
+        client
+            .info(pb::InfoRequest {})
+            .await
+            .ok()
+            .map(Response::into_inner)
+    };
+    tokio::time::timeout(PEER_INFO_TIMEOUT * 2, call)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Client addresses of the members, learned from their `Info` answers, so a follower can name
+/// the leader's client address in its `dlock-leader-hint`.
+#[derive(Default)]
+pub struct Directory {
+    client_addrs: Mutex<HashMap<u64, String>>,
+}
+
+impl Directory {
+    /// A directory that already knows this node.
+    pub fn new(node_id: u64, client_addr: SocketAddr) -> Arc<Directory> {
+        let directory = Directory::default();
+        lock(&directory.client_addrs).insert(node_id, client_addr.to_string());
+        Arc::new(directory)
+    }
+
+    /// The client address of node `id`, if known.
+    pub fn client_addr(&self, id: u64) -> Option<String> {
+        lock(&self.client_addrs).get(&id).cloned()
+    }
+
+    /// Learns node `id`'s client address by asking it at `peer_addr`.
+    pub async fn learn(&self, id: u64, peer_addr: &str) {
+        match ask_peer(peer_addr).await {
+            Some(status) if status.node_id == id => {
+                debug!(node_id = id, client_addr = %status.client_addr, "learned client address");
+                lock(&self.client_addrs).insert(id, status.client_addr);
+            }
+            Some(status) => warn!(
+                expected = id,
+                answered = status.node_id,
+                peer_addr,
+                "a peer answered with another node id"
+            ),
+            None => debug!(node_id = id, peer_addr, "peer did not answer Info"),
+        }
+    }
+}
