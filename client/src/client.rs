@@ -29,8 +29,9 @@ const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First retry backoff.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
-/// Largest retry backoff.
-const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// Largest retry backoff. Kept short: during a failover the client cycles through the nodes
+/// until one is leader again, and a long backoff would add directly to the outage.
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// Nodes learned from leader hints beyond the configured ones. Bounded so that a misbehaving
 /// server cannot grow the node list without limit; further hints are followed only if known.
 const HINTED_NODES_MAX: usize = 16;

@@ -5,6 +5,8 @@
 //! mutex from one thread; prints median, p99 and mean latency per pair, and pairs per second.
 //! `dlock-bench read [N]`: N `GetFencingToken` calls (a linearizable read: one gRPC round trip
 //! and a ReadIndex, no log write); the floor under every mutating call.
+//! `dlock-bench gaps SECONDS`: lock+unlock in a loop for SECONDS and report the longest time
+//! without a completed pair (kill the leader meanwhile to measure failover).
 //! `dlock-bench distinct THREADS SECONDS`: THREADS threads each lock and unlock their own mutex
 //! for SECONDS; prints total pairs per second.
 
@@ -65,6 +67,33 @@ fn read(n: usize) {
     CloseHandle(h);
 }
 
+fn gaps(seconds: u64) {
+    let h = CreateMutexA(
+        None,
+        FALSE,
+        Some(&format!("bench-gaps-{}", std::process::id())),
+    );
+    assert_ne!(h, 0, "create failed: {}", GetLastError());
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let (mut last, mut worst, mut worst_at, mut pairs) = (start, Duration::ZERO, 0.0, 0u64);
+    while Instant::now() < deadline {
+        if WaitForSingleObject(h, 5_000) == WAIT_OBJECT_0 && ReleaseMutex(h) == TRUE {
+            let now = Instant::now();
+            if now - last > worst {
+                worst = now - last;
+                worst_at = (last - start).as_secs_f64();
+            }
+            last = now;
+            pairs += 1;
+        }
+    }
+    println!(
+        "gaps: pairs={pairs} longest gap without a completed pair={worst:?} starting at t={worst_at:.3}s"
+    );
+    CloseHandle(h);
+}
+
 fn distinct(threads: usize, seconds: u64) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
@@ -99,6 +128,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("pair") | None => pair(num(2, 2000)),
         Some("read") => read(num(2, 2000)),
+        Some("gaps") => gaps(num(2, 10) as u64),
         Some("distinct") => distinct(num(2, 64), num(3, 10) as u64),
         Some(other) => {
             eprintln!("unknown mode {other}; use `pair [N]` or `distinct THREADS SECONDS`");
