@@ -406,6 +406,29 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_file_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dlockd.sample.toml");
+        let settings = Settings::from_file(&path).expect("the sample parses");
+        let config = Settings {
+            config: Some(path),
+            ..Settings::default()
+        }
+        .resolve()
+        .expect("the sample validates");
+        let d = Config::default();
+        assert_eq!(settings.node_id, Some(d.node_id));
+        assert_eq!(config.client_addr, d.client_addr);
+        assert_eq!(config.peer_addr, d.peer_addr);
+        assert_eq!(config.tick_ms, d.tick_ms);
+        assert_eq!(config.session_ttl_ms_default, d.session_ttl_ms_default);
+        assert_eq!(
+            config.snapshot_interval_entries,
+            d.snapshot_interval_entries
+        );
+        assert_eq!(config.request_bytes_max, d.request_bytes_max);
+    }
+
+    #[test]
     fn ttl_requests_are_clamped() {
         let config = Config::default();
         assert_eq!(config.grant_ttl_ms(0), 10_000);
