@@ -14,7 +14,7 @@ use dlock_proto::v1::dlock_server::DlockServer;
 use dlock_proto::v1::peer_info_server::PeerInfoServer;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -396,7 +396,7 @@ async fn expire_session(shared: Arc<Shared>, node: dlock_cluster::Node, session:
 
 async fn cancel_wait(shared: Arc<Shared>, node: dlock_cluster::Node, session: SessionId, seq: Seq) {
     if let Err(err) = propose(&node, &Command::CancelWait { session, seq }).await {
-        error!(session, seq, error = %err, "wait timeout proposal failed; will retry");
+        warn!(session, seq, error = %err, "wait timeout proposal failed; will retry");
         lock(&shared.timers).retry_wait(session, seq, Instant::now() + TIMER_RETRY_BACKOFF);
         shared.timer_wake.notify_one();
     }

@@ -6,6 +6,7 @@
 //! the test process with `PR_SET_PDEATHSIG`, so a failing test leaves no stray servers behind.
 
 pub mod history;
+pub mod net;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -131,6 +131,7 @@ impl DlockService {
             Reply::Wait(outcome) => Ok(wait_reply(outcome)),
             Reply::WaitPending => {
                 let mut stopped = self.stopped.clone();
+                let mut leadership = self.node.leadership();
                 tokio::select! {
                     outcome = subscription.outcome() => match outcome {
                         Some(outcome) => Ok(wait_reply(outcome)),
@@ -139,6 +140,12 @@ impl DlockService {
                     // The wait stays registered in the replicated state; the client re-attaches
                     // on another node (or this one after a restart) with the same header.
                     _ = stopped.wait_for(|s| *s) => Err(to_status(Error::Stopped)),
+                    // A node that lost leadership may be cut off from the majority and never
+                    // apply the outcome: send the client to the leader, where it re-attaches.
+                    lost = leadership.wait_for(|l| !l.is_leader) => {
+                        let leader_hint = lost.ok().and_then(|l| l.leader_id);
+                        Err(self.cluster_error(dlock_cluster::Error::NotLeader { leader_hint }))
+                    }
                 }
             }
             Reply::Error(code) => Ok(wait_reply(WaitOutcome::Failed(code))),
