@@ -68,6 +68,8 @@ enum Input {
     },
     /// Sent by `shutdown` so that a waiting raft thread notices the stop flag at once.
     Wake,
+    /// Hand leadership to the most up-to-date other voter (graceful shutdown).
+    TransferLeadership,
 }
 
 /// State shared between the handles and the raft thread.
@@ -577,6 +579,15 @@ impl Node {
             .try_send(Input::SnapshotStatus { to, success });
     }
 
+    /// If this node leads, asks raft to hand leadership to the most up-to-date other voter
+    /// (raft catches it up, then sends it MsgTimeoutNow), so that stopping this node does not
+    /// cost clients an election timeout. Best effort and asynchronous: watch
+    /// [`Node::leadership`] to see it happen; raft aborts a transfer that does not finish
+    /// within an election timeout. A no-op on followers and one-member clusters.
+    pub fn transfer_leadership(&self) {
+        let _ = self.inner.tx.try_send(Input::TransferLeadership);
+    }
+
     /// Stops the raft thread and waits for it to exit (idempotent). Pending and later requests
     /// fail with `Stopped`. Blocks the calling thread for at most one in-flight `Ready`.
     pub fn shutdown(&self) {
@@ -776,6 +787,14 @@ impl Worker {
                 }
             }
             Input::Unreachable(to) => self.raw.report_unreachable(to),
+            Input::TransferLeadership => {
+                if self.raw.raft.state == raft::StateRole::Leader
+                    && let Some(transferee) = self.best_transferee()
+                {
+                    tracing::info!(transferee, "transferring leadership before stopping");
+                    self.raw.transfer_leader(transferee);
+                }
+            }
             Input::SnapshotStatus { to, success } => {
                 tracing::debug!(to, success, "snapshot delivery reported");
                 if success {
@@ -1545,7 +1564,10 @@ impl Worker {
                 Input::Message(_) => {
                     self.shared.queued_messages.fetch_sub(1, Ordering::AcqRel);
                 }
-                Input::Unreachable(_) | Input::SnapshotStatus { .. } | Input::Wake => {}
+                Input::Unreachable(_)
+                | Input::SnapshotStatus { .. }
+                | Input::Wake
+                | Input::TransferLeadership => {}
             }
         }
     }

@@ -31,8 +31,14 @@ const TIMER_RETRY_BACKOFF: Duration = Duration::from_millis(50);
 /// so a leader that finds thousands of dead sessions does not flood its own proposal queue.
 const TIMER_PROPOSALS_MAX: usize = 64;
 
-/// How long a shutdown waits for open connections to finish before closing them.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// How long a shutdown waits for open connections to finish before closing them. Clients
+/// keep their connections open, so this is usually waited in full; in-flight calls need far
+/// less (waits and keepalive streams end at once on the stop signal).
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
+
+/// How long a stopping leader waits for another voter to take over (raft aborts a transfer
+/// after an election timeout anyway).
+const LEADERSHIP_HANDOFF: Duration = Duration::from_secs(2);
 
 /// How often a follower retries learning an unreachable leader's client address.
 const DIRECTORY_RETRY: Duration = Duration::from_millis(200);
@@ -171,6 +177,24 @@ impl Server {
         })
     }
 
+    /// If this node leads a cluster with other voters, hands leadership to one of them first,
+    /// so that clients see a quick leader change instead of an election timeout plus the
+    /// connection drain. Bounded by [`LEADERSHIP_HANDOFF`]; a failed transfer only costs the
+    /// usual election.
+    async fn hand_over_leadership(&self) {
+        let mut leadership = self.node.leadership();
+        let others = self.node.membership().borrow().voters.len() > 1;
+        if !leadership.borrow().is_leader || !others {
+            return;
+        }
+        self.node.transfer_leadership();
+        match tokio::time::timeout(LEADERSHIP_HANDOFF, leadership.wait_for(|l| !l.is_leader)).await
+        {
+            Ok(_) => info!("leadership handed over before stopping"),
+            Err(_) => warn!(waited = ?LEADERSHIP_HANDOFF, "leadership transfer did not finish"),
+        }
+    }
+
     /// The address the peer transport listens on (useful with port 0).
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
@@ -188,6 +212,7 @@ impl Server {
 
     /// Stops serving, stops the timers and the Raft thread, and waits for all of them.
     pub async fn shutdown(self) {
+        self.hand_over_leadership().await;
         let _ = self.stop.send(true);
         // Long calls end on the stop signal; a client that keeps a connection open without
         // calls must not hold the shutdown hostage, so the graceful drain is bounded.

@@ -7,6 +7,7 @@
 
 pub mod history;
 pub mod net;
+pub mod procs;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};

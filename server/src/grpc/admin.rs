@@ -38,27 +38,49 @@ impl AdminService {
         not_leader_hint(&self.directory, Error::from(err))
     }
 
+    /// Every member, from the applied configuration, with the leader's replication progress.
     fn members(&self) -> Vec<pb::Member> {
-        self.node
+        let membership = self.node.membership().borrow().clone();
+        let matched: std::collections::HashMap<u64, u64> = self
+            .node
             .status()
             .members
             .into_iter()
-            .map(|m| pb::Member {
-                node_id: m.id,
-                peer_addr: m.address.unwrap_or_default(),
-                voter: m.kind == dlock_cluster::MemberKind::Voter,
-                matched: m.matched.unwrap_or(0),
+            .filter_map(|m| m.matched.map(|matched| (m.id, matched)))
+            .collect();
+        let voters = membership.voters.iter().map(|id| (*id, true));
+        let learners = membership.learners.iter().map(|id| (*id, false));
+        let mut members: Vec<pb::Member> = voters
+            .chain(learners)
+            .map(|(id, voter)| pb::Member {
+                node_id: id,
+                peer_addr: membership.peers.get(&id).cloned().unwrap_or_default(),
+                voter,
+                matched: matched.get(&id).copied().unwrap_or(0),
             })
-            .collect()
+            .collect();
+        members.sort_by_key(|m| m.node_id);
+        members
     }
 
-    fn changed(&self, index: u64, what: &str, node_id: u64) -> Response<pb::MembershipReply> {
+    /// The reply to a change applied at `index`: the configuration as of that index (the raft
+    /// thread answers the change before it publishes the new configuration, so wait for it).
+    async fn changed(&self, index: u64, what: &str, node_id: u64) -> Response<pb::MembershipReply> {
         info!(index, node_id, change = what, "membership changed");
+        let mut membership = self.node.membership();
+        let _ = tokio::time::timeout(
+            MEMBERSHIP_PUBLISH_WAIT,
+            membership.wait_for(|m| m.index >= index),
+        )
+        .await;
         Response::new(pb::MembershipReply {
             members: self.members(),
         })
     }
 }
+
+/// How long a membership reply waits for the applied configuration to be published.
+const MEMBERSHIP_PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn check_new_member(req: &pb::AddMemberRequest) -> Result<(), Status> {
     if req.node_id == 0 {
@@ -91,7 +113,7 @@ impl Admin for AdminService {
             .add_voter(req.node_id, req.peer_addr)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(self.changed(index, "add voter", req.node_id))
+        Ok(self.changed(index, "add voter", req.node_id).await)
     }
 
     #[instrument(skip_all, fields(node_id = request.get_ref().node_id))]
@@ -106,7 +128,7 @@ impl Admin for AdminService {
             .add_learner(req.node_id, req.peer_addr)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(self.changed(index, "add learner", req.node_id))
+        Ok(self.changed(index, "add learner", req.node_id).await)
     }
 
     #[instrument(skip_all, fields(node_id = request.get_ref().node_id))]
@@ -120,7 +142,7 @@ impl Admin for AdminService {
             .promote_learner(id)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(self.changed(index, "promote learner", id))
+        Ok(self.changed(index, "promote learner", id).await)
     }
 
     /// Removing the leader itself first hands leadership to another voter and answers
@@ -132,7 +154,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::MembershipReply>, Status> {
         let id = request.into_inner().node_id;
         let index = self.node.remove_node(id).await.map_err(|e| self.fail(e))?;
-        Ok(self.changed(index, "remove node", id))
+        Ok(self.changed(index, "remove node", id).await)
     }
 
     async fn status(
