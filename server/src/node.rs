@@ -330,6 +330,16 @@ async fn timer_task(
             }
         }
         if leading_term != Some(state.term) {
+            // Rebuild from a namespace that has applied everything committed so far (after a
+            // restart the log is replayed in the background), so that the "certainly dead"
+            // judgement and wait deadlines see every session and wait.
+            if let Err(err) = node.read_index().await {
+                warn!(error = %err, "leading, but the read index failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(TIMER_RETRY_BACKOFF) => continue,
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+            }
             leading_term = Some(state.term);
             let ns = lock(&shared.ns);
             lock(&shared.timers).rebuild(&ns, Instant::now(), now_unix_ms(), checkpoint_interval);

@@ -15,7 +15,6 @@ use dlock_proto::v1 as pb;
 use dlock_proto::v1::dlock_server::Dlock;
 use futures::Stream;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::{debug, instrument, warn};
 
@@ -182,23 +181,34 @@ fn unexpected(reply: Reply) -> Status {
 
 /// Renews a session's lease on a keepalive. `None` means the session is lost: unknown to the
 /// namespace, or its lease already ran out and its expiry is under way.
-fn keep_alive(shared: &Shared, session: u64) -> Option<std::time::Duration> {
-    let (now, now_unix) = (Instant::now(), now_unix_ms());
-    match lock(&shared.timers).touch(session, now, now_unix) {
-        Touch::Renewed(ttl) => return Some(ttl),
-        Touch::Expiring => return None,
+///
+/// "Unknown" is only believed after a ReadIndex: right after a restart or a leader change the
+/// local namespace may not have applied every committed entry yet (the log is replayed in the
+/// background), and telling a live client its session expired would make it drop its locks.
+async fn keep_alive(
+    shared: &Shared,
+    node: &dlock_cluster::Node,
+    session: u64,
+) -> Result<Option<std::time::Duration>, dlock_cluster::Error> {
+    match lock(&shared.timers).touch(session, Instant::now(), now_unix_ms()) {
+        Touch::Renewed(ttl) => return Ok(Some(ttl)),
+        Touch::Expiring => return Ok(None),
         Touch::Unknown => {}
     }
+    node.read_index().await?;
     // Slow path: the timers may not know a session the namespace has (right after a snapshot
     // install or a leader change, before the rebuild). Lock order: ns, then timers.
+    let (now, now_unix) = (Instant::now(), now_unix_ms());
     let ns = lock(&shared.ns);
-    let info = ns.session(session)?;
+    let Some(info) = ns.session(session) else {
+        return Ok(None);
+    };
     let mut timers = lock(&shared.timers);
     timers.adopt(session, info.ttl_ms, now, now_unix);
-    match timers.touch(session, now, now_unix) {
+    Ok(match timers.touch(session, now, now_unix) {
         Touch::Renewed(ttl) => Some(ttl),
         Touch::Expiring | Touch::Unknown => None,
-    }
+    })
 }
 
 fn wait_reply(outcome: WaitOutcome) -> pb::WaitReply {
@@ -310,21 +320,27 @@ impl Dlock for DlockService {
         let shared = self.shared.clone();
         let node = self.node.clone();
         let directory = self.directory.clone();
-        let output = inbound.map(move |item| {
-            let session_id = item?.session_id;
-            let leadership = *node.leadership().borrow();
-            if !leadership.is_leader {
-                let err = Error::NotLeader {
-                    leader_hint: leadership.leader_id,
-                };
-                return Err(not_leader_hint(&directory, err));
+        // One reply per request, in order (`then` runs them one at a time).
+        let output = futures::StreamExt::then(inbound, move |item| {
+            let (shared, node, directory) = (shared.clone(), node.clone(), directory.clone());
+            async move {
+                let session_id = item?.session_id;
+                let leadership = *node.leadership().borrow();
+                if !leadership.is_leader {
+                    let err = Error::NotLeader {
+                        leader_hint: leadership.leader_id,
+                    };
+                    return Err(not_leader_hint(&directory, err));
+                }
+                let ttl = keep_alive(&shared, &node, session_id)
+                    .await
+                    .map_err(|e| not_leader_hint(&directory, Error::from(e)))?;
+                Ok(pb::KeepAliveReply {
+                    session_id,
+                    ttl_ms: ttl.map_or(0, |ttl| ttl.as_millis() as u64),
+                    expired: ttl.is_none(),
+                })
             }
-            let ttl = keep_alive(&shared, session_id);
-            Ok(pb::KeepAliveReply {
-                session_id,
-                ttl_ms: ttl.map_or(0, |ttl| ttl.as_millis() as u64),
-                expired: ttl.is_none(),
-            })
         });
         let mut stopped = self.stopped.clone();
         let output = futures::StreamExt::take_until(output, async move {
