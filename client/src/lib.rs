@@ -41,15 +41,16 @@
 //! * Waits are resolved by the server (timeouts included) and survive failover: a broken wait
 //!   call is re-sent and re-attaches to the same wait.
 //!
-//! # Not yet
+//! # Host-local objects
 //!
-//! `Local\` names (the host-local shared-memory fast path) are not implemented: the facade
-//! fails them with `ERROR_NOT_SUPPORTED` and never sends them to the cluster.
+//! Names starting with `Local\` are served by a shared-memory backend on this host, with no
+//! server: see [`win32`]'s module docs. The async API serves cluster names only.
 #![deny(missing_docs)]
 
 mod client;
 mod config;
 mod error;
+mod local;
 mod objects;
 mod session;
 mod types;

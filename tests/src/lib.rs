@@ -260,3 +260,20 @@ pub fn unique(prefix: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A private local namespace for this test binary: points `DLOCK_LOCAL_DIR` (inherited by
+/// child processes) at a temporary directory, once, before any facade use. Returns it.
+pub fn local_namespace() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temporary local namespace directory");
+        // SAFETY: once, inside the OnceLock initialiser, before any test of this binary used
+        // the local backend (every such test calls this function first); nothing else reads
+        // or writes the environment concurrently.
+        unsafe {
+            std::env::set_var("DLOCK_LOCAL_DIR", dir.path());
+        }
+        dir
+    })
+    .path()
+}

@@ -1,266 +1,66 @@
-//! End-to-end conformance of `dlock::win32` against a real dlockd (one shared server per test
-//! binary, started on a free port). One test per behaviour, named for it, with the section of
-//! win32-semantics.md it checks.
+//! The `dlock::win32` conformance suite against a real dlockd (one shared server per test
+//! binary, started on a free port), plus the behaviours only the cluster has: unnamed objects
+//! and the `Global\` prefix. The same suite runs against `Local\` names in `win32_local.rs`.
 
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod backend {
+    /// Cluster names need no prefix.
+    pub const PREFIX: &str = "";
+    /// `Global\\` followed by an empty component.
+    pub const EMPTY_COMPONENT: &str = "Global\\\\x";
 
-use dlock::win32::*;
-use dlock_tests::{shared_dlockd, unique};
+    /// Starts (once) the shared dlockd and points the facade at it.
+    pub fn setup() {
+        dlock_tests::shared_dlockd();
+    }
+
+    /// A unique cluster name.
+    pub fn name(prefix: &str) -> String {
+        dlock_tests::unique(prefix)
+    }
+
+    /// Cluster objects may be unnamed.
+    pub fn anon() -> Option<String> {
+        None
+    }
+}
+
+include!("conformance/suite.rs");
+
+// ---- cluster-only behaviours ------------------------------------------------------------------
+
+use dlock_tests::unique;
 
 fn setup() {
-    shared_dlockd();
-}
-
-// ---- §2 general rules and §2.1 mutex functions ----------------------------------------------
-
-#[test]
-fn s2_1_create_mutex_reports_new_then_already_exists() {
-    setup();
-    let name = unique("mutex");
-    SetLastError(0xDEAD_BEEF);
-    let a = CreateMutexA(None, FALSE, Some(&name));
-    assert_ne!(a, 0);
-    assert_eq!(GetLastError(), 0, "a fresh create sets last error 0");
-    let b = CreateMutexA(None, TRUE, Some(&name));
-    assert_ne!(b, 0);
-    assert_ne!(a, b, "every create returns a new handle");
-    assert_eq!(GetLastError(), ERROR_ALREADY_EXISTS);
-    // bInitialOwner is ignored on open: another thread can take it at once.
-    let b2 = b;
-    let r = std::thread::spawn(move || WaitForSingleObject(b2, 0))
-        .join()
-        .unwrap();
-    assert_eq!(r, WAIT_OBJECT_0);
-    assert_eq!(CloseHandle(a), TRUE);
-    assert_eq!(CloseHandle(b), TRUE);
+    backend::setup();
 }
 
 #[test]
-fn s2_1_open_mutex_missing_name_is_file_not_found_and_null_name_is_87() {
+fn s3_4_a_leading_backslash_is_a_bad_pathname() {
     setup();
-    SetLastError(0xDEAD_BEEF);
+    assert_eq!(CreateMutexA(None, FALSE, Some("\\leading")), 0);
+    assert_eq!(GetLastError(), ERROR_BAD_PATHNAME);
+}
+
+#[test]
+fn s3_4_local_and_cluster_names_are_different_objects_and_do_not_mix_in_waits() {
+    setup();
+    dlock_tests::local_namespace();
+    let name = unique("split");
+    let cluster = CreateEventA(None, TRUE, TRUE, Some(&name));
+    let local = CreateEventA(None, TRUE, FALSE, Some(&format!("Local\\{name}")));
+    assert_ne!(local, 0, "error {}", GetLastError());
+    assert_eq!(GetLastError(), 0, "a new object: Local\\X is not X");
+    assert_eq!(WaitForSingleObject(cluster, 0), WAIT_OBJECT_0);
+    assert_eq!(WaitForSingleObject(local, 0), WAIT_TIMEOUT);
     assert_eq!(
-        OpenMutexA(MUTEX_ALL_ACCESS, FALSE, Some(&unique("missing"))),
-        0
+        WaitForMultipleObjects(&[cluster, local], FALSE, 0),
+        WAIT_FAILED
     );
-    assert_eq!(GetLastError(), ERROR_FILE_NOT_FOUND);
-    assert_eq!(OpenMutexA(MUTEX_ALL_ACCESS, FALSE, None), 0);
     assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
-    // Name lookup happens before the access check: 0 access on a missing name is still 2.
-    assert_eq!(OpenMutexA(0, FALSE, Some(&unique("missing"))), 0);
-    assert_eq!(GetLastError(), ERROR_FILE_NOT_FOUND);
-}
-
-#[test]
-fn s2_1_open_mutex_success_leaves_last_error_alone() {
-    setup();
-    let name = unique("mutex");
-    let a = CreateMutexA(None, FALSE, Some(&name));
-    SetLastError(0xDEAD_BEEF);
-    let b = OpenMutexA(SYNCHRONIZE, FALSE, Some(&name));
-    assert_ne!(b, 0);
-    assert_eq!(GetLastError(), 0xDEAD_BEEF);
-    // Zero access on an existing name is access denied.
-    assert_eq!(OpenMutexA(0, FALSE, Some(&name)), 0);
-    assert_eq!(GetLastError(), ERROR_ACCESS_DENIED);
-    CloseHandle(a);
-    CloseHandle(b);
-}
-
-#[test]
-fn s2_1_release_mutex_by_non_owner_fails_with_288() {
-    setup();
-    let h = CreateMutexA(None, FALSE, Some(&unique("mutex")));
-    assert_eq!(ReleaseMutex(h), FALSE);
-    assert_eq!(GetLastError(), ERROR_NOT_OWNER);
-    assert_eq!(WaitForSingleObject(h, 0), WAIT_OBJECT_0);
-    let r = std::thread::spawn(move || (ReleaseMutex(h), GetLastError()))
-        .join()
-        .unwrap();
-    assert_eq!(
-        r,
-        (FALSE, ERROR_NOT_OWNER),
-        "another thread is not the owner"
-    );
-    assert_eq!(ReleaseMutex(h), TRUE);
-    CloseHandle(h);
-}
-
-#[test]
-fn s2_1_release_mutex_needs_no_access_right() {
-    setup();
-    let name = unique("mutex");
-    let full = CreateMutexA(None, TRUE, Some(&name));
-    let weak = OpenMutexA(READ_CONTROL, FALSE, Some(&name));
-    assert_ne!(weak, 0);
-    assert_eq!(ReleaseMutex(weak), TRUE);
-    CloseHandle(weak);
-    CloseHandle(full);
-}
-
-#[test]
-fn s2_1_mutex_ex_initial_owner_and_requested_access() {
-    setup();
-    let name = unique("mutex");
-    let h = CreateMutexExA(None, Some(&name), CREATE_MUTEX_INITIAL_OWNER, SYNCHRONIZE);
-    assert_ne!(h, 0);
-    assert_eq!(GetLastError(), 0);
-    let other = std::thread::spawn({
-        let name = name.clone();
-        move || {
-            let h2 = OpenMutexA(SYNCHRONIZE, FALSE, Some(&name));
-            let r = WaitForSingleObject(h2, 0);
-            CloseHandle(h2);
-            r
-        }
-    })
-    .join()
-    .unwrap();
-    assert_eq!(other, WAIT_TIMEOUT, "the creator owns it");
-    assert_eq!(ReleaseMutex(h), TRUE);
-    CloseHandle(h);
-}
-
-// ---- §2.2 / §5 events -----------------------------------------------------------------------
-
-#[test]
-fn s5_manual_reset_event_releases_every_waiter_and_stays_set() {
-    setup();
-    let ev = CreateEventA(None, TRUE, FALSE, Some(&unique("event")));
-    let (tx, rx) = mpsc::channel();
-    let mut threads = Vec::new();
-    for _ in 0..3 {
-        let tx = tx.clone();
-        threads.push(std::thread::spawn(move || {
-            tx.send(()).unwrap();
-            WaitForSingleObject(ev, 10_000)
-        }));
-    }
-    for _ in 0..3 {
-        rx.recv().unwrap();
-    }
-    assert_eq!(SetEvent(ev), TRUE);
-    for t in threads {
-        assert_eq!(t.join().unwrap(), WAIT_OBJECT_0);
-    }
-    assert_eq!(WaitForSingleObject(ev, 0), WAIT_OBJECT_0, "still signaled");
-    assert_eq!(ResetEvent(ev), TRUE);
-    assert_eq!(WaitForSingleObject(ev, 0), WAIT_TIMEOUT);
-    CloseHandle(ev);
-}
-
-#[test]
-fn s5_auto_reset_event_is_consumed_by_one_wait() {
-    setup();
-    let ev = CreateEventA(None, FALSE, TRUE, Some(&unique("event")));
-    assert_eq!(WaitForSingleObject(ev, 0), WAIT_OBJECT_0);
-    assert_eq!(
-        WaitForSingleObject(ev, 0),
-        WAIT_TIMEOUT,
-        "the first wait reset it"
-    );
-    assert_eq!(SetEvent(ev), TRUE);
-    assert_eq!(SetEvent(ev), TRUE, "setting a set event changes nothing");
-    assert_eq!(WaitForSingleObject(ev, 0), WAIT_OBJECT_0);
-    assert_eq!(WaitForSingleObject(ev, 0), WAIT_TIMEOUT);
-    CloseHandle(ev);
-}
-
-#[test]
-fn s5_pulse_event_with_no_waiter_leaves_it_unsignaled() {
-    setup();
-    let ev = CreateEventA(None, TRUE, TRUE, Some(&unique("event")));
-    assert_eq!(PulseEvent(ev), TRUE);
-    assert_eq!(WaitForSingleObject(ev, 0), WAIT_TIMEOUT);
-    CloseHandle(ev);
-}
-
-#[test]
-fn s5_create_event_on_existing_ignores_parameters() {
-    setup();
-    let name = unique("event");
-    let a = CreateEventA(None, TRUE, FALSE, Some(&name));
-    let b = CreateEventA(None, FALSE, TRUE, Some(&name));
-    assert_eq!(GetLastError(), ERROR_ALREADY_EXISTS);
-    assert_eq!(
-        WaitForSingleObject(b, 0),
-        WAIT_TIMEOUT,
-        "initial state ignored"
-    );
-    SetEvent(a);
-    assert_eq!(WaitForSingleObject(b, 0), WAIT_OBJECT_0);
-    assert_eq!(
-        WaitForSingleObject(b, 0),
-        WAIT_OBJECT_0,
-        "still manual-reset"
-    );
-    CloseHandle(a);
-    CloseHandle(b);
-}
-
-#[test]
-fn s2_2_set_event_needs_modify_state() {
-    setup();
-    let name = unique("event");
-    let a = CreateEventA(None, TRUE, FALSE, Some(&name));
-    let weak = OpenEventA(SYNCHRONIZE, FALSE, Some(&name));
-    assert_ne!(weak, 0);
-    assert_eq!(SetEvent(weak), FALSE);
-    assert_eq!(GetLastError(), ERROR_ACCESS_DENIED);
-    assert_eq!(WaitForSingleObject(a, 0), WAIT_TIMEOUT, "nothing changed");
-    CloseHandle(weak);
-    CloseHandle(a);
-}
-
-// ---- §2.3 / §6 semaphores -------------------------------------------------------------------
-
-#[test]
-fn s6_semaphore_counts_and_too_many_posts() {
-    setup();
-    let s = CreateSemaphoreA(None, 1, 2, Some(&unique("sem")));
-    assert_ne!(s, 0);
-    let mut prev: LONG = -7;
-    assert_eq!(ReleaseSemaphore(s, 1, Some(&mut prev)), TRUE);
-    assert_eq!(prev, 1);
-    prev = -7;
-    assert_eq!(ReleaseSemaphore(s, 1, Some(&mut prev)), FALSE);
-    assert_eq!(GetLastError(), ERROR_TOO_MANY_POSTS);
-    assert_eq!(prev, -7, "previous count is not written on failure");
-    assert_eq!(WaitForSingleObject(s, 0), WAIT_OBJECT_0);
-    assert_eq!(WaitForSingleObject(s, 0), WAIT_OBJECT_0);
-    assert_eq!(WaitForSingleObject(s, 0), WAIT_TIMEOUT);
-    assert_eq!(ReleaseSemaphore(s, 0, None), FALSE);
+    assert_eq!(SignalObjectAndWait(local, cluster, 0, FALSE), WAIT_FAILED);
     assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
-    CloseHandle(s);
-}
-
-#[test]
-fn s6_semaphore_release_wakes_blocked_waiters() {
-    setup();
-    let s = CreateSemaphoreA(None, 0, 10, Some(&unique("sem")));
-    let t = std::thread::spawn(move || WaitForSingleObject(s, 10_000));
-    // The waiter may or may not be queued yet; either way one unit reaches it.
-    assert_eq!(ReleaseSemaphore(s, 1, None), TRUE);
-    assert_eq!(t.join().unwrap(), WAIT_OBJECT_0);
-    CloseHandle(s);
-}
-
-// ---- §3 names -------------------------------------------------------------------------------
-
-#[test]
-fn s3_one_namespace_cross_type_names_fail_with_6() {
-    setup();
-    let name = unique("shared-name");
-    let m = CreateMutexA(None, FALSE, Some(&name));
-    assert_eq!(CreateEventA(None, TRUE, FALSE, Some(&name)), 0);
-    assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
-    assert_eq!(CreateSemaphoreA(None, 0, 1, Some(&name)), 0);
-    assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
-    assert_eq!(OpenEventA(EVENT_ALL_ACCESS, FALSE, Some(&name)), 0);
-    assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
-    CloseHandle(m);
+    assert_eq!(CloseHandle(local), TRUE);
+    assert_eq!(CloseHandle(cluster), TRUE);
 }
 
 #[test]
@@ -280,26 +80,6 @@ fn s3_names_are_case_sensitive_and_global_prefix_is_the_same_object() {
 }
 
 #[test]
-fn s3_name_rules_give_their_documented_errors() {
-    setup();
-    let long = "x".repeat(261);
-    let cases: [(&str, DWORD); 4] = [
-        (&long, ERROR_FILENAME_EXCED_RANGE),
-        ("\\leading", ERROR_BAD_PATHNAME),
-        ("a\\b", ERROR_PATH_NOT_FOUND),
-        ("Global\\\\x", ERROR_INVALID_NAME),
-    ];
-    for (name, code) in cases {
-        assert_eq!(CreateMutexA(None, FALSE, Some(name)), 0, "{name:?}");
-        assert_eq!(GetLastError(), code, "{name:?}");
-    }
-    let ok = "y".repeat(260);
-    let h = CreateMutexA(None, FALSE, Some(&ok));
-    assert_ne!(h, 0, "260 characters are allowed");
-    CloseHandle(h);
-}
-
-#[test]
 fn s3_empty_and_null_names_create_unnamed_objects() {
     setup();
     let a = CreateEventA(None, TRUE, FALSE, Some(""));
@@ -314,280 +94,4 @@ fn s3_empty_and_null_names_create_unnamed_objects() {
     CloseHandle(a);
     CloseHandle(b);
     CloseHandle(c);
-}
-
-#[test]
-fn s3_wide_names_reach_the_same_object() {
-    setup();
-    let name = unique("wide");
-    let wide: Vec<u16> = name.encode_utf16().collect();
-    let a = CreateMutexW(None, FALSE, Some(&wide));
-    assert_ne!(a, 0);
-    let b = OpenMutexA(SYNCHRONIZE, FALSE, Some(&name));
-    assert_ne!(b, 0);
-    CloseHandle(a);
-    CloseHandle(b);
-}
-
-#[test]
-fn s3_5_last_close_destroys_the_object_and_its_name() {
-    setup();
-    let name = unique("temp");
-    let a = CreateSemaphoreA(None, 0, 1, Some(&name));
-    assert_eq!(CloseHandle(a), TRUE);
-    assert_eq!(OpenSemaphoreA(SEMAPHORE_ALL_ACCESS, FALSE, Some(&name)), 0);
-    assert_eq!(GetLastError(), ERROR_FILE_NOT_FOUND);
-}
-
-// ---- §2.5 handles ---------------------------------------------------------------------------
-
-#[test]
-fn s2_5_closed_and_bogus_handles_fail_with_6() {
-    setup();
-    let h = CreateEventA(None, TRUE, FALSE, None);
-    assert_eq!(CloseHandle(h), TRUE);
-    assert_eq!(CloseHandle(h), FALSE);
-    assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
-    assert_eq!(SetEvent(h), FALSE);
-    assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
-    assert_eq!(WaitForSingleObject(0, 0), WAIT_FAILED);
-    assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
-    assert_eq!(CloseHandle(123_456), FALSE);
-}
-
-#[test]
-fn s2_wrong_type_handle_fails_with_6() {
-    setup();
-    let m = CreateMutexA(None, FALSE, None);
-    assert_eq!(SetEvent(m), FALSE);
-    assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
-    assert_eq!(ReleaseSemaphore(m, 1, None), FALSE);
-    assert_eq!(GetLastError(), ERROR_INVALID_HANDLE);
-    CloseHandle(m);
-}
-
-#[test]
-fn s2_last_error_is_per_thread() {
-    setup();
-    SetLastError(42);
-    let other = std::thread::spawn(|| {
-        SetLastError(7);
-        GetLastError()
-    })
-    .join()
-    .unwrap();
-    assert_eq!(other, 7);
-    assert_eq!(GetLastError(), 42);
-}
-
-// ---- §4 mutex semantics ---------------------------------------------------------------------
-
-#[test]
-fn s4_2_recursive_acquisition_needs_as_many_releases() {
-    setup();
-    let name = unique("mutex");
-    let a = CreateMutexA(None, FALSE, Some(&name));
-    let b = OpenMutexA(MUTEX_ALL_ACCESS, FALSE, Some(&name));
-    for i in 0..32 {
-        let h = if i % 2 == 0 { a } else { b };
-        assert_eq!(WaitForSingleObject(h, 0), WAIT_OBJECT_0);
-    }
-    for _ in 0..32 {
-        assert_eq!(ReleaseMutex(a), TRUE);
-    }
-    assert_eq!(ReleaseMutex(a), FALSE);
-    assert_eq!(GetLastError(), ERROR_NOT_OWNER);
-    CloseHandle(a);
-    CloseHandle(b);
-}
-
-#[test]
-fn s4_1_two_threads_contend_and_hand_over() {
-    setup();
-    let h = CreateMutexA(None, TRUE, Some(&unique("mutex")));
-    let (tx, rx) = mpsc::channel();
-    let t = std::thread::spawn(move || {
-        assert_eq!(
-            WaitForSingleObject(h, 0),
-            WAIT_TIMEOUT,
-            "owned by the main thread"
-        );
-        tx.send(()).unwrap();
-        let r = WaitForSingleObject(h, 10_000);
-        assert_eq!(ReleaseMutex(h), TRUE);
-        r
-    });
-    rx.recv().unwrap();
-    assert_eq!(ReleaseMutex(h), TRUE);
-    assert_eq!(t.join().unwrap(), WAIT_OBJECT_0);
-    CloseHandle(h);
-}
-
-#[test]
-fn s4_4_thread_exit_abandons_the_mutex() {
-    setup();
-    let h = CreateMutexA(None, FALSE, Some(&unique("mutex")));
-    std::thread::spawn(move || {
-        assert_eq!(WaitForSingleObject(h, 0), WAIT_OBJECT_0);
-        // The thread ends while owning it.
-    })
-    .join()
-    .unwrap();
-    assert_eq!(WaitForSingleObject(h, 5_000), WAIT_ABANDONED);
-    assert_eq!(
-        WaitForSingleObject(h, 0),
-        WAIT_OBJECT_0,
-        "flag cleared by the acquisition"
-    );
-    assert_eq!(ReleaseMutex(h), TRUE);
-    assert_eq!(ReleaseMutex(h), TRUE);
-    CloseHandle(h);
-}
-
-#[test]
-fn s4_fencing_tokens_grow_across_owners() {
-    setup();
-    let h = CreateMutexA(None, FALSE, Some(&unique("mutex")));
-    assert_eq!(WaitForSingleObject(h, 0), WAIT_OBJECT_0);
-    let first = GetFencingToken(h);
-    assert!(first > 0);
-    assert_eq!(WaitForSingleObject(h, 0), WAIT_OBJECT_0);
-    assert_eq!(GetFencingToken(h), first, "recursion keeps the token");
-    ReleaseMutex(h);
-    ReleaseMutex(h);
-    assert_eq!(GetFencingToken(h), 0, "no token without a hold");
-    assert_eq!(WaitForSingleObject(h, 0), WAIT_OBJECT_0);
-    assert!(GetFencingToken(h) > first);
-    ReleaseMutex(h);
-    CloseHandle(h);
-}
-
-// ---- §7 waits -------------------------------------------------------------------------------
-
-#[test]
-fn s7_2_wait_any_returns_the_lowest_signaled_index() {
-    setup();
-    let evs: Vec<HANDLE> = (0..4)
-        .map(|_| CreateEventA(None, FALSE, FALSE, None))
-        .collect();
-    SetEvent(evs[2]);
-    SetEvent(evs[3]);
-    assert_eq!(WaitForMultipleObjects(&evs, FALSE, 0), WAIT_OBJECT_0 + 2);
-    assert_eq!(WaitForMultipleObjects(&evs, FALSE, 0), WAIT_OBJECT_0 + 3);
-    assert_eq!(WaitForMultipleObjects(&evs, FALSE, 0), WAIT_TIMEOUT);
-    for h in evs {
-        CloseHandle(h);
-    }
-}
-
-#[test]
-fn s7_3_wait_all_is_all_or_nothing() {
-    setup();
-    let a = CreateEventA(None, FALSE, TRUE, None);
-    let b = CreateEventA(None, FALSE, FALSE, None);
-    assert_eq!(WaitForMultipleObjects(&[a, b], TRUE, 0), WAIT_TIMEOUT);
-    assert_eq!(
-        WaitForSingleObject(a, 0),
-        WAIT_OBJECT_0,
-        "a was not consumed"
-    );
-    SetEvent(a);
-    SetEvent(b);
-    assert_eq!(WaitForMultipleObjects(&[a, b], TRUE, 0), WAIT_OBJECT_0);
-    assert_eq!(
-        WaitForMultipleObjects(&[a, b], FALSE, 0),
-        WAIT_TIMEOUT,
-        "both consumed"
-    );
-    CloseHandle(a);
-    CloseHandle(b);
-}
-
-#[test]
-fn s7_3_wait_all_with_the_same_object_twice_fails_with_87() {
-    setup();
-    let name = unique("event");
-    let a = CreateEventA(None, TRUE, TRUE, Some(&name));
-    let b = CreateEventA(None, TRUE, TRUE, Some(&name));
-    assert_eq!(WaitForMultipleObjects(&[a, b], TRUE, 0), WAIT_FAILED);
-    assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
-    assert_eq!(
-        WaitForMultipleObjects(&[a, b], FALSE, 0),
-        WAIT_OBJECT_0,
-        "allowed in wait-any"
-    );
-    CloseHandle(a);
-    CloseHandle(b);
-}
-
-#[test]
-fn s7_4_handle_counts_outside_1_to_64_fail_with_87() {
-    setup();
-    assert_eq!(WaitForMultipleObjects(&[], FALSE, 0), WAIT_FAILED);
-    assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
-    let evs: Vec<HANDLE> = (0..65)
-        .map(|_| CreateEventA(None, TRUE, TRUE, None))
-        .collect();
-    assert_eq!(WaitForMultipleObjects(&evs, FALSE, 0), WAIT_FAILED);
-    assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
-    assert_eq!(
-        WaitForMultipleObjects(&evs[..64], TRUE, 0),
-        WAIT_OBJECT_0,
-        "64 is accepted"
-    );
-    for h in evs {
-        CloseHandle(h);
-    }
-}
-
-#[test]
-fn s7_4_timeout_is_enforced_by_the_server() {
-    setup();
-    let ev = CreateEventA(None, TRUE, FALSE, None);
-    let start = Instant::now();
-    SetLastError(0xDEAD_BEEF);
-    assert_eq!(WaitForSingleObject(ev, 200), WAIT_TIMEOUT);
-    assert!(
-        start.elapsed() >= Duration::from_millis(200),
-        "not before the timeout"
-    );
-    assert_eq!(
-        GetLastError(),
-        0xDEAD_BEEF,
-        "WAIT_TIMEOUT leaves the last error alone"
-    );
-    CloseHandle(ev);
-}
-
-#[test]
-fn s7_4_wait_needs_synchronize() {
-    setup();
-    let name = unique("mutex");
-    let a = CreateMutexA(None, FALSE, Some(&name));
-    let weak = OpenMutexA(READ_CONTROL, FALSE, Some(&name));
-    assert_eq!(WaitForSingleObject(weak, 0), WAIT_FAILED);
-    assert_eq!(GetLastError(), ERROR_ACCESS_DENIED);
-    CloseHandle(weak);
-    CloseHandle(a);
-}
-
-#[test]
-fn s2_5_signal_object_and_wait_hands_over_atomically() {
-    setup();
-    let m = CreateMutexA(None, TRUE, Some(&unique("mutex")));
-    let ev = CreateEventA(None, FALSE, FALSE, None);
-    let waiter = Arc::new(std::sync::Barrier::new(2));
-    let w = waiter.clone();
-    let t = std::thread::spawn(move || {
-        w.wait();
-        let r = WaitForSingleObject(m, 10_000);
-        SetEvent(ev);
-        ReleaseMutex(m);
-        r
-    });
-    waiter.wait();
-    assert_eq!(SignalObjectAndWait(m, ev, 10_000, FALSE), WAIT_OBJECT_0);
-    assert_eq!(t.join().unwrap(), WAIT_OBJECT_0);
-    CloseHandle(m);
-    CloseHandle(ev);
 }

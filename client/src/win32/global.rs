@@ -1,7 +1,9 @@
 //! The process-global state behind the facade: one tokio runtime, one client, the current
 //! session, and the handle table.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex as StdMutex, OnceLock};
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use super::{
     ERROR_BAD_NET_NAME, ERROR_INVALID_HANDLE, ERROR_NO_SYSTEM_RESOURCES, ERROR_NOT_SUPPORTED,
 };
 use crate::config::split_endpoint_list;
+use crate::local::LocalObj;
 use crate::{Client, ClientConfig, Error, ObjectKind, Session, SessionState};
 
 /// Worker threads of the facade's runtime: the blocking calls run their futures on the calling
@@ -22,7 +25,7 @@ const THREAD_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// Default for `DLOCK_SESSION_TTL_MS`.
 const SESSION_TTL_DEFAULT: Duration = Duration::from_millis(10_000);
 
-/// One open facade handle.
+/// One open facade handle to a cluster object.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) session: Session,
@@ -30,21 +33,83 @@ pub(crate) struct Entry {
     pub(crate) kind: ObjectKind,
 }
 
+/// One open facade handle: a cluster object, or a `Local\` object in shared memory.
+#[derive(Debug, Clone)]
+pub(crate) enum Slot {
+    /// Served by the cluster.
+    Remote(Entry),
+    /// Served by the local backend.
+    Local(LocalObj),
+}
+
 /// The handle table. A std mutex: held only for lookups and inserts, never across an await.
-pub(crate) static HANDLES: LazyLock<StdMutex<HandleTable<Entry>>> =
+pub(crate) static HANDLES: LazyLock<StdMutex<HandleTable<Slot>>> =
     LazyLock::new(|| StdMutex::new(HandleTable::new()));
 
-/// Looks a handle up; 6 if it is unknown, of another kind than `kind`, or from a lost session.
-pub(crate) fn resolve(handle: isize, kind: Option<ObjectKind>) -> Result<Entry, u32> {
+/// Bumped whenever a local handle leaves the table, which invalidates every thread's
+/// [`LOCAL_CACHE`].
+static LOCAL_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The last local handle this thread resolved, with the epoch it was valid in: the fast
+    /// path of a lock/unlock loop resolves its handle without the table's mutex.
+    static LOCAL_CACHE: Cell<Option<(isize, u64, LocalObj)>> = const { Cell::new(None) };
+}
+
+/// Looks a handle up; 6 if it is unknown, or a cluster handle of another kind than `kind` or
+/// from a lost session. (A local handle's kind is checked by the caller.)
+pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, u32> {
+    if let Some(obj) = cached_local(handle) {
+        return Ok(Slot::Local(obj));
+    }
+    let epoch = LOCAL_EPOCH.load(Ordering::Acquire);
     let table = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
-    let entry = table.get(handle).ok_or(ERROR_INVALID_HANDLE)?;
-    if kind.is_some_and(|k| k != entry.kind) {
-        return Err(ERROR_INVALID_HANDLE);
+    match table.get(handle).ok_or(ERROR_INVALID_HANDLE)? {
+        Slot::Local(obj) => {
+            let obj = *obj;
+            drop(table);
+            let _ = LOCAL_CACHE.try_with(|c| c.set(Some((handle, epoch, obj))));
+            Ok(Slot::Local(obj))
+        }
+        Slot::Remote(entry) => {
+            if kind.is_some_and(|k| k != entry.kind) {
+                return Err(ERROR_INVALID_HANDLE);
+            }
+            if entry.session.state() == SessionState::Expired {
+                return Err(ERROR_INVALID_HANDLE);
+            }
+            Ok(Slot::Remote(entry.clone()))
+        }
     }
-    if entry.session.state() == SessionState::Expired {
-        return Err(ERROR_INVALID_HANDLE);
+}
+
+/// The local object behind `handle` if this thread resolved it last and no local handle was
+/// closed since: two loads, no lock.
+#[inline]
+pub(crate) fn cached_local(handle: isize) -> Option<LocalObj> {
+    let (h, epoch, obj) = LOCAL_CACHE.try_with(Cell::get).ok().flatten()?;
+    (h == handle && epoch == LOCAL_EPOCH.load(Ordering::Acquire)).then_some(obj)
+}
+
+/// Removes `handle` from the table (and from every thread's cache).
+pub(crate) fn forget(handle: isize) -> Option<Slot> {
+    let removed = HANDLES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(handle);
+    if matches!(removed, Some(Slot::Local(_))) {
+        LOCAL_EPOCH.fetch_add(1, Ordering::AcqRel);
     }
-    Ok(entry.clone())
+    removed
+}
+
+/// Looks a cluster handle up; 6 if it is unknown, local, of another kind than `kind`, or from
+/// a lost session.
+pub(crate) fn resolve(handle: isize, kind: Option<ObjectKind>) -> Result<Entry, u32> {
+    match lookup(handle, kind)? {
+        Slot::Remote(entry) => Ok(entry),
+        Slot::Local(_) => Err(ERROR_INVALID_HANDLE),
+    }
 }
 
 /// Settings read from the environment once, at first use.

@@ -60,7 +60,6 @@
 //! | the cluster stayed overloaded for the request timeout | NULL / FALSE / `WAIT_FAILED` | [`ERROR_NO_SYSTEM_RESOURCES`] (1450) |
 //! | a handle of a session that was lost (its value is still known) | FALSE / `WAIT_FAILED` | [`ERROR_INVALID_HANDLE`] (6) |
 //! | the session was lost *during* the call (e.g. a wait in progress) | FALSE / `WAIT_FAILED` | [`ERROR_CONNECTION_ABORTED`] (1236) |
-//! | a `Local\` name (the host-local backend does not exist yet) | NULL | [`ERROR_NOT_SUPPORTED`] (50) |
 //! | a call from inside a tokio runtime | NULL / FALSE / `WAIT_FAILED` | [`ERROR_NOT_SUPPORTED`] (50) |
 //! | `DLOCK_ENDPOINTS` unusable | NULL / FALSE / `WAIT_FAILED` | [`ERROR_BAD_NET_NAME`] (67) |
 //! | the server broke the protocol (version mismatch, bug) | NULL / FALSE / `WAIT_FAILED` | [`ERROR_INTERNAL_ERROR`] (1359) |
@@ -77,9 +76,43 @@
 //!   thread): the calls block. They fail with `ERROR_NOT_SUPPORTED` there; use the async API
 //!   ([`crate::Session`]) instead. The facade runs its own runtime (2 worker threads named
 //!   `dlock-worker`).
-//! * `Local\` names: the host-local fast path (shared memory, no server) comes later; for now
-//!   creates and opens of `Local\` names fail with `ERROR_NOT_SUPPORTED` and are never sent to
-//!   the cluster.
+//! * A wait (or `SignalObjectAndWait`) cannot mix `Local\` handles with cluster handles: it
+//!   fails with `ERROR_INVALID_PARAMETER` (87), because one wait cannot block in the kernel on
+//!   shared memory and on a server's reply at once. Wait on each side from its own thread.
+//!
+//! # `Local\` names: the host-local backend
+//!
+//! A name starting with `Local\` (case-sensitive) names a **host-local** object: it lives in
+//! a shared-memory segment on this machine, is shared by the processes of this host that use
+//! the same namespace, and never involves dlockd (no cluster, session or network is needed).
+//! Every other name, `Global\X` and plain `X` alike, is cluster-wide. `Local\X` and `X` are
+//! different objects. Unnamed objects belong to the cluster.
+//!
+//! Local objects have the cluster objects' semantics (create-or-open, 183, cross-type 6,
+//! access rights, recursive per-thread mutex ownership, 288, 298, wait-any and atomic
+//! wait-all, `PulseEvent`), with these differences: a mutex whose owning thread exits, or
+//! whose process dies, is abandoned **at once** (the kernel's robust futex list reports it; no
+//! TTL); waiters are not served in FIFO order; `SignalObjectAndWait` signals, then waits; a
+//! fencing token counts the acquisitions of that mutex. An uncontended acquire and release
+//! makes no system call.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `DLOCK_LOCAL_DIR` | directory of the segment file (created if missing) | `/dev/shm` |
+//! | `DLOCK_LOCAL_NAMESPACE` | namespace name (`[A-Za-z0-9._-]`, 1-64): processes meet only within one | `u<uid>` |
+//! | `DLOCK_LOCAL_MODE` | octal mode of a new segment file; `660` shares it with the group | `600` |
+//!
+//! The segment is `DLOCK_LOCAL_DIR/dlock-local-<namespace>`. Its failures:
+//!
+//! | situation | result | `GetLastError()` |
+//! |---|---|---|
+//! | the segment file has another layout version | NULL | `ERROR_REVISION_MISMATCH` (1306) |
+//! | the segment file's header is corrupt (magic, size, checksum) | NULL | `ERROR_FILE_CORRUPT` (1392) |
+//! | the directory or file is not accessible | NULL | [`ERROR_ACCESS_DENIED`] (5) |
+//! | a table of the segment is full (4096 objects, 65536 handles, 1024 blocked waits, 256 processes) | NULL / `WAIT_FAILED` | [`ERROR_NO_SYSTEM_RESOURCES`] (1450) |
+//! | the platform is not glibc/Linux | NULL | [`ERROR_NOT_SUPPORTED`] (50) |
+//!
+//! Each is also logged (`tracing`, target `dlock::local`) with the file's path and the reason.
 #![allow(non_snake_case, non_camel_case_types)]
 
 mod global;
@@ -89,8 +122,9 @@ mod thread;
 
 use std::future::Future;
 
+use crate::local::{self, LocalObj, Segment};
 use crate::{Error, ObjectKind, Session, Timeout};
-use global::{Entry, HANDLES, block_on, resolve};
+use global::{Entry, HANDLES, Slot, block_on, resolve};
 
 /// A handle value; 0 is NULL.
 pub type HANDLE = isize;
@@ -175,8 +209,8 @@ pub const ERROR_PRIVILEGE_NOT_HELD: DWORD = 1314;
 
 // ---- dlock-specific uses of Win32 error codes (see the module docs) ----
 
-/// dlock: the operation is not supported: a `Local\` name (no host-local backend yet), or a
-/// facade call from inside a tokio runtime.
+/// dlock: the operation is not supported: a facade call from inside a tokio runtime, or a
+/// `Local\` name on a platform without the local backend's requirements.
 pub const ERROR_NOT_SUPPORTED: DWORD = 50;
 /// dlock: `DLOCK_ENDPOINTS` is empty or malformed.
 pub const ERROR_BAD_NET_NAME: DWORD = 67;
@@ -294,11 +328,25 @@ fn create(
         Ok(name) => name,
         Err(code) => return fail(code, NULL),
     };
-    if names::is_local(name.as_deref()) {
-        return fail(ERROR_NOT_SUPPORTED, NULL);
-    }
     if !HANDLES.lock().unwrap_or_else(|e| e.into_inner()).has_room() {
         return fail(ERROR_NO_SYSTEM_RESOURCES, NULL);
+    }
+    if let Some(key) = name.as_deref().and_then(names::local_key) {
+        let created = local::namespace().and_then(|seg| {
+            local::create(seg, kind, key, flags, access, initial_count, maximum_count)
+        });
+        return match created {
+            Ok((obj, existed)) => {
+                let handle = insert_slot(Slot::Local(obj));
+                thread::set_last_error(if existed {
+                    ERROR_ALREADY_EXISTS
+                } else {
+                    ERROR_SUCCESS
+                });
+                handle
+            }
+            Err(code) => fail(code, NULL),
+        };
     }
     let thread = thread::current_thread_id();
     if kind == ObjectKind::Mutex && flags & CREATE_MUTEX_INITIAL_OWNER != 0 {
@@ -341,11 +389,14 @@ fn open(kind: ObjectKind, access: u32, name: Result<Option<String>, u32>) -> HAN
         Ok(None) => return fail(ERROR_INVALID_PARAMETER, NULL),
         Err(code) => return fail(code, NULL),
     };
-    if names::is_local(Some(&name)) {
-        return fail(ERROR_NOT_SUPPORTED, NULL);
-    }
     if !HANDLES.lock().unwrap_or_else(|e| e.into_inner()).has_room() {
         return fail(ERROR_NO_SYSTEM_RESOURCES, NULL);
+    }
+    if let Some(key) = names::local_key(&name) {
+        return match local::namespace().and_then(|seg| local::open(seg, kind, key, access)) {
+            Ok(obj) => insert_slot(Slot::Local(obj)),
+            Err(code) => fail(code, NULL),
+        };
     }
     let name = name.as_str();
     let result = block_on(|facade| {
@@ -358,10 +409,40 @@ fn open(kind: ObjectKind, access: u32, name: Result<Option<String>, u32>) -> HAN
 }
 
 fn insert_handle(session: Session, id: u64, kind: ObjectKind) -> HANDLE {
+    insert_slot(Slot::Remote(Entry { session, id, kind }))
+}
+
+fn insert_slot(slot: Slot) -> HANDLE {
     HANDLES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(Entry { session, id, kind })
+        .insert(slot)
+}
+
+/// Runs `op` if `handle` is a local handle (of `kind`, if given); `None` for a cluster handle.
+/// Lookup failures are `Some(Err(6))`, as the cluster path would report them.
+#[inline]
+fn on_local<T>(
+    handle: HANDLE,
+    kind: Option<ObjectKind>,
+    op: impl FnOnce(&'static Segment, LocalObj) -> Result<T, u32>,
+) -> Option<Result<T, u32>> {
+    let obj = match global::cached_local(handle) {
+        Some(obj) => obj,
+        None => match global::lookup(handle, kind) {
+            Ok(Slot::Local(obj)) => obj,
+            Ok(Slot::Remote(_)) => return None,
+            Err(code) => return Some(Err(code)),
+        },
+    };
+    if kind.is_some_and(|k| k != obj.kind) {
+        return Some(Err(ERROR_INVALID_HANDLE));
+    }
+    Some(
+        local::attached()
+            .ok_or(ERROR_INVALID_HANDLE)
+            .and_then(|seg| op(seg, obj)),
+    )
 }
 
 fn mutex_flags(initial_owner: BOOL) -> u32 {
@@ -385,8 +466,8 @@ fn event_flags(manual_reset: BOOL, initial_state: BOOL) -> u32 {
 
 /// Creates or opens a named mutex with `MUTEX_ALL_ACCESS`. `bInitialOwner` makes the calling
 /// thread own a *new* mutex. Last error: 0 (new), 183 (existing; not acquired) or the failure
-/// code (NULL returned): 6 name held by another type, 5, 3, 123, 161, 206, 50 for `Local\`,
-/// and the cluster codes of the module docs.
+/// code (NULL returned): 6 name held by another type, 5, 3, 123, 161, 206, and the cluster
+/// or local-backend codes of the module docs.
 pub fn CreateMutexA(
     lpMutexAttributes: Option<&SECURITY_ATTRIBUTES>,
     bInitialOwner: BOOL,
@@ -458,8 +539,8 @@ pub fn CreateMutexExW(
 }
 
 /// Opens an existing named mutex. NULL on failure: 2 no such name, 6 another type, 5 access
-/// (including 0), 1314, 87 for a NULL name, 3/123/161/206, 50 for `Local\`. The last error
-/// is unchanged on success.
+/// (including 0), 1314, 87 for a NULL name, 3/123/161/206. The last error is unchanged on
+/// success.
 pub fn OpenMutexA(dwDesiredAccess: DWORD, bInheritHandle: BOOL, lpName: Option<&str>) -> HANDLE {
     let _ = bInheritHandle;
     open(ObjectKind::Mutex, dwDesiredAccess, names::from_a(lpName))
@@ -689,6 +770,11 @@ fn to_bool(result: Result<(), u32>) -> BOOL {
 /// Releases the calling thread's ownership of a mutex once. FALSE with 288 if the thread does
 /// not own it, 6 for a bad or non-mutex handle.
 pub fn ReleaseMutex(hMutex: HANDLE) -> BOOL {
+    if let Some(r) = on_local(hMutex, Some(ObjectKind::Mutex), |seg, o| {
+        o.release_mutex(seg)
+    }) {
+        return to_bool(r);
+    }
     let thread = thread::current_thread_id();
     to_bool(with_handle(
         hMutex,
@@ -699,6 +785,9 @@ pub fn ReleaseMutex(hMutex: HANDLE) -> BOOL {
 
 /// Signals an event. FALSE with 5 (no `EVENT_MODIFY_STATE`) or 6.
 pub fn SetEvent(hEvent: HANDLE) -> BOOL {
+    if let Some(r) = on_local(hEvent, Some(ObjectKind::Event), |seg, o| o.set_event(seg)) {
+        return to_bool(r);
+    }
     to_bool(with_handle(
         hEvent,
         Some(ObjectKind::Event),
@@ -708,6 +797,9 @@ pub fn SetEvent(hEvent: HANDLE) -> BOOL {
 
 /// Resets an event to non-signaled. FALSE with 5 or 6.
 pub fn ResetEvent(hEvent: HANDLE) -> BOOL {
+    if let Some(r) = on_local(hEvent, Some(ObjectKind::Event), |seg, o| o.reset_event(seg)) {
+        return to_bool(r);
+    }
     to_bool(with_handle(
         hEvent,
         Some(ObjectKind::Event),
@@ -719,6 +811,9 @@ pub fn ResetEvent(hEvent: HANDLE) -> BOOL {
 /// event, at most one for auto-reset) and leaves the event non-signaled. Reliable in dlock,
 /// unlike on Windows. FALSE with 5 or 6.
 pub fn PulseEvent(hEvent: HANDLE) -> BOOL {
+    if let Some(r) = on_local(hEvent, Some(ObjectKind::Event), |seg, o| o.pulse_event(seg)) {
+        return to_bool(r);
+    }
     to_bool(with_handle(
         hEvent,
         Some(ObjectKind::Event),
@@ -734,9 +829,15 @@ pub fn ReleaseSemaphore(
     lReleaseCount: LONG,
     lpPreviousCount: Option<&mut LONG>,
 ) -> BOOL {
-    let result = with_handle(hSemaphore, Some(ObjectKind::Semaphore), |s, h| async move {
-        s.release_semaphore(h, lReleaseCount).await
+    let local = on_local(hSemaphore, Some(ObjectKind::Semaphore), |seg, o| {
+        o.release_semaphore(seg, lReleaseCount)
     });
+    let result = match local {
+        Some(r) => r,
+        None => with_handle(hSemaphore, Some(ObjectKind::Semaphore), |s, h| async move {
+            s.release_semaphore(h, lReleaseCount).await
+        }),
+    };
     match result {
         Ok(previous) => {
             if let Some(out) = lpPreviousCount {
@@ -752,24 +853,29 @@ pub fn ReleaseSemaphore(
 /// Closing does not release a mutex the thread owns. FALSE with 6 for an unknown or already
 /// closed handle, and for a handle of a lost session (whose value is forgotten as well).
 pub fn CloseHandle(hObject: HANDLE) -> BOOL {
-    let entry = match resolve(hObject, None) {
-        Ok(entry) => entry,
+    let entry = match global::lookup(hObject, None) {
+        Ok(Slot::Remote(entry)) => entry,
+        Ok(Slot::Local(_)) => {
+            // Only the thread that takes the handle out of the table closes it.
+            return match global::forget(hObject) {
+                Some(Slot::Local(obj)) => to_bool(
+                    local::attached()
+                        .ok_or(ERROR_INVALID_HANDLE)
+                        .and_then(|seg| obj.close(seg)),
+                ),
+                _ => fail(ERROR_INVALID_HANDLE, FALSE),
+            };
+        }
         Err(code) => {
             // A handle of a lost session: forget it, but report it as invalid.
-            HANDLES
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(hObject);
+            global::forget(hObject);
             return fail(code, FALSE);
         }
     };
     let session = entry.session.clone();
     let result = block_on(|_| async move { Ok(session.close_handle(entry.id).await) });
     let forget = || {
-        HANDLES
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(hObject);
+        global::forget(hObject);
     };
     match result {
         Ok(Ok(())) => {
@@ -817,7 +923,30 @@ fn wait_result(result: Result<crate::WaitOutcome, u32>) -> DWORD {
 /// session was lost during the wait, 1231). A mutex acquired belongs to the calling thread.
 /// Success and timeout leave the last error untouched.
 pub fn WaitForSingleObject(hHandle: HANDLE, dwMilliseconds: DWORD) -> DWORD {
+    if let Some(r) = on_local(hHandle, None, |seg, o| {
+        local::wait(seg, &[o], false, Timeout::from_millis(dwMilliseconds))
+    }) {
+        return wait_result(r);
+    }
     WaitForMultipleObjects(&[hHandle], FALSE, dwMilliseconds)
+}
+
+/// The handles of a wait, all local, or `None` if they are all cluster handles. A mix fails
+/// with 87: one wait cannot block on the cluster and on shared memory at once.
+fn local_wait_set(handles: &[HANDLE]) -> Result<Option<Vec<LocalObj>>, u32> {
+    let mut local = Vec::with_capacity(handles.len());
+    let mut remote = 0;
+    for &handle in handles {
+        match global::lookup(handle, None)? {
+            Slot::Local(obj) => local.push(obj),
+            Slot::Remote(_) => remote += 1,
+        }
+    }
+    match (local.len(), remote) {
+        (_, 0) => Ok(Some(local)),
+        (0, _) => Ok(None),
+        _ => Err(ERROR_INVALID_PARAMETER),
+    }
 }
 
 /// Waits for any (`bWaitAll` FALSE: the lowest-indexed signaled object is acquired and its
@@ -833,13 +962,24 @@ pub fn WaitForMultipleObjects(
     if lpHandles.is_empty() || lpHandles.len() > MAXIMUM_WAIT_OBJECTS as usize {
         return fail(ERROR_INVALID_PARAMETER, WAIT_FAILED);
     }
+    let timeout = Timeout::from_millis(dwMilliseconds);
+    match local_wait_set(lpHandles) {
+        Ok(Some(objs)) => {
+            return wait_result(
+                local::attached()
+                    .ok_or(ERROR_INVALID_HANDLE)
+                    .and_then(|seg| local::wait(seg, &objs, is_true(bWaitAll), timeout)),
+            );
+        }
+        Ok(None) => {}
+        Err(code) => return fail(code, WAIT_FAILED),
+    }
     let (session, ids) = match resolve_all(lpHandles) {
         Ok(resolved) => resolved,
         Err(code) => return fail(code, WAIT_FAILED),
     };
     let thread = thread::current_thread_id();
     thread::mark_may_own();
-    let timeout = Timeout::from_millis(dwMilliseconds);
     wait_result(block_on(|_| async move {
         session
             .wait(thread, &ids, is_true(bWaitAll), timeout)
@@ -858,13 +998,24 @@ pub fn SignalObjectAndWait(
     bAlertable: BOOL,
 ) -> DWORD {
     let _ = bAlertable;
+    let timeout = Timeout::from_millis(dwMilliseconds);
+    match local_wait_set(&[hObjectToSignal, hObjectToWaitOn]) {
+        Ok(Some(objs)) => {
+            return wait_result(
+                local::attached()
+                    .ok_or(ERROR_INVALID_HANDLE)
+                    .and_then(|seg| local::signal_and_wait(seg, &objs[0], &objs[1], timeout)),
+            );
+        }
+        Ok(None) => {}
+        Err(code) => return fail(code, WAIT_FAILED),
+    }
     let (session, ids) = match resolve_all(&[hObjectToSignal, hObjectToWaitOn]) {
         Ok(resolved) => resolved,
         Err(code) => return fail(code, WAIT_FAILED),
     };
     let thread = thread::current_thread_id();
     thread::mark_may_own();
-    let timeout = Timeout::from_millis(dwMilliseconds);
     wait_result(block_on(|_| async move {
         session
             .signal_and_wait(thread, ids[0], ids[1], timeout)
@@ -880,6 +1031,11 @@ pub fn SignalObjectAndWait(
 /// On failure returns 0 and sets the last error (6 bad or non-mutex handle, cluster codes);
 /// a successful call leaves the last error untouched.
 pub fn GetFencingToken(hMutex: HANDLE) -> u64 {
+    if let Some(r) = on_local(hMutex, Some(ObjectKind::Mutex), |seg, o| {
+        Ok(o.fencing_token(seg))
+    }) {
+        return r.unwrap_or_else(|code| fail(code, 0));
+    }
     let thread = thread::current_thread_id();
     let result = with_handle(hMutex, Some(ObjectKind::Mutex), |s, h| async move {
         let state = s.query(h).await?;
@@ -940,23 +1096,6 @@ mod tests {
             ERROR_INVALID_HANDLE,
             "64 is allowed; 4 is unknown"
         );
-    }
-
-    #[test]
-    fn local_names_are_not_supported_yet() {
-        SetLastError(0xDEAD_BEEF);
-        assert_eq!(CreateMutexA(None, FALSE, Some("Local\\m")), NULL);
-        assert_eq!(GetLastError(), ERROR_NOT_SUPPORTED);
-        let w: Vec<u16> = "Local\\e".encode_utf16().collect();
-        SetLastError(0);
-        assert_eq!(CreateEventW(None, TRUE, FALSE, Some(&w)), NULL);
-        assert_eq!(GetLastError(), ERROR_NOT_SUPPORTED);
-        SetLastError(0);
-        assert_eq!(
-            OpenSemaphoreA(SEMAPHORE_ALL_ACCESS, FALSE, Some("Local\\s")),
-            NULL
-        );
-        assert_eq!(GetLastError(), ERROR_NOT_SUPPORTED);
     }
 
     #[test]

@@ -33,9 +33,9 @@ pub(crate) fn from_w(name: Option<&[u16]>) -> Result<Option<String>, u32> {
         .map_err(|_| ERROR_INVALID_NAME)
 }
 
-/// True for names of the (not yet implemented) host-local namespace.
-pub(crate) fn is_local(name: Option<&str>) -> bool {
-    name.is_some_and(|n| n.starts_with(LOCAL_PREFIX))
+/// The part after `Local\\` of a host-local name (served by the local backend), else `None`.
+pub(crate) fn local_key(name: &str) -> Option<&str> {
+    name.strip_prefix(LOCAL_PREFIX)
 }
 
 #[cfg(test)]
@@ -78,10 +78,10 @@ mod tests {
 
     #[test]
     fn local_names_are_recognised_case_sensitively() {
-        assert!(is_local(Some("Local\\x")));
-        assert!(!is_local(Some("local\\x")));
-        assert!(!is_local(Some("Global\\x")));
-        assert!(!is_local(Some("x")));
-        assert!(!is_local(None));
+        assert_eq!(local_key("Local\\x"), Some("x"));
+        assert_eq!(local_key("Local\\"), Some(""));
+        assert_eq!(local_key("local\\x"), None);
+        assert_eq!(local_key("Global\\x"), None);
+        assert_eq!(local_key("x"), None);
     }
 }

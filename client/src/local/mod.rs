@@ -1,0 +1,206 @@
+//! The host-local backend: `Local\` names served from shared memory, with no server.
+//!
+//! One file per namespace (default `/dev/shm/dlock-local-u<uid>`, mode 0600) holds the name
+//! table and every object; processes of one user on one host map it and meet on its futex
+//! words. Semantics are the cluster's (win32-semantics.md), with these mechanisms:
+//!
+//! * **Mutexes** are glibc robust, process-shared mutexes. Acquire and release are one
+//!   uncontended atomic each and make no system call. When the owning thread exits (or its
+//!   process dies) holding one, the kernel marks it `OWNER_DIED` and wakes a waiter: the next
+//!   acquisition reports `WAIT_ABANDONED`. Ownership is per OS thread and recursive.
+//! * **Events and semaphores** live under the namespace lock, itself a robust mutex (no system
+//!   call when uncontended either).
+//! * **Waits** sleep in `futex_waitv` on each object's wake sequence (and on the lock word of a
+//!   held mutex, so the kernel's owner-died wake reaches them): any or all of up to 64 objects,
+//!   lowest signaled index first, deadlines on `CLOCK_MONOTONIC`, never polling.
+//! * **Crash safety**: changes under the namespace lock are undo-journaled
+//!   ([`segment`](self::segment) docs); a process killed mid-change is rolled back by the next
+//!   locker. Handles of dead processes are reclaimed (their liveness is an OFD lock that the
+//!   kernel drops when they die) whenever any process attaches, creates or opens.
+//! * **Versioning**: a segment with another layout version, a bad magic, size or checksum is
+//!   refused with an error naming the file, never trusted.
+//!
+//! Deliberate differences from the cluster: waiters are not served FIFO (the no-system-call
+//! fast path lets a running thread take a free mutex before a woken one, as Windows and
+//! pthreads do); `SignalObjectAndWait` signals, then waits (two steps); fencing tokens count
+//! acquisitions of that one mutex.
+
+mod objects;
+mod segment;
+mod sys;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex as StdMutex, OnceLock};
+
+pub(crate) use objects::{LocalObj, create, open, signal_and_wait, wait};
+pub(crate) use segment::Segment;
+
+/// `ERROR_ACCESS_DENIED`.
+const CODE_ACCESS_DENIED: u32 = 5;
+/// `ERROR_NOT_SUPPORTED`.
+const CODE_NOT_SUPPORTED: u32 = 50;
+/// `ERROR_REVISION_MISMATCH`: the segment was written by another layout version.
+pub(crate) const CODE_REVISION_MISMATCH: u32 = 1306;
+/// `ERROR_INTERNAL_ERROR`.
+const CODE_INTERNAL_ERROR: u32 = 1359;
+/// `ERROR_FILE_CORRUPT`: the segment's header is not trustworthy.
+pub(crate) const CODE_FILE_CORRUPT: u32 = 1392;
+/// `ERROR_NO_SYSTEM_RESOURCES`: a table of the segment is full.
+const CODE_NO_SYSTEM_RESOURCES: u32 = 1450;
+
+/// Why the local namespace cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LocalError {
+    /// The platform lacks what the backend needs (not glibc, or an unexpected mutex layout).
+    #[error("the local backend cannot run here: {0}")]
+    Unsupported(String),
+    /// The segment file or its directory could not be opened or created.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid segment.
+    #[error("{path} is not a usable dlock local segment: {why}; remove it once no process uses it")]
+    Corrupt { path: PathBuf, why: String },
+    /// The file was made by another layout version.
+    #[error(
+        "{path} has layout version {found}, this library uses {}; stop the processes of the \
+         other version and remove the file, or point DLOCK_LOCAL_DIR elsewhere",
+        segment::VERSION
+    )]
+    Version { path: PathBuf, found: u32 },
+    /// A fixed-size table is full.
+    #[error("the local namespace has no free {0} slot")]
+    Full(&'static str),
+}
+
+impl LocalError {
+    fn io(path: &Path, source: std::io::Error) -> LocalError {
+        LocalError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The Win32 last-error code the facade reports.
+    pub(crate) fn code(&self) -> u32 {
+        match self {
+            LocalError::Unsupported(_) => CODE_NOT_SUPPORTED,
+            LocalError::Io { source, .. } => match source.raw_os_error() {
+                Some(libc::EACCES) | Some(libc::EPERM) => CODE_ACCESS_DENIED,
+                Some(libc::ENOSPC) | Some(libc::ENOMEM) | Some(libc::EMFILE) => {
+                    CODE_NO_SYSTEM_RESOURCES
+                }
+                _ => CODE_INTERNAL_ERROR,
+            },
+            LocalError::Corrupt { .. } => CODE_FILE_CORRUPT,
+            LocalError::Version { .. } => CODE_REVISION_MISMATCH,
+            LocalError::Full(_) => CODE_NO_SYSTEM_RESOURCES,
+        }
+    }
+}
+
+/// Where the namespace lives, from the environment (read once).
+///
+/// | variable | meaning | default |
+/// |---|---|---|
+/// | `DLOCK_LOCAL_DIR` | directory of the segment file (created with the mode below plus search rights) | `/dev/shm` |
+/// | `DLOCK_LOCAL_NAMESPACE` | name of the namespace: processes meet only within one | `u<uid>` |
+/// | `DLOCK_LOCAL_MODE` | octal file mode of a new segment; `660` shares it with the group | `600` |
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) dir: PathBuf,
+    pub(crate) namespace: String,
+    pub(crate) mode: u32,
+}
+
+/// Default `DLOCK_LOCAL_DIR`.
+const DIR_DEFAULT: &str = "/dev/shm";
+/// Default `DLOCK_LOCAL_MODE`: owner only.
+const MODE_DEFAULT: u32 = 0o600;
+
+impl Settings {
+    pub(crate) fn from_env() -> Settings {
+        let dir = std::env::var_os("DLOCK_LOCAL_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DIR_DEFAULT));
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let namespace = match std::env::var("DLOCK_LOCAL_NAMESPACE") {
+            Ok(ns) if valid_namespace(&ns) => ns,
+            Ok(ns) => {
+                tracing::warn!(
+                    value = ns,
+                    "ignoring DLOCK_LOCAL_NAMESPACE: use 1-64 of [A-Za-z0-9._-]"
+                );
+                format!("u{uid}")
+            }
+            Err(_) => format!("u{uid}"),
+        };
+        let mode = match std::env::var("DLOCK_LOCAL_MODE") {
+            Ok(raw) => match u32::from_str_radix(raw.trim(), 8) {
+                Ok(m) if m & !0o666 == 0 && m & 0o600 == 0o600 => m,
+                _ => {
+                    tracing::warn!(
+                        value = raw,
+                        "ignoring DLOCK_LOCAL_MODE: an octal mode within 666 including 600"
+                    );
+                    MODE_DEFAULT
+                }
+            },
+            Err(_) => MODE_DEFAULT,
+        };
+        Settings {
+            dir,
+            namespace,
+            mode,
+        }
+    }
+
+    pub(crate) fn segment_path(&self) -> PathBuf {
+        self.dir.join(format!("dlock-local-{}", self.namespace))
+    }
+}
+
+fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 64
+        && !ns.starts_with('.')
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+static SEGMENT: OnceLock<Segment> = OnceLock::new();
+/// Serialises attach attempts; a failed attach is retried at the next call.
+static ATTACH: StdMutex<()> = StdMutex::new(());
+
+/// The process's namespace, attached at first use.
+pub(crate) fn namespace() -> Result<&'static Segment, u32> {
+    if let Some(seg) = SEGMENT.get() {
+        return Ok(seg);
+    }
+    let _serial = ATTACH.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(seg) = SEGMENT.get() {
+        return Ok(seg);
+    }
+    match Segment::attach(&Settings::from_env()) {
+        Ok(seg) => Ok(SEGMENT.get_or_init(|| seg)),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot use the local namespace");
+            Err(err.code())
+        }
+    }
+}
+
+/// The attached namespace, if any (for paths that must not attach, like a thread's exit).
+#[inline]
+pub(crate) fn attached() -> Option<&'static Segment> {
+    SEGMENT.get()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,991 @@
+//! Objects of the local namespace: create, open, close, signal, and the waits.
+//!
+//! Every function returns Win32 outcomes: `Ok` values, or `Err(code)` with the last-error code.
+
+use std::sync::atomic::{Ordering, compiler_fence};
+use std::time::Instant;
+
+use super::segment::{
+    Fnv, Guard, NAME_BYTES_MAX, OBJ_FREE, OBJ_LIVE, OBJ_ZOMBIE, OBJECTS_MAX, ObjMeta, ObjSync,
+    Segment, WAIT_OBJECTS_MAX,
+};
+use super::sys::{self, FUTEX_TID_MASK, FUTEX_WAITERS, Locked, WaitOn, Woke};
+use crate::win32::{
+    ACCESS_SYSTEM_SECURITY, CREATE_EVENT_INITIAL_SET, CREATE_EVENT_MANUAL_RESET,
+    CREATE_MUTEX_INITIAL_OWNER, ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_INVALID_HANDLE,
+    ERROR_INVALID_NAME, ERROR_INVALID_PARAMETER, ERROR_MUTANT_LIMIT_EXCEEDED,
+    ERROR_NO_SYSTEM_RESOURCES, ERROR_NOT_OWNER, ERROR_PATH_NOT_FOUND, ERROR_PRIVILEGE_NOT_HELD,
+    ERROR_TOO_MANY_POSTS, EVENT_ALL_ACCESS, EVENT_MODIFY_STATE, EVENT_QUERY_STATE, GENERIC_ALL,
+    GENERIC_EXECUTE, GENERIC_READ, GENERIC_WRITE, MAXIMUM_ALLOWED, MUTANT_QUERY_STATE,
+    MUTEX_ALL_ACCESS, READ_CONTROL, SEMAPHORE_ALL_ACCESS, SEMAPHORE_MODIFY_STATE,
+    SEMAPHORE_QUERY_STATE, SYNCHRONIZE,
+};
+use crate::{ObjectKind, Timeout, WaitOutcome};
+
+/// The most a mutex's recursion count may reach (Windows: `MINLONG`-bounded, 0x7FFFFFFF).
+const MUTEX_RECURSION_MAX: u32 = 0x7FFF_FFFF;
+
+fn kind_code(kind: ObjectKind) -> u32 {
+    match kind {
+        ObjectKind::Mutex => 1,
+        ObjectKind::Event => 2,
+        ObjectKind::Semaphore => 3,
+    }
+}
+
+/// A process's handle to a local object (the facade keeps it in its handle table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LocalObj {
+    /// Object slot.
+    pub(crate) index: u32,
+    /// The slot's generation when the handle was opened.
+    generation: u32,
+    /// This handle's record in the handle table.
+    rec: u32,
+    /// The object's type.
+    pub(crate) kind: ObjectKind,
+    /// Granted access.
+    pub(crate) access: u32,
+}
+
+// ---- names and access (win32-semantics §3, §1.3) ----
+
+/// The key of a `Local\` name: what follows the prefix. Empty, or an empty first component
+/// (`Local\\x`) → 123; any other backslash → 3 (there are no directories below `Local\`).
+pub(crate) fn name_key(rest: &str) -> Result<&str, u32> {
+    if rest.is_empty() || rest.starts_with('\\') {
+        return Err(ERROR_INVALID_NAME);
+    }
+    if rest.contains('\\') {
+        return Err(ERROR_PATH_NOT_FOUND);
+    }
+    if rest.contains('\0') || rest.len() > NAME_BYTES_MAX {
+        return Err(ERROR_INVALID_NAME);
+    }
+    Ok(rest)
+}
+
+fn all_access(kind: ObjectKind) -> u32 {
+    match kind {
+        ObjectKind::Mutex => MUTEX_ALL_ACCESS,
+        ObjectKind::Event => EVENT_ALL_ACCESS,
+        ObjectKind::Semaphore => SEMAPHORE_ALL_ACCESS,
+    }
+}
+
+fn map_generic(kind: ObjectKind, access: u32) -> u32 {
+    let (read, write) = match kind {
+        ObjectKind::Mutex => (READ_CONTROL | MUTANT_QUERY_STATE, READ_CONTROL),
+        ObjectKind::Event => (
+            READ_CONTROL | EVENT_QUERY_STATE,
+            READ_CONTROL | EVENT_MODIFY_STATE,
+        ),
+        ObjectKind::Semaphore => (
+            READ_CONTROL | SEMAPHORE_QUERY_STATE,
+            READ_CONTROL | SEMAPHORE_MODIFY_STATE,
+        ),
+    };
+    let mut mapped = access & !(GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE | GENERIC_ALL);
+    if access & GENERIC_READ != 0 {
+        mapped |= read;
+    }
+    if access & GENERIC_WRITE != 0 {
+        mapped |= write;
+    }
+    if access & GENERIC_EXECUTE != 0 {
+        mapped |= READ_CONTROL | SYNCHRONIZE;
+    }
+    if access & GENERIC_ALL != 0 {
+        mapped |= all_access(kind);
+    }
+    mapped
+}
+
+/// The access a handle to an existing object gets (the cluster's rule, §2.1).
+fn existing_access(kind: ObjectKind, access: u32) -> Result<u32, u32> {
+    if access & ACCESS_SYSTEM_SECURITY != 0 {
+        return Err(ERROR_PRIVILEGE_NOT_HELD);
+    }
+    let all = all_access(kind);
+    let mapped = map_generic(kind, access & !MAXIMUM_ALLOWED);
+    if mapped & !all != 0 {
+        return Err(ERROR_ACCESS_DENIED);
+    }
+    let granted = if access & MAXIMUM_ALLOWED != 0 {
+        mapped | all
+    } else {
+        mapped
+    };
+    if granted == 0 {
+        return Err(ERROR_ACCESS_DENIED);
+    }
+    Ok(granted)
+}
+
+/// The access the creator of a new object gets: what it asked for, mapped.
+fn new_access(kind: ObjectKind, access: u32) -> Result<u32, u32> {
+    if access & ACCESS_SYSTEM_SECURITY != 0 {
+        return Err(ERROR_PRIVILEGE_NOT_HELD);
+    }
+    let mapped = map_generic(kind, access & !MAXIMUM_ALLOWED);
+    Ok(if access & MAXIMUM_ALLOWED != 0 {
+        mapped | all_access(kind)
+    } else {
+        mapped
+    })
+}
+
+fn name_hash(key: &str) -> u64 {
+    let mut h = Fnv::new();
+    h.write(key.as_bytes());
+    h.0 | 1
+}
+
+fn name_of(meta: &ObjMeta) -> &[u8] {
+    let len = (meta.name_len.load(Ordering::Relaxed) as usize).min(NAME_BYTES_MAX);
+    // SAFETY: read under the namespace lock (callers hold a Guard); the bytes are plain data.
+    unsafe { &(&*meta.name.get())[..len] }
+}
+
+// ---- mutex word helpers ----
+
+impl ObjSync {
+    fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
+        self.mutex.get()
+    }
+
+    #[inline]
+    fn word(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: the mutex lives in the mapping, which is never unmapped.
+        unsafe { sys::lock_word(self.mutex_ptr()) }
+    }
+
+    /// Whether the calling thread (kernel id `tid`) owns this mutex.
+    #[inline]
+    fn owned_by(&self, tid: u32) -> bool {
+        self.word().load(Ordering::Relaxed) & FUTEX_TID_MASK == tid
+    }
+
+    /// Whether a thread (any) holds this mutex.
+    fn is_held(&self) -> bool {
+        self.word().load(Ordering::Acquire) & FUTEX_TID_MASK != 0
+    }
+
+    /// Records a fresh acquisition by the calling thread.
+    #[inline]
+    fn acquired(&self) -> u64 {
+        self.recursion.store(1, Ordering::Relaxed);
+        let token = self.fencing.load(Ordering::Relaxed) + 1;
+        self.fencing.store(token, Ordering::Relaxed);
+        token
+    }
+
+    /// Tells registered waiters that the object changed.
+    #[inline]
+    fn notify(&self) {
+        #[cfg(not(target_arch = "x86_64"))]
+        std::sync::atomic::fence(Ordering::SeqCst);
+        // On x86-64 the locked exchange or compare-exchange just before (glibc's unlock, or
+        // the namespace lock's release) is a full barrier.
+        compiler_fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(&self.seq, i32::MAX as u32);
+        }
+    }
+}
+
+// ---- the namespace lock's operations ----
+
+impl Guard<'_> {
+    /// Finds the live object named `key`.
+    fn find(&self, key: &str) -> Option<usize> {
+        let h = name_hash(key);
+        let metas = self.seg.metas();
+        self.seg
+            .hashes()
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.load(Ordering::Relaxed) == h)
+            .map(|(i, _)| i)
+            .find(|&i| {
+                metas[i].state.load(Ordering::Relaxed) == OBJ_LIVE
+                    && name_of(&metas[i]) == key.as_bytes()
+            })
+    }
+
+    /// A free object slot (zombies whose mutex and waits are gone count as free).
+    fn free_object(&mut self) -> Option<usize> {
+        let metas = self.seg.metas();
+        let syncs = self.seg.syncs();
+        (0..OBJECTS_MAX).find(|&i| match metas[i].state.load(Ordering::Relaxed) {
+            OBJ_FREE => true,
+            OBJ_ZOMBIE => syncs[i].waiters.load(Ordering::Relaxed) == 0 && !syncs[i].is_held(),
+            _ => false,
+        })
+    }
+
+    /// A free handle record, claimed for this process and object `obj`.
+    fn new_handle(&mut self, obj: usize) -> Result<u32, u32> {
+        let me = self.seg.proc_slot() + 1;
+        let Some((i, rec)) = self
+            .seg
+            .handles()
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.proc.load(Ordering::Relaxed) == 0)
+        else {
+            tracing::warn!(path = %self.seg.path().display(), "local handle table full");
+            return Err(ERROR_NO_SYSTEM_RESOURCES);
+        };
+        self.touch(rec);
+        rec.obj.store(obj as u32, Ordering::Relaxed);
+        rec.proc.store(me, Ordering::Relaxed);
+        let meta = &self.seg.metas()[obj];
+        self.touch(meta);
+        meta.refs.fetch_add(1, Ordering::Relaxed);
+        Ok(i as u32)
+    }
+
+    /// Drops handle record `rec`; the object goes with its last handle (its name at once; its
+    /// slot once no mutex hold or wait refers to it).
+    fn drop_handle(&mut self, rec: usize) {
+        let r = &self.seg.handles()[rec];
+        let obj = r.obj.load(Ordering::Relaxed) as usize;
+        self.touch(r);
+        r.proc.store(0, Ordering::Relaxed);
+        let Some(meta) = self.seg.metas().get(obj) else {
+            return;
+        };
+        self.touch(meta);
+        let refs = meta.refs.load(Ordering::Relaxed).saturating_sub(1);
+        meta.refs.store(refs, Ordering::Relaxed);
+        if refs == 0 && meta.state.load(Ordering::Relaxed) == OBJ_LIVE {
+            let hash = &self.seg.hashes()[obj];
+            self.touch(hash);
+            hash.store(0, Ordering::Relaxed);
+            meta.state.store(OBJ_ZOMBIE, Ordering::Relaxed);
+            self.retire_if_unused(obj);
+        }
+    }
+
+    /// Frees a zombie object slot no hold or wait refers to.
+    fn retire_if_unused(&mut self, obj: usize) {
+        let meta = &self.seg.metas()[obj];
+        let sync = &self.seg.syncs()[obj];
+        if meta.state.load(Ordering::Relaxed) == OBJ_ZOMBIE
+            && sync.waiters.load(Ordering::Relaxed) == 0
+            && !sync.is_held()
+        {
+            self.touch(meta);
+            meta.state.store(OBJ_FREE, Ordering::Relaxed);
+        }
+    }
+
+    /// If the process in `slot` is dead, closes its handles, removes its waits and frees the
+    /// slot, one journaled step at a time. `skip` is a slot known to be alive.
+    pub(crate) fn reap_if_dead(&mut self, slot: u32, skip: u32) {
+        if slot == skip || !self.seg.is_dead(slot) {
+            return;
+        }
+        let owner = slot + 1;
+        let mut handles = 0;
+        for i in 0..self.seg.handles().len() {
+            if self.seg.handles()[i].proc.load(Ordering::Relaxed) == owner {
+                self.drop_handle(i);
+                self.commit();
+                handles += 1;
+            }
+        }
+        for i in 0..self.seg.waiters().len() {
+            if self.seg.waiters()[i].proc.load(Ordering::Relaxed) == owner {
+                self.unregister(i);
+                self.commit();
+            }
+        }
+        let p = &self.seg.procs()[slot as usize];
+        let pid = p.pid.load(Ordering::Relaxed);
+        self.touch(p);
+        p.state.store(0, Ordering::Relaxed);
+        self.commit();
+        tracing::info!(
+            slot,
+            pid,
+            handles,
+            "reclaimed a dead process's local handles"
+        );
+    }
+
+    /// Reaps every dead process (before name lookups, so a dead process's objects are gone).
+    fn reap_dead(&mut self) {
+        let me = self.seg.proc_slot();
+        for slot in 0..self.seg.procs().len() {
+            if self.seg.procs()[slot].state.load(Ordering::Relaxed) != 0 {
+                self.reap_if_dead(slot as u32, me);
+            }
+        }
+    }
+
+    /// Registers a wait on `objs` for the calling thread.
+    fn register(&mut self, objs: &[usize], wait_all: bool) -> Result<usize, u32> {
+        let Some((i, w)) = self
+            .seg
+            .waiters()
+            .iter()
+            .enumerate()
+            .find(|(_, w)| w.proc.load(Ordering::Relaxed) == 0)
+        else {
+            tracing::warn!(path = %self.seg.path().display(), "local waiter table full");
+            return Err(ERROR_NO_SYSTEM_RESOURCES);
+        };
+        self.touch(w);
+        w.tid.store(sys::tid(), Ordering::Relaxed);
+        w.count.store(objs.len() as u32, Ordering::Relaxed);
+        w.wait_all.store(u32::from(wait_all), Ordering::Relaxed);
+        w.pulsed.store(0, Ordering::Relaxed);
+        for (slot, &o) in w.objs.iter().zip(objs) {
+            slot.store(o as u32, Ordering::Relaxed);
+        }
+        w.proc.store(self.seg.proc_slot() + 1, Ordering::Relaxed);
+        for &o in objs {
+            // SeqCst: ordered before this waiter reads any object state (see ObjSync::notify).
+            self.seg.syncs()[o].waiters.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(i)
+    }
+
+    fn unregister(&mut self, slot: usize) {
+        let w = &self.seg.waiters()[slot];
+        let n = (w.count.load(Ordering::Relaxed) as usize).min(WAIT_OBJECTS_MAX);
+        let objs: Vec<usize> = w.objs[..n]
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed) as usize)
+            .filter(|&o| o < OBJECTS_MAX)
+            .collect();
+        self.touch(w);
+        w.proc.store(0, Ordering::Relaxed);
+        for &o in &objs {
+            let s = &self.seg.syncs()[o].waiters;
+            let _ = s.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+        }
+        for &o in &objs {
+            self.retire_if_unused(o);
+        }
+    }
+}
+
+// ---- create, open, close ----
+
+/// Creates or opens the local object `key` (a name after `Local\`, checked by [`name_key`]).
+/// Returns the handle and whether it already existed.
+pub(crate) fn create(
+    seg: &Segment,
+    kind: ObjectKind,
+    key: &str,
+    flags: u32,
+    access: u32,
+    initial_count: i32,
+    maximum_count: i32,
+) -> Result<(LocalObj, bool), u32> {
+    if kind == ObjectKind::Semaphore
+        && (maximum_count <= 0 || initial_count < 0 || initial_count > maximum_count)
+    {
+        return Err(ERROR_INVALID_PARAMETER);
+    }
+    let key = name_key(key)?;
+    let mut g = seg.lock();
+    g.reap_dead();
+    if let Some(i) = g.find(key) {
+        let meta = &seg.metas()[i];
+        if meta.kind.load(Ordering::Relaxed) != kind_code(kind) {
+            return Err(ERROR_INVALID_HANDLE);
+        }
+        let granted = existing_access(kind, access)?;
+        let rec = g.new_handle(i)?;
+        g.commit();
+        let generation = meta.generation.load(Ordering::Relaxed);
+        return Ok((
+            LocalObj {
+                index: i as u32,
+                generation,
+                rec,
+                kind,
+                access: granted,
+            },
+            true,
+        ));
+    }
+    let granted = new_access(kind, access)?;
+    let Some(i) = g.free_object() else {
+        tracing::warn!(path = %seg.path().display(), "local object table full");
+        return Err(ERROR_NO_SYSTEM_RESOURCES);
+    };
+    let meta = &seg.metas()[i];
+    let sync = &seg.syncs()[i];
+    g.touch(meta);
+    g.touch(&seg.hashes()[i]);
+    let generation = meta.generation.load(Ordering::Relaxed).wrapping_add(1);
+    meta.generation.store(generation, Ordering::Relaxed);
+    meta.kind.store(kind_code(kind), Ordering::Relaxed);
+    meta.refs.store(0, Ordering::Relaxed);
+    meta.manual_reset.store(
+        u32::from(flags & CREATE_EVENT_MANUAL_RESET != 0),
+        Ordering::Relaxed,
+    );
+    meta.signaled.store(
+        u32::from(flags & CREATE_EVENT_INITIAL_SET != 0),
+        Ordering::Relaxed,
+    );
+    meta.count.store(initial_count, Ordering::Relaxed);
+    meta.maximum.store(maximum_count, Ordering::Relaxed);
+    // SAFETY: the slot is free and we hold the namespace lock; nobody else reads it.
+    unsafe {
+        let name = &mut *meta.name.get();
+        name[..key.len()].copy_from_slice(key.as_bytes());
+    }
+    meta.name_len.store(key.len() as u32, Ordering::Relaxed);
+    // SAFETY: a free slot's mutex is unowned and on no robust list (see free_object).
+    if let Err(e) = unsafe { sys::robust_mutex_init(sync.mutex_ptr()) } {
+        tracing::error!(error = %e, "pthread_mutex_init failed");
+        return Err(ERROR_NO_SYSTEM_RESOURCES);
+    }
+    sync.seq.fetch_add(1, Ordering::Relaxed);
+    sync.recursion.store(0, Ordering::Relaxed);
+    seg.hashes()[i].store(name_hash(key), Ordering::Relaxed);
+    meta.state.store(OBJ_LIVE, Ordering::Relaxed);
+    let rec = g.new_handle(i)?;
+    if kind == ObjectKind::Mutex && flags & CREATE_MUTEX_INITIAL_OWNER != 0 {
+        // Nobody can find the object before the commit, so this cannot fail.
+        // SAFETY: initialised just above.
+        if unsafe { sys::robust_trylock(sync.mutex_ptr()) } != Locked::Busy {
+            sync.acquired();
+        }
+    }
+    g.commit();
+    Ok((
+        LocalObj {
+            index: i as u32,
+            generation,
+            rec,
+            kind,
+            access: granted,
+        },
+        false,
+    ))
+}
+
+/// Opens the existing local object `key`.
+pub(crate) fn open(
+    seg: &Segment,
+    kind: ObjectKind,
+    key: &str,
+    access: u32,
+) -> Result<LocalObj, u32> {
+    let key = name_key(key)?;
+    let mut g = seg.lock();
+    g.reap_dead();
+    let i = g.find(key).ok_or(ERROR_FILE_NOT_FOUND)?;
+    let meta = &seg.metas()[i];
+    if meta.kind.load(Ordering::Relaxed) != kind_code(kind) {
+        return Err(ERROR_INVALID_HANDLE);
+    }
+    let granted = existing_access(kind, access)?;
+    let rec = g.new_handle(i)?;
+    g.commit();
+    Ok(LocalObj {
+        index: i as u32,
+        generation: meta.generation.load(Ordering::Relaxed),
+        rec,
+        kind,
+        access: granted,
+    })
+}
+
+impl LocalObj {
+    fn sync<'a>(&self, seg: &'a Segment) -> &'a ObjSync {
+        &seg.syncs()[self.index as usize]
+    }
+
+    fn meta<'a>(&self, seg: &'a Segment) -> &'a ObjMeta {
+        &seg.metas()[self.index as usize]
+    }
+
+    /// Whether the handle still names its object (checked under the namespace lock).
+    fn check(&self, g: &Guard<'_>) -> Result<(), u32> {
+        let rec = &g.seg.handles()[self.rec as usize];
+        let meta = self.meta(g.seg);
+        if rec.proc.load(Ordering::Relaxed) != g.seg.proc_slot() + 1
+            || rec.obj.load(Ordering::Relaxed) != self.index
+            || meta.generation.load(Ordering::Relaxed) != self.generation
+        {
+            return Err(ERROR_INVALID_HANDLE);
+        }
+        Ok(())
+    }
+
+    /// Closes the handle. Does not release a mutex the thread owns.
+    pub(crate) fn close(&self, seg: &Segment) -> Result<(), u32> {
+        let mut g = seg.lock();
+        self.check(&g)?;
+        g.drop_handle(self.rec as usize);
+        g.commit();
+        Ok(())
+    }
+
+    /// `ReleaseMutex`: no system call unless somebody waits.
+    #[inline]
+    pub(crate) fn release_mutex(&self, seg: &Segment) -> Result<(), u32> {
+        let sync = self.sync(seg);
+        if !sync.owned_by(sys::tid()) {
+            return Err(ERROR_NOT_OWNER);
+        }
+        let r = sync.recursion.load(Ordering::Relaxed);
+        if r > 1 {
+            sync.recursion.store(r - 1, Ordering::Relaxed);
+            return Ok(());
+        }
+        sync.recursion.store(0, Ordering::Relaxed);
+        // SAFETY: the calling thread owns it (checked above).
+        unsafe { sys::robust_unlock(sync.mutex_ptr()) };
+        sync.notify();
+        Ok(())
+    }
+
+    /// The fencing token of the calling thread's hold, or 0.
+    pub(crate) fn fencing_token(&self, seg: &Segment) -> u64 {
+        let sync = self.sync(seg);
+        if sync.owned_by(sys::tid()) {
+            sync.fencing.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    fn need(&self, right: u32) -> Result<(), u32> {
+        if self.access & right == right {
+            Ok(())
+        } else {
+            Err(ERROR_ACCESS_DENIED)
+        }
+    }
+
+    /// `SetEvent`.
+    pub(crate) fn set_event(&self, seg: &Segment) -> Result<(), u32> {
+        self.need(EVENT_MODIFY_STATE)?;
+        {
+            let mut g = seg.lock();
+            self.check(&g)?;
+            let meta = self.meta(seg);
+            g.touch(meta);
+            meta.signaled.store(1, Ordering::Relaxed);
+            g.commit();
+        }
+        self.sync(seg).notify();
+        Ok(())
+    }
+
+    /// `ResetEvent`.
+    pub(crate) fn reset_event(&self, seg: &Segment) -> Result<(), u32> {
+        self.need(EVENT_MODIFY_STATE)?;
+        let mut g = seg.lock();
+        self.check(&g)?;
+        let meta = self.meta(seg);
+        g.touch(meta);
+        meta.signaled.store(0, Ordering::Relaxed);
+        g.commit();
+        Ok(())
+    }
+
+    /// `PulseEvent`: releases the waits registered now (all of them for a manual-reset event,
+    /// one for auto-reset, preferring a wait-any) and leaves the event non-signaled.
+    pub(crate) fn pulse_event(&self, seg: &Segment) -> Result<(), u32> {
+        self.need(EVENT_MODIFY_STATE)?;
+        {
+            let mut g = seg.lock();
+            self.check(&g)?;
+            let meta = self.meta(seg);
+            let manual = meta.manual_reset.load(Ordering::Relaxed) != 0;
+            let mut chosen: Vec<(usize, u64)> = Vec::new();
+            for (i, w) in seg.waiters().iter().enumerate() {
+                if w.proc.load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
+                let n = (w.count.load(Ordering::Relaxed) as usize).min(WAIT_OBJECTS_MAX);
+                let bits = w.objs[..n]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.load(Ordering::Relaxed) == self.index)
+                    .fold(0u64, |b, (k, _)| b | 1 << k);
+                if bits != 0 {
+                    chosen.push((i, bits));
+                }
+            }
+            if !manual {
+                // One waiter: the first wait-any, else the first wait-all.
+                let any = chosen
+                    .iter()
+                    .copied()
+                    .find(|(i, _)| seg.waiters()[*i].wait_all.load(Ordering::Relaxed) == 0);
+                chosen = any.or(chosen.first().copied()).into_iter().collect();
+            }
+            for (i, bits) in chosen {
+                let w = &seg.waiters()[i];
+                g.touch(w);
+                w.pulsed.fetch_or(bits, Ordering::Relaxed);
+            }
+            g.touch(meta);
+            meta.signaled.store(0, Ordering::Relaxed);
+            g.commit();
+        }
+        self.sync(seg).notify();
+        Ok(())
+    }
+
+    /// `ReleaseSemaphore`: returns the previous count.
+    pub(crate) fn release_semaphore(&self, seg: &Segment, count: i32) -> Result<i32, u32> {
+        if count <= 0 {
+            return Err(ERROR_INVALID_PARAMETER);
+        }
+        self.need(SEMAPHORE_MODIFY_STATE)?;
+        let previous = {
+            let mut g = seg.lock();
+            self.check(&g)?;
+            let meta = self.meta(seg);
+            let previous = meta.count.load(Ordering::Relaxed);
+            let max = meta.maximum.load(Ordering::Relaxed);
+            if i64::from(previous) + i64::from(count) > i64::from(max) {
+                return Err(ERROR_TOO_MANY_POSTS);
+            }
+            g.touch(meta);
+            meta.count.store(previous + count, Ordering::Relaxed);
+            g.commit();
+            previous
+        };
+        self.sync(seg).notify();
+        Ok(previous)
+    }
+
+    /// Signals the object the way `SignalObjectAndWait` does.
+    fn signal(&self, seg: &Segment) -> Result<(), u32> {
+        match self.kind {
+            ObjectKind::Mutex => self.release_mutex(seg),
+            ObjectKind::Event => self.set_event(seg),
+            ObjectKind::Semaphore => self.release_semaphore(seg, 1).map(|_| ()),
+        }
+    }
+}
+
+// ---- waits ----
+
+/// The result of one attempt to satisfy a wait.
+enum Attempt {
+    Done(WaitOutcome),
+    Failed(u32),
+    NotYet,
+}
+
+/// Tries to take a mutex for the calling thread (recursively if it owns it already).
+#[inline]
+fn take_mutex(sync: &ObjSync, tid: u32, index: usize) -> Attempt {
+    if sync.owned_by(tid) {
+        let r = sync.recursion.load(Ordering::Relaxed);
+        if r >= MUTEX_RECURSION_MAX {
+            return Attempt::Failed(ERROR_MUTANT_LIMIT_EXCEEDED);
+        }
+        sync.recursion.store(r + 1, Ordering::Relaxed);
+        return Attempt::Done(WaitOutcome::Signaled {
+            index,
+            fencing_token: sync.fencing.load(Ordering::Relaxed),
+        });
+    }
+    // SAFETY: the mutex of a live object slot, initialised at creation.
+    match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
+        Locked::Clean => Attempt::Done(WaitOutcome::Signaled {
+            index,
+            fencing_token: sync.acquired(),
+        }),
+        Locked::OwnerDied => Attempt::Done(WaitOutcome::Abandoned {
+            index,
+            fencing_token: sync.acquired(),
+        }),
+        Locked::Busy => Attempt::NotYet,
+    }
+}
+
+/// Undoes one acquisition of a mutex (a wait-all that could not complete).
+fn untake_mutex(seg: &Segment, index: usize) {
+    let sync = &seg.syncs()[index];
+    let r = sync.recursion.load(Ordering::Relaxed);
+    if r > 1 {
+        sync.recursion.store(r - 1, Ordering::Relaxed);
+    } else {
+        sync.recursion.store(0, Ordering::Relaxed);
+        // SAFETY: acquired by this thread a moment ago.
+        unsafe { sys::robust_unlock(sync.mutex_ptr()) };
+        sync.notify();
+    }
+}
+
+/// One attempt at a wait on `objs` under the namespace lock. `pulsed` marks indexes whose
+/// event a `PulseEvent` released for this wait.
+fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) -> Attempt {
+    let seg = g.seg;
+    let tid = sys::tid();
+    let event_ready = |k: usize, o: &LocalObj| {
+        pulsed & (1 << k) != 0 || o.meta(seg).signaled.load(Ordering::Relaxed) != 0
+    };
+    if !wait_all {
+        for (k, o) in objs.iter().enumerate() {
+            let meta = o.meta(seg);
+            match o.kind {
+                ObjectKind::Mutex => match take_mutex(o.sync(seg), tid, k) {
+                    Attempt::NotYet => {}
+                    done => return done,
+                },
+                ObjectKind::Event => {
+                    if event_ready(k, o) {
+                        if pulsed & (1 << k) == 0 && meta.manual_reset.load(Ordering::Relaxed) == 0
+                        {
+                            g.touch(meta);
+                            meta.signaled.store(0, Ordering::Relaxed);
+                        }
+                        return Attempt::Done(WaitOutcome::Signaled {
+                            index: k,
+                            fencing_token: 0,
+                        });
+                    }
+                }
+                ObjectKind::Semaphore => {
+                    let c = meta.count.load(Ordering::Relaxed);
+                    if c > 0 {
+                        g.touch(meta);
+                        meta.count.store(c - 1, Ordering::Relaxed);
+                        return Attempt::Done(WaitOutcome::Signaled {
+                            index: k,
+                            fencing_token: 0,
+                        });
+                    }
+                }
+            }
+        }
+        return Attempt::NotYet;
+    }
+    // Wait-all: check everything first, then take the mutexes, then consume the rest.
+    for (k, o) in objs.iter().enumerate() {
+        let ready = match o.kind {
+            ObjectKind::Mutex => {
+                let s = o.sync(seg);
+                if s.owned_by(tid) {
+                    if s.recursion.load(Ordering::Relaxed) >= MUTEX_RECURSION_MAX {
+                        return Attempt::Failed(ERROR_MUTANT_LIMIT_EXCEEDED);
+                    }
+                    true
+                } else {
+                    !s.is_held()
+                }
+            }
+            ObjectKind::Event => event_ready(k, o),
+            ObjectKind::Semaphore => o.meta(seg).count.load(Ordering::Relaxed) > 0,
+        };
+        if !ready {
+            return Attempt::NotYet;
+        }
+    }
+    let mut taken: Vec<usize> = Vec::new();
+    let mut abandoned = false;
+    let mut token = 0;
+    for (k, o) in objs.iter().enumerate() {
+        if o.kind != ObjectKind::Mutex {
+            continue;
+        }
+        match take_mutex(o.sync(seg), tid, k) {
+            Attempt::Done(outcome) => {
+                abandoned |= matches!(outcome, WaitOutcome::Abandoned { .. });
+                if token == 0 {
+                    token = outcome.fencing_token().unwrap_or(0);
+                }
+                taken.push(o.index as usize);
+            }
+            _ => {
+                // A thread outside the namespace lock took it between check and take.
+                for &i in taken.iter().rev() {
+                    untake_mutex(seg, i);
+                }
+                return Attempt::NotYet;
+            }
+        }
+    }
+    for (k, o) in objs.iter().enumerate() {
+        let meta = o.meta(seg);
+        match o.kind {
+            ObjectKind::Event => {
+                if pulsed & (1 << k) == 0 && meta.manual_reset.load(Ordering::Relaxed) == 0 {
+                    g.touch(meta);
+                    meta.signaled.store(0, Ordering::Relaxed);
+                }
+            }
+            ObjectKind::Semaphore => {
+                g.touch(meta);
+                meta.count
+                    .store(meta.count.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            }
+            ObjectKind::Mutex => {}
+        }
+    }
+    Attempt::Done(if abandoned {
+        WaitOutcome::Abandoned {
+            index: 0,
+            fencing_token: token,
+        }
+    } else {
+        WaitOutcome::Signaled {
+            index: 0,
+            fencing_token: token,
+        }
+    })
+}
+
+/// `WaitForMultipleObjects` over local handles (1..=64, checked by the caller, with
+/// `SYNCHRONIZE` access and, for wait-all, no object twice).
+pub(crate) fn wait(
+    seg: &Segment,
+    objs: &[LocalObj],
+    wait_all: bool,
+    timeout: Timeout,
+) -> Result<WaitOutcome, u32> {
+    for o in objs {
+        o.need(SYNCHRONIZE)?;
+    }
+    if wait_all {
+        let mut seen: Vec<u32> = objs.iter().map(|o| o.index).collect();
+        seen.sort_unstable();
+        if seen.windows(2).any(|w| w[0] == w[1]) {
+            return Err(ERROR_INVALID_PARAMETER);
+        }
+    }
+    // The fast path: one mutex, no namespace lock, no system call unless contended.
+    if let [o] = objs
+        && o.kind == ObjectKind::Mutex
+    {
+        match take_mutex(o.sync(seg), sys::tid(), 0) {
+            Attempt::Done(outcome) => return Ok(outcome),
+            Attempt::Failed(code) => return Err(code),
+            Attempt::NotYet if timeout == Timeout::Millis(0) => return Ok(WaitOutcome::TimedOut),
+            Attempt::NotYet => {}
+        }
+    }
+    let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+    blocking_wait(seg, objs, wait_all, deadline)
+}
+
+/// `SignalObjectAndWait` over two local handles.
+pub(crate) fn signal_and_wait(
+    seg: &Segment,
+    signal: &LocalObj,
+    wait_on: &LocalObj,
+    timeout: Timeout,
+) -> Result<WaitOutcome, u32> {
+    wait_on.need(SYNCHRONIZE)?;
+    signal.signal(seg)?;
+    wait(seg, std::slice::from_ref(wait_on), false, timeout)
+}
+
+fn blocking_wait(
+    seg: &Segment,
+    objs: &[LocalObj],
+    wait_all: bool,
+    deadline: Option<Instant>,
+) -> Result<WaitOutcome, u32> {
+    let indexes: Vec<usize> = objs.iter().map(|o| o.index as usize).collect();
+    let slot = {
+        let mut g = seg.lock();
+        for o in objs {
+            o.check(&g)?;
+        }
+        match attempt(&mut g, objs, wait_all, 0) {
+            Attempt::Done(outcome) => return Ok(outcome),
+            Attempt::Failed(code) => return Err(code),
+            Attempt::NotYet => {}
+        }
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Ok(WaitOutcome::TimedOut);
+        }
+        let slot = g.register(&indexes, wait_all)?;
+        g.commit();
+        slot
+    };
+    let tid = sys::tid();
+    let mut words: Vec<WaitOn<'_>> = Vec::with_capacity(2 * objs.len());
+    // Index into `words` of each held mutex's lock word, with its object.
+    let mut lock_entries: Vec<(usize, usize)> = Vec::new();
+    let result = loop {
+        // Snapshot the words first: any change after this wakes (or fails) the sleep below.
+        words.clear();
+        lock_entries.clear();
+        for o in objs {
+            let sync = o.sync(seg);
+            words.push(WaitOn {
+                word: &sync.seq,
+                expected: sync.seq.load(Ordering::SeqCst),
+            });
+            if o.kind == ObjectKind::Mutex {
+                let word = sync.word();
+                let w = word.load(Ordering::SeqCst);
+                let owner = w & FUTEX_TID_MASK;
+                if owner != 0 && owner != tid {
+                    // Ask the kernel (and glibc's unlock) to wake us: FUTEX_WAITERS is how
+                    // an owner's death reaches a sleeper.
+                    let want = w | FUTEX_WAITERS;
+                    if w == want
+                        || word
+                            .compare_exchange(w, want, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok()
+                    {
+                        lock_entries.push((words.len(), o.index as usize));
+                        words.push(WaitOn {
+                            word,
+                            expected: want,
+                        });
+                    }
+                }
+            }
+        }
+        let outcome = {
+            let mut g = seg.lock();
+            let w = &seg.waiters()[slot];
+            let pulsed = w.pulsed.load(Ordering::Relaxed);
+            let r = attempt(&mut g, objs, wait_all, pulsed);
+            if pulsed != 0 && !matches!(r, Attempt::NotYet) {
+                g.touch(w);
+                w.pulsed.store(0, Ordering::Relaxed);
+            }
+            g.commit();
+            r
+        };
+        match outcome {
+            Attempt::Done(outcome) => break Ok(outcome),
+            Attempt::Failed(code) => break Err(code),
+            Attempt::NotYet => {}
+        }
+        match sys::futex_waitv(&words, deadline) {
+            Woke::TimedOut => break Ok(WaitOutcome::TimedOut),
+            Woke::Index(i) => {
+                if let Some(&(_, obj)) = lock_entries.iter().find(|(at, _)| *at == i) {
+                    // Woken on a lock word: by glibc's unlock or by the kernel after the
+                    // owner died. Only one sleeper gets that wake, so pass it on to the
+                    // others through the wake sequence (whose wakes are never passed on).
+                    let sync = &seg.syncs()[obj];
+                    sync.seq.fetch_add(1, Ordering::SeqCst);
+                    sys::futex_wake(&sync.seq, i32::MAX as u32);
+                }
+            }
+            Woke::Changed => {}
+        }
+    };
+    {
+        let mut g = seg.lock();
+        g.unregister(slot);
+        g.commit();
+    }
+    result
+}

@@ -1,0 +1,691 @@
+//! The shared-memory segment: its file, its layout, the versioned header, the namespace lock
+//! with its undo journal, and the table of attached processes.
+//!
+//! # Layout (version 1)
+//!
+//! ```text
+//! Header      magic "DLOCKSHM", version, ready flag, Layout, checksum,
+//!             the namespace lock (robust pthread mutex), the undo journal
+//! ProcSlot    [PROCS_MAX]     attached processes (liveness: an OFD lock on byte PROC_LOCK_BASE+i)
+//! hashes      [OBJECTS_MAX]   name hash per object slot (0: no name), scanned by lookups
+//! ObjMeta     [OBJECTS_MAX]   state, kind, name, handle count, event and semaphore state
+//! ObjSync     [OBJECTS_MAX]   the lock-free part: robust mutex, waiter count, wake sequence
+//! HandleRec   [HANDLES_MAX]   one per open handle: which process holds which object
+//! WaiterSlot  [WAITERS_MAX]   one per blocked wait: its objects and pulses delivered to it
+//! ```
+//!
+//! # Crash safety
+//!
+//! Everything but [`ObjSync`] changes only under the namespace lock, a robust mutex. Before a
+//! change the old bytes of the region are copied into the undo journal ([`Guard::touch`]); the
+//! journal is cleared when the change is complete. If a process dies holding the lock, the next
+//! locker gets `EOWNERDEAD`, copies the saved bytes back (the half-done change never happened),
+//! recounts the waiter counts from the waiter table, and marks the lock consistent. [`ObjSync`]
+//! needs no journal: its mutex is the kernel's robust futex, and its counters are either
+//! owner-only or recomputed.
+
+use std::cell::UnsafeCell;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+use super::sys;
+use super::{LocalError, Settings};
+
+/// First bytes of every segment.
+pub(crate) const MAGIC: [u8; 8] = *b"DLOCKSHM";
+/// The layout version this library reads and writes.
+pub(crate) const VERSION: u32 = 1;
+/// `Header::ready` once the creator finished initialising.
+const READY: u32 = 0x5245_4459; // "READY"
+
+/// The most processes attached to one namespace at a time.
+pub(crate) const PROCS_MAX: usize = 256;
+/// The most objects (named or zombie) in one namespace.
+pub(crate) const OBJECTS_MAX: usize = 4096;
+/// The most open handles to local objects, all processes together.
+pub(crate) const HANDLES_MAX: usize = 65_536;
+/// The most threads blocked in local waits, all processes together.
+pub(crate) const WAITERS_MAX: usize = 1024;
+/// Longest name in UTF-8 bytes (260 UTF-16 units are at most 780 bytes).
+pub(crate) const NAME_BYTES_MAX: usize = 780;
+/// The most handles one wait names (`MAXIMUM_WAIT_OBJECTS`).
+pub(crate) const WAIT_OBJECTS_MAX: usize = 64;
+/// Where the per-process liveness locks start (byte offsets of the file, past its end).
+const PROC_LOCK_BASE: u64 = 1 << 40;
+/// Regions one journaled change may save.
+const JOURNAL_ENTRIES: usize = 16;
+/// Bytes one journaled change may save.
+const JOURNAL_BYTES: usize = 4096;
+
+/// Sizes and offsets of the segment; stored in the header and compared on every attach.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    procs: u64,
+    objects: u64,
+    handles: u64,
+    waiters: u64,
+    name_bytes: u64,
+    mutex_size: u64,
+    off_procs: u64,
+    off_hashes: u64,
+    off_meta: u64,
+    off_sync: u64,
+    off_handles: u64,
+    off_waiters: u64,
+    len: u64,
+}
+
+const fn align_up(n: usize, a: usize) -> usize {
+    n.div_ceil(a) * a
+}
+
+impl Layout {
+    /// The layout of this version on this architecture.
+    pub(crate) const fn current() -> Layout {
+        let off_procs = align_up(size_of::<Header>(), 4096);
+        let off_hashes = align_up(off_procs + PROCS_MAX * size_of::<ProcSlot>(), 64);
+        let off_meta = align_up(off_hashes + OBJECTS_MAX * 8, 64);
+        let off_sync = align_up(off_meta + OBJECTS_MAX * size_of::<ObjMeta>(), 64);
+        let off_handles = align_up(off_sync + OBJECTS_MAX * size_of::<ObjSync>(), 64);
+        let off_waiters = align_up(off_handles + HANDLES_MAX * size_of::<HandleRec>(), 64);
+        let len = align_up(off_waiters + WAITERS_MAX * size_of::<WaiterSlot>(), 4096);
+        Layout {
+            procs: PROCS_MAX as u64,
+            objects: OBJECTS_MAX as u64,
+            handles: HANDLES_MAX as u64,
+            waiters: WAITERS_MAX as u64,
+            name_bytes: NAME_BYTES_MAX as u64,
+            mutex_size: size_of::<libc::pthread_mutex_t>() as u64,
+            off_procs: off_procs as u64,
+            off_hashes: off_hashes as u64,
+            off_meta: off_meta as u64,
+            off_sync: off_sync as u64,
+            off_handles: off_handles as u64,
+            off_waiters: off_waiters as u64,
+            len: len as u64,
+        }
+    }
+
+    fn checksum(&self, version: u32) -> u64 {
+        let mut h = Fnv::new();
+        h.write(&MAGIC);
+        h.write(&version.to_le_bytes());
+        for v in [
+            self.procs,
+            self.objects,
+            self.handles,
+            self.waiters,
+            self.name_bytes,
+            self.mutex_size,
+            self.off_procs,
+            self.off_hashes,
+            self.off_meta,
+            self.off_sync,
+            self.off_handles,
+            self.off_waiters,
+            self.len,
+        ] {
+            h.write(&v.to_le_bytes());
+        }
+        h.0
+    }
+}
+
+/// FNV-1a, 64-bit: the header checksum and the name hash (no adversary inside one host's
+/// namespace; the full name is compared after the hash).
+pub(crate) struct Fnv(pub(crate) u64);
+
+impl Fnv {
+    pub(crate) fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+#[repr(C)]
+struct JournalEntry {
+    offset: AtomicU64,
+    len: AtomicU32,
+    data_at: AtomicU32,
+}
+
+#[repr(C)]
+struct Journal {
+    /// 1 while a change is in progress: the saved regions must be restored if its owner died.
+    active: AtomicU32,
+    count: AtomicU32,
+    used: AtomicU32,
+    _pad: u32,
+    entries: [JournalEntry; JOURNAL_ENTRIES],
+    data: UnsafeCell<[u8; JOURNAL_BYTES]>,
+}
+
+#[repr(C, align(64))]
+struct LockCell(UnsafeCell<libc::pthread_mutex_t>);
+
+#[repr(C)]
+struct Header {
+    magic: [u8; 8],
+    version: u32,
+    ready: AtomicU32,
+    layout: Layout,
+    checksum: u64,
+    ns_lock: LockCell,
+    /// Changes rolled back after a holder died (diagnostics).
+    recoveries: AtomicU64,
+    journal: Journal,
+}
+
+/// An attached process.
+#[repr(C)]
+pub(crate) struct ProcSlot {
+    /// 0 free, 1 live.
+    pub(crate) state: AtomicU32,
+    pub(crate) pid: AtomicU32,
+    pub(crate) generation: AtomicU32,
+    _pad: u32,
+}
+
+/// Object slot states.
+pub(crate) const OBJ_FREE: u32 = 0;
+/// Named or unnamed, with handles.
+pub(crate) const OBJ_LIVE: u32 = 1;
+/// No handles and no name any more, but a mutex still owned or a wait still registered:
+/// freed once neither holds.
+pub(crate) const OBJ_ZOMBIE: u32 = 2;
+
+/// The part of an object that changes under the namespace lock (and is journaled).
+#[repr(C)]
+pub(crate) struct ObjMeta {
+    pub(crate) state: AtomicU32,
+    /// 1 mutex, 2 event, 3 semaphore.
+    pub(crate) kind: AtomicU32,
+    /// Open handles (handle records) of all processes.
+    pub(crate) refs: AtomicU32,
+    /// Bumped at each allocation of the slot, so stale handles are detected.
+    pub(crate) generation: AtomicU32,
+    pub(crate) manual_reset: AtomicU32,
+    pub(crate) signaled: AtomicU32,
+    pub(crate) count: AtomicI32,
+    pub(crate) maximum: AtomicI32,
+    pub(crate) name_len: AtomicU32,
+    _pad: u32,
+    pub(crate) name: UnsafeCell<[u8; NAME_BYTES_MAX]>,
+}
+
+/// The lock-free part of an object, on its own cache lines.
+#[repr(C, align(64))]
+pub(crate) struct ObjSync {
+    /// The robust process-shared mutex (mutex objects only).
+    pub(crate) mutex: UnsafeCell<libc::pthread_mutex_t>,
+    /// Registered waits naming this object (changed under the namespace lock, read by releasers).
+    pub(crate) waiters: AtomicU32,
+    /// Bumped on every change that may satisfy a waiter; waiters sleep on it.
+    pub(crate) seq: AtomicU32,
+    /// Mutex recursion count, written only by the owner thread.
+    pub(crate) recursion: AtomicU32,
+    _pad: u32,
+    /// Mutex acquisitions from unowned: the fencing token of the current hold.
+    pub(crate) fencing: AtomicU64,
+}
+
+/// One open handle.
+#[repr(C)]
+pub(crate) struct HandleRec {
+    /// Holder's process slot + 1; 0 when free.
+    pub(crate) proc: AtomicU32,
+    pub(crate) obj: AtomicU32,
+}
+
+/// One blocked wait.
+#[repr(C)]
+pub(crate) struct WaiterSlot {
+    /// Waiting process slot + 1; 0 when free.
+    pub(crate) proc: AtomicU32,
+    pub(crate) tid: AtomicU32,
+    pub(crate) count: AtomicU32,
+    pub(crate) wait_all: AtomicU32,
+    /// Bit i: a `PulseEvent` released the event at index i for this wait.
+    pub(crate) pulsed: AtomicU64,
+    pub(crate) objs: [AtomicU32; WAIT_OBJECTS_MAX],
+}
+
+/// One attached namespace (process-wide; never unmapped).
+pub(crate) struct Segment {
+    base: *mut u8,
+    /// Kept open for the life of the process: it carries this process's liveness lock.
+    file: File,
+    path: PathBuf,
+    /// This process's slot in the process table.
+    proc_slot: u32,
+}
+
+// SAFETY: the mapping is shared memory designed for concurrent use; every access goes through
+// atomics, the robust mutexes, or the namespace lock.
+unsafe impl Send for Segment {}
+// SAFETY: as above.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Opens the namespace file of `settings`, creating it if missing, validates it, and
+    /// registers this process in it.
+    pub(crate) fn attach(settings: &Settings) -> Result<Segment, LocalError> {
+        sys::check_glibc_layout().map_err(LocalError::Unsupported)?;
+        sys::install_fork_handler();
+        let path = settings.segment_path();
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        ensure_dir(dir, settings.mode).map_err(|e| LocalError::io(dir, e))?;
+        let file = match open_existing(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => create(&path, settings.mode)?,
+            Err(e) => return Err(LocalError::io(&path, e)),
+        };
+        let len = Layout::current().len;
+        let actual = file.metadata().map_err(|e| LocalError::io(&path, e))?.len();
+        if actual != len {
+            return Err(LocalError::Corrupt {
+                path,
+                why: format!(
+                    "the file is {actual} bytes, layout version {VERSION} needs {len} \
+                     (another dlock version, or not a dlock segment)"
+                ),
+            });
+        }
+        let base = map(&file, len as usize).map_err(|e| LocalError::io(&path, e))?;
+        let mut seg = Segment {
+            base,
+            file,
+            path,
+            proc_slot: 0,
+        };
+        seg.validate()?;
+        seg.proc_slot = seg.register_process()?;
+        tracing::debug!(path = %seg.path.display(), slot = seg.proc_slot, "attached to the local namespace");
+        Ok(seg)
+    }
+
+    fn validate(&self) -> Result<(), LocalError> {
+        let h = self.header();
+        let corrupt = |why: String| LocalError::Corrupt {
+            path: self.path.clone(),
+            why,
+        };
+        if h.magic != MAGIC {
+            return Err(corrupt("bad magic: not a dlock local segment".into()));
+        }
+        if h.version != VERSION {
+            return Err(LocalError::Version {
+                path: self.path.clone(),
+                found: h.version,
+            });
+        }
+        if h.ready.load(Ordering::Acquire) != READY {
+            return Err(corrupt("the creator never finished initialising it".into()));
+        }
+        if h.layout != Layout::current() {
+            return Err(corrupt(format!(
+                "layout {:?} differs from this library's",
+                h.layout
+            )));
+        }
+        if h.checksum != h.layout.checksum(h.version) {
+            return Err(corrupt("header checksum mismatch".into()));
+        }
+        Ok(())
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least Layout::current().len bytes, page-aligned.
+        unsafe { &*self.base.cast::<Header>() }
+    }
+
+    /// The file's path (for messages).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This process's slot.
+    pub(crate) fn proc_slot(&self) -> u32 {
+        self.proc_slot
+    }
+
+    fn array<T>(&self, offset: u64, len: usize) -> &[T] {
+        // SAFETY: offsets and lengths come from Layout::current(), validated against the file.
+        unsafe { std::slice::from_raw_parts(self.base.add(offset as usize).cast::<T>(), len) }
+    }
+
+    pub(crate) fn procs(&self) -> &[ProcSlot] {
+        self.array(Layout::current().off_procs, PROCS_MAX)
+    }
+
+    pub(crate) fn hashes(&self) -> &[AtomicU64] {
+        self.array(Layout::current().off_hashes, OBJECTS_MAX)
+    }
+
+    pub(crate) fn metas(&self) -> &[ObjMeta] {
+        self.array(Layout::current().off_meta, OBJECTS_MAX)
+    }
+
+    pub(crate) fn syncs(&self) -> &[ObjSync] {
+        self.array(Layout::current().off_sync, OBJECTS_MAX)
+    }
+
+    pub(crate) fn handles(&self) -> &[HandleRec] {
+        self.array(Layout::current().off_handles, HANDLES_MAX)
+    }
+
+    pub(crate) fn waiters(&self) -> &[WaiterSlot] {
+        self.array(Layout::current().off_waiters, WAITERS_MAX)
+    }
+
+    /// Takes the namespace lock, repairing the segment first if the previous holder died.
+    pub(crate) fn lock(&self) -> Guard<'_> {
+        let m = self.header().ns_lock.0.get();
+        // SAFETY: initialised by the creator; the mapping lives forever.
+        if unsafe { sys::robust_lock(m) } == sys::Locked::OwnerDied {
+            self.recover();
+            // SAFETY: we hold it.
+            unsafe { sys::robust_consistent(m) };
+        }
+        Guard {
+            seg: self,
+            open: false,
+        }
+    }
+
+    /// Undoes the change a dead holder left half done and recounts derived counters.
+    fn recover(&self) {
+        let h = self.header();
+        let j = &h.journal;
+        let mut restored = 0;
+        if j.active.load(Ordering::Acquire) == 1 {
+            let count = (j.count.load(Ordering::Relaxed) as usize).min(JOURNAL_ENTRIES);
+            for e in j.entries[..count].iter().rev() {
+                let offset = e.offset.load(Ordering::Relaxed);
+                let len = e.len.load(Ordering::Relaxed) as usize;
+                let at = e.data_at.load(Ordering::Relaxed) as usize;
+                let seg_len = Layout::current().len;
+                // A corrupt entry is skipped rather than trusted with a wild copy.
+                if at + len > JOURNAL_BYTES || offset.saturating_add(len as u64) > seg_len {
+                    tracing::error!(offset, len, at, "skipping a corrupt journal entry");
+                    continue;
+                }
+                // SAFETY: bounds checked above; we hold the namespace lock.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        j.data.get().cast::<u8>().add(at),
+                        self.base.add(offset as usize),
+                        len,
+                    );
+                }
+                restored += 1;
+            }
+            j.count.store(0, Ordering::Relaxed);
+            j.used.store(0, Ordering::Relaxed);
+            j.active.store(0, Ordering::Release);
+        }
+        self.recount_waiters();
+        h.recoveries.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            path = %self.path.display(),
+            restored,
+            "a process died holding the local namespace lock; its unfinished change was rolled back"
+        );
+    }
+
+    /// Recomputes every object's waiter count from the waiter table.
+    fn recount_waiters(&self) {
+        let syncs = self.syncs();
+        let mut counts = vec![0u32; OBJECTS_MAX];
+        for w in self.waiters() {
+            if w.proc.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let n = (w.count.load(Ordering::Relaxed) as usize).min(WAIT_OBJECTS_MAX);
+            for o in &w.objs[..n] {
+                if let Some(c) = counts.get_mut(o.load(Ordering::Relaxed) as usize) {
+                    *c += 1;
+                }
+            }
+        }
+        for (s, c) in syncs.iter().zip(counts) {
+            s.waiters.store(c, Ordering::SeqCst);
+        }
+    }
+
+    /// Number of journal recoveries so far.
+    #[cfg(test)]
+    pub(crate) fn recoveries(&self) -> u64 {
+        self.header().recoveries.load(Ordering::Relaxed)
+    }
+
+    fn proc_lock_offset(slot: usize) -> u64 {
+        PROC_LOCK_BASE + slot as u64
+    }
+
+    /// Claims a process slot: reclaims dead processes first, then takes a free slot's liveness
+    /// lock and marks it live.
+    fn register_process(&self) -> Result<u32, LocalError> {
+        let mut g = self.lock();
+        for slot in 0..PROCS_MAX {
+            if self.procs()[slot].state.load(Ordering::Relaxed) != 0 {
+                g.reap_if_dead(slot as u32, u32::MAX);
+            }
+        }
+        let fd = self.file.as_fd();
+        for (i, p) in self.procs().iter().enumerate() {
+            if p.state.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            match sys::ofd_try_lock(fd, Self::proc_lock_offset(i)) {
+                Ok(true) => {}
+                // A process that died a moment ago may still be closing its files.
+                Ok(false) => continue,
+                Err(e) => return Err(LocalError::io(&self.path, e)),
+            }
+            g.touch(p);
+            p.pid.store(std::process::id(), Ordering::Relaxed);
+            p.generation.fetch_add(1, Ordering::Relaxed);
+            p.state.store(1, Ordering::Relaxed);
+            g.commit();
+            return Ok(i as u32);
+        }
+        Err(LocalError::Full("processes"))
+    }
+
+    /// Whether process slot `slot` belongs to a process that is gone.
+    pub(crate) fn is_dead(&self, slot: u32) -> bool {
+        if slot == self.proc_slot {
+            return false;
+        }
+        match sys::ofd_is_locked(self.file.as_fd(), Self::proc_lock_offset(slot as usize)) {
+            Ok(locked) => !locked,
+            Err(e) => {
+                tracing::warn!(slot, error = %e, "cannot test a process's liveness lock");
+                false
+            }
+        }
+    }
+}
+
+/// The namespace lock, held. Every change to journaled memory goes through [`Guard::touch`]
+/// first; [`Guard::commit`] (or dropping the guard) ends the change.
+pub(crate) struct Guard<'a> {
+    pub(crate) seg: &'a Segment,
+    open: bool,
+}
+
+impl Guard<'_> {
+    /// Saves `region`'s current bytes in the journal (once per change) so a crash before
+    /// [`Guard::commit`] restores them.
+    pub(crate) fn touch<T>(&mut self, region: &T) {
+        let j = &self.seg.header().journal;
+        let ptr = (region as *const T).cast::<u8>();
+        let offset = ptr as u64 - self.seg.base as u64;
+        let len = size_of::<T>();
+        let count = j.count.load(Ordering::Relaxed) as usize;
+        if j.entries[..count]
+            .iter()
+            .any(|e| e.offset.load(Ordering::Relaxed) == offset)
+        {
+            return;
+        }
+        let used = j.used.load(Ordering::Relaxed) as usize;
+        assert!(
+            count < JOURNAL_ENTRIES && used + len <= JOURNAL_BYTES,
+            "one local namespace change saves more than the journal holds (a bug)"
+        );
+        // SAFETY: bounds asserted above; the region lies in the mapping; we hold the lock.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr, j.data.get().cast::<u8>().add(used), len);
+        }
+        let e = &j.entries[count];
+        e.offset.store(offset, Ordering::Relaxed);
+        e.len.store(len as u32, Ordering::Relaxed);
+        e.data_at.store(used as u32, Ordering::Relaxed);
+        j.used.store((used + len) as u32, Ordering::Relaxed);
+        j.count.store(count as u32 + 1, Ordering::Relaxed);
+        if !self.open {
+            // The entry is complete before the journal says it must be replayed.
+            j.active.store(1, Ordering::Release);
+            self.open = true;
+        }
+    }
+
+    /// Ends the current change: from here on it is permanent.
+    pub(crate) fn commit(&mut self) {
+        if !self.open {
+            return;
+        }
+        let j = &self.seg.header().journal;
+        j.active.store(0, Ordering::Release);
+        j.count.store(0, Ordering::Relaxed);
+        j.used.store(0, Ordering::Relaxed);
+        self.open = false;
+    }
+
+    /// Test hook: leaves the change open and the lock held, as a process killed mid-change would.
+    #[cfg(test)]
+    pub(crate) fn abandon_for_test(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if self.open && std::thread::panicking() {
+            // A bug interrupted the change: undo it as a crash would be undone.
+            self.seg.recover();
+        }
+        self.commit();
+        // SAFETY: we hold the lock.
+        unsafe { sys::robust_unlock(self.seg.header().ns_lock.0.get()) };
+    }
+}
+
+fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, dir_mode(mode));
+    builder.create(dir)
+}
+
+/// The directory mode for a file mode: execute wherever read is granted.
+fn dir_mode(mode: u32) -> u32 {
+    mode | ((mode & 0o444) >> 2)
+}
+
+fn open_existing(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Creates and initialises the segment under a temporary name, then links it into place, so
+/// no process ever sees a half-initialised file. Losing the race to another creator is fine:
+/// its file is opened instead.
+fn create(path: &Path, mode: u32) -> Result<File, LocalError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(
+        ".{}.{}.{:x}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("dlock"),
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let io_err = |e| LocalError::io(path, e);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(io_err)?;
+    let result = (|| {
+        // The umask may have narrowed the mode; the configured one is what counts.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        let layout = Layout::current();
+        file.set_len(layout.len)?;
+        let base = map(&file, layout.len as usize)?;
+        // SAFETY: a fresh, zero-filled, private-to-us mapping of the right size.
+        unsafe {
+            let h = &mut *base.cast::<Header>();
+            h.magic = MAGIC;
+            h.version = VERSION;
+            h.layout = layout;
+            h.checksum = layout.checksum(VERSION);
+            sys::robust_mutex_init(h.ns_lock.0.get())?;
+            h.ready.store(READY, Ordering::Release);
+            libc::munmap(base.cast(), layout.len as usize);
+        }
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "created the local namespace");
+            Ok(file)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_existing(path).map_err(io_err),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+fn map(file: &File, len: usize) -> io::Result<*mut u8> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a shared read-write mapping of a file we opened read-write; never unmapped
+    // except by `create`, which unmaps its own temporary view.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
