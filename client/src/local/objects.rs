@@ -502,6 +502,30 @@ pub(crate) fn open(
 }
 
 impl LocalObj {
+    /// A placeholder value (never in a handle table).
+    pub(crate) const EMPTY: LocalObj = LocalObj {
+        index: 0,
+        generation: 0,
+        rec: 0,
+        kind: ObjectKind::Mutex,
+        access: 0,
+    };
+
+    /// The uncontended path of `WaitForSingleObject` on a mutex: `Some` if it completed
+    /// without blocking (acquired, recursed, or failed), `None` if the caller must wait.
+    #[inline]
+    pub(crate) fn try_lock(&self, seg: &Segment) -> Option<Result<WaitOutcome, u32>> {
+        if self.kind != ObjectKind::Mutex || self.access & SYNCHRONIZE == 0 {
+            return None;
+        }
+        match take_mutex(self.sync(seg), sys::tid(), 0) {
+            Attempt::Done(outcome) => Some(Ok(outcome)),
+            Attempt::Failed(code) => Some(Err(code)),
+            Attempt::NotYet => None,
+        }
+    }
+
+    #[inline]
     fn sync<'a>(&self, seg: &'a Segment) -> &'a ObjSync {
         &seg.syncs()[self.index as usize]
     }

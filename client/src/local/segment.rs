@@ -61,6 +61,9 @@ const JOURNAL_ENTRIES: usize = 16;
 /// Bytes one journaled change may save.
 const JOURNAL_BYTES: usize = 4096;
 
+/// This library's layout, computed at compile time.
+const LAYOUT: Layout = Layout::current();
+
 /// Sizes and offsets of the segment; stored in the header and compared on every attach.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,33 +363,40 @@ impl Segment {
         self.proc_slot
     }
 
+    #[inline]
     fn array<T>(&self, offset: u64, len: usize) -> &[T] {
         // SAFETY: offsets and lengths come from Layout::current(), validated against the file.
         unsafe { std::slice::from_raw_parts(self.base.add(offset as usize).cast::<T>(), len) }
     }
 
+    #[inline]
     pub(crate) fn procs(&self) -> &[ProcSlot] {
-        self.array(Layout::current().off_procs, PROCS_MAX)
+        self.array(LAYOUT.off_procs, PROCS_MAX)
     }
 
+    #[inline]
     pub(crate) fn hashes(&self) -> &[AtomicU64] {
-        self.array(Layout::current().off_hashes, OBJECTS_MAX)
+        self.array(LAYOUT.off_hashes, OBJECTS_MAX)
     }
 
+    #[inline]
     pub(crate) fn metas(&self) -> &[ObjMeta] {
-        self.array(Layout::current().off_meta, OBJECTS_MAX)
+        self.array(LAYOUT.off_meta, OBJECTS_MAX)
     }
 
+    #[inline]
     pub(crate) fn syncs(&self) -> &[ObjSync] {
-        self.array(Layout::current().off_sync, OBJECTS_MAX)
+        self.array(LAYOUT.off_sync, OBJECTS_MAX)
     }
 
+    #[inline]
     pub(crate) fn handles(&self) -> &[HandleRec] {
-        self.array(Layout::current().off_handles, HANDLES_MAX)
+        self.array(LAYOUT.off_handles, HANDLES_MAX)
     }
 
+    #[inline]
     pub(crate) fn waiters(&self) -> &[WaiterSlot] {
-        self.array(Layout::current().off_waiters, WAITERS_MAX)
+        self.array(LAYOUT.off_waiters, WAITERS_MAX)
     }
 
     /// Takes the namespace lock, repairing the segment first if the previous holder died.

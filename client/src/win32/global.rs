@@ -50,10 +50,20 @@ pub(crate) static HANDLES: LazyLock<StdMutex<HandleTable<Slot>>> =
 /// [`LOCAL_CACHE`].
 static LOCAL_EPOCH: AtomicU64 = AtomicU64::new(1);
 
+/// The last local handle a thread resolved, with the epoch it was valid in.
+#[derive(Clone, Copy)]
+struct CachedLocal {
+    /// 0 (NULL) when empty.
+    handle: isize,
+    epoch: u64,
+    obj: LocalObj,
+}
+
 thread_local! {
-    /// The last local handle this thread resolved, with the epoch it was valid in: the fast
-    /// path of a lock/unlock loop resolves its handle without the table's mutex.
-    static LOCAL_CACHE: Cell<Option<(isize, u64, LocalObj)>> = const { Cell::new(None) };
+    /// The fast path of a lock/unlock loop resolves its handle here, without the table's mutex.
+    static LOCAL_CACHE: Cell<CachedLocal> = const {
+        Cell::new(CachedLocal { handle: 0, epoch: 0, obj: LocalObj::EMPTY })
+    };
 }
 
 /// Looks a handle up; 6 if it is unknown, or a cluster handle of another kind than `kind` or
@@ -68,7 +78,7 @@ pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, u3
         Slot::Local(obj) => {
             let obj = *obj;
             drop(table);
-            let _ = LOCAL_CACHE.try_with(|c| c.set(Some((handle, epoch, obj))));
+            let _ = LOCAL_CACHE.try_with(|c| c.set(CachedLocal { handle, epoch, obj }));
             Ok(Slot::Local(obj))
         }
         Slot::Remote(entry) => {
@@ -87,8 +97,9 @@ pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, u3
 /// closed since: two loads, no lock.
 #[inline]
 pub(crate) fn cached_local(handle: isize) -> Option<LocalObj> {
-    let (h, epoch, obj) = LOCAL_CACHE.try_with(Cell::get).ok().flatten()?;
-    (h == handle && epoch == LOCAL_EPOCH.load(Ordering::Acquire)).then_some(obj)
+    let c = LOCAL_CACHE.try_with(Cell::get).ok()?;
+    (c.handle == handle && handle != 0 && c.epoch == LOCAL_EPOCH.load(Ordering::Acquire))
+        .then_some(c.obj)
 }
 
 /// Removes `handle` from the table (and from every thread's cache).
