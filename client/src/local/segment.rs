@@ -285,6 +285,7 @@ impl Segment {
     /// registers this process in it.
     pub(crate) fn attach(settings: &Settings) -> Result<Segment, LocalError> {
         sys::check_glibc_layout().map_err(LocalError::Unsupported)?;
+        sys::check_futex_waitv().map_err(LocalError::Unsupported)?;
         sys::install_fork_handler();
         let path = settings.segment_path();
         let dir = path.parent().unwrap_or(Path::new("/"));

@@ -129,6 +129,25 @@ fn monotonic_after(after: std::time::Duration) -> rustix::time::Timespec {
     }
 }
 
+/// Checks that the kernel has `futex_waitv` (Linux 5.16+): a call whose word already differs
+/// must fail with `EAGAIN`, not `ENOSYS`.
+pub(crate) fn check_futex_waitv() -> Result<(), String> {
+    let word = AtomicU32::new(1);
+    let mut w = futex::Wait::new();
+    w.val = 0;
+    w.uaddr = futex::WaitPtr::new(word.as_ptr().cast());
+    w.flags = futex::WaitFlags::SIZE_U32;
+    match futex::waitv(
+        &[w],
+        futex::WaitvFlags::empty(),
+        None,
+        rustix::time::ClockId::Monotonic,
+    ) {
+        Err(rustix::io::Errno::NOSYS) => Err("the kernel has no futex_waitv (Linux 5.16+)".into()),
+        _ => Ok(()),
+    }
+}
+
 /// Initialises a robust, process-shared glibc mutex in place.
 ///
 /// # Safety
