@@ -926,7 +926,9 @@ fn blocking_wait(
         for o in objs {
             o.check(&g)?;
         }
-        match attempt(&mut g, objs, wait_all, 0) {
+        let first = attempt(&mut g, objs, wait_all, 0);
+        g.commit();
+        match first {
             Attempt::Done(outcome) => return Ok(outcome),
             Attempt::Failed(code) => return Err(code),
             Attempt::NotYet => {}

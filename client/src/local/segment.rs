@@ -417,8 +417,21 @@ impl Segment {
 
     /// Undoes the change a dead holder left half done and recounts derived counters.
     fn recover(&self) {
-        let h = self.header();
-        let j = &h.journal;
+        let restored = self.undo();
+        self.recount_waiters();
+        let total = self.header().recoveries.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            path = %self.path.display(),
+            restored,
+            total,
+            "a process died holding the local namespace lock; its unfinished change was rolled back"
+        );
+    }
+
+    /// Copies the journal's saved regions back, newest first, and clears it. Returns how many
+    /// regions were restored.
+    fn undo(&self) -> usize {
+        let j = &self.header().journal;
         let mut restored = 0;
         if j.active.load(Ordering::Acquire) == 1 {
             let count = (j.count.load(Ordering::Relaxed) as usize).min(JOURNAL_ENTRIES);
@@ -426,9 +439,8 @@ impl Segment {
                 let offset = e.offset.load(Ordering::Relaxed);
                 let len = e.len.load(Ordering::Relaxed) as usize;
                 let at = e.data_at.load(Ordering::Relaxed) as usize;
-                let seg_len = Layout::current().len;
                 // A corrupt entry is skipped rather than trusted with a wild copy.
-                if at + len > JOURNAL_BYTES || offset.saturating_add(len as u64) > seg_len {
+                if at + len > JOURNAL_BYTES || offset.saturating_add(len as u64) > LAYOUT.len {
                     tracing::error!(offset, len, at, "skipping a corrupt journal entry");
                     continue;
                 }
@@ -442,17 +454,11 @@ impl Segment {
                 }
                 restored += 1;
             }
-            j.count.store(0, Ordering::Relaxed);
-            j.used.store(0, Ordering::Relaxed);
-            j.active.store(0, Ordering::Release);
         }
-        self.recount_waiters();
-        h.recoveries.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            path = %self.path.display(),
-            restored,
-            "a process died holding the local namespace lock; its unfinished change was rolled back"
-        );
+        j.count.store(0, Ordering::Relaxed);
+        j.used.store(0, Ordering::Relaxed);
+        j.active.store(0, Ordering::Release);
+        restored
     }
 
     /// Recomputes every object's waiter count from the waiter table.
@@ -531,7 +537,8 @@ impl Segment {
 }
 
 /// The namespace lock, held. Every change to journaled memory goes through [`Guard::touch`]
-/// first; [`Guard::commit`] (or dropping the guard) ends the change.
+/// first; [`Guard::commit`] makes it permanent. Dropping the guard with a change still open
+/// (an early error return, a panic) undoes it, as a crash would be undone.
 pub(crate) struct Guard<'a> {
     pub(crate) seg: &'a Segment,
     open: bool,
@@ -595,11 +602,11 @@ impl Guard<'_> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        if self.open && std::thread::panicking() {
-            // A bug interrupted the change: undo it as a crash would be undone.
-            self.seg.recover();
+        if self.open {
+            let restored = self.seg.undo();
+            tracing::debug!(restored, "rolled back an unfinished local namespace change");
+            self.open = false;
         }
-        self.commit();
         // SAFETY: we hold the lock.
         unsafe { sys::robust_unlock(self.seg.header().ns_lock.0.get()) };
     }

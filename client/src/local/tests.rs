@@ -432,3 +432,20 @@ fn a_killed_owner_is_seen_through_the_robust_list() {
         "free and consistent"
     );
 }
+
+#[test]
+fn a_change_left_open_by_an_early_return_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = attach(dir.path());
+    {
+        let mut g = seg.lock();
+        let meta = &seg.metas()[7];
+        g.touch(meta);
+        meta.state.store(OBJ_LIVE, Ordering::Relaxed);
+        meta.refs.store(3, Ordering::Relaxed);
+        // Dropped without commit, as an error path returning early would.
+    }
+    assert_eq!(seg.metas()[7].state.load(Ordering::Relaxed), OBJ_FREE);
+    assert_eq!(seg.metas()[7].refs.load(Ordering::Relaxed), 0);
+    check_invariants(&seg);
+}
