@@ -44,7 +44,8 @@
 //! # Host-local objects
 //!
 //! Names starting with `Local\` are served by a shared-memory backend on this host, with no
-//! server: see [`win32`]'s module docs. The async API serves cluster names only.
+//! server: see [`win32`]'s module docs. In the async API, [`LocalNamespace`] serves them without
+//! any cluster, and a [`Session`] given a `Local\` name serves it from there too.
 #![deny(missing_docs)]
 
 mod client;
@@ -62,6 +63,6 @@ pub use config::{
     REQUEST_TIMEOUT_DEFAULT,
 };
 pub use error::Error;
-pub use objects::{Event, Mutex, Semaphore, Waitable};
+pub use objects::{Event, LocalNamespace, Mutex, Semaphore, Waitable};
 pub use session::{Session, TYPED_OWNER_THREAD_ID};
 pub use types::{Created, ObjectKind, ObjectState, SessionState, Timeout, WaitOutcome};

@@ -32,7 +32,9 @@ mod sys;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex as StdMutex, OnceLock};
 
-pub(crate) use objects::{LocalObj, create, open, signal_and_wait, wait};
+pub(crate) use objects::{
+    CANCELLABLE_WAIT_OBJECTS_MAX, LocalObj, create, open, signal_and_wait, wait, wait_cancellable,
+};
 pub(crate) use segment::Segment;
 
 /// `ERROR_ACCESS_DENIED`.

@@ -2,7 +2,7 @@
 //!
 //! Every function returns Win32 outcomes: `Ok` values, or `Err(code)` with the last-error code.
 
-use std::sync::atomic::{Ordering, compiler_fence};
+use std::sync::atomic::{AtomicU32, Ordering, compiler_fence};
 use std::time::Instant;
 
 use super::segment::{
@@ -593,6 +593,38 @@ impl LocalObj {
         }
     }
 
+    /// The object's state, as `QueryObject` on the cluster reports it (the owner's session id
+    /// is 0 and its thread id the owner's kernel thread id).
+    pub(crate) fn query(&self, seg: &Segment) -> Result<crate::ObjectState, u32> {
+        let g = seg.lock();
+        self.check(&g)?;
+        let meta = self.meta(seg);
+        let sync = self.sync(seg);
+        let word = sync.word().load(Ordering::SeqCst);
+        let owner = word & FUTEX_TID_MASK;
+        let is_mutex = self.kind == ObjectKind::Mutex;
+        Ok(crate::ObjectState {
+            kind: self.kind,
+            owner_session_id: 0,
+            owner_thread_id: if is_mutex { u64::from(owner) } else { 0 },
+            recursion: if is_mutex && owner != 0 {
+                sync.recursion.load(Ordering::Relaxed)
+            } else {
+                0
+            },
+            abandoned: is_mutex && owner == 0 && word & sys::FUTEX_OWNER_DIED != 0,
+            fencing_token: if is_mutex && owner != 0 {
+                sync.fencing.load(Ordering::Relaxed)
+            } else {
+                0
+            },
+            manual_reset: meta.manual_reset.load(Ordering::Relaxed) != 0,
+            signaled: meta.signaled.load(Ordering::Relaxed) != 0,
+            count: meta.count.load(Ordering::Relaxed),
+            maximum: meta.maximum.load(Ordering::Relaxed),
+        })
+    }
+
     /// `SetEvent`.
     pub(crate) fn set_event(&self, seg: &Segment) -> Result<(), u32> {
         self.need(EVENT_MODIFY_STATE)?;
@@ -869,6 +901,12 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
     })
 }
 
+/// `ERROR_OPERATION_ABORTED`: a cancellable wait was cancelled.
+pub(crate) const ERROR_OPERATION_ABORTED: u32 = 995;
+/// The most objects a cancellable wait may name: each may need two futex words, and the
+/// cancel word takes one of `futex_waitv`'s 128.
+pub(crate) const CANCELLABLE_WAIT_OBJECTS_MAX: usize = 63;
+
 /// `WaitForMultipleObjects` over local handles (1..=64, checked by the caller, with
 /// `SYNCHRONIZE` access and, for wait-all, no object twice).
 pub(crate) fn wait(
@@ -877,6 +915,21 @@ pub(crate) fn wait(
     wait_all: bool,
     timeout: Timeout,
 ) -> Result<WaitOutcome, u32> {
+    wait_cancellable(seg, objs, wait_all, timeout, None)
+}
+
+/// [`wait`] that also ends, with [`ERROR_OPERATION_ABORTED`], once `cancel` is non-zero and
+/// woken (at most [`CANCELLABLE_WAIT_OBJECTS_MAX`] objects when given).
+pub(crate) fn wait_cancellable(
+    seg: &Segment,
+    objs: &[LocalObj],
+    wait_all: bool,
+    timeout: Timeout,
+    cancel: Option<&AtomicU32>,
+) -> Result<WaitOutcome, u32> {
+    if cancel.is_some() && objs.len() > CANCELLABLE_WAIT_OBJECTS_MAX {
+        return Err(ERROR_INVALID_PARAMETER);
+    }
     for o in objs {
         o.need(SYNCHRONIZE)?;
     }
@@ -899,7 +952,7 @@ pub(crate) fn wait(
         }
     }
     let deadline = timeout.as_duration().map(|d| Instant::now() + d);
-    blocking_wait(seg, objs, wait_all, deadline)
+    blocking_wait(seg, objs, wait_all, deadline, cancel)
 }
 
 /// `SignalObjectAndWait` over two local handles.
@@ -919,6 +972,7 @@ fn blocking_wait(
     objs: &[LocalObj],
     wait_all: bool,
     deadline: Option<Instant>,
+    cancel: Option<&AtomicU32>,
 ) -> Result<WaitOutcome, u32> {
     let indexes: Vec<usize> = objs.iter().map(|o| o.index as usize).collect();
     let slot = {
@@ -948,6 +1002,15 @@ fn blocking_wait(
         // Snapshot the words first: any change after this wakes (or fails) the sleep below.
         words.clear();
         lock_entries.clear();
+        if let Some(cancel) = cancel {
+            if cancel.load(Ordering::SeqCst) != 0 {
+                break Err(ERROR_OPERATION_ABORTED);
+            }
+            words.push(WaitOn {
+                word: cancel,
+                expected: 0,
+            });
+        }
         for o in objs {
             let sync = o.sync(seg);
             words.push(WaitOn {

@@ -17,7 +17,6 @@ pub(crate) const FUTEX_TID_MASK: u32 = 0x3FFF_FFFF;
 /// `FUTEX_WAITERS`: somebody sleeps (or may sleep) on the word; the unlocker must wake.
 pub(crate) const FUTEX_WAITERS: u32 = 0x8000_0000;
 /// `FUTEX_OWNER_DIED`: the kernel sets this when the owner exited holding the lock.
-#[cfg(test)]
 pub(crate) const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
 /// The most futexes one `futex_waitv` call takes (`FUTEX_WAITV_MAX`).
 pub(crate) const FUTEX_WAITV_MAX: usize = 128;

@@ -1,0 +1,144 @@
+//! The async API on `Local\` names: no server anywhere, a private namespace directory.
+
+use std::time::Duration;
+
+use dlock::{Error, LocalNamespace, Timeout, WaitOutcome};
+
+fn local() -> LocalNamespace {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: once, before any use of the local backend in this test binary (every test
+        // calls this first); nothing else touches the environment concurrently.
+        unsafe { std::env::set_var("DLOCK_LOCAL_DIR", dir.path()) };
+        dir
+    });
+    LocalNamespace::attach().expect("attach")
+}
+
+fn name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("Local\\{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn each_mutex_handle_is_its_own_owner_and_tokens_grow() {
+    let ns = local();
+    let n = name("m");
+    let a = ns.create_mutex(&n, true).await.unwrap();
+    assert!(!a.already_existed());
+    let first = a.fencing_token().expect("created owned");
+    let b = ns.open_mutex(&n).await.unwrap();
+    assert_eq!(b.try_lock().await.unwrap(), WaitOutcome::TimedOut);
+    assert!(
+        a.lock(Timeout::Millis(0)).await.unwrap().is_acquired(),
+        "recursive"
+    );
+    a.release().await.unwrap();
+    a.release().await.unwrap();
+    assert_eq!(a.release().await, Err(Error::Win32(288)));
+    let got = b.lock(Timeout::Millis(5_000)).await.unwrap();
+    assert!(got.is_acquired());
+    assert!(b.fencing_token().unwrap() > first);
+    let state = b.query().await.unwrap();
+    assert_eq!(state.recursion, 1);
+    b.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_a_holding_handle_abandons_the_mutex() {
+    let ns = local();
+    let n = name("drop");
+    let a = ns.create_mutex(&n, false).await.unwrap();
+    let b = ns.open_mutex(&n).await.unwrap();
+    assert!(a.lock(Timeout::Infinite).await.unwrap().is_acquired());
+    drop(a);
+    let got = b.lock(Timeout::Millis(5_000)).await.unwrap();
+    assert!(
+        matches!(got, WaitOutcome::Abandoned { index: 0, .. }),
+        "{got:?}"
+    );
+    b.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_lock_leaves_nothing_held() {
+    let ns = local();
+    let n = name("cancel");
+    let holder = ns.create_mutex(&n, true).await.unwrap();
+    let waiter = ns.open_mutex(&n).await.unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(50), waiter.lock(Timeout::Infinite)).await;
+    assert!(cancelled.is_err(), "the lock was still waiting");
+    holder.release().await.unwrap();
+    let third = ns.open_mutex(&n).await.unwrap();
+    assert!(
+        third
+            .lock(Timeout::Millis(5_000))
+            .await
+            .unwrap()
+            .is_acquired(),
+        "the cancelled wait did not keep the mutex"
+    );
+    third.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_semaphores_and_multiple_waits() {
+    let ns = local();
+    let ev = ns.create_event(&name("ev"), false, false).await.unwrap();
+    let sem = ns.create_semaphore(&name("sem"), 0, 2).await.unwrap();
+    let m = ns.create_mutex(&name("mx"), false).await.unwrap();
+    assert_eq!(
+        ns.wait_any(&[&ev, &sem], Timeout::Millis(0)).await.unwrap(),
+        WaitOutcome::TimedOut
+    );
+    assert_eq!(sem.release(2).await.unwrap(), 0);
+    assert_eq!(sem.release(1).await, Err(Error::Win32(298)));
+    ev.set().await.unwrap();
+    let got = ns.wait_any(&[&sem, &ev], Timeout::Millis(0)).await.unwrap();
+    assert!(
+        matches!(got, WaitOutcome::Signaled { index: 0, .. }),
+        "{got:?}"
+    );
+    let got = ns
+        .wait_all(&[&m, &ev, &sem], Timeout::Millis(0))
+        .await
+        .unwrap();
+    assert!(got.is_acquired(), "{got:?}");
+    assert!(
+        m.fencing_token().is_some(),
+        "the wait-all took the mutex for its handle"
+    );
+    m.release().await.unwrap();
+    assert!(!ev.query().await.unwrap().signaled, "auto-reset consumed");
+    assert_eq!(sem.query().await.unwrap().count, 0);
+    let m2 = ns.create_mutex(&name("mx2"), false).await.unwrap();
+    assert!(matches!(
+        ns.wait_all(&[&m, &m2], Timeout::Millis(0)).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        ns.open_event("Local\\never-created").await.err(),
+        Some(Error::Win32(2))
+    );
+}
+
+#[tokio::test]
+async fn names_without_the_prefix_are_refused() {
+    let ns = local();
+    assert!(matches!(
+        ns.create_mutex("plain", false).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        ns.create_mutex("Local\\a\\b", false).await.err(),
+        Some(Error::Win32(3))
+    );
+    let long = format!("Local\\{}", "x".repeat(255));
+    assert_eq!(
+        ns.create_event(&long, true, false).await.err(),
+        Some(Error::Win32(206))
+    );
+}
