@@ -18,7 +18,7 @@ use crate::win32::{
     ERROR_TOO_MANY_POSTS, EVENT_ALL_ACCESS, EVENT_MODIFY_STATE, EVENT_QUERY_STATE, GENERIC_ALL,
     GENERIC_EXECUTE, GENERIC_READ, GENERIC_WRITE, MAXIMUM_ALLOWED, MUTANT_QUERY_STATE,
     MUTEX_ALL_ACCESS, READ_CONTROL, SEMAPHORE_ALL_ACCESS, SEMAPHORE_MODIFY_STATE,
-    SEMAPHORE_QUERY_STATE, SYNCHRONIZE,
+    SEMAPHORE_QUERY_STATE, SYNCHRONIZE, WAIT_ABANDONED, WAIT_OBJECT_0,
 };
 use crate::{ObjectKind, Timeout, WaitOutcome};
 
@@ -511,17 +511,35 @@ impl LocalObj {
         access: 0,
     };
 
-    /// The uncontended path of `WaitForSingleObject` on a mutex: `Some` if it completed
-    /// without blocking (acquired, recursed, or failed), `None` if the caller must wait.
+    /// The uncontended path of `WaitForSingleObject` on a mutex: the `WAIT_OBJECT_0` or
+    /// `WAIT_ABANDONED` it completed with, or `None` if the general path must decide (another
+    /// type, no access, a held mutex, the recursion limit).
     #[inline]
-    pub(crate) fn try_lock(&self, seg: &Segment) -> Option<Result<WaitOutcome, u32>> {
+    pub(crate) fn try_lock(&self, seg: &Segment) -> Option<u32> {
         if self.kind != ObjectKind::Mutex || self.access & SYNCHRONIZE == 0 {
             return None;
         }
-        match take_mutex(self.sync(seg), sys::tid(), 0) {
-            Attempt::Done(outcome) => Some(Ok(outcome)),
-            Attempt::Failed(code) => Some(Err(code)),
-            Attempt::NotYet => None,
+        let sync = self.sync(seg);
+        let tid = sys::tid();
+        if sync.owned_by(tid) {
+            let r = sync.recursion.load(Ordering::Relaxed);
+            if r >= MUTEX_RECURSION_MAX {
+                return None;
+            }
+            sync.recursion.store(r + 1, Ordering::Relaxed);
+            return Some(WAIT_OBJECT_0);
+        }
+        // SAFETY: the mutex of a live object slot, initialised at creation.
+        match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
+            Locked::Clean => {
+                sync.acquired();
+                Some(WAIT_OBJECT_0)
+            }
+            Locked::OwnerDied => {
+                sync.acquired();
+                Some(WAIT_ABANDONED)
+            }
+            Locked::Busy => None,
         }
     }
 

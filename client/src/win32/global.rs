@@ -51,18 +51,21 @@ pub(crate) static HANDLES: LazyLock<StdMutex<HandleTable<Slot>>> =
 static LOCAL_EPOCH: AtomicU64 = AtomicU64::new(1);
 
 /// The last local handle a thread resolved, with the epoch it was valid in.
-#[derive(Clone, Copy)]
 struct CachedLocal {
     /// 0 (NULL) when empty.
-    handle: isize,
-    epoch: u64,
-    obj: LocalObj,
+    handle: Cell<isize>,
+    epoch: Cell<u64>,
+    obj: Cell<LocalObj>,
 }
 
 thread_local! {
     /// The fast path of a lock/unlock loop resolves its handle here, without the table's mutex.
-    static LOCAL_CACHE: Cell<CachedLocal> = const {
-        Cell::new(CachedLocal { handle: 0, epoch: 0, obj: LocalObj::EMPTY })
+    static LOCAL_CACHE: CachedLocal = const {
+        CachedLocal {
+            handle: Cell::new(0),
+            epoch: Cell::new(0),
+            obj: Cell::new(LocalObj::EMPTY),
+        }
     };
 }
 
@@ -78,7 +81,11 @@ pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, u3
         Slot::Local(obj) => {
             let obj = *obj;
             drop(table);
-            let _ = LOCAL_CACHE.try_with(|c| c.set(CachedLocal { handle, epoch, obj }));
+            let _ = LOCAL_CACHE.try_with(|c| {
+                c.handle.set(handle);
+                c.epoch.set(epoch);
+                c.obj.set(obj);
+            });
             Ok(Slot::Local(obj))
         }
         Slot::Remote(entry) => {
@@ -97,9 +104,15 @@ pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, u3
 /// closed since: two loads, no lock.
 #[inline]
 pub(crate) fn cached_local(handle: isize) -> Option<LocalObj> {
-    let c = LOCAL_CACHE.try_with(Cell::get).ok()?;
-    (c.handle == handle && handle != 0 && c.epoch == LOCAL_EPOCH.load(Ordering::Acquire))
-        .then_some(c.obj)
+    LOCAL_CACHE
+        .try_with(|c| {
+            (c.handle.get() == handle
+                && handle != 0
+                && c.epoch.get() == LOCAL_EPOCH.load(Ordering::Acquire))
+            .then(|| c.obj.get())
+        })
+        .ok()
+        .flatten()
 }
 
 /// Removes `handle` from the table (and from every thread's cache).

@@ -923,9 +923,15 @@ fn wait_result(result: Result<crate::WaitOutcome, u32>) -> DWORD {
 /// session was lost during the wait, 1231). A mutex acquired belongs to the calling thread.
 /// Success and timeout leave the last error untouched.
 pub fn WaitForSingleObject(hHandle: HANDLE, dwMilliseconds: DWORD) -> DWORD {
-    if let Some(r) = on_local(hHandle, None, |seg, o| match o.try_lock(seg) {
-        Some(done) => done,
-        None => local::wait(seg, &[o], false, Timeout::from_millis(dwMilliseconds)),
+    // The uncontended local mutex: a cached handle, one try-lock, no system call.
+    if let Some(obj) = global::cached_local(hHandle)
+        && let Some(seg) = local::attached()
+        && let Some(result) = obj.try_lock(seg)
+    {
+        return result;
+    }
+    if let Some(r) = on_local(hHandle, None, |seg, o| {
+        local::wait(seg, &[o], false, Timeout::from_millis(dwMilliseconds))
     }) {
         return wait_result(r);
     }
