@@ -66,6 +66,9 @@ pub(crate) enum LocalError {
     /// The file is not a valid segment.
     #[error("{path} is not a usable dlock local segment: {why}; remove it once no process uses it")]
     Corrupt { path: PathBuf, why: String },
+    /// The file could have been planted or altered by another user.
+    #[error("{path} is not trusted: {why}")]
+    Untrusted { path: PathBuf, why: String },
     /// The file was made by another layout version.
     #[error(
         "{path} has layout version {found}, this library uses {}; stop the processes of the \
@@ -98,6 +101,7 @@ impl LocalError {
                 _ => CODE_INTERNAL_ERROR,
             },
             LocalError::Corrupt { .. } => CODE_FILE_CORRUPT,
+            LocalError::Untrusted { .. } => CODE_ACCESS_DENIED,
             LocalError::Version { .. } => CODE_REVISION_MISMATCH,
             LocalError::Full(_) => CODE_NO_SYSTEM_RESOURCES,
         }

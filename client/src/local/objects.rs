@@ -180,6 +180,23 @@ impl ObjSync {
         token
     }
 
+    /// The lock word value to sleep on: as read, with `FUTEX_WAITERS` set first if another
+    /// thread holds the mutex, so that its unlock, and the kernel when it dies, wake a sleeper.
+    fn sleep_value(&self, tid: u32) -> u32 {
+        let word = self.word();
+        let mut w = word.load(Ordering::SeqCst);
+        loop {
+            let owner = w & FUTEX_TID_MASK;
+            if owner == 0 || owner == tid || w & FUTEX_WAITERS != 0 {
+                return w;
+            }
+            match word.compare_exchange(w, w | FUTEX_WAITERS, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return w | FUTEX_WAITERS,
+                Err(now) => w = now,
+            }
+        }
+    }
+
     /// Tells registered waiters that the object changed.
     #[inline]
     fn notify(&self) {
@@ -242,7 +259,7 @@ impl Guard<'_> {
         rec.obj.store(obj as u32, Ordering::Relaxed);
         rec.proc.store(me, Ordering::Relaxed);
         let meta = &self.seg.metas()[obj];
-        self.touch(meta);
+        self.touch(&meta.refs);
         meta.refs.fetch_add(1, Ordering::Relaxed);
         Ok(i as u32)
     }
@@ -252,12 +269,13 @@ impl Guard<'_> {
     fn drop_handle(&mut self, rec: usize) {
         let r = &self.seg.handles()[rec];
         let obj = r.obj.load(Ordering::Relaxed) as usize;
-        self.touch(r);
+        self.touch(&r.proc);
         r.proc.store(0, Ordering::Relaxed);
         let Some(meta) = self.seg.metas().get(obj) else {
             return;
         };
-        self.touch(meta);
+        self.touch(&meta.refs);
+        self.touch(&meta.state);
         let refs = meta.refs.load(Ordering::Relaxed).saturating_sub(1);
         meta.refs.store(refs, Ordering::Relaxed);
         if refs == 0 && meta.state.load(Ordering::Relaxed) == OBJ_LIVE {
@@ -277,7 +295,7 @@ impl Guard<'_> {
             && sync.waiters.load(Ordering::Relaxed) == 0
             && !sync.is_held()
         {
-            self.touch(meta);
+            self.touch(&meta.state);
             meta.state.store(OBJ_FREE, Ordering::Relaxed);
         }
     }
@@ -362,7 +380,7 @@ impl Guard<'_> {
             .map(|o| o.load(Ordering::Relaxed) as usize)
             .filter(|&o| o < OBJECTS_MAX)
             .collect();
-        self.touch(w);
+        self.touch(&w.proc);
         w.proc.store(0, Ordering::Relaxed);
         for &o in &objs {
             let s = &self.seg.syncs()[o].waiters;
@@ -393,7 +411,7 @@ pub(crate) fn create(
         return Err(ERROR_INVALID_PARAMETER);
     }
     let key = name_key(key)?;
-    let mut g = seg.lock();
+    let mut g = seg.lock()?;
     g.reap_dead();
     if let Some(i) = g.find(key) {
         let meta = &seg.metas()[i];
@@ -444,10 +462,13 @@ pub(crate) fn create(
         name[..key.len()].copy_from_slice(key.as_bytes());
     }
     meta.name_len.store(key.len() as u32, Ordering::Relaxed);
-    // SAFETY: a free slot's mutex is unowned and on no robust list (see free_object).
-    if let Err(e) = unsafe { sys::robust_mutex_init(sync.mutex_ptr()) } {
-        tracing::error!(error = %e, "pthread_mutex_init failed");
-        return Err(ERROR_NO_SYSTEM_RESOURCES);
+    // The mutex was initialised with the segment and is never re-initialised (a stale
+    // handle's thread may be inside glibc on it). A free slot's mutex is unowned; forget an
+    // abandonment or waiter flag its previous object left.
+    let word = sync.word();
+    let w = word.load(Ordering::SeqCst);
+    if w & FUTEX_TID_MASK == 0 && w != 0 {
+        let _ = word.compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
     sync.seq.fetch_add(1, Ordering::Relaxed);
     sync.recursion.store(0, Ordering::Relaxed);
@@ -482,7 +503,7 @@ pub(crate) fn open(
     access: u32,
 ) -> Result<LocalObj, u32> {
     let key = name_key(key)?;
-    let mut g = seg.lock();
+    let mut g = seg.lock()?;
     g.reap_dead();
     let i = g.find(key).ok_or(ERROR_FILE_NOT_FOUND)?;
     let meta = &seg.metas()[i];
@@ -567,7 +588,7 @@ impl LocalObj {
 
     /// Closes the handle. Does not release a mutex the thread owns.
     pub(crate) fn close(&self, seg: &Segment) -> Result<(), u32> {
-        let mut g = seg.lock();
+        let mut g = seg.lock()?;
         self.check(&g)?;
         g.drop_handle(self.rec as usize);
         g.commit();
@@ -614,7 +635,7 @@ impl LocalObj {
     /// The object's state, as `QueryObject` on the cluster reports it (the owner's session id
     /// is 0 and its thread id the owner's kernel thread id).
     pub(crate) fn query(&self, seg: &Segment) -> Result<crate::ObjectState, u32> {
-        let g = seg.lock();
+        let g = seg.lock()?;
         self.check(&g)?;
         let meta = self.meta(seg);
         let sync = self.sync(seg);
@@ -647,10 +668,10 @@ impl LocalObj {
     pub(crate) fn set_event(&self, seg: &Segment) -> Result<(), u32> {
         self.need(EVENT_MODIFY_STATE)?;
         {
-            let mut g = seg.lock();
+            let mut g = seg.lock()?;
             self.check(&g)?;
             let meta = self.meta(seg);
-            g.touch(meta);
+            g.touch(&meta.signaled);
             meta.signaled.store(1, Ordering::Relaxed);
             g.commit();
         }
@@ -661,10 +682,10 @@ impl LocalObj {
     /// `ResetEvent`.
     pub(crate) fn reset_event(&self, seg: &Segment) -> Result<(), u32> {
         self.need(EVENT_MODIFY_STATE)?;
-        let mut g = seg.lock();
+        let mut g = seg.lock()?;
         self.check(&g)?;
         let meta = self.meta(seg);
-        g.touch(meta);
+        g.touch(&meta.signaled);
         meta.signaled.store(0, Ordering::Relaxed);
         g.commit();
         Ok(())
@@ -675,7 +696,7 @@ impl LocalObj {
     pub(crate) fn pulse_event(&self, seg: &Segment) -> Result<(), u32> {
         self.need(EVENT_MODIFY_STATE)?;
         {
-            let mut g = seg.lock();
+            let mut g = seg.lock()?;
             self.check(&g)?;
             let meta = self.meta(seg);
             let manual = meta.manual_reset.load(Ordering::Relaxed) != 0;
@@ -704,10 +725,10 @@ impl LocalObj {
             }
             for (i, bits) in chosen {
                 let w = &seg.waiters()[i];
-                g.touch(w);
+                g.touch(&w.pulsed);
                 w.pulsed.fetch_or(bits, Ordering::Relaxed);
             }
-            g.touch(meta);
+            g.touch(&meta.signaled);
             meta.signaled.store(0, Ordering::Relaxed);
             g.commit();
         }
@@ -722,7 +743,7 @@ impl LocalObj {
         }
         self.need(SEMAPHORE_MODIFY_STATE)?;
         let previous = {
-            let mut g = seg.lock();
+            let mut g = seg.lock()?;
             self.check(&g)?;
             let meta = self.meta(seg);
             let previous = meta.count.load(Ordering::Relaxed);
@@ -730,7 +751,7 @@ impl LocalObj {
             if i64::from(previous) + i64::from(count) > i64::from(max) {
                 return Err(ERROR_TOO_MANY_POSTS);
             }
-            g.touch(meta);
+            g.touch(&meta.count);
             meta.count.store(previous + count, Ordering::Relaxed);
             g.commit();
             previous
@@ -786,8 +807,9 @@ fn take_mutex(sync: &ObjSync, tid: u32, index: usize) -> Attempt {
     }
 }
 
-/// Undoes one acquisition of a mutex (a wait-all that could not complete).
-fn untake_mutex(seg: &Segment, index: usize) {
+/// Undoes one acquisition of a mutex (a wait-all that could not complete). An acquisition
+/// that found the mutex abandoned leaves it abandoned again for the next owner.
+fn untake_mutex(seg: &Segment, index: usize, was_abandoned: bool) {
     let sync = &seg.syncs()[index];
     let r = sync.recursion.load(Ordering::Relaxed);
     if r > 1 {
@@ -796,6 +818,15 @@ fn untake_mutex(seg: &Segment, index: usize) {
         sync.recursion.store(0, Ordering::Relaxed);
         // SAFETY: acquired by this thread a moment ago.
         unsafe { sys::robust_unlock(sync.mutex_ptr()) };
+        if was_abandoned {
+            // glibc's next try-lock of a free word with OWNER_DIED reports EOWNERDEAD again.
+            let _ = sync.word().compare_exchange(
+                0,
+                sys::FUTEX_OWNER_DIED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
         sync.notify();
     }
 }
@@ -820,7 +851,7 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
                     if event_ready(k, o) {
                         if pulsed & (1 << k) == 0 && meta.manual_reset.load(Ordering::Relaxed) == 0
                         {
-                            g.touch(meta);
+                            g.touch(&meta.signaled);
                             meta.signaled.store(0, Ordering::Relaxed);
                         }
                         return Attempt::Done(WaitOutcome::Signaled {
@@ -832,7 +863,7 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
                 ObjectKind::Semaphore => {
                     let c = meta.count.load(Ordering::Relaxed);
                     if c > 0 {
-                        g.touch(meta);
+                        g.touch(&meta.count);
                         meta.count.store(c - 1, Ordering::Relaxed);
                         return Attempt::Done(WaitOutcome::Signaled {
                             index: k,
@@ -865,7 +896,7 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
             return Attempt::NotYet;
         }
     }
-    let mut taken: Vec<usize> = Vec::new();
+    let mut taken: Vec<(usize, bool)> = Vec::new();
     let mut abandoned = false;
     let mut token = 0;
     for (k, o) in objs.iter().enumerate() {
@@ -874,16 +905,17 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
         }
         match take_mutex(o.sync(seg), tid, k) {
             Attempt::Done(outcome) => {
-                abandoned |= matches!(outcome, WaitOutcome::Abandoned { .. });
+                let was_abandoned = matches!(outcome, WaitOutcome::Abandoned { .. });
+                abandoned |= was_abandoned;
                 if token == 0 {
                     token = outcome.fencing_token().unwrap_or(0);
                 }
-                taken.push(o.index as usize);
+                taken.push((o.index as usize, was_abandoned));
             }
             _ => {
                 // A thread outside the namespace lock took it between check and take.
-                for &i in taken.iter().rev() {
-                    untake_mutex(seg, i);
+                for &(i, was_abandoned) in taken.iter().rev() {
+                    untake_mutex(seg, i, was_abandoned);
                 }
                 return Attempt::NotYet;
             }
@@ -894,12 +926,12 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
         match o.kind {
             ObjectKind::Event => {
                 if pulsed & (1 << k) == 0 && meta.manual_reset.load(Ordering::Relaxed) == 0 {
-                    g.touch(meta);
+                    g.touch(&meta.signaled);
                     meta.signaled.store(0, Ordering::Relaxed);
                 }
             }
             ObjectKind::Semaphore => {
-                g.touch(meta);
+                g.touch(&meta.count);
                 meta.count
                     .store(meta.count.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
             }
@@ -994,7 +1026,7 @@ fn blocking_wait(
 ) -> Result<WaitOutcome, u32> {
     let indexes: Vec<usize> = objs.iter().map(|o| o.index as usize).collect();
     let slot = {
-        let mut g = seg.lock();
+        let mut g = seg.lock()?;
         for o in objs {
             o.check(&g)?;
         }
@@ -1008,22 +1040,23 @@ fn blocking_wait(
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Ok(WaitOutcome::TimedOut);
         }
+        // Waits of dead processes inflate waiter counts (and so cost every releaser a
+        // system call) until reaped; a wait about to sleep is a good moment.
+        g.reap_dead();
         let slot = g.register(&indexes, wait_all)?;
         g.commit();
         slot
     };
     let tid = sys::tid();
-    let mut words: Vec<WaitOn<'_>> = Vec::with_capacity(2 * objs.len());
-    // Index into `words` of each held mutex's lock word, with its object.
-    let mut lock_entries: Vec<(usize, usize)> = Vec::new();
-    let result = loop {
+    let mut words: Vec<WaitOn<'_>> = Vec::with_capacity(2 * objs.len() + 1);
+    // (index into `words`, object) of each mutex's lock word.
+    let mut lock_entries: Vec<(usize, usize)> = Vec::with_capacity(objs.len());
+    let mut timed_out = false;
+    loop {
         // Snapshot the words first: any change after this wakes (or fails) the sleep below.
         words.clear();
         lock_entries.clear();
         if let Some(cancel) = cancel {
-            if cancel.load(Ordering::SeqCst) != 0 {
-                break Err(ERROR_OPERATION_ABORTED);
-            }
             words.push(WaitOn {
                 word: cancel,
                 expected: 0,
@@ -1036,63 +1069,65 @@ fn blocking_wait(
                 expected: sync.seq.load(Ordering::SeqCst),
             });
             if o.kind == ObjectKind::Mutex {
-                let word = sync.word();
-                let w = word.load(Ordering::SeqCst);
-                let owner = w & FUTEX_TID_MASK;
-                if owner != 0 && owner != tid {
-                    // Ask the kernel (and glibc's unlock) to wake us: FUTEX_WAITERS is how
-                    // an owner's death reaches a sleeper.
-                    let want = w | FUTEX_WAITERS;
-                    if w == want
-                        || word
-                            .compare_exchange(w, want, Ordering::SeqCst, Ordering::SeqCst)
-                            .is_ok()
-                    {
-                        lock_entries.push((words.len(), o.index as usize));
-                        words.push(WaitOn {
-                            word,
-                            expected: want,
-                        });
-                    }
-                }
+                lock_entries.push((words.len(), o.index as usize));
+                words.push(WaitOn {
+                    word: sync.word(),
+                    expected: sync.sleep_value(tid),
+                });
             }
         }
+        // Attempt, and leave the registry in the same critical section when done, so that a
+        // PulseEvent never picks a wait that no longer waits.
         let outcome = {
-            let mut g = seg.lock();
+            let mut g = seg.lock()?;
             let w = &seg.waiters()[slot];
             let pulsed = w.pulsed.load(Ordering::Relaxed);
-            let r = attempt(&mut g, objs, wait_all, pulsed);
-            if pulsed != 0 && !matches!(r, Attempt::NotYet) {
-                g.touch(w);
+            let mut r = attempt(&mut g, objs, wait_all, pulsed);
+            let cancelled = cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0);
+            if matches!(r, Attempt::NotYet) && (timed_out || cancelled) {
+                r = Attempt::Failed(if cancelled {
+                    ERROR_OPERATION_ABORTED
+                } else {
+                    0
+                });
+            }
+            if pulsed != 0 {
+                // A pulse releases a wait at that moment only: a wait-all whose other objects
+                // were not ready keeps waiting, without it.
+                g.touch(&w.pulsed);
                 w.pulsed.store(0, Ordering::Relaxed);
+            }
+            if !matches!(r, Attempt::NotYet) {
+                g.unregister(slot);
             }
             g.commit();
             r
         };
         match outcome {
-            Attempt::Done(outcome) => break Ok(outcome),
-            Attempt::Failed(code) => break Err(code),
+            Attempt::Done(outcome) => return Ok(outcome),
+            Attempt::Failed(0) => return Ok(WaitOutcome::TimedOut),
+            Attempt::Failed(code) => return Err(code),
             Attempt::NotYet => {}
         }
-        match sys::futex_waitv(&words, deadline) {
-            Woke::TimedOut => break Ok(WaitOutcome::TimedOut),
-            Woke::Index(i) => {
-                if let Some(&(_, obj)) = lock_entries.iter().find(|(at, _)| *at == i) {
-                    // Woken on a lock word: by glibc's unlock or by the kernel after the
-                    // owner died. Only one sleeper gets that wake, so pass it on to the
-                    // others through the wake sequence (whose wakes are never passed on).
-                    let sync = &seg.syncs()[obj];
-                    sync.seq.fetch_add(1, Ordering::SeqCst);
-                    sys::futex_wake(&sync.seq, i32::MAX as u32);
-                }
-            }
-            Woke::Changed => {}
+        if sys::futex_waitv(&words, deadline) == Woke::TimedOut {
+            // One last attempt (honouring a pulse that raced the deadline), then leave.
+            timed_out = true;
         }
-    };
-    {
-        let mut g = seg.lock();
-        g.unregister(slot);
-        g.commit();
+        // The kernel's owner-died wake reaches one sleeper on the lock word. Whoever sees a
+        // holder vanish (the word went from held to OWNER_DIED) wakes the others through the
+        // wake sequence; each waiter does so at most once per death, as its next snapshot
+        // holds the new value.
+        for &(at, obj) in &lock_entries {
+            let before = words[at].expected;
+            let now = words[at].word.load(Ordering::SeqCst);
+            if before & FUTEX_TID_MASK != 0
+                && now & FUTEX_TID_MASK == 0
+                && now & sys::FUTEX_OWNER_DIED != 0
+            {
+                let sync = &seg.syncs()[obj];
+                sync.seq.fetch_add(1, Ordering::SeqCst);
+                sys::futex_wake(&sync.seq, i32::MAX as u32);
+            }
+        }
     }
-    result
 }

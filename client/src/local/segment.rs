@@ -56,10 +56,11 @@ pub(crate) const NAME_BYTES_MAX: usize = 780;
 pub(crate) const WAIT_OBJECTS_MAX: usize = 64;
 /// Where the per-process liveness locks start (byte offsets of the file, past its end).
 const PROC_LOCK_BASE: u64 = 1 << 40;
-/// Regions one journaled change may save.
-const JOURNAL_ENTRIES: usize = 16;
-/// Bytes one journaled change may save.
-const JOURNAL_BYTES: usize = 4096;
+/// Regions one journaled change may save: the largest change is a `PulseEvent` of a
+/// manual-reset event, which marks every registered wait (one small field each).
+const JOURNAL_ENTRIES: usize = WAITERS_MAX + 2 * WAIT_OBJECTS_MAX + 64;
+/// Bytes one journaled change may save (whole slots at creation, single fields elsewhere).
+const JOURNAL_BYTES: usize = 32 * 1024;
 
 /// This library's layout, computed at compile time.
 const LAYOUT: Layout = Layout::current();
@@ -296,7 +297,12 @@ impl Segment {
             Err(e) => return Err(LocalError::io(&path, e)),
         };
         let len = Layout::current().len;
-        let actual = file.metadata().map_err(|e| LocalError::io(&path, e))?.len();
+        let meta = file.metadata().map_err(|e| LocalError::io(&path, e))?;
+        check_owner(&meta, settings.mode).map_err(|why| LocalError::Untrusted {
+            path: path.clone(),
+            why,
+        })?;
+        let actual = meta.len();
         if actual != len {
             return Err(LocalError::Corrupt {
                 path,
@@ -401,18 +407,34 @@ impl Segment {
     }
 
     /// Takes the namespace lock, repairing the segment first if the previous holder died.
-    pub(crate) fn lock(&self) -> Guard<'_> {
+    ///
+    /// # Errors
+    ///
+    /// `ERROR_FILE_CORRUPT` if the lock is unusable (`ENOTRECOVERABLE` or another error from
+    /// glibc, which dlock's own use can never cause).
+    pub(crate) fn lock(&self) -> Result<Guard<'_>, u32> {
         let m = self.header().ns_lock.0.get();
         // SAFETY: initialised by the creator; the mapping lives forever.
-        if unsafe { sys::robust_lock(m) } == sys::Locked::OwnerDied {
-            self.recover();
-            // SAFETY: we hold it.
-            unsafe { sys::robust_consistent(m) };
+        match unsafe { sys::robust_lock(m) } {
+            Ok(sys::Locked::OwnerDied) => {
+                self.recover();
+                // SAFETY: we hold it.
+                unsafe { sys::robust_consistent(m) };
+            }
+            Ok(_) => {}
+            Err(code) => {
+                tracing::error!(
+                    path = %self.path.display(),
+                    code,
+                    "the local namespace lock is unusable; remove the file once no process uses it"
+                );
+                return Err(super::CODE_FILE_CORRUPT);
+            }
         }
-        Guard {
+        Ok(Guard {
             seg: self,
             open: false,
-        }
+        })
     }
 
     /// Undoes the change a dead holder left half done and recounts derived counters.
@@ -494,7 +516,10 @@ impl Segment {
     /// Claims a process slot: reclaims dead processes first, then takes a free slot's liveness
     /// lock and marks it live.
     fn register_process(&self) -> Result<u32, LocalError> {
-        let mut g = self.lock();
+        let mut g = self.lock().map_err(|_| LocalError::Corrupt {
+            path: self.path.clone(),
+            why: "its namespace lock is unusable".into(),
+        })?;
         for slot in 0..PROCS_MAX {
             if self.procs()[slot].state.load(Ordering::Relaxed) != 0 {
                 g.reap_if_dead(slot as u32, u32::MAX);
@@ -553,10 +578,13 @@ impl Guard<'_> {
         let offset = ptr as u64 - self.seg.base as u64;
         let len = size_of::<T>();
         let count = j.count.load(Ordering::Relaxed) as usize;
-        if j.entries[..count]
-            .iter()
-            .any(|e| e.offset.load(Ordering::Relaxed) == offset)
-        {
+        // Already saved if a saved region contains it (saving an overlapping larger region
+        // again is harmless: restores run newest first, so the oldest bytes win).
+        if j.entries[..count].iter().any(|e| {
+            let start = e.offset.load(Ordering::Relaxed);
+            let end = start + u64::from(e.len.load(Ordering::Relaxed));
+            start <= offset && offset + len as u64 <= end
+        }) {
             return;
         }
         let used = j.used.load(Ordering::Relaxed) as usize;
@@ -579,6 +607,9 @@ impl Guard<'_> {
             j.active.store(1, Ordering::Release);
             self.open = true;
         }
+        // The caller's change must not be emitted before the saved bytes: a SIGKILL can land
+        // between any two stores, and only program order matters for a dead process's stores.
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
     }
 
     /// Ends the current change: from here on it is permanent.
@@ -604,12 +635,39 @@ impl Drop for Guard<'_> {
     fn drop(&mut self) {
         if self.open {
             let restored = self.seg.undo();
+            self.seg.recount_waiters();
             tracing::debug!(restored, "rolled back an unfinished local namespace change");
             self.open = false;
         }
         // SAFETY: we hold the lock.
         unsafe { sys::robust_unlock(self.seg.header().ns_lock.0.get()) };
     }
+}
+
+/// Refuses a segment another user could have planted or can write: its memory is trusted with
+/// pointers the kernel and glibc follow (robust lists). It must be a regular file, not
+/// writable by others, and ours unless the configured mode shares it with the group.
+fn check_owner(meta: &std::fs::Metadata, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err(format!(
+            "writable by other users (mode {:o})",
+            meta.mode() & 0o777
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && mode & 0o060 == 0 {
+        return Err(format!(
+            "owned by uid {}, not by this user ({me}), and DLOCK_LOCAL_MODE does not share \
+             namespaces with the group",
+            meta.uid()
+        ));
+    }
+    Ok(())
 }
 
 fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
@@ -672,6 +730,13 @@ fn create(path: &Path, mode: u32) -> Result<File, LocalError> {
             h.layout = layout;
             h.checksum = layout.checksum(VERSION);
             sys::robust_mutex_init(h.ns_lock.0.get())?;
+            // Every object's mutex is initialised once, here, and never again: a thread of a
+            // stale handle may be inside glibc on it at any time, and re-initialising a mutex
+            // a robust list links would corrupt that list.
+            let syncs = base.add(layout.off_sync as usize).cast::<ObjSync>();
+            for i in 0..OBJECTS_MAX {
+                sys::robust_mutex_init((*syncs.add(i)).mutex.get())?;
+            }
             h.ready.store(READY, Ordering::Release);
             libc::munmap(base.cast(), layout.len as usize);
         }

@@ -214,16 +214,18 @@ pub(crate) unsafe fn robust_trylock(m: *mut libc::pthread_mutex_t) -> Locked {
     }
 }
 
-/// Locks a robust mutex, sleeping in glibc if needed.
+/// Locks a robust mutex, sleeping in glibc if needed. `Err` carries glibc's error
+/// (`ENOTRECOVERABLE`, or `EINVAL` for a broken mutex): the lock is then not held.
 ///
 /// # Safety
 ///
 /// As [`robust_trylock`].
-pub(crate) unsafe fn robust_lock(m: *mut libc::pthread_mutex_t) -> Locked {
+pub(crate) unsafe fn robust_lock(m: *mut libc::pthread_mutex_t) -> Result<Locked, i32> {
     // SAFETY: per the contract.
     match unsafe { libc::pthread_mutex_lock(m) } {
-        libc::EOWNERDEAD => Locked::OwnerDied,
-        _ => Locked::Clean,
+        0 => Ok(Locked::Clean),
+        libc::EOWNERDEAD => Ok(Locked::OwnerDied),
+        err => Err(err),
     }
 }
 

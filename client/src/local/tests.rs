@@ -47,7 +47,7 @@ fn mutex(seg: &Segment, name: &str) -> LocalObj {
 /// the number of handle records naming it, only live named objects have a hash, no two live
 /// objects share a name, and every waiter count matches the registered waits.
 fn check_invariants(seg: &Segment) {
-    let _g = seg.lock();
+    let _g = seg.lock().unwrap();
     let mut refs = vec![0u32; OBJECTS_MAX];
     for h in seg.handles() {
         if h.proc.load(Ordering::Relaxed) != 0 {
@@ -255,7 +255,7 @@ fn child_stall_mid_change() {
     let Some(dir) = child_dir() else { return };
     let seg = attach(&dir);
     let keep = mutex(&seg, "kept");
-    let mut g = seg.lock();
+    let mut g = seg.lock().unwrap();
     let i = 4000;
     let meta = &seg.metas()[i];
     g.touch(meta);
@@ -407,23 +407,44 @@ fn a_killed_owner_is_seen_through_the_robust_list() {
     // SAFETY: a live object's mutex.
     let w = unsafe { sys::lock_word(word) }.load(Ordering::SeqCst);
     assert_ne!(w & FUTEX_TID_MASK, 0, "held by the child");
-    let waiter = std::thread::spawn({
-        let dir = dir.path().to_path_buf();
-        move || {
-            let seg = attach(&dir);
-            let m2 = objects::open(&seg, ObjectKind::Mutex, "owned", MUTEX_ALL_ACCESS).unwrap();
-            let r = objects::wait(&seg, &[m2], false, Timeout::Infinite);
-            (r, m2.release_mutex(&seg))
-        }
-    });
+    // Three sleepers (one of them a wait-all that also needs an event): the kernel wakes one
+    // of them when the owner dies, and that one must get the others going.
+    let (ev, _) =
+        objects::create(&seg, ObjectKind::Event, "gate", 1, EVENT_ALL_ACCESS, 0, 0).unwrap();
+    let seg: &'static Segment = Box::leak(Box::new(seg));
+    let waiters: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let both = [m, ev];
+                let objs: &[LocalObj] = if i == 0 { &both } else { &both[..1] };
+                let r = objects::wait(seg, objs, i == 0, Timeout::Millis(20_000));
+                if matches!(r, Ok(ref o) if o.is_acquired()) {
+                    m.release_mutex(seg).unwrap();
+                }
+                r
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    while seg.syncs()[m.index as usize].waiters.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "the waits never registered");
+        std::thread::yield_now();
+    }
     child.kill().unwrap();
     child.wait().unwrap();
-    let (r, released) = waiter.join().unwrap();
+    ev.set_event(seg).unwrap();
+    let results: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    let abandoned = results
+        .iter()
+        .filter(|r| matches!(r, Ok(WaitOutcome::Abandoned { .. })))
+        .count();
+    assert_eq!(abandoned, 1, "{results:?}");
     assert!(
-        matches!(r, Ok(WaitOutcome::Abandoned { index: 0, .. })),
-        "{r:?}"
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(o) if o.is_acquired())),
+        "{results:?}"
     );
-    assert_eq!(released, Ok(()));
     // SAFETY: as above.
     let w = unsafe { sys::lock_word(word) }.load(Ordering::SeqCst);
     assert_eq!(
@@ -438,7 +459,7 @@ fn a_change_left_open_by_an_early_return_is_undone() {
     let dir = tempfile::tempdir().unwrap();
     let seg = attach(dir.path());
     {
-        let mut g = seg.lock();
+        let mut g = seg.lock().unwrap();
         let meta = &seg.metas()[7];
         g.touch(meta);
         meta.state.store(OBJ_LIVE, Ordering::Relaxed);
@@ -448,4 +469,96 @@ fn a_change_left_open_by_an_early_return_is_undone() {
     assert_eq!(seg.metas()[7].state.load(Ordering::Relaxed), OBJ_FREE);
     assert_eq!(seg.metas()[7].refs.load(Ordering::Relaxed), 0);
     check_invariants(&seg);
+}
+
+#[test]
+fn big_changes_fit_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = attach(dir.path());
+    // A wait-all consuming 64 auto-reset events and semaphores at once.
+    let objs: Vec<LocalObj> = (0..64)
+        .map(|i| {
+            if i % 2 == 0 {
+                objects::create(
+                    &seg,
+                    ObjectKind::Event,
+                    &format!("e{i}"),
+                    2,
+                    EVENT_ALL_ACCESS,
+                    0,
+                    0,
+                )
+            } else {
+                objects::create(
+                    &seg,
+                    ObjectKind::Semaphore,
+                    &format!("s{i}"),
+                    0,
+                    SEMAPHORE_ALL_ACCESS,
+                    1,
+                    1,
+                )
+            }
+            .unwrap()
+            .0
+        })
+        .collect();
+    let got = objects::wait(&seg, &objs, true, Timeout::Millis(0)).unwrap();
+    assert_eq!(
+        got,
+        WaitOutcome::Signaled {
+            index: 0,
+            fencing_token: 0
+        }
+    );
+    assert_eq!(
+        objects::wait(&seg, &objs, false, Timeout::Millis(0)).unwrap(),
+        WaitOutcome::TimedOut,
+        "all consumed"
+    );
+    // A PulseEvent of a manual-reset event releasing 40 registered waits.
+    let (ev, _) =
+        objects::create(&seg, ObjectKind::Event, "pulsed", 1, EVENT_ALL_ACCESS, 0, 0).unwrap();
+    let seg: &'static Segment = Box::leak(Box::new(seg));
+    let waiters: Vec<_> = (0..40)
+        .map(|_| {
+            std::thread::spawn(move || objects::wait(seg, &[ev], false, Timeout::Millis(20_000)))
+        })
+        .collect();
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    while seg.syncs()[ev.index as usize]
+        .waiters
+        .load(Ordering::SeqCst)
+        < 40
+    {
+        assert!(Instant::now() < deadline, "the waits never registered");
+        std::thread::yield_now();
+    }
+    ev.pulse_event(seg).unwrap();
+    for w in waiters {
+        assert!(w.join().unwrap().unwrap().is_acquired());
+    }
+    assert_eq!(
+        objects::wait(seg, &[ev], false, Timeout::Millis(0)).unwrap(),
+        WaitOutcome::TimedOut,
+        "a pulse leaves the event non-signaled"
+    );
+    check_invariants(seg);
+    for o in objs {
+        o.close(seg).unwrap();
+    }
+}
+
+#[test]
+fn a_segment_planted_by_another_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    drop(attach(dir.path()));
+    let path = settings(dir.path()).segment_path();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = Segment::attach(&settings(dir.path())).err().unwrap();
+    assert!(matches!(err, LocalError::Untrusted { .. }), "{err}");
+    assert_eq!(err.code(), 5);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    attach(dir.path());
 }
