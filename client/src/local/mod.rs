@@ -22,8 +22,14 @@
 //!
 //! Deliberate differences from the cluster: waiters are not served FIFO (the no-system-call
 //! fast path lets a running thread take a free mutex before a woken one, as Windows and
-//! pthreads do); `SignalObjectAndWait` signals, then waits (two steps); fencing tokens count
-//! acquisitions of that one mutex.
+//! pthreads do); fencing tokens count acquisitions of that one mutex; a mutex is abandoned the
+//! moment its owning thread exits (no TTL). `SignalObjectAndWait` registers its wait before it
+//! signals, so nothing the signal provokes (a `PulseEvent`) can slip between the two.
+//!
+//! Known limits: events and semaphores share one namespace lock (fine for coordination, not
+//! for millions of operations per second across many processes); using a handle on one thread
+//! while another closes it may act on whatever object reuses the slot (Windows has the same
+//! hazard with handle reuse); a child made by `fork` shares its parent's liveness record.
 
 mod objects;
 mod segment;

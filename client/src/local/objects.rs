@@ -1006,6 +1006,9 @@ pub(crate) fn wait_cancellable(
 }
 
 /// `SignalObjectAndWait` over two local handles.
+///
+/// Atomic in the sense that matters: the wait is registered before the signal, so a
+/// `PulseEvent` or a release that the signal provokes cannot slip between the two.
 pub(crate) fn signal_and_wait(
     seg: &Segment,
     signal: &LocalObj,
@@ -1013,8 +1016,24 @@ pub(crate) fn signal_and_wait(
     timeout: Timeout,
 ) -> Result<WaitOutcome, u32> {
     wait_on.need(SYNCHRONIZE)?;
-    signal.signal(seg)?;
-    wait(seg, std::slice::from_ref(wait_on), false, timeout)
+    let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+    let objs = std::slice::from_ref(wait_on);
+    let slot = {
+        let mut g = seg.lock()?;
+        signal.check(&g)?;
+        wait_on.check(&g)?;
+        g.reap_dead();
+        let slot = g.register(&[wait_on.index as usize], false)?;
+        g.commit();
+        slot
+    };
+    if let Err(code) = signal.signal(seg) {
+        let mut g = seg.lock()?;
+        g.unregister(slot);
+        g.commit();
+        return Err(code);
+    }
+    wait_loop(seg, objs, false, deadline, None, slot)
 }
 
 fn blocking_wait(
@@ -1047,6 +1066,19 @@ fn blocking_wait(
         g.commit();
         slot
     };
+    wait_loop(seg, objs, wait_all, deadline, cancel, slot)
+}
+
+/// Sleeps and retries until the registered wait `slot` on `objs` completes, times out or is
+/// cancelled; it leaves the registry when it ends.
+fn wait_loop(
+    seg: &Segment,
+    objs: &[LocalObj],
+    wait_all: bool,
+    deadline: Option<Instant>,
+    cancel: Option<&AtomicU32>,
+    slot: usize,
+) -> Result<WaitOutcome, u32> {
     let tid = sys::tid();
     let mut words: Vec<WaitOn<'_>> = Vec::with_capacity(2 * objs.len() + 1);
     // (index into `words`, object) of each mutex's lock word.
@@ -1084,12 +1116,12 @@ fn blocking_wait(
             let pulsed = w.pulsed.load(Ordering::Relaxed);
             let mut r = attempt(&mut g, objs, wait_all, pulsed);
             let cancelled = cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0);
-            if matches!(r, Attempt::NotYet) && (timed_out || cancelled) {
-                r = Attempt::Failed(if cancelled {
-                    ERROR_OPERATION_ABORTED
-                } else {
-                    0
-                });
+            if matches!(r, Attempt::NotYet) {
+                if cancelled {
+                    r = Attempt::Failed(ERROR_OPERATION_ABORTED);
+                } else if timed_out {
+                    r = Attempt::Done(WaitOutcome::TimedOut);
+                }
             }
             if pulsed != 0 {
                 // A pulse releases a wait at that moment only: a wait-all whose other objects
@@ -1105,7 +1137,6 @@ fn blocking_wait(
         };
         match outcome {
             Attempt::Done(outcome) => return Ok(outcome),
-            Attempt::Failed(0) => return Ok(WaitOutcome::TimedOut),
             Attempt::Failed(code) => return Err(code),
             Attempt::NotYet => {}
         }

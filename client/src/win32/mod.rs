@@ -92,9 +92,8 @@
 //! access rights, recursive per-thread mutex ownership, 288, 298, wait-any and atomic
 //! wait-all, `PulseEvent`), with these differences: a mutex whose owning thread exits, or
 //! whose process dies, is abandoned **at once** (the kernel's robust futex list reports it; no
-//! TTL); waiters are not served in FIFO order; `SignalObjectAndWait` signals, then waits; a
-//! fencing token counts the acquisitions of that mutex. An uncontended acquire and release
-//! makes no system call.
+//! TTL); waiters are not served in FIFO order; a fencing token counts the acquisitions of
+//! that mutex. An uncontended acquire and release makes no system call.
 //!
 //! | variable | meaning | default |
 //! |---|---|---|

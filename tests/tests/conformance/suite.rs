@@ -561,3 +561,24 @@ fn s2_5_signal_object_and_wait_hands_over_atomically() {
     CloseHandle(m);
     CloseHandle(ev);
 }
+
+#[test]
+fn s2_5_signal_object_and_wait_is_registered_before_it_signals() {
+    backend::setup();
+    // The condition-variable pattern: release the mutex and wait for a pulse in one step. The
+    // pulser can only run once the mutex is released, and by then the wait must be registered,
+    // or the pulse would find nobody and the waiter would sleep forever.
+    let m = CreateMutexA(None, TRUE, Some(&backend::name("cv-mutex")));
+    let ev = CreateEventA(None, TRUE, FALSE, Some(&backend::name("cv-event")));
+    let pulser = std::thread::spawn(move || {
+        assert_eq!(WaitForSingleObject(m, 10_000), WAIT_OBJECT_0);
+        let pulsed = PulseEvent(ev);
+        ReleaseMutex(m);
+        pulsed
+    });
+    assert_eq!(SignalObjectAndWait(m, ev, 10_000, FALSE), WAIT_OBJECT_0);
+    assert_eq!(pulser.join().unwrap(), TRUE);
+    assert_eq!(WaitForSingleObject(ev, 0), WAIT_TIMEOUT, "a pulse leaves it unsignaled");
+    CloseHandle(m);
+    CloseHandle(ev);
+}
