@@ -6,7 +6,10 @@
 //! * [`v1::peer_info_client`] / [`v1::peer_info_server`]: what nodes tell each other about
 //!   themselves (client address, Raft state).
 //!
-//! The `.proto` files are the documented contract; this crate only compiles them.
+//! The `.proto` files are the documented contract; this crate compiles them, and holds the one
+//! piece of Win32 arithmetic both the server and the client's local backend need: [`access`].
+
+pub mod access;
 
 /// Generated types of package `dlock.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -11,16 +11,14 @@ use super::segment::{
 };
 use super::sys::{self, FUTEX_TID_MASK, FUTEX_WAITERS, Locked, WaitOn, Woke};
 use crate::win32::{
-    ACCESS_SYSTEM_SECURITY, CREATE_EVENT_INITIAL_SET, CREATE_EVENT_MANUAL_RESET,
-    CREATE_MUTEX_INITIAL_OWNER, ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_INVALID_HANDLE,
-    ERROR_INVALID_NAME, ERROR_INVALID_PARAMETER, ERROR_MUTANT_LIMIT_EXCEEDED,
-    ERROR_NO_SYSTEM_RESOURCES, ERROR_NOT_OWNER, ERROR_PATH_NOT_FOUND, ERROR_PRIVILEGE_NOT_HELD,
-    ERROR_TOO_MANY_POSTS, EVENT_ALL_ACCESS, EVENT_MODIFY_STATE, EVENT_QUERY_STATE, GENERIC_ALL,
-    GENERIC_EXECUTE, GENERIC_READ, GENERIC_WRITE, MAXIMUM_ALLOWED, MUTANT_QUERY_STATE,
-    MUTEX_ALL_ACCESS, READ_CONTROL, SEMAPHORE_ALL_ACCESS, SEMAPHORE_MODIFY_STATE,
-    SEMAPHORE_QUERY_STATE, SYNCHRONIZE, WAIT_ABANDONED, WAIT_OBJECT_0,
+    CREATE_EVENT_INITIAL_SET, CREATE_EVENT_MANUAL_RESET, CREATE_MUTEX_INITIAL_OWNER,
+    ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_INVALID_HANDLE, ERROR_INVALID_NAME,
+    ERROR_INVALID_PARAMETER, ERROR_MUTANT_LIMIT_EXCEEDED, ERROR_NO_SYSTEM_RESOURCES,
+    ERROR_NOT_OWNER, ERROR_PATH_NOT_FOUND, ERROR_TOO_MANY_POSTS, EVENT_MODIFY_STATE,
+    SEMAPHORE_MODIFY_STATE, SYNCHRONIZE, WAIT_ABANDONED, WAIT_OBJECT_0,
 };
 use crate::{ObjectKind, Timeout, WaitOutcome};
+use dlock_proto::access;
 
 /// The most a mutex's recursion count may reach (Windows: `MINLONG`-bounded, 0x7FFFFFFF).
 const MUTEX_RECURSION_MAX: u32 = 0x7FFF_FFFF;
@@ -65,74 +63,22 @@ pub(crate) fn name_key(rest: &str) -> Result<&str, u32> {
     Ok(rest)
 }
 
-fn all_access(kind: ObjectKind) -> u32 {
+fn rights(kind: ObjectKind) -> &'static access::Rights {
     match kind {
-        ObjectKind::Mutex => MUTEX_ALL_ACCESS,
-        ObjectKind::Event => EVENT_ALL_ACCESS,
-        ObjectKind::Semaphore => SEMAPHORE_ALL_ACCESS,
+        ObjectKind::Mutex => &access::MUTEX,
+        ObjectKind::Event => &access::EVENT,
+        ObjectKind::Semaphore => &access::SEMAPHORE,
     }
-}
-
-fn map_generic(kind: ObjectKind, access: u32) -> u32 {
-    let (read, write) = match kind {
-        ObjectKind::Mutex => (READ_CONTROL | MUTANT_QUERY_STATE, READ_CONTROL),
-        ObjectKind::Event => (
-            READ_CONTROL | EVENT_QUERY_STATE,
-            READ_CONTROL | EVENT_MODIFY_STATE,
-        ),
-        ObjectKind::Semaphore => (
-            READ_CONTROL | SEMAPHORE_QUERY_STATE,
-            READ_CONTROL | SEMAPHORE_MODIFY_STATE,
-        ),
-    };
-    let mut mapped = access & !(GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE | GENERIC_ALL);
-    if access & GENERIC_READ != 0 {
-        mapped |= read;
-    }
-    if access & GENERIC_WRITE != 0 {
-        mapped |= write;
-    }
-    if access & GENERIC_EXECUTE != 0 {
-        mapped |= READ_CONTROL | SYNCHRONIZE;
-    }
-    if access & GENERIC_ALL != 0 {
-        mapped |= all_access(kind);
-    }
-    mapped
 }
 
 /// The access a handle to an existing object gets (the cluster's rule, §2.1).
-fn existing_access(kind: ObjectKind, access: u32) -> Result<u32, u32> {
-    if access & ACCESS_SYSTEM_SECURITY != 0 {
-        return Err(ERROR_PRIVILEGE_NOT_HELD);
-    }
-    let all = all_access(kind);
-    let mapped = map_generic(kind, access & !MAXIMUM_ALLOWED);
-    if mapped & !all != 0 {
-        return Err(ERROR_ACCESS_DENIED);
-    }
-    let granted = if access & MAXIMUM_ALLOWED != 0 {
-        mapped | all
-    } else {
-        mapped
-    };
-    if granted == 0 {
-        return Err(ERROR_ACCESS_DENIED);
-    }
-    Ok(granted)
+fn existing_access(kind: ObjectKind, mask: u32) -> Result<u32, u32> {
+    access::existing_object(rights(kind), mask)
 }
 
 /// The access the creator of a new object gets: what it asked for, mapped.
-fn new_access(kind: ObjectKind, access: u32) -> Result<u32, u32> {
-    if access & ACCESS_SYSTEM_SECURITY != 0 {
-        return Err(ERROR_PRIVILEGE_NOT_HELD);
-    }
-    let mapped = map_generic(kind, access & !MAXIMUM_ALLOWED);
-    Ok(if access & MAXIMUM_ALLOWED != 0 {
-        mapped | all_access(kind)
-    } else {
-        mapped
-    })
+fn new_access(kind: ObjectKind, mask: u32) -> Result<u32, u32> {
+    access::new_object(rights(kind), mask)
 }
 
 fn name_hash(key: &str) -> u64 {
@@ -242,19 +188,27 @@ impl Guard<'_> {
         })
     }
 
+    /// The first free slot (owner field 0) of `table`, or 1450 with a warning naming it.
+    fn free_slot<'t, T>(
+        &self,
+        table: &'t [T],
+        owner: impl Fn(&T) -> &AtomicU32,
+        what: &'static str,
+    ) -> Result<(usize, &'t T), u32> {
+        table
+            .iter()
+            .enumerate()
+            .find(|(_, x)| owner(x).load(Ordering::Relaxed) == 0)
+            .ok_or_else(|| {
+                tracing::warn!(path = %self.seg.path().display(), table = what, "local table full");
+                ERROR_NO_SYSTEM_RESOURCES
+            })
+    }
+
     /// A free handle record, claimed for this process and object `obj`.
     fn new_handle(&mut self, obj: usize) -> Result<u32, u32> {
         let me = self.seg.proc_slot() + 1;
-        let Some((i, rec)) = self
-            .seg
-            .handles()
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.proc.load(Ordering::Relaxed) == 0)
-        else {
-            tracing::warn!(path = %self.seg.path().display(), "local handle table full");
-            return Err(ERROR_NO_SYSTEM_RESOURCES);
-        };
+        let (i, rec) = self.free_slot(self.seg.handles(), |r| &r.proc, "handle")?;
         self.touch(rec);
         rec.obj.store(obj as u32, Ordering::Relaxed);
         rec.proc.store(me, Ordering::Relaxed);
@@ -346,16 +300,7 @@ impl Guard<'_> {
 
     /// Registers a wait on `objs` for the calling thread.
     fn register(&mut self, objs: &[usize], wait_all: bool) -> Result<usize, u32> {
-        let Some((i, w)) = self
-            .seg
-            .waiters()
-            .iter()
-            .enumerate()
-            .find(|(_, w)| w.proc.load(Ordering::Relaxed) == 0)
-        else {
-            tracing::warn!(path = %self.seg.path().display(), "local waiter table full");
-            return Err(ERROR_NO_SYSTEM_RESOURCES);
-        };
+        let (i, w) = self.free_slot(self.seg.waiters(), |w| &w.proc, "waiter")?;
         self.touch(w);
         w.tid.store(sys::tid(), Ordering::Relaxed);
         w.count.store(objs.len() as u32, Ordering::Relaxed);

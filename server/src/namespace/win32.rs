@@ -126,43 +126,24 @@ pub const CREATE_EVENT_MANUAL_RESET: u32 = 0x0000_0001;
 /// `CREATE_EVENT_INITIAL_SET` (`CreateEventEx dwFlags`).
 pub const CREATE_EVENT_INITIAL_SET: u32 = 0x0000_0002;
 
+/// The type's rights table (shared with the client's local backend).
+fn rights(kind: ObjectKind) -> &'static dlock_proto::access::Rights {
+    match kind {
+        ObjectKind::Mutex => &dlock_proto::access::MUTEX,
+        ObjectKind::Event => &dlock_proto::access::EVENT,
+        ObjectKind::Semaphore => &dlock_proto::access::SEMAPHORE,
+    }
+}
+
 /// The type's `…_ALL_ACCESS` mask: everything a handle to it can ever be granted.
 pub fn all_access(kind: ObjectKind) -> u32 {
-    match kind {
-        ObjectKind::Mutex => MUTEX_ALL_ACCESS,
-        ObjectKind::Event => EVENT_ALL_ACCESS,
-        ObjectKind::Semaphore => SEMAPHORE_ALL_ACCESS,
-    }
+    rights(kind).all
 }
 
 /// Replaces the four generic rights in `access` by the type's specific rights (§1.3, Wine's type
 /// descriptors). Every other bit is kept as it is.
 pub fn map_generic_access(kind: ObjectKind, access: u32) -> u32 {
-    let (read, write) = match kind {
-        ObjectKind::Mutex => (READ_CONTROL | MUTANT_QUERY_STATE, READ_CONTROL),
-        ObjectKind::Event => (
-            READ_CONTROL | EVENT_QUERY_STATE,
-            READ_CONTROL | EVENT_MODIFY_STATE,
-        ),
-        ObjectKind::Semaphore => (
-            READ_CONTROL | SEMAPHORE_QUERY_STATE,
-            READ_CONTROL | SEMAPHORE_MODIFY_STATE,
-        ),
-    };
-    let mut mapped = access & !(GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE | GENERIC_ALL);
-    if access & GENERIC_READ != 0 {
-        mapped |= read;
-    }
-    if access & GENERIC_WRITE != 0 {
-        mapped |= write;
-    }
-    if access & GENERIC_EXECUTE != 0 {
-        mapped |= READ_CONTROL | SYNCHRONIZE;
-    }
-    if access & GENERIC_ALL != 0 {
-        mapped |= all_access(kind);
-    }
-    mapped
+    dlock_proto::access::map_generic(rights(kind), access)
 }
 
 /// The access a handle to an *existing* object receives (`Open*`, or a create that found the
@@ -174,23 +155,7 @@ pub fn map_generic_access(kind: ObjectKind, access: u32) -> u32 {
 /// [`ERROR_PRIVILEGE_NOT_HELD`] for `ACCESS_SYSTEM_SECURITY`; [`ERROR_ACCESS_DENIED`] for an
 /// empty request or one with undefined specific bits or reserved bits.
 pub fn existing_object_access(kind: ObjectKind, access: u32) -> Result<u32, u32> {
-    if access & ACCESS_SYSTEM_SECURITY != 0 {
-        return Err(ERROR_PRIVILEGE_NOT_HELD);
-    }
-    let all = all_access(kind);
-    let mapped = map_generic_access(kind, access & !MAXIMUM_ALLOWED);
-    if mapped & !all != 0 {
-        return Err(ERROR_ACCESS_DENIED);
-    }
-    let granted = if access & MAXIMUM_ALLOWED != 0 {
-        mapped | all
-    } else {
-        mapped
-    };
-    if granted == 0 {
-        return Err(ERROR_ACCESS_DENIED);
-    }
-    Ok(granted)
+    dlock_proto::access::existing_object(rights(kind), access)
 }
 
 /// The access the creator's handle to a *new* object receives: Windows grants the requested
@@ -201,15 +166,7 @@ pub fn existing_object_access(kind: ObjectKind, access: u32) -> Result<u32, u32>
 ///
 /// [`ERROR_PRIVILEGE_NOT_HELD`] for `ACCESS_SYSTEM_SECURITY`.
 pub fn new_object_access(kind: ObjectKind, access: u32) -> Result<u32, u32> {
-    if access & ACCESS_SYSTEM_SECURITY != 0 {
-        return Err(ERROR_PRIVILEGE_NOT_HELD);
-    }
-    let mapped = map_generic_access(kind, access & !MAXIMUM_ALLOWED);
-    Ok(if access & MAXIMUM_ALLOWED != 0 {
-        mapped | all_access(kind)
-    } else {
-        mapped
-    })
+    dlock_proto::access::new_object(rights(kind), access)
 }
 
 /// The `DWORD` a Win32 wait function returns for this outcome (`WAIT_OBJECT_0 + i`,
