@@ -52,6 +52,7 @@ mod client;
 mod config;
 mod error;
 mod local;
+pub use local::{LocalObjectInfo, LocalProcess, LocalSnapshot};
 mod objects;
 mod session;
 mod types;

@@ -764,6 +764,25 @@ impl LocalNamespace {
         Ok(LocalNamespace { _attached: () })
     }
 
+    /// The segment file the environment (`DLOCK_LOCAL_DIR`, `DLOCK_LOCAL_NAMESPACE`) names,
+    /// whether it exists yet or not; `attach` creates it.
+    pub fn configured_path() -> std::path::PathBuf {
+        local::configured_path()
+    }
+
+    /// What the namespace holds now: attached processes, objects, blocked waits (read under
+    /// its lock; for operators and debugging).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Win32`]`(1392)` if the namespace lock is unusable.
+    pub fn snapshot(&self) -> Result<crate::LocalSnapshot, Error> {
+        local::namespace()
+            .map_err(Error::Win32)?
+            .snapshot()
+            .map_err(Error::Win32)
+    }
+
     fn key(name: &str) -> Result<&str, Error> {
         local_name(Some(name))?
             .ok_or_else(|| Error::InvalidArgument(format!("{name:?} is not a Local\\ name")))

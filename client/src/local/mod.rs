@@ -31,6 +31,7 @@
 //! while another closes it may act on whatever object reuses the slot (Windows has the same
 //! hazard with handle reuse); a child made by `fork` shares its parent's liveness record.
 
+mod inspect;
 mod objects;
 mod segment;
 mod sys;
@@ -38,6 +39,7 @@ mod sys;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex as StdMutex, OnceLock};
 
+pub use inspect::{LocalObjectInfo, LocalProcess, LocalSnapshot};
 pub(crate) use objects::{
     CANCELLABLE_WAIT_OBJECTS_MAX, LocalObj, create, open, signal_and_wait, wait, wait_cancellable,
 };
@@ -172,6 +174,7 @@ impl Settings {
         }
     }
 
+    /// The segment file these settings name.
     pub(crate) fn segment_path(&self) -> PathBuf {
         self.dir.join(format!("dlock-local-{}", self.namespace))
     }
@@ -189,6 +192,11 @@ fn valid_namespace(ns: &str) -> bool {
 static SEGMENT: OnceLock<Segment> = OnceLock::new();
 /// Serialises attach attempts; a failed attach is retried at the next call.
 static ATTACH: StdMutex<()> = StdMutex::new(());
+
+/// The segment file the environment names (whether it exists or not).
+pub(crate) fn configured_path() -> PathBuf {
+    Settings::from_env().segment_path()
+}
 
 /// The process's namespace, attached at first use.
 pub(crate) fn namespace() -> Result<&'static Segment, u32> {

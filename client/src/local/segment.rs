@@ -317,7 +317,8 @@ impl Segment {
             base,
             file,
             path,
-            proc_slot: 0,
+            // No slot yet: every slot's liveness is tested while registering.
+            proc_slot: u32::MAX,
         };
         seg.validate()?;
         seg.proc_slot = seg.register_process()?;

@@ -562,3 +562,22 @@ fn a_segment_planted_by_another_user_is_refused() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     attach(dir.path());
 }
+
+#[test]
+fn attaching_reclaims_every_dead_process_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, rx) = spawn_child("local::tests::child_hold", dir.path());
+    expect_line(&rx, "owned");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The child had slot 0; the first attach after its death must reclaim it (slot 0 is not
+    // "ourselves" before we have a slot).
+    let seg = attach(dir.path());
+    let snap = seg.snapshot().unwrap();
+    assert_eq!(snap.processes.len(), 1, "{snap:?}");
+    assert!(snap.processes[0].alive);
+    assert!(
+        snap.objects.is_empty(),
+        "the child's mutex went with it: {snap:?}"
+    );
+}

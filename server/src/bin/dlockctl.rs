@@ -7,7 +7,13 @@
 //! dlockctl add-voter ID PEER_ADDR
 //! dlockctl promote ID
 //! dlockctl remove ID
+//! dlockctl local [--dir DIR] [--namespace NAME]
 //! ```
+//!
+//! `local` needs no cluster: it prints this host's `Local\` namespace (the shared-memory
+//! segment of `DLOCK_LOCAL_DIR` / `DLOCK_LOCAL_NAMESPACE`): attached processes, objects with
+//! their handles, owners and waiters, and blocked waits. It also reclaims dead processes'
+//! handles, as any attach does.
 //!
 //! The endpoints (client addresses of any members, default `DLOCK_ENDPOINTS`, else
 //! `127.0.0.1:7700`) are tried in order. A node that is not the leader answers `UNAVAILABLE`
@@ -90,6 +96,15 @@ enum Command {
     Remove {
         /// The member's id.
         id: u64,
+    },
+    /// Shows this host's `Local\` namespace (no cluster involved).
+    Local {
+        /// Directory of the segment file.
+        #[arg(long, env = "DLOCK_LOCAL_DIR", default_value = "/dev/shm")]
+        dir: std::path::PathBuf,
+        /// Namespace name (default: `u<uid>`, as the client library's).
+        #[arg(long, env = "DLOCK_LOCAL_NAMESPACE")]
+        namespace: Option<String>,
     },
 }
 
@@ -304,6 +319,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let timeout = Duration::from_millis(cli.timeout_ms);
     let endpoints = &cli.endpoints;
     let (reply, what) = match cli.command {
+        Command::Local { .. } => unreachable!("handled before the runtime starts"),
         Command::Status { all } => return status(endpoints, timeout, all).await,
         Command::AddLearner { id, peer_addr } => {
             let request = pb::AddMemberRequest {
@@ -347,10 +363,81 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+/// Prints the local namespace named by `dir` and `namespace`.
+fn local(dir: std::path::PathBuf, namespace: Option<String>) -> Result<(), Failure> {
+    // SAFETY: called from main before any other thread exists; the client library reads these
+    // variables when it first attaches, below.
+    unsafe {
+        std::env::set_var("DLOCK_LOCAL_DIR", &dir);
+        if let Some(ns) = &namespace {
+            std::env::set_var("DLOCK_LOCAL_NAMESPACE", ns);
+        }
+    }
+    let path = dlock::LocalNamespace::configured_path();
+    if !path.exists() {
+        return Err(Failure(format!(
+            "no local namespace at {} (it is created by the first process that uses a Local\\ name)",
+            path.display()
+        )));
+    }
+    let snapshot = dlock::LocalNamespace::attach()
+        .and_then(|ns| ns.snapshot())
+        .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+    println!(
+        "namespace {}: {} processes, {} objects, {} blocked waits",
+        snapshot.path.display(),
+        snapshot.processes.len(),
+        snapshot.objects.len(),
+        snapshot.blocked_waits
+    );
+    for p in &snapshot.processes {
+        let state = if p.alive {
+            "alive"
+        } else {
+            "dead (not yet reclaimed)"
+        };
+        println!("  process slot {} pid {} {state}", p.slot, p.pid);
+    }
+    for o in &snapshot.objects {
+        let name = o
+            .name
+            .as_deref()
+            .map(|n| format!("Local\\{n}"))
+            .unwrap_or_else(|| "(closed, held)".into());
+        let state = match o.kind {
+            dlock::ObjectKind::Mutex if o.owner_tid != 0 => format!("owned by tid {}", o.owner_tid),
+            dlock::ObjectKind::Mutex if o.abandoned => "abandoned".into(),
+            dlock::ObjectKind::Mutex => "free".into(),
+            dlock::ObjectKind::Event => format!(
+                "{} {}",
+                if o.manual_reset { "manual" } else { "auto" },
+                if o.signaled { "signaled" } else { "unsignaled" }
+            ),
+            dlock::ObjectKind::Semaphore => format!("count {}/{}", o.count, o.maximum),
+        };
+        println!(
+            "  {:<9} {name} handles {} waiters {} {state}",
+            o.kind.to_string(),
+            o.handles,
+            o.waiters
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let result = match cli.command {
+        Command::Local { dir, namespace } => local(dir, namespace),
+        _ => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(run(cli)),
+            Err(e) => Err(Failure(format!("cannot start the runtime: {e}"))),
+        },
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
             eprintln!("dlockctl: {message}");
