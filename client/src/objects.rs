@@ -172,9 +172,47 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// What a local wait took, on its way to the awaiting future. Dropped without
+/// [`Acquisition::accept`] (the future went away before reading it, at any point), it gives
+/// everything back, on the owner thread for mutexes.
+struct Acquisition {
+    seg: &'static Segment,
+    objs: Vec<LocalObj>,
+    wait_all: bool,
+    taken: Option<local::Taken>,
+    /// The owner thread's queue, for a wait that may hold a mutex.
+    owner: Option<std::sync::mpsc::Sender<Job>>,
+}
+
+impl Acquisition {
+    /// The caller has the outcome: nothing to give back.
+    fn accept(mut self) -> WaitOutcome {
+        self.taken
+            .take()
+            .map_or(WaitOutcome::TimedOut, |t| t.outcome)
+    }
+}
+
+impl Drop for Acquisition {
+    fn drop(&mut self) {
+        let Some(taken) = self.taken.take() else {
+            return;
+        };
+        let (seg, objs, wait_all) = (self.seg, std::mem::take(&mut self.objs), self.wait_all);
+        let give_back = move || local::give_back(seg, &objs, wait_all, taken);
+        match &self.owner {
+            // If the owner thread is gone, so is its hold: the kernel abandoned the mutex.
+            Some(owner) => {
+                let _ = owner.send(Box::new(give_back));
+            }
+            None => give_back(),
+        }
+    }
+}
+
 /// Runs a local wait on the owner thread of the one mutex it names (or, without a mutex, on
-/// tokio's blocking pool), cancellably: if the caller stops awaiting, the wait ends, and an
-/// acquisition it made that nobody will learn of is undone.
+/// tokio's blocking pool), cancellably: if the caller stops awaiting, the wait ends, and what
+/// it took that nobody will learn of is given back.
 async fn local_wait(
     seg: &'static Segment,
     objs: Vec<LocalObj>,
@@ -187,12 +225,18 @@ async fn local_wait(
     }
     let cancel = Arc::new(AtomicU32::new(0));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<Acquisition, u32>>();
+    let owner_queue = owner.map(|o| o.jobs.clone());
     let job = move || {
         let r = local::wait_cancellable(seg, &objs, wait_all, timeout, Some(&cancel));
-        if let Err(Ok(outcome)) = tx.send(r) {
-            undo_local_acquisition(seg, &objs, wait_all, outcome);
-        }
+        // If the receiver is gone the acquisition is dropped here, and gives back.
+        let _ = tx.send(r.map(|taken| Acquisition {
+            seg,
+            objs,
+            wait_all,
+            taken: Some(taken),
+            owner: owner_queue,
+        }));
     };
     match owner {
         Some(owner) => owner.submit(Box::new(job))?,
@@ -200,27 +244,11 @@ async fn local_wait(
             tokio::task::spawn_blocking(job);
         }
     }
-    rx.await
+    let acquisition = rx
+        .await
         .map_err(|_| Error::Protocol("a local wait ended without a result".into()))?
-        .map_err(Error::Win32)
-}
-
-/// Gives back what a cancelled wait acquired after its caller left.
-fn undo_local_acquisition(seg: &Segment, objs: &[LocalObj], wait_all: bool, outcome: WaitOutcome) {
-    let taken: Vec<&LocalObj> = match outcome {
-        WaitOutcome::TimedOut => return,
-        _ if wait_all => objs.iter().collect(),
-        WaitOutcome::Signaled { index, .. } | WaitOutcome::Abandoned { index, .. } => {
-            objs.get(index).into_iter().collect()
-        }
-    };
-    for o in taken {
-        let _ = match o.kind {
-            ObjectKind::Mutex => o.release_mutex(seg),
-            ObjectKind::Event => o.set_event(seg),
-            ObjectKind::Semaphore => o.release_semaphore(seg, 1).map(|_| ()),
-        };
-    }
+        .map_err(Error::Win32)?;
+    Ok(acquisition.accept())
 }
 
 /// What this session's typed owner holds of one mutex, as seen through one handle.
@@ -625,6 +653,8 @@ async fn local_mutex(key: &str, create: Option<bool>) -> Result<Mutex, Error> {
     let seg = local::namespace().map_err(Error::Win32)?;
     let owner = Owner::spawn()?;
     let key = key.to_owned();
+    // The handle travels as a LocalHandle, so that a caller that went away closes it; the
+    // owner thread (dropped with the caller) then abandons a mutex it was given to own.
     let result = owner
         .run(move || match create {
             Some(initial_owner) => {
@@ -633,21 +663,27 @@ async fn local_mutex(key: &str, create: Option<bool>) -> Result<Mutex, Error> {
                 } else {
                     0
                 };
-                local::create(seg, ObjectKind::Mutex, &key, flags, MUTEX_ALL_ACCESS, 0, 0)
-                    .map(|(obj, existed)| (obj, existed, initial_owner && !existed))
+                local::create(seg, ObjectKind::Mutex, &key, flags, MUTEX_ALL_ACCESS, 0, 0).map(
+                    |(obj, existed)| {
+                        let owned = initial_owner && !existed;
+                        // Read on the owner thread: the token of its own hold.
+                        let token = if owned { obj.fencing_token(seg) } else { 0 };
+                        (local_handle(seg, obj, existed), owned, token)
+                    },
+                )
             }
             None => local::open(seg, ObjectKind::Mutex, &key, MUTEX_ALL_ACCESS)
-                .map(|obj| (obj, false, false)),
+                .map(|obj| (local_handle(seg, obj, false), false, 0)),
         })
         .await?;
-    let (obj, existed, owned) = result.map_err(Error::Win32)?;
+    let (backing, owned, token) = result.map_err(Error::Win32)?;
     let mut hold = Hold::default();
     if owned {
         hold.recursion = 1;
-        hold.fencing_token = obj.fencing_token(seg).max(1);
+        hold.fencing_token = token;
     }
     Ok(Mutex {
-        backing: local_handle(seg, obj, existed),
+        backing,
         hold: StdMutex::new(hold),
         owner: Some(owner),
     })

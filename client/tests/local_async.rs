@@ -142,3 +142,51 @@ async fn names_without_the_prefix_are_refused() {
         Some(Error::Win32(206))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_wait_never_loses_an_auto_reset_signal_or_a_semaphore_unit() {
+    let ns = local();
+    let ev = ns
+        .create_event(&name("race-ev"), false, false)
+        .await
+        .unwrap();
+    let sem = ns.create_semaphore(&name("race-sem"), 0, 1).await.unwrap();
+    for round in 0..200u64 {
+        // Cancel the wait at a moment that varies around the signal.
+        let delay = Duration::from_micros(round % 7 * 50);
+        let both: [&dyn dlock::Waitable; 2] = [&ev, &sem];
+        let wait = tokio::time::timeout(delay, ns.wait_any(&both, Timeout::Infinite));
+        let signal = async {
+            tokio::time::sleep(Duration::from_micros(round % 5 * 60)).await;
+            if round % 2 == 0 {
+                ev.set().await.unwrap();
+            } else {
+                sem.release(1).await.unwrap();
+            }
+        };
+        let (waited, ()) = tokio::join!(wait, signal);
+        // Either the wait reported the signal, or the signal is still there: never both
+        // consumed and unreported. (A give-back runs on a blocking thread: allow it a moment.)
+        let delivered = matches!(waited, Ok(Ok(o)) if o.is_acquired());
+        let mut left = false;
+        for _ in 0..200 {
+            let q = if round % 2 == 0 {
+                ev.query().await
+            } else {
+                sem.query().await
+            };
+            let q = q.unwrap();
+            left = q.signaled || q.count > 0;
+            if left || delivered {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            delivered != left,
+            "round {round}: delivered {delivered}, left {left}"
+        );
+        // Consume what is left so the next round starts clean.
+        let _ = ns.wait_any(&[&ev, &sem], Timeout::Millis(0)).await;
+    }
+}

@@ -41,7 +41,8 @@ use std::sync::{Mutex as StdMutex, OnceLock};
 
 pub use inspect::{LocalObjectInfo, LocalProcess, LocalSnapshot};
 pub(crate) use objects::{
-    CANCELLABLE_WAIT_OBJECTS_MAX, LocalObj, create, open, signal_and_wait, wait, wait_cancellable,
+    CANCELLABLE_WAIT_OBJECTS_MAX, LocalObj, Taken, create, give_back, open, signal_and_wait, wait,
+    wait_cancellable,
 };
 pub(crate) use segment::Segment;
 

@@ -661,7 +661,12 @@ impl LocalObj {
                 }
             }
             if !manual {
-                // One waiter: the first wait-any, else the first wait-all.
+                // One waiter, alive (a dead process's wait, not reclaimed yet, would swallow
+                // the pulse): the first wait-any, else the first wait-all.
+                chosen.retain(|(i, _)| {
+                    let proc = seg.waiters()[*i].proc.load(Ordering::Relaxed);
+                    proc != 0 && !seg.is_dead(proc - 1)
+                });
                 let any = chosen
                     .iter()
                     .copied()
@@ -717,9 +722,35 @@ impl LocalObj {
 
 // ---- waits ----
 
+/// What a completed wait took, in enough detail to give it back exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// The Win32 outcome.
+    pub(crate) outcome: WaitOutcome,
+    /// Bit i: the mutex at index i was acquired abandoned.
+    pub(crate) abandoned: u64,
+    /// Bit i: the event at index i released the wait through a pulse (it consumed nothing).
+    pub(crate) pulsed: u64,
+}
+
+impl Taken {
+    /// An outcome with no pulse involved.
+    fn plain(outcome: WaitOutcome) -> Taken {
+        let abandoned = match outcome {
+            WaitOutcome::Abandoned { index, .. } => 1 << index,
+            _ => 0,
+        };
+        Taken {
+            outcome,
+            abandoned,
+            pulsed: 0,
+        }
+    }
+}
+
 /// The result of one attempt to satisfy a wait.
 enum Attempt {
-    Done(WaitOutcome),
+    Done(Taken),
     Failed(u32),
     NotYet,
 }
@@ -733,21 +764,21 @@ fn take_mutex(sync: &ObjSync, tid: u32, index: usize) -> Attempt {
             return Attempt::Failed(ERROR_MUTANT_LIMIT_EXCEEDED);
         }
         sync.recursion.store(r + 1, Ordering::Relaxed);
-        return Attempt::Done(WaitOutcome::Signaled {
+        return Attempt::Done(Taken::plain(WaitOutcome::Signaled {
             index,
             fencing_token: sync.fencing.load(Ordering::Relaxed),
-        });
+        }));
     }
     // SAFETY: the mutex of a live object slot, initialised at creation.
     match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
-        Locked::Clean => Attempt::Done(WaitOutcome::Signaled {
+        Locked::Clean => Attempt::Done(Taken::plain(WaitOutcome::Signaled {
             index,
             fencing_token: sync.acquired(),
-        }),
-        Locked::OwnerDied => Attempt::Done(WaitOutcome::Abandoned {
+        })),
+        Locked::OwnerDied => Attempt::Done(Taken::plain(WaitOutcome::Abandoned {
             index,
             fencing_token: sync.acquired(),
-        }),
+        })),
         Locked::Busy => Attempt::NotYet,
     }
 }
@@ -799,9 +830,13 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
                             g.touch(&meta.signaled);
                             meta.signaled.store(0, Ordering::Relaxed);
                         }
-                        return Attempt::Done(WaitOutcome::Signaled {
-                            index: k,
-                            fencing_token: 0,
+                        return Attempt::Done(Taken {
+                            outcome: WaitOutcome::Signaled {
+                                index: k,
+                                fencing_token: 0,
+                            },
+                            abandoned: 0,
+                            pulsed: pulsed & (1 << k),
                         });
                     }
                 }
@@ -810,10 +845,10 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
                     if c > 0 {
                         g.touch(&meta.count);
                         meta.count.store(c - 1, Ordering::Relaxed);
-                        return Attempt::Done(WaitOutcome::Signaled {
+                        return Attempt::Done(Taken::plain(WaitOutcome::Signaled {
                             index: k,
                             fencing_token: 0,
-                        });
+                        }));
                     }
                 }
             }
@@ -842,18 +877,20 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
         }
     }
     let mut taken: Vec<(usize, bool)> = Vec::new();
-    let mut abandoned = false;
+    let mut abandoned_mask = 0u64;
     let mut token = 0;
     for (k, o) in objs.iter().enumerate() {
         if o.kind != ObjectKind::Mutex {
             continue;
         }
         match take_mutex(o.sync(seg), tid, k) {
-            Attempt::Done(outcome) => {
-                let was_abandoned = matches!(outcome, WaitOutcome::Abandoned { .. });
-                abandoned |= was_abandoned;
+            Attempt::Done(t) => {
+                let was_abandoned = matches!(t.outcome, WaitOutcome::Abandoned { .. });
+                if was_abandoned {
+                    abandoned_mask |= 1 << k;
+                }
                 if token == 0 {
-                    token = outcome.fencing_token().unwrap_or(0);
+                    token = t.outcome.fencing_token().unwrap_or(0);
                 }
                 taken.push((o.index as usize, was_abandoned));
             }
@@ -883,21 +920,35 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
             ObjectKind::Mutex => {}
         }
     }
-    Attempt::Done(if abandoned {
-        WaitOutcome::Abandoned {
-            index: 0,
-            fencing_token: token,
-        }
-    } else {
-        WaitOutcome::Signaled {
-            index: 0,
-            fencing_token: token,
-        }
+    let events = objs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.kind == ObjectKind::Event)
+        .fold(0u64, |m, (k, _)| m | 1 << k);
+    Attempt::Done(Taken {
+        outcome: if abandoned_mask != 0 {
+            WaitOutcome::Abandoned {
+                index: 0,
+                fencing_token: token,
+            }
+        } else {
+            WaitOutcome::Signaled {
+                index: 0,
+                fencing_token: token,
+            }
+        },
+        abandoned: abandoned_mask,
+        pulsed: pulsed & events,
     })
 }
 
 /// `ERROR_OPERATION_ABORTED`: a cancellable wait was cancelled.
 pub(crate) const ERROR_OPERATION_ABORTED: u32 = 995;
+/// How long a wait sleeps at most while another thread holds one of its mutexes: a safety net
+/// for the one case the kernel's single owner-died wake can be lost (the sleeper it picks dies
+/// too). Not a poll: a wait on free or unowned objects sleeps until woken or its deadline.
+const OWNER_DEATH_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The most objects a cancellable wait may name: each may need two futex words, and the
 /// cancel word takes one of `futex_waitv`'s 128.
 pub(crate) const CANCELLABLE_WAIT_OBJECTS_MAX: usize = 63;
@@ -910,7 +961,7 @@ pub(crate) fn wait(
     wait_all: bool,
     timeout: Timeout,
 ) -> Result<WaitOutcome, u32> {
-    wait_cancellable(seg, objs, wait_all, timeout, None)
+    wait_cancellable(seg, objs, wait_all, timeout, None).map(|t| t.outcome)
 }
 
 /// [`wait`] that also ends, with [`ERROR_OPERATION_ABORTED`], once `cancel` is non-zero and
@@ -921,9 +972,13 @@ pub(crate) fn wait_cancellable(
     wait_all: bool,
     timeout: Timeout,
     cancel: Option<&AtomicU32>,
-) -> Result<WaitOutcome, u32> {
+) -> Result<Taken, u32> {
     if cancel.is_some() && objs.len() > CANCELLABLE_WAIT_OBJECTS_MAX {
         return Err(ERROR_INVALID_PARAMETER);
+    }
+    if cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0) {
+        // Cancelled while queued: take nothing.
+        return Err(ERROR_OPERATION_ABORTED);
     }
     for o in objs {
         o.need(SYNCHRONIZE)?;
@@ -940,14 +995,53 @@ pub(crate) fn wait_cancellable(
         && o.kind == ObjectKind::Mutex
     {
         match take_mutex(o.sync(seg), sys::tid(), 0) {
-            Attempt::Done(outcome) => return Ok(outcome),
+            Attempt::Done(taken) => return Ok(taken),
             Attempt::Failed(code) => return Err(code),
-            Attempt::NotYet if timeout == Timeout::Millis(0) => return Ok(WaitOutcome::TimedOut),
+            Attempt::NotYet if timeout == Timeout::Millis(0) => {
+                return Ok(Taken::plain(WaitOutcome::TimedOut));
+            }
             Attempt::NotYet => {}
         }
     }
     let deadline = timeout.as_duration().map(|d| Instant::now() + d);
     blocking_wait(seg, objs, wait_all, deadline, cancel)
+}
+
+/// Gives back what a wait took, exactly: a mutex is released (abandoned again if it was
+/// taken abandoned), a semaphore unit returned, an auto-reset event set again unless a pulse
+/// released the wait. For waits whose caller went away (a cancelled async wait); must run on
+/// the thread that waited, which owns the mutexes taken.
+pub(crate) fn give_back(seg: &Segment, objs: &[LocalObj], wait_all: bool, taken: Taken) {
+    let indexes: Vec<usize> = match taken.outcome {
+        WaitOutcome::TimedOut => return,
+        _ if wait_all => (0..objs.len()).collect(),
+        WaitOutcome::Signaled { index, .. } | WaitOutcome::Abandoned { index, .. } => {
+            vec![index]
+        }
+    };
+    for k in indexes {
+        let Some(o) = objs.get(k) else { continue };
+        let result = match o.kind {
+            ObjectKind::Mutex => {
+                if o.sync(seg).owned_by(sys::tid()) {
+                    untake_mutex(seg, o.index as usize, taken.abandoned & (1 << k) != 0);
+                }
+                Ok(())
+            }
+            ObjectKind::Semaphore => o.release_semaphore(seg, 1).map(|_| ()),
+            ObjectKind::Event => {
+                let manual = o.meta(seg).manual_reset.load(Ordering::Relaxed) != 0;
+                if manual || taken.pulsed & (1 << k) != 0 {
+                    Ok(())
+                } else {
+                    o.set_event(seg)
+                }
+            }
+        };
+        if let Err(code) = result {
+            tracing::warn!(code, "could not give back what a cancelled local wait took");
+        }
+    }
 }
 
 /// `SignalObjectAndWait` over two local handles.
@@ -978,7 +1072,7 @@ pub(crate) fn signal_and_wait(
         g.commit();
         return Err(code);
     }
-    wait_loop(seg, objs, false, deadline, None, slot)
+    wait_loop(seg, objs, false, deadline, None, slot).map(|t| t.outcome)
 }
 
 fn blocking_wait(
@@ -987,7 +1081,7 @@ fn blocking_wait(
     wait_all: bool,
     deadline: Option<Instant>,
     cancel: Option<&AtomicU32>,
-) -> Result<WaitOutcome, u32> {
+) -> Result<Taken, u32> {
     let indexes: Vec<usize> = objs.iter().map(|o| o.index as usize).collect();
     let slot = {
         let mut g = seg.lock()?;
@@ -997,12 +1091,12 @@ fn blocking_wait(
         let first = attempt(&mut g, objs, wait_all, 0);
         g.commit();
         match first {
-            Attempt::Done(outcome) => return Ok(outcome),
+            Attempt::Done(taken) => return Ok(taken),
             Attempt::Failed(code) => return Err(code),
             Attempt::NotYet => {}
         }
         if deadline.is_some_and(|d| d <= Instant::now()) {
-            return Ok(WaitOutcome::TimedOut);
+            return Ok(Taken::plain(WaitOutcome::TimedOut));
         }
         // Waits of dead processes inflate waiter counts (and so cost every releaser a
         // system call) until reaped; a wait about to sleep is a good moment.
@@ -1023,12 +1117,13 @@ fn wait_loop(
     deadline: Option<Instant>,
     cancel: Option<&AtomicU32>,
     slot: usize,
-) -> Result<WaitOutcome, u32> {
+) -> Result<Taken, u32> {
     let tid = sys::tid();
     let mut words: Vec<WaitOn<'_>> = Vec::with_capacity(2 * objs.len() + 1);
     // (index into `words`, object) of each mutex's lock word.
     let mut lock_entries: Vec<(usize, usize)> = Vec::with_capacity(objs.len());
     let mut timed_out = false;
+    let mut failed: Option<u32> = None;
     loop {
         // Snapshot the words first: any change after this wakes (or fails) the sleep below.
         words.clear();
@@ -1059,13 +1154,18 @@ fn wait_loop(
             let mut g = seg.lock()?;
             let w = &seg.waiters()[slot];
             let pulsed = w.pulsed.load(Ordering::Relaxed);
-            let mut r = attempt(&mut g, objs, wait_all, pulsed);
+            // A cancelled wait takes nothing more: its caller is gone.
             let cancelled = cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0);
+            let mut r = if cancelled {
+                Attempt::Failed(ERROR_OPERATION_ABORTED)
+            } else {
+                attempt(&mut g, objs, wait_all, pulsed)
+            };
             if matches!(r, Attempt::NotYet) {
-                if cancelled {
-                    r = Attempt::Failed(ERROR_OPERATION_ABORTED);
+                if let Some(code) = failed {
+                    r = Attempt::Failed(code);
                 } else if timed_out {
-                    r = Attempt::Done(WaitOutcome::TimedOut);
+                    r = Attempt::Done(Taken::plain(WaitOutcome::TimedOut));
                 }
             }
             if pulsed != 0 {
@@ -1081,13 +1181,32 @@ fn wait_loop(
             r
         };
         match outcome {
-            Attempt::Done(outcome) => return Ok(outcome),
+            Attempt::Done(taken) => return Ok(taken),
             Attempt::Failed(code) => return Err(code),
             Attempt::NotYet => {}
         }
-        if sys::futex_waitv(&words, deadline) == Woke::TimedOut {
-            // One last attempt (honouring a pulse that raced the deadline), then leave.
-            timed_out = true;
+        // While another thread holds a mutex of the set, sleep at most OWNER_DEATH_RECHECK:
+        // the kernel hands an owner's death to one sleeper only, and if that sleeper dies
+        // too (its whole process exiting) nobody else would hear of it.
+        let held_elsewhere = lock_entries.iter().any(|&(at, _)| {
+            let owner = words[at].expected & FUTEX_TID_MASK;
+            owner != 0 && owner != tid
+        });
+        let recheck = held_elsewhere.then(|| Instant::now() + OWNER_DEATH_RECHECK);
+        let sleep_until = match (deadline, recheck) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        };
+        match sys::futex_waitv(&words, sleep_until) {
+            Woke::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
+                // One last attempt (honouring a pulse that raced the deadline), then leave.
+                timed_out = true;
+            }
+            Woke::Failed(code) => {
+                tracing::error!(code, "futex_waitv failed; ending the wait");
+                failed = Some(crate::win32::ERROR_NOT_SUPPORTED);
+            }
+            _ => {}
         }
         // The kernel's owner-died wake reaches one sleeper on the lock word. Whoever sees a
         // holder vanish (the word went from held to OWNER_DIED) wakes the others through the

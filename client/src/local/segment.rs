@@ -185,6 +185,9 @@ struct Header {
     ready: AtomicU32,
     layout: Layout,
     checksum: u64,
+    /// The creator's PID namespace (`/proc/self/ns/pid` device and inode; 0 if unknown): lock
+    /// words hold thread ids, which mean something only within one PID namespace.
+    pid_ns: [u64; 2],
     ns_lock: LockCell,
     /// Changes rolled back after a holder died (diagnostics).
     recoveries: AtomicU64,
@@ -352,6 +355,15 @@ impl Segment {
         }
         if h.checksum != h.layout.checksum(h.version) {
             return Err(corrupt("header checksum mismatch".into()));
+        }
+        let ours = pid_namespace();
+        if h.pid_ns != [0, 0] && ours != [0, 0] && h.pid_ns != ours {
+            return Err(LocalError::Unsupported(format!(
+                "{} was created in another PID namespace: thread ids (which mutexes record) \
+                 differ between PID namespaces, so processes sharing a Local\\ namespace must \
+                 share their PID namespace too (containers: --pid=host or --pid=container:NAME)",
+                self.path.display()
+            )));
         }
         Ok(())
     }
@@ -645,6 +657,15 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// This process's PID namespace as (device, inode) of `/proc/self/ns/pid`; zeros if `/proc`
+/// is not available.
+fn pid_namespace() -> [u64; 2] {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| [m.dev(), m.ino()])
+        .unwrap_or([0, 0])
+}
+
 /// Refuses a segment another user could have planted or can write: its memory is trusted with
 /// pointers the kernel and glibc follow (robust lists). It must be a regular file, not
 /// writable by others, and ours unless the configured mode shares it with the group.
@@ -730,6 +751,7 @@ fn create(path: &Path, mode: u32) -> Result<File, LocalError> {
             h.version = VERSION;
             h.layout = layout;
             h.checksum = layout.checksum(VERSION);
+            h.pid_ns = pid_namespace();
             sys::robust_mutex_init(h.ns_lock.0.get())?;
             // Every object's mutex is initialised once, here, and never again: a thread of a
             // stale handle may be inside glibc on it at any time, and re-initialising a mutex

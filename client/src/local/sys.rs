@@ -80,6 +80,8 @@ pub(crate) enum Woke {
     Changed,
     /// The deadline passed.
     TimedOut,
+    /// The kernel refused the call (a seccomp filter, for example): waiting cannot work.
+    Failed(i32),
 }
 
 /// Sleeps until one of `words` is woken, one differs from its expected value, or `deadline`
@@ -111,8 +113,9 @@ pub(crate) fn futex_waitv(words: &[WaitOn<'_>], deadline: Option<Instant>) -> Wo
     ) {
         Ok(index) => Woke::Index(index),
         Err(rustix::io::Errno::TIMEDOUT) => Woke::TimedOut,
-        // EAGAIN (a value changed), EINTR: look again.
-        Err(_) => Woke::Changed,
+        // A value changed before the sleep, or a signal interrupted it: look again.
+        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => Woke::Changed,
+        Err(e) => Woke::Failed(e.raw_os_error()),
     }
 }
 
@@ -142,8 +145,12 @@ pub(crate) fn check_futex_waitv() -> Result<(), String> {
         None,
         rustix::time::ClockId::Monotonic,
     ) {
+        Err(rustix::io::Errno::AGAIN) => Ok(()),
         Err(rustix::io::Errno::NOSYS) => Err("the kernel has no futex_waitv (Linux 5.16+)".into()),
-        _ => Ok(()),
+        Err(e) => Err(format!(
+            "futex_waitv is refused ({e}; a seccomp profile that blocks it?)"
+        )),
+        Ok(_) => Err("futex_waitv slept on a word that differs".into()),
     }
 }
 

@@ -581,3 +581,20 @@ fn attaching_reclaims_every_dead_process_slot() {
         "the child's mutex went with it: {snap:?}"
     );
 }
+
+#[test]
+fn a_segment_from_another_pid_namespace_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(attach(dir.path()));
+    let path = settings(dir.path()).segment_path();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // pid_ns follows magic (8), version (4), ready (4), the layout and the checksum (8).
+    let at = 16 + size_of::<Layout>() + 8;
+    bytes[at..at + 16].copy_from_slice(&[7u8; 16]);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Segment::attach(&settings(dir.path())).err().unwrap();
+    assert!(
+        matches!(&err, LocalError::Unsupported(why) if why.contains("PID namespace")),
+        "{err}"
+    );
+}
