@@ -69,6 +69,10 @@ const LAYOUT: Layout = Layout::current();
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
+    /// The header's own shape: a change to it (a new field) must not go unnoticed.
+    header_size: u64,
+    off_ns_lock: u64,
+    off_journal: u64,
     procs: u64,
     objects: u64,
     handles: u64,
@@ -99,6 +103,9 @@ impl Layout {
         let off_waiters = align_up(off_handles + HANDLES_MAX * size_of::<HandleRec>(), 64);
         let len = align_up(off_waiters + WAITERS_MAX * size_of::<WaiterSlot>(), 4096);
         Layout {
+            header_size: size_of::<Header>() as u64,
+            off_ns_lock: std::mem::offset_of!(Header, ns_lock) as u64,
+            off_journal: std::mem::offset_of!(Header, journal) as u64,
             procs: PROCS_MAX as u64,
             objects: OBJECTS_MAX as u64,
             handles: HANDLES_MAX as u64,
@@ -120,6 +127,9 @@ impl Layout {
         h.write(&MAGIC);
         h.write(&version.to_le_bytes());
         for v in [
+            self.header_size,
+            self.off_ns_lock,
+            self.off_journal,
             self.procs,
             self.objects,
             self.handles,
