@@ -29,7 +29,10 @@
 //! Known limits: events and semaphores share one namespace lock (fine for coordination, not
 //! for millions of operations per second across many processes); using a handle on one thread
 //! while another closes it may act on whatever object reuses the slot (Windows has the same
-//! hazard with handle reuse); a child made by `fork` shares its parent's liveness record.
+//! hazard with handle reuse); a child made by `fork` shares its parent's liveness record; a
+//! wait-all takes its mutexes one at a time under the namespace lock, and if a fast-path
+//! thread takes one of them first it gives back those it took: a `WaitForSingleObject(h, 0)`
+//! racing it may see a mutex held for that instant although the wait-all then takes nothing.
 
 mod inspect;
 mod objects;
