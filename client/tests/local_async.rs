@@ -169,7 +169,8 @@ async fn a_cancelled_wait_never_loses_an_auto_reset_signal_or_a_semaphore_unit()
         // consumed and unreported. (A give-back runs on a blocking thread: allow it a moment.)
         let delivered = matches!(waited, Ok(Ok(o)) if o.is_acquired());
         let mut left = false;
-        for _ in 0..200 {
+        // A correctness deadline (10 s), left as soon as the state is known.
+        for _ in 0..2_000 {
             let q = if round % 2 == 0 {
                 ev.query().await
             } else {
