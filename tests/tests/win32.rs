@@ -8,9 +8,12 @@ mod backend {
     /// `Global\\` followed by an empty component.
     pub const EMPTY_COMPONENT: &str = "Global\\\\x";
 
-    /// Starts (once) the shared dlockd and points the facade at it.
+    /// Starts (once) the shared dlockd and points the facade at it; also sets the local
+    /// namespace directory, so that every environment change of this binary happens before
+    /// any test gets past its setup.
     pub fn setup() {
         dlock_tests::shared_dlockd();
+        dlock_tests::local_namespace();
     }
 
     /// A unique cluster name.
@@ -44,7 +47,6 @@ fn s3_4_a_leading_backslash_is_a_bad_pathname() {
 #[test]
 fn s3_4_local_and_cluster_names_are_different_objects_and_do_not_mix_in_waits() {
     setup();
-    dlock_tests::local_namespace();
     let name = unique("split");
     let cluster = CreateEventA(None, TRUE, TRUE, Some(&name));
     let local = CreateEventA(None, TRUE, FALSE, Some(&format!("Local\\{name}")));
