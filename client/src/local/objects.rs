@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::segment::{
     Fnv, Guard, NAME_BYTES_MAX, OBJ_FREE, OBJ_LIVE, OBJ_ZOMBIE, OBJECTS_MAX, ObjMeta, ObjSync,
-    Segment, WAIT_OBJECTS_MAX,
+    Segment,
 };
 use super::sys::{self, FUTEX_TID_MASK, FUTEX_WAITERS, Locked, WaitOn, Woke};
 use crate::win32::{
@@ -319,12 +319,7 @@ impl Guard<'_> {
 
     fn unregister(&mut self, slot: usize) {
         let w = &self.seg.waiters()[slot];
-        let n = (w.count.load(Ordering::Relaxed) as usize).min(WAIT_OBJECTS_MAX);
-        let objs: Vec<usize> = w.objs[..n]
-            .iter()
-            .map(|o| o.load(Ordering::Relaxed) as usize)
-            .filter(|&o| o < OBJECTS_MAX)
-            .collect();
+        let objs: Vec<usize> = w.objects().filter(|&o| o < OBJECTS_MAX).collect();
         self.touch(&w.proc);
         w.proc.store(0, Ordering::Relaxed);
         for &o in &objs {
@@ -611,27 +606,24 @@ impl LocalObj {
 
     /// `SetEvent`.
     pub(crate) fn set_event(&self, seg: &Segment) -> Result<(), u32> {
-        self.need(EVENT_MODIFY_STATE)?;
-        {
-            let mut g = seg.lock()?;
-            self.check(&g)?;
-            let meta = self.meta(seg);
-            g.touch(&meta.signaled);
-            meta.signaled.store(1, Ordering::Relaxed);
-            g.commit();
-        }
+        self.store_signaled(seg, true)?;
         self.sync(seg).notify();
         Ok(())
     }
 
     /// `ResetEvent`.
     pub(crate) fn reset_event(&self, seg: &Segment) -> Result<(), u32> {
+        self.store_signaled(seg, false)
+    }
+
+    /// Sets an event's state under the namespace lock (the caller wakes waiters if needed).
+    fn store_signaled(&self, seg: &Segment, signaled: bool) -> Result<(), u32> {
         self.need(EVENT_MODIFY_STATE)?;
         let mut g = seg.lock()?;
         self.check(&g)?;
         let meta = self.meta(seg);
         g.touch(&meta.signaled);
-        meta.signaled.store(0, Ordering::Relaxed);
+        meta.signaled.store(u32::from(signaled), Ordering::Relaxed);
         g.commit();
         Ok(())
     }
@@ -650,11 +642,10 @@ impl LocalObj {
                 if w.proc.load(Ordering::Relaxed) == 0 {
                     continue;
                 }
-                let n = (w.count.load(Ordering::Relaxed) as usize).min(WAIT_OBJECTS_MAX);
-                let bits = w.objs[..n]
-                    .iter()
+                let bits = w
+                    .objects()
                     .enumerate()
-                    .filter(|(_, o)| o.load(Ordering::Relaxed) == self.index)
+                    .filter(|&(_, o)| o == self.index as usize)
                     .fold(0u64, |b, (k, _)| b | 1 << k);
                 if bits != 0 {
                     chosen.push((i, bits));

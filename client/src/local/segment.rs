@@ -278,6 +278,17 @@ pub(crate) struct WaiterSlot {
     pub(crate) objs: [AtomicU32; WAIT_OBJECTS_MAX],
 }
 
+impl WaiterSlot {
+    /// The object slots this wait names (its count clamped, so a damaged count cannot index
+    /// past the array).
+    pub(crate) fn objects(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = (self.count.load(Ordering::Relaxed) as usize).min(WAIT_OBJECTS_MAX);
+        self.objs[..n]
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed) as usize)
+    }
+}
+
 /// One attached namespace (process-wide; never unmapped).
 pub(crate) struct Segment {
     base: *mut u8,
@@ -514,9 +525,8 @@ impl Segment {
             if w.proc.load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            let n = (w.count.load(Ordering::Relaxed) as usize).min(WAIT_OBJECTS_MAX);
-            for o in &w.objs[..n] {
-                if let Some(c) = counts.get_mut(o.load(Ordering::Relaxed) as usize) {
+            for o in w.objects() {
+                if let Some(c) = counts.get_mut(o) {
                     *c += 1;
                 }
             }

@@ -57,8 +57,8 @@ fn check_invariants(seg: &Segment) {
     let mut waits = vec![0u32; OBJECTS_MAX];
     for w in seg.waiters() {
         if w.proc.load(Ordering::Relaxed) != 0 {
-            for o in &w.objs[..w.count.load(Ordering::Relaxed) as usize] {
-                waits[o.load(Ordering::Relaxed) as usize] += 1;
+            for o in w.objects() {
+                waits[o] += 1;
             }
         }
     }

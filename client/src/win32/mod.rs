@@ -437,11 +437,13 @@ fn on_local<T>(
     if kind.is_some_and(|k| k != obj.kind) {
         return Some(Err(ERROR_INVALID_HANDLE));
     }
-    Some(
-        local::attached()
-            .ok_or(ERROR_INVALID_HANDLE)
-            .and_then(|seg| op(seg, obj)),
-    )
+    Some(with_segment(|seg| op(seg, obj)))
+}
+
+/// Runs `op` on the attached local namespace; 6 if there is none (no local handle can exist
+/// then).
+fn with_segment<T>(op: impl FnOnce(&'static Segment) -> Result<T, u32>) -> Result<T, u32> {
+    local::attached().ok_or(ERROR_INVALID_HANDLE).and_then(op)
 }
 
 fn mutex_flags(initial_owner: BOOL) -> u32 {
@@ -857,11 +859,7 @@ pub fn CloseHandle(hObject: HANDLE) -> BOOL {
         Ok(Slot::Local(_)) => {
             // Only the thread that takes the handle out of the table closes it.
             return match global::forget(hObject) {
-                Some(Slot::Local(obj)) => to_bool(
-                    local::attached()
-                        .ok_or(ERROR_INVALID_HANDLE)
-                        .and_then(|seg| obj.close(seg)),
-                ),
+                Some(Slot::Local(obj)) => to_bool(with_segment(|seg| obj.close(seg))),
                 _ => fail(ERROR_INVALID_HANDLE, FALSE),
             };
         }
@@ -971,11 +969,9 @@ pub fn WaitForMultipleObjects(
     let timeout = Timeout::from_millis(dwMilliseconds);
     match local_wait_set(lpHandles) {
         Ok(Some(objs)) => {
-            return wait_result(
-                local::attached()
-                    .ok_or(ERROR_INVALID_HANDLE)
-                    .and_then(|seg| local::wait(seg, &objs, is_true(bWaitAll), timeout)),
-            );
+            return wait_result(with_segment(|seg| {
+                local::wait(seg, &objs, is_true(bWaitAll), timeout)
+            }));
         }
         Ok(None) => {}
         Err(code) => return fail(code, WAIT_FAILED),
@@ -1007,11 +1003,9 @@ pub fn SignalObjectAndWait(
     let timeout = Timeout::from_millis(dwMilliseconds);
     match local_wait_set(&[hObjectToSignal, hObjectToWaitOn]) {
         Ok(Some(objs)) => {
-            return wait_result(
-                local::attached()
-                    .ok_or(ERROR_INVALID_HANDLE)
-                    .and_then(|seg| local::signal_and_wait(seg, &objs[0], &objs[1], timeout)),
-            );
+            return wait_result(with_segment(|seg| {
+                local::signal_and_wait(seg, &objs[0], &objs[1], timeout)
+            }));
         }
         Ok(None) => {}
         Err(code) => return fail(code, WAIT_FAILED),
