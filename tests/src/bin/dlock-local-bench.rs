@@ -67,7 +67,6 @@ fn local_pair(pairs: usize) -> f64 {
 }
 
 fn pthread_pair(pairs: usize) -> f64 {
-    let len = size_of::<libc::pthread_mutex_t>();
     // SAFETY: a fresh memfd, sized and mapped shared; the mutex is initialised before use and
     // used by this thread only.
     unsafe {
@@ -103,7 +102,6 @@ fn pthread_pair(pairs: usize) -> f64 {
             }
             batches.push(start.elapsed().as_nanos() as f64 / pairs as f64);
         }
-        let _ = len;
         libc::munmap(p, 4096);
         libc::close(fd);
         median(batches)
