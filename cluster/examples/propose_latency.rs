@@ -7,28 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dlock_cluster::{Config, NoTransport, Node, StateMachine};
+use dlock_cluster::{Config, NoTransport, Node};
 
-/// Counts commands; replies with the count.
-struct Counter(u64);
+mod common;
 
-impl StateMachine for Counter {
-    fn apply(&mut self, _index: u64, _command: &[u8]) -> Vec<u8> {
-        self.0 += 1;
-        self.0.to_be_bytes().to_vec()
-    }
-    fn snapshot(&mut self) -> Vec<u8> {
-        self.0.to_be_bytes().to_vec()
-    }
-    fn restore(&mut self, _index: u64, data: &[u8]) -> Result<(), String> {
-        self.0 = u64::from_be_bytes(data.try_into().map_err(|_| "bad snapshot".to_string())?);
-        Ok(())
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
+use common::{Counter, percentile};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
