@@ -82,6 +82,25 @@ async fn launch(config: Config, sm: ListSm, listener: TcpListener) -> Running {
 }
 
 /// Binds `n` listeners on ephemeral ports.
+/// Starts nodes 1-3 on the first three of `bound`, each with `tweak` applied to its
+/// [`node_config`]. Returns the initial cluster (id to peer address) and the running nodes.
+async fn launch_three(
+    dir: &Path,
+    bound: Vec<(TcpListener, SocketAddr)>,
+    tweak: impl Fn(Config) -> Config,
+) -> (BTreeMap<u64, String>, BTreeMap<u64, Running>) {
+    let cluster: BTreeMap<u64, String> = (1..=3)
+        .map(|id| (id, bound[id as usize - 1].1.to_string()))
+        .collect();
+    let mut running = BTreeMap::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let config = tweak(node_config(dir, id, &cluster));
+        running.insert(id, launch(config, ListSm::default(), listener).await);
+    }
+    (cluster, running)
+}
+
 async fn listeners(n: usize) -> Vec<(TcpListener, SocketAddr)> {
     let mut out = Vec::new();
     for _ in 0..n {
@@ -216,15 +235,7 @@ async fn replicates_fails_over_and_catches_up_a_restarted_node() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let bound = listeners(3).await;
-        let cluster: BTreeMap<u64, String> = (1..=3)
-            .map(|id| (id, bound[id as usize - 1].1.to_string()))
-            .collect();
-        let mut running = BTreeMap::new();
-        for (i, (listener, _)) in bound.into_iter().enumerate() {
-            let id = i as u64 + 1;
-            let config = node_config(dir.path(), id, &cluster);
-            running.insert(id, launch(config, ListSm::default(), listener).await);
-        }
+        let (cluster, mut running) = launch_three(dir.path(), bound, |c| c).await;
         let nodes = handles(&running);
         let first_leader = wait_for_leader(&nodes).await;
         let mut last = 0;
@@ -300,19 +311,12 @@ async fn a_far_behind_node_catches_up_by_a_snapshot_above_4_mib() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let bound = listeners(3).await;
-        let cluster: BTreeMap<u64, String> = (1..=3)
-            .map(|id| (id, bound[id as usize - 1].1.to_string()))
-            .collect();
-        let mut running = BTreeMap::new();
-        for (i, (listener, _)) in bound.into_iter().enumerate() {
-            let id = i as u64 + 1;
-            let config = Config {
-                snapshot_interval_entries: 20,
-                log_tail_entries: 5,
-                ..node_config(dir.path(), id, &cluster)
-            };
-            running.insert(id, launch(config, ListSm::default(), listener).await);
-        }
+        let (cluster, mut running) = launch_three(dir.path(), bound, |c| Config {
+            snapshot_interval_entries: 20,
+            log_tail_entries: 5,
+            ..c
+        })
+        .await;
         let nodes = handles(&running);
         let leader_id = wait_for_leader(&nodes).await;
         propose(&nodes, b"first".to_vec()).await;
@@ -369,15 +373,7 @@ async fn add_a_learner_promote_it_and_remove_the_leader_under_traffic() {
         let dir = tempfile::tempdir().unwrap();
         let mut bound = listeners(4).await;
         let (listener4, addr4) = bound.pop().unwrap();
-        let cluster: BTreeMap<u64, String> = (1..=3)
-            .map(|id| (id, bound[id as usize - 1].1.to_string()))
-            .collect();
-        let mut running = BTreeMap::new();
-        for (i, (listener, _)) in bound.into_iter().enumerate() {
-            let id = i as u64 + 1;
-            let config = node_config(dir.path(), id, &cluster);
-            running.insert(id, launch(config, ListSm::default(), listener).await);
-        }
+        let (cluster, mut running) = launch_three(dir.path(), bound, |c| c).await;
         let nodes = handles(&running);
         let first_leader = wait_for_leader(&nodes).await;
 
