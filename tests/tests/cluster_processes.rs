@@ -616,28 +616,68 @@ enum Stop {
     Kill9,
 }
 
+/// Three nodes, a pinned session holding one mutex, and a counter semaphore for writers: the
+/// start of the tests that restart or wipe nodes and then check nothing was lost.
+struct Holding {
+    cluster: ProcCluster,
+    client: Client,
+    pin: Session,
+    /// Name of the counter semaphore.
+    counter: String,
+    sem: dlock::Semaphore,
+    held_name: String,
+    held: dlock::Mutex,
+    /// Fencing token of the pinned session's hold.
+    token: u64,
+}
+
+impl Holding {
+    async fn start(flags: &[&str], held_prefix: &str) -> Holding {
+        let cluster = ProcCluster::start(3, flags).await;
+        cluster.leader().await;
+        let client = Client::connect(cluster.endpoint_list()).await.unwrap();
+        let pin = client.open_session(PIN_TTL).await.unwrap();
+        let counter = unique("counter");
+        let sem = pin
+            .create_semaphore(Some(&counter), 0, i32::MAX)
+            .await
+            .unwrap();
+        let held_name = unique(held_prefix);
+        let held = pin.create_mutex(Some(&held_name), false).await.unwrap();
+        let token = held
+            .lock(Timeout::Millis(0))
+            .await
+            .unwrap()
+            .fencing_token()
+            .expect("held");
+        Holding {
+            cluster,
+            client,
+            pin,
+            counter,
+            sem,
+            held_name,
+            held,
+            token,
+        }
+    }
+}
+
 /// Restarts the three nodes one at a time under light semaphore traffic, each time waiting
 /// until the restarted node has applied the leader's commit index; then checks the counter
 /// (no acknowledged write lost or doubled), the sessions and a mutex held throughout.
 async fn rolling_restart(how: Stop) {
     let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(3, FLAGS).await;
-    cluster.leader().await;
-    let client = Client::connect(cluster.endpoint_list()).await.unwrap();
-    let pin = client.open_session(PIN_TTL).await.unwrap();
-    let counter = unique("counter");
-    let sem = pin
-        .create_semaphore(Some(&counter), 0, i32::MAX)
-        .await
-        .unwrap();
-    let held_name = unique("held");
-    let held = pin.create_mutex(Some(&held_name), false).await.unwrap();
-    let token = held
-        .lock(Timeout::Millis(0))
-        .await
-        .unwrap()
-        .fencing_token()
-        .expect("held");
+    let Holding {
+        mut cluster,
+        client,
+        pin,
+        counter,
+        sem,
+        held_name,
+        held,
+        token,
+    } = Holding::start(FLAGS, "held").await;
 
     let writers = Writers::start(&client, &counter, 3, Duration::from_millis(2)).await;
     writers
@@ -717,23 +757,16 @@ async fn a_wiped_node_rejoins_from_a_snapshot_and_then_votes() {
         .copied()
         .chain(["--snapshot-interval-entries", "50"])
         .collect();
-    let mut cluster = ProcCluster::start(3, &flags).await;
-    cluster.leader().await;
-    let client = Client::connect(cluster.endpoint_list()).await.unwrap();
-    let pin = client.open_session(PIN_TTL).await.unwrap();
-    let counter = unique("counter");
-    let sem = pin
-        .create_semaphore(Some(&counter), 0, i32::MAX)
-        .await
-        .unwrap();
-    let before_name = unique("before-wipe");
-    let before = pin.create_mutex(Some(&before_name), false).await.unwrap();
-    let token = before
-        .lock(Timeout::Millis(0))
-        .await
-        .unwrap()
-        .fencing_token()
-        .expect("held");
+    let Holding {
+        mut cluster,
+        client,
+        pin,
+        counter,
+        sem,
+        held_name: before_name,
+        held: _before,
+        token,
+    } = Holding::start(&flags, "before-wipe").await;
 
     // Enough entries for several snapshots and compactions before the wipe.
     let writers = Writers::start(&client, &counter, 3, Duration::ZERO).await;
