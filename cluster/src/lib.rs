@@ -39,10 +39,13 @@
 //! every pending proposal with `Dropped` too: its fate is unknown, and the caller retries with
 //! the same session/sequence number, which the state machine deduplicates.
 //!
-//! Reads use ReadIndex with a unique context. raft-rs drops ReadIndex requests *silently* (no
-//! leader, or a new leader that has not committed in its term yet); the raft thread detects this
-//! by comparing raft's read counters before and after, defers reads on a fresh leader until its
-//! first commit, and times out reads that were forwarded and never answered.
+//! Reads use ReadIndex with a context unique across nodes and restarts (node id, a random
+//! per-start incarnation, a counter). raft-rs drops ReadIndex requests *silently* (no leader, a
+//! new leader that has not committed in its term yet, a context equal to a pending one); the
+//! raft thread detects this on the leader by comparing raft's read counters before and after,
+//! defers reads on a fresh leader until its first commit, and issues a read again with a fresh
+//! context whenever it was dropped, went unanswered for half an election timeout, or was pending
+//! when the leader changed; only its deadline (two election timeouts) fails it.
 //!
 //! # Durability and recovery
 //!

@@ -1,4 +1,24 @@
 //! The node handle and the raft thread that drives `RawNode` (see the crate docs for the design).
+//!
+//! # ReadIndex
+//!
+//! Every ReadIndex request goes to raft with a context that no other request, on any node or
+//! in any earlier run of this node, ever had: `be_u64(node id) ‖ be_u64(incarnation) ‖
+//! be_u64(counter)`, where the incarnation is random per start. raft-rs silently ignores a
+//! read whose context equals one already pending on the leader (a follower's forwarded read
+//! and the leader's own, with plain per-node counters), and an answer that arrives for a read
+//! of an earlier run must not satisfy a read of this one. Answers are decoded strictly: a
+//! context of another length, node or incarnation is ignored.
+//!
+//! A read is failed only by its deadline (two election timeouts, then `Dropped`). Until then:
+//! raft dropping it (detected on the leader by its read counters not moving) puts it back to
+//! be issued again with a fresh context after the next `Ready` or tick; an issued read not
+//! answered within half an election timeout (the forwarded request or its answer was lost, or
+//! the leader had not committed in its term) is issued again with a fresh context (a late
+//! answer to the old one is ignored); reads pending when the leader changes are issued again
+//! to the new one once it is known; a leader holds reads until its first entry of the term
+//! is committed. Only a *new* read on a node that knows no leader fails at once
+//! (`NotLeader { leader_hint: None }`), so that the caller can try another node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -27,8 +47,73 @@ use crate::{
 const CONTROL_QUEUE_SLOTS: usize = 64;
 
 /// A ReadIndex request that raft did not answer within this many election timeouts fails with
-/// `Dropped` (raft-rs drops forwarded reads silently when the leader changes).
+/// `Dropped` (raft-rs drops forwarded reads silently when the leader changes). Until then it
+/// is re-issued as needed (see [`READ_RETRY_DIVISOR`]).
 const READ_TIMEOUT_ELECTIONS: u32 = 2;
+
+/// A ReadIndex request handed to raft and not answered within an election timeout divided by
+/// this is re-issued with a fresh context (the first request, or its answer, may have been
+/// lost: a forwarded read is dropped silently by a leader that has not committed in its term
+/// yet, and by the transport).
+const READ_RETRY_DIVISOR: u32 = 2;
+
+/// Bytes of an encoded [`ReadCtx`].
+const READ_CTX_BYTES: usize = 24;
+
+/// The context of one ReadIndex request, unique across the cluster and across restarts:
+/// raft-rs silently ignores a read whose context equals one already pending on the leader
+/// (a follower's forwarded read and the leader's own), and an answer for a read of an earlier
+/// run of this node must never match a read of this run. Encoded as `be_u64(node_id) ‖
+/// be_u64(incarnation) ‖ be_u64(counter)` ([`READ_CTX_BYTES`] bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadCtx {
+    /// The node that issued the read.
+    node_id: u64,
+    /// Random per start of that node ([`new_incarnation`]).
+    incarnation: u64,
+    /// Per incarnation, never reused (a re-issued read gets a new one).
+    counter: u64,
+}
+
+impl ReadCtx {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(READ_CTX_BYTES);
+        out.extend_from_slice(&self.node_id.to_be_bytes());
+        out.extend_from_slice(&self.incarnation.to_be_bytes());
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out
+    }
+
+    /// Decodes exactly [`READ_CTX_BYTES`] bytes; anything else is not one of ours.
+    fn decode(bytes: &[u8]) -> Option<ReadCtx> {
+        let bytes: &[u8; READ_CTX_BYTES] = bytes.try_into().ok()?;
+        let word = |i: usize| u64::from_be_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8"));
+        Some(ReadCtx {
+            node_id: word(0),
+            incarnation: word(1),
+            counter: word(2),
+        })
+    }
+}
+
+/// A random, non-zero number that tells this start of the node from every earlier one.
+///
+/// std's `RandomState` is keyed from the operating system's random source (once per thread,
+/// then varied per instance); the clock and the process id are mixed in as well, so two starts
+/// agree only with negligible probability even if that source were weak. No extra dependency.
+fn new_incarnation(node_id: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(node_id);
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.finish().max(1)
+}
 
 /// If the raft thread falls this many ticks behind (e.g. the process was stopped), it ticks once
 /// and resynchronises its schedule instead of firing a burst that would start an election.
@@ -288,13 +373,19 @@ impl Node {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
+        let election_timeout = config.tick_interval * (config.election_ticks as u32);
+        let incarnation = new_incarnation(config.node_id);
+        tracing::debug!(
+            node_id = config.node_id,
+            incarnation,
+            "read contexts of this start"
+        );
         let mut worker = Worker {
             id: config.node_id,
             tick_interval: config.tick_interval,
             next_tick: now + config.tick_interval,
-            read_timeout: config.tick_interval
-                * (config.election_ticks as u32)
-                * READ_TIMEOUT_ELECTIONS,
+            read_timeout: election_timeout * READ_TIMEOUT_ELECTIONS,
+            read_retry: election_timeout / READ_RETRY_DIVISOR,
             drain_max: capacity,
             raw,
             sm,
@@ -308,9 +399,10 @@ impl Node {
             membership_dirty: true,
             next_proposal_id: proposal_id_seed,
             proposals: BTreeMap::new(),
-            next_read_ctx: 1,
+            incarnation,
+            next_read_counter: 1,
             reads_unconfirmed: HashMap::new(),
-            reads_deferred: Vec::new(),
+            reads_waiting: Vec::new(),
             reads_confirmed: BTreeMap::new(),
             applied: snapshot_index,
             conf_state,
@@ -416,11 +508,15 @@ impl Node {
     /// index that the leader confirmed (by a heartbeat round) to be the commit index at some
     /// point after the call. State read after that is linearizable.
     ///
+    /// A read that raft drops, or whose confirmation is lost, or that was pending when the
+    /// leader changed, is issued again with a fresh context (see the [module docs](self))
+    /// until it is confirmed or its deadline of two election timeouts passes.
+    ///
     /// # Errors
     ///
-    /// `NotLeader { leader_hint: None }` if no leader is known; `Dropped` if raft dropped the
-    /// request, leadership changed, or no answer came within two election timeouts;
-    /// `Overloaded` if the read queue is full; `Stopped` / `Storage(..)` once stopped.
+    /// `NotLeader { leader_hint: None }` if no leader is known when the read arrives;
+    /// `Dropped` if no confirmation came within two election timeouts; `Overloaded` if the
+    /// read queue is full; `Stopped` / `Storage(..)` once stopped.
     pub async fn read_index(&self) -> Result<u64, Error> {
         let shared = &self.inner.shared;
         let (reply, rx) = oneshot::channel();
@@ -614,7 +710,12 @@ enum Outcome {
 
 /// A ReadIndex request waiting for raft's confirmation.
 struct PendingRead {
+    /// Only this fails the read (with `Dropped`); until then it is re-issued as needed.
     deadline: Instant,
+    /// When it was last handed to raft (meaningless while `attempts` is 0).
+    issued: Instant,
+    /// How often it was handed to raft.
+    attempts: u32,
     reply: ReadReply,
 }
 
@@ -625,6 +726,8 @@ struct Worker {
     tick_interval: Duration,
     next_tick: Instant,
     read_timeout: Duration,
+    /// An issued read unanswered for this long is re-issued with a fresh context.
+    read_retry: Duration,
     /// Inputs handled per loop iteration at most, so a flood cannot starve `Ready` handling.
     drain_max: usize,
     raw: RawNode<SledStorage>,
@@ -644,11 +747,16 @@ struct Worker {
     next_proposal_id: u64,
     /// Pending proposals by log index.
     proposals: BTreeMap<u64, PendingProposal>,
-    next_read_ctx: u64,
-    /// Reads handed to raft, by context.
+    /// This start's [`ReadCtx::incarnation`].
+    incarnation: u64,
+    /// The next [`ReadCtx::counter`].
+    next_read_counter: u64,
+    /// Reads handed to raft, by [`ReadCtx::counter`].
     reads_unconfirmed: HashMap<u64, PendingRead>,
-    /// Reads on a leader that has not yet committed an entry in its term (raft would drop them).
-    reads_deferred: Vec<PendingRead>,
+    /// Reads that raft cannot take right now, issued again as soon as it can: on a leader that
+    /// has not yet committed an entry in its term (raft would drop them), on a node that knows
+    /// no leader after the leadership changed under them, and reads raft dropped.
+    reads_waiting: Vec<PendingRead>,
     /// Confirmed reads waiting for `applied` to reach their index.
     reads_confirmed: BTreeMap<u64, Vec<ReadReply>>,
     applied: u64,
@@ -753,7 +861,7 @@ impl Worker {
         if now >= self.next_tick {
             self.next_tick = now + self.tick_interval;
         }
-        self.expire_reads(now);
+        self.retry_reads(now);
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -768,8 +876,11 @@ impl Worker {
             }
             Input::ReadIndex { reply } => {
                 self.shared.queued_reads.fetch_sub(1, Ordering::AcqRel);
+                let now = Instant::now();
                 self.read_index(PendingRead {
-                    deadline: Instant::now() + self.read_timeout,
+                    deadline: now + self.read_timeout,
+                    issued: now,
+                    attempts: 0,
                     reply,
                 });
             }
@@ -1039,63 +1150,122 @@ impl Worker {
         }
     }
 
-    fn read_index(&mut self, read: PendingRead) {
+    /// Hands `read` to raft with a fresh context, or parks it in `reads_waiting` if raft
+    /// cannot take it now. A new read on a node that knows no leader fails at once with
+    /// `NotLeader` (the caller can go elsewhere); a read already under way waits for its
+    /// deadline instead.
+    fn read_index(&mut self, mut read: PendingRead) {
         let raft = &self.raw.raft;
         if raft.state == StateRole::Leader {
             if !raft.commit_to_current_term() {
-                // raft-rs would drop it silently; retry once the leader's first entry commits.
-                self.reads_deferred.push(read);
+                // raft-rs would drop it silently; issued once the leader's first entry commits.
+                self.reads_waiting.push(read);
                 return;
             }
         } else if raft.leader_id == 0 {
-            let _ = read.reply.send(Err(Error::NotLeader { leader_hint: None }));
+            if read.attempts == 0 {
+                let _ = read.reply.send(Err(Error::NotLeader { leader_hint: None }));
+            } else {
+                self.reads_waiting.push(read);
+            }
             return;
         }
-        let ctx = self.next_read_ctx;
-        self.next_read_ctx += 1;
+        let ctx = ReadCtx {
+            node_id: self.id,
+            incarnation: self.incarnation,
+            counter: self.next_read_counter,
+        };
+        self.next_read_counter += 1;
         let counts =
             |raft: &raft::Raft<SledStorage>| (raft.ready_read_count(), raft.pending_read_count());
         let before = counts(&self.raw.raft);
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.raw.read_index(ctx.encode());
         let after = counts(&self.raw.raft);
+        read.issued = Instant::now();
+        read.attempts += 1;
         if self.raw.raft.state == StateRole::Leader && before == after {
-            // Dropped silently by raft (FIELD-NOTES §1.7); a follower forwards, so only the
-            // timeout can tell there.
-            let _ = read.reply.send(Err(Error::Dropped));
+            // Dropped silently by raft (FIELD-NOTES §1.7); issued again with a fresh context
+            // after the next Ready or tick. A follower forwards, so only the retry timer can
+            // tell there.
+            tracing::debug!(
+                counter = ctx.counter,
+                attempts = read.attempts,
+                "ReadIndex dropped by raft; retrying"
+            );
+            self.reads_waiting.push(read);
             return;
         }
-        self.reads_unconfirmed.insert(ctx, read);
+        self.reads_unconfirmed.insert(ctx.counter, read);
     }
 
-    fn expire_reads(&mut self, now: Instant) {
-        let expired: Vec<u64> = self
+    /// Whether raft would take a read now (see [`Worker::read_index`]).
+    fn can_issue_reads(&self) -> bool {
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Leader {
+            raft.commit_to_current_term()
+        } else {
+            raft.leader_id != 0
+        }
+    }
+
+    /// Issues the waiting reads again if raft would take them now. Never call between
+    /// `ready()` and `advance()`.
+    fn issue_waiting_reads(&mut self) {
+        if self.reads_waiting.is_empty() || !self.can_issue_reads() {
+            return;
+        }
+        for read in std::mem::take(&mut self.reads_waiting) {
+            self.read_index(read);
+        }
+    }
+
+    /// Fails reads past their deadline with `Dropped`, re-issues (with a fresh context) reads
+    /// that raft has not answered within `read_retry`, and issues waiting ones if it can.
+    fn retry_reads(&mut self, now: Instant) {
+        let counters: Vec<u64> = self
             .reads_unconfirmed
             .iter()
-            .filter(|(_, read)| read.deadline <= now)
-            .map(|(ctx, _)| *ctx)
+            .filter(|(_, read)| read.deadline <= now || read.issued + self.read_retry <= now)
+            .map(|(counter, _)| *counter)
             .collect();
-        for ctx in expired {
-            if let Some(read) = self.reads_unconfirmed.remove(&ctx) {
+        let mut stale: Vec<PendingRead> = counters
+            .iter()
+            .filter_map(|counter| self.reads_unconfirmed.remove(counter))
+            .collect();
+        stale.append(&mut self.reads_waiting);
+        for read in stale {
+            if read.deadline <= now {
+                tracing::debug!(attempts = read.attempts, "ReadIndex timed out");
                 let _ = read.reply.send(Err(Error::Dropped));
+            } else {
+                self.reads_waiting.push(read);
             }
         }
-        let (expired, kept): (Vec<_>, Vec<_>) = self
-            .reads_deferred
-            .drain(..)
-            .partition(|read| read.deadline <= now);
-        self.reads_deferred = kept;
-        for read in expired {
-            let _ = read.reply.send(Err(Error::Dropped));
+        if !self.reads_waiting.is_empty() {
+            tracing::trace!(reads = self.reads_waiting.len(), "re-issuing reads");
         }
+        self.issue_waiting_reads();
     }
 
     fn on_read_states(&mut self, states: Vec<ReadState>) {
         for state in states {
-            let Ok(ctx) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else {
+            let Some(ctx) = ReadCtx::decode(&state.request_ctx) else {
+                tracing::warn!(
+                    bytes = state.request_ctx.len(),
+                    "read state with a context that is not ours; ignored"
+                );
                 continue;
             };
-            let Some(read) = self.reads_unconfirmed.remove(&u64::from_be_bytes(ctx)) else {
-                continue; // timed out meanwhile
+            if ctx.node_id != self.id || ctx.incarnation != self.incarnation {
+                tracing::debug!(
+                    node_id = ctx.node_id,
+                    incarnation = ctx.incarnation,
+                    "read state for another node or an earlier start; ignored"
+                );
+                continue;
+            }
+            let Some(read) = self.reads_unconfirmed.remove(&ctx.counter) else {
+                continue; // re-issued or timed out meanwhile
             };
             if state.index <= self.applied {
                 let _ = read.reply.send(Ok(state.index));
@@ -1135,16 +1305,13 @@ impl Worker {
             for (_, proposal) in std::mem::take(&mut self.proposals) {
                 let _ = proposal.reply.send(Err(Error::Dropped));
             }
-            for read in self.reads_deferred.drain(..) {
-                let _ = read.reply.send(Err(Error::NotLeader {
-                    leader_hint: (leader_id != 0).then_some(leader_id),
-                }));
-            }
         }
         if leader_changed || (was_leader && role != StateRole::Leader) {
-            for (_, read) in self.reads_unconfirmed.drain() {
-                let _ = read.reply.send(Err(Error::Dropped));
-            }
+            // Their answers would come from (or through) the old leader, if ever: issue them
+            // again, to the new leader, once there is one (after this Ready). Only their
+            // deadline fails them.
+            let reads = self.reads_unconfirmed.drain().map(|(_, read)| read);
+            self.reads_waiting.extend(reads);
         }
     }
 
@@ -1226,14 +1393,7 @@ impl Worker {
         // 11. Reads.
         self.on_read_states(read_states);
         self.serve_confirmed_reads();
-        if self.raw.raft.state == StateRole::Leader
-            && !self.reads_deferred.is_empty()
-            && self.raw.raft.commit_to_current_term()
-        {
-            for read in std::mem::take(&mut self.reads_deferred) {
-                self.read_index(read);
-            }
-        }
+        self.issue_waiting_reads();
         Ok(())
     }
 
@@ -1543,7 +1703,7 @@ impl Worker {
         for (_, read) in self.reads_unconfirmed.drain() {
             let _ = read.reply.send(Err(error.clone()));
         }
-        for read in self.reads_deferred.drain(..) {
+        for read in self.reads_waiting.drain(..) {
             let _ = read.reply.send(Err(error.clone()));
         }
         for (_, replies) in std::mem::take(&mut self.reads_confirmed) {
@@ -1569,6 +1729,43 @@ impl Worker {
                 | Input::Wake
                 | Input::TransferLeadership => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_contexts_round_trip_and_decode_strictly() {
+        let ctx = ReadCtx {
+            node_id: 3,
+            incarnation: 0xdead_beef_0123_4567,
+            counter: 42,
+        };
+        let bytes = ctx.encode();
+        assert_eq!(bytes.len(), READ_CTX_BYTES);
+        assert_eq!(ReadCtx::decode(&bytes), Some(ctx));
+        // The old format (a bare counter), truncated and padded contexts are not ours.
+        assert_eq!(ReadCtx::decode(&42u64.to_be_bytes()), None);
+        assert_eq!(ReadCtx::decode(&bytes[..READ_CTX_BYTES - 1]), None);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(ReadCtx::decode(&longer), None);
+        assert_eq!(ReadCtx::decode(&[]), None);
+    }
+
+    #[test]
+    fn every_start_has_its_own_incarnation() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let incarnation = new_incarnation(1);
+            assert_ne!(incarnation, 0);
+            assert!(
+                seen.insert(incarnation),
+                "incarnation {incarnation} repeated"
+            );
         }
     }
 }

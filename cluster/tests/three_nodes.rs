@@ -1,11 +1,14 @@
-//! Three nodes in one process over an in-memory transport: replication, follower ReadIndex, and
-//! a snapshot installed on a node that fell behind the leader's compacted log.
+//! Three nodes in one process over an in-memory transport: replication, follower ReadIndex,
+//! concurrent ReadIndex on a follower and the leader, and a snapshot installed on a node that
+//! fell behind the leader's compacted log.
 
 mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::{ListSm, bounded, config};
 use dlock_cluster::{Config, Error, Node, Transport};
@@ -16,12 +19,29 @@ use raft::eraftpb::{Message, MessageType};
 #[derive(Default)]
 struct Mesh {
     nodes: Mutex<HashMap<u64, Node>>,
+    /// While set, heartbeat responses are lost (a leader's ReadIndex then stays pending).
+    drop_heartbeat_responses: AtomicBool,
+    /// This many forwarded ReadIndex requests (follower to leader) are lost.
+    drop_read_requests: AtomicUsize,
 }
 
 impl Transport for Mesh {
     fn send(&self, to: u64, bytes: Vec<u8>) {
         let nodes = self.nodes.lock().unwrap();
         let decoded = Message::parse_from_bytes(&bytes).unwrap();
+        if decoded.get_msg_type() == MessageType::MsgHeartbeatResponse
+            && self.drop_heartbeat_responses.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        if decoded.get_msg_type() == MessageType::MsgReadIndex
+            && self
+                .drop_read_requests
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return;
+        }
         let delivered = nodes.get(&to).is_some_and(|n| n.receive(bytes).is_ok());
         let Some(from) = nodes.get(&decoded.from) else {
             return;
@@ -32,6 +52,25 @@ impl Transport for Mesh {
         if !delivered {
             from.report_unreachable(to);
         }
+    }
+}
+
+/// The node that leads, as the nodes themselves see it, once one does.
+async fn wait_for_leader(mesh: &Arc<Mesh>) -> u64 {
+    loop {
+        let leader = mesh
+            .nodes
+            .lock()
+            .unwrap()
+            .values()
+            .map(Node::status)
+            .filter(|s| s.role == dlock_cluster::Role::Leader)
+            .max_by_key(|s| s.term)
+            .map(|s| s.id);
+        if let Some(id) = leader {
+            return id;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -135,6 +174,98 @@ async fn replicates_and_catches_up_a_lagging_node_by_snapshot() {
         let got = fresh.state.lock().unwrap().commands.clone();
         assert_eq!(got.len(), 230);
         assert_eq!(got, expected[..got.len()]);
+
+        let all: Vec<Node> = mesh.nodes.lock().unwrap().drain().map(|(_, n)| n).collect();
+        for node in &all {
+            node.shutdown();
+        }
+    })
+    .await;
+}
+
+/// Every node numbers its reads from the same start, so the first read on a follower and the
+/// first on the leader have equal counters. The follower's read is forwarded to the leader
+/// while the leader's own is still pending (heartbeat responses are lost meanwhile): raft-rs
+/// silently ignores a read whose context equals a pending one, so with contexts that are only
+/// a counter the follower's read was never answered and failed after its timeout. Contexts
+/// carry the node id and incarnation, so both reads succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_on_a_follower_and_the_leader_with_equal_counters_both_succeed() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = Arc::new(Mesh::default());
+        for id in 1..=3 {
+            start_node(&mesh, dir.path(), id, ListSm::default());
+        }
+        // A leader that has committed in its term (it would defer reads otherwise).
+        propose(&mesh, b"x".to_vec()).await;
+        let leader_id = wait_for_leader(&mesh).await;
+        let follower_id = (1..=3).find(|id| *id != leader_id).unwrap();
+        let (leader, follower) = {
+            let nodes = mesh.nodes.lock().unwrap();
+            (nodes[&leader_id].clone(), nodes[&follower_id].clone())
+        };
+        follower
+            .leadership()
+            .wait_for(|l| l.leader_id == Some(leader_id))
+            .await
+            .unwrap();
+
+        mesh.drop_heartbeat_responses.store(true, Ordering::SeqCst);
+        let leader_read = tokio::spawn({
+            let leader = leader.clone();
+            async move { leader.read_index().await }
+        });
+        // The leader's read is pending now (its confirmations are lost)...
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let follower_read = tokio::spawn({
+            let follower = follower.clone();
+            async move { follower.read_index().await }
+        });
+        // ... when the follower's arrives (forwarded at once over the mesh).
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        mesh.drop_heartbeat_responses.store(false, Ordering::SeqCst);
+
+        let leader_index = leader_read.await.unwrap().expect("leader read");
+        let follower_index = follower_read.await.unwrap().expect("follower read");
+        assert!(leader_index >= 2, "{leader_index}");
+        assert!(
+            follower_index >= leader_index,
+            "{follower_index} {leader_index}"
+        );
+
+        let all: Vec<Node> = mesh.nodes.lock().unwrap().drain().map(|(_, n)| n).collect();
+        for node in &all {
+            node.shutdown();
+        }
+    })
+    .await;
+}
+
+/// A follower's forwarded ReadIndex that is lost on the way (or silently dropped by the
+/// leader) is issued again with a fresh context and succeeds, instead of failing with
+/// `Dropped` when its deadline passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_forwarded_read_is_retried_until_it_succeeds() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = Arc::new(Mesh::default());
+        for id in 1..=3 {
+            start_node(&mesh, dir.path(), id, ListSm::default());
+        }
+        let index = propose(&mesh, b"x".to_vec()).await;
+        let leader_id = wait_for_leader(&mesh).await;
+        let follower_id = (1..=3).find(|id| *id != leader_id).unwrap();
+        let follower = mesh.nodes.lock().unwrap()[&follower_id].clone();
+        follower
+            .leadership()
+            .wait_for(|l| l.leader_id == Some(leader_id))
+            .await
+            .unwrap();
+        mesh.drop_read_requests.store(1, Ordering::SeqCst);
+        let read = follower.read_index().await.expect("follower read");
+        assert!(read >= index, "{read} {index}");
+        assert_eq!(mesh.drop_read_requests.load(Ordering::SeqCst), 0);
 
         let all: Vec<Node> = mesh.nodes.lock().unwrap().drain().map(|(_, n)| n).collect();
         for node in &all {
