@@ -83,8 +83,10 @@
 //!
 //! - Proposals are accepted only on the leader (no forwarding): followers answer
 //!   [`Error::NotLeader`] with a hint.
-//! - Snapshots travel inline in one raft message (no chunking); the gRPC size limits are
-//!   raised to [`transport::PEER_MESSAGE_BYTES_MAX`] for that.
+//! - A snapshot travels inline in one raft message, which the gRPC transport splits into
+//!   chunks of [`transport::PeerLimits::chunk_bytes`] (any size up to the receiver's
+//!   [`transport::PeerLimits::message_bytes_max`], 8 GiB by default). The whole encoded
+//!   message is still held in memory on both sides, a few copies at a time.
 //! - Stores bootstrapped before the peer registry existed (snapshot at index 0) cannot add
 //!   members until they have taken their first snapshot and compacted the log.
 //! - A removed node learns of its removal only if it applies the conf change; the leader stops

@@ -1,6 +1,8 @@
 //! Clusters of in-process nodes connected by the real gRPC peer transport over 127.0.0.1:
-//! failover and catch-up, a snapshot larger than tonic's 4 MiB default, membership changes
-//! under a stream of proposals, and a restart that ignores a different initial cluster.
+//! failover and catch-up, a snapshot larger than tonic's 4 MiB default, a new node caught up
+//! by a snapshot in many chunks, a snapshot the receiver had to drop reported failed, membership
+//! changes under a stream of proposals, and a restart that ignores a different initial cluster.
+//! An ignored test measures the catch-up of a large state (`DLOCK_BIG_SNAPSHOT_MB`, 200 MB).
 
 mod common;
 
@@ -12,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{ListSm, bounded};
-use dlock_cluster::transport::{GrpcTransport, RaftPeerService};
-use dlock_cluster::{Config, Error, MemberKind, Node, Role};
+use dlock_cluster::transport::{GrpcTransport, PeerLimits, RaftPeerService};
+use dlock_cluster::{Config, Error, MemberKind, Node, Role, StateMachine};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -63,22 +67,43 @@ fn init_tracing() {
 
 /// Starts a node with a real gRPC transport, serving its peer service on `listener`.
 async fn launch(config: Config, sm: ListSm, listener: TcpListener) -> Running {
+    launch_with(config, sm, listener, PeerLimits::default()).await
+}
+
+/// [`launch`] with the transport's `limits` on both sides.
+async fn launch_with(
+    config: Config,
+    sm: ListSm,
+    listener: TcpListener,
+    limits: PeerLimits,
+) -> Running {
+    let running = launch_any(config, Box::new(sm.clone()), listener, limits).await;
+    Running {
+        node: running.0,
+        sm,
+        transport: running.1,
+        server: running.2,
+    }
+}
+
+/// Starts a node with any state machine; returns the node, its transport and its server task.
+async fn launch_any(
+    config: Config,
+    sm: Box<dyn StateMachine>,
+    listener: TcpListener,
+    limits: PeerLimits,
+) -> (Node, Arc<GrpcTransport>, JoinHandle<()>) {
     init_tracing();
-    let transport = GrpcTransport::new(config.node_id);
-    let node = Node::start(config, Box::new(sm.clone()), transport.clone()).expect("start node");
-    let service = RaftPeerService::new(node.clone());
+    let transport = GrpcTransport::with_limits(config.node_id, limits);
+    let node = Node::start(config, sm, transport.clone()).expect("start node");
+    let service = RaftPeerService::with_limits(node.clone(), limits);
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming(TcpIncoming::from(listener))
             .await;
     });
-    Running {
-        node,
-        sm,
-        transport,
-        server,
-    }
+    (node, transport, server)
 }
 
 /// Binds `n` listeners on ephemeral ports.
@@ -89,6 +114,16 @@ async fn launch_three(
     bound: Vec<(TcpListener, SocketAddr)>,
     tweak: impl Fn(Config) -> Config,
 ) -> (BTreeMap<u64, String>, BTreeMap<u64, Running>) {
+    launch_three_with(dir, bound, tweak, PeerLimits::default()).await
+}
+
+/// [`launch_three`] with the transport's `limits`.
+async fn launch_three_with(
+    dir: &Path,
+    bound: Vec<(TcpListener, SocketAddr)>,
+    tweak: impl Fn(Config) -> Config,
+    limits: PeerLimits,
+) -> (BTreeMap<u64, String>, BTreeMap<u64, Running>) {
     let cluster: BTreeMap<u64, String> = (1..=3)
         .map(|id| (id, bound[id as usize - 1].1.to_string()))
         .collect();
@@ -96,7 +131,10 @@ async fn launch_three(
     for (i, (listener, _)) in bound.into_iter().enumerate() {
         let id = i as u64 + 1;
         let config = tweak(node_config(dir, id, &cluster));
-        running.insert(id, launch(config, ListSm::default(), listener).await);
+        running.insert(
+            id,
+            launch_with(config, ListSm::default(), listener, limits).await,
+        );
     }
     (cluster, running)
 }
@@ -544,4 +582,295 @@ async fn a_restart_with_stored_state_ignores_a_different_initial_cluster() {
         }
     })
     .await;
+}
+
+/// Chunks of 64 KiB: the snapshot a new learner needs (over 5 MiB) travels in about 90 chunks,
+/// is reassembled and installed, and the learner then follows the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_catches_up_from_a_snapshot_in_many_chunks() {
+    bounded(async {
+        let limits = PeerLimits {
+            chunk_bytes: 64 * 1024,
+            message_bytes_max: 64 * 1024 * 1024,
+        };
+        let tweak = |c: Config| Config {
+            snapshot_interval_entries: 20,
+            log_tail_entries: 5,
+            ..c
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut bound = listeners(4).await;
+        let (listener4, addr4) = bound.pop().unwrap();
+        let (cluster, mut running) = launch_three_with(dir.path(), bound, tweak, limits).await;
+        let nodes = handles(&running);
+        let leader_id = wait_for_leader(&nodes).await;
+        // 80 commands of 64 KiB: a state machine image of over 5 MiB.
+        for i in 0..80u8 {
+            let mut command = vec![i; 64 * 1024];
+            command[0] = b'x';
+            propose(&nodes, command).await;
+        }
+        let leader_node = nodes.lock().unwrap()[&leader_id].clone();
+        assert!(leader_node.status().first_index > 20, "log compacted");
+
+        let fresh = ListSm::default();
+        let config4 = tweak(node_config(dir.path(), 4, &cluster));
+        let node4 = launch_with(config4, fresh.clone(), listener4, limits).await;
+        let added = change(&nodes, "add_learner", |n| {
+            let addr4 = addr4.to_string();
+            async move { n.add_learner(4, addr4).await }
+        })
+        .await;
+        let last = propose(&nodes, b"after".to_vec()).await;
+        wait_applied(&node4.node, last.max(added)).await;
+        let status = node4.node.status();
+        assert!(status.snapshots >= 1, "caught up by snapshot: {status:?}");
+        let image_bytes: usize = commands(&fresh).iter().map(|(_, c)| c.len()).sum();
+        assert!(image_bytes > 80 * limits.chunk_bytes, "{image_bytes}");
+        assert_eq!(commands(&fresh), commands(&running[&leader_id].sm));
+        assert!(leader_node.status().snapshots_sent >= 1);
+
+        running.insert(4, node4);
+        for (_, r) in std::mem::take(&mut running) {
+            r.kill().await;
+        }
+    })
+    .await;
+}
+
+/// A state machine whose `apply` blocks on the command `block` until the test releases it,
+/// holding the raft thread (and so letting its inbound queue fill up).
+struct GateSm {
+    entered: std::sync::mpsc::Sender<()>,
+    release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl StateMachine for GateSm {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
+        if command == b"block" {
+            let _ = self.entered.send(());
+            let _ = self.release.lock().unwrap().recv();
+        }
+        Vec::new()
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn restore(&mut self, _index: u64, _data: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn encoded(kind: MessageType, from: u64, to: u64) -> Vec<u8> {
+    let mut message = Message::default();
+    message.set_msg_type(kind);
+    message.from = from;
+    message.to = to;
+    message.term = 1;
+    if kind == MessageType::MsgSnapshot {
+        message.mut_snapshot().set_data(vec![7u8; 1000].into());
+        message.mut_snapshot().mut_metadata().index = 50;
+        message.mut_snapshot().mut_metadata().term = 1;
+    }
+    message.write_to_bytes().unwrap()
+}
+
+/// The receiver's inbound queue is full when a snapshot arrives, so it drops it: the sender
+/// must hear about that and report the snapshot failed (raft then sends it again), not
+/// delivered because the stream was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_receiver_dropped_is_reported_failed() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bound = listeners(2).await;
+        let (listener2, addr2) = bound.pop().unwrap();
+        let (listener1, _) = bound.pop().unwrap();
+        // Node 2: a cluster of its own, whose raft thread the test blocks.
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let gate = GateSm {
+            entered: entered_tx,
+            release: Arc::new(Mutex::new(release_rx)),
+        };
+        let config2 = Config {
+            initial_voters: vec![2],
+            message_queue_max: 4,
+            ..node_config(dir.path(), 2, &BTreeMap::new())
+        };
+        let (receiver, _, server2) =
+            launch_any(config2, Box::new(gate), listener2, PeerLimits::default()).await;
+        receiver
+            .leadership()
+            .wait_for(|l| l.is_leader)
+            .await
+            .unwrap();
+        // Node 1: the sender, a cluster of its own too, with node 2 set as a peer by hand.
+        let config1 = Config {
+            initial_voters: vec![1],
+            ..node_config(dir.path(), 1, &BTreeMap::new())
+        };
+        let (sender, transport, server1) = launch_any(
+            config1,
+            Box::new(GateSm {
+                entered: std::sync::mpsc::channel().0,
+                release: Arc::new(Mutex::new(std::sync::mpsc::channel().1)),
+            }),
+            listener1,
+            PeerLimits::default(),
+        )
+        .await;
+        transport.set_peer(2, addr2.to_string());
+
+        // Block node 2's raft thread, then fill its inbound queue.
+        let blocked = tokio::spawn({
+            let receiver = receiver.clone();
+            async move { receiver.propose(b"block".to_vec()).await }
+        });
+        tokio::task::spawn_blocking(move || entered.recv().unwrap())
+            .await
+            .unwrap();
+        let mut queued = 0;
+        while receiver
+            .receive(encoded(MessageType::MsgHeartbeat, 1, 2))
+            .is_ok()
+        {
+            queued += 1;
+        }
+        assert_eq!(queued, 4);
+
+        use dlock_cluster::Transport as _;
+        transport.send(2, encoded(MessageType::MsgSnapshot, 1, 2));
+        wait_until("the sender reported the snapshot", || {
+            let status = sender.status();
+            status.snapshots_sent + status.snapshots_failed >= 1
+        })
+        .await;
+        let status = sender.status();
+        assert_eq!(
+            (status.snapshots_sent, status.snapshots_failed),
+            (0, 1),
+            "a dropped snapshot must be reported failed"
+        );
+
+        release.send(()).unwrap();
+        blocked.await.unwrap().unwrap();
+        sender.shutdown();
+        receiver.shutdown();
+        server1.abort();
+        server2.abort();
+    })
+    .await;
+}
+
+/// A state machine holding one blob: `grow:N` replaces it with N bytes of a fixed pattern.
+/// For measuring the catch-up of a large state.
+#[derive(Default)]
+struct BlobSm {
+    blob: Arc<Mutex<Vec<u8>>>,
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    let block: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let take = (n - out.len()).min(block.len());
+        out.extend_from_slice(&block[..take]);
+    }
+    out
+}
+
+impl StateMachine for BlobSm {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
+        if let Some(n) = std::str::from_utf8(command)
+            .ok()
+            .and_then(|c| c.strip_prefix("grow:"))
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            *self.blob.lock().unwrap() = pattern(n);
+        }
+        Vec::new()
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        self.blob.lock().unwrap().clone()
+    }
+
+    fn restore(&mut self, _index: u64, data: &[u8]) -> Result<(), String> {
+        *self.blob.lock().unwrap() = data.to_vec();
+        Ok(())
+    }
+}
+
+/// Measures how long a new learner takes to catch up from a snapshot of
+/// `DLOCK_BIG_SNAPSHOT_MB` (default 200) MB over gRPC in 4 MiB chunks. Run with
+/// `cargo test -p dlock-cluster --release --test grpc_cluster -- --ignored --nocapture big`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: slow and memory-hungry"]
+async fn big_snapshot_catch_up_time() {
+    let mb: usize = std::env::var("DLOCK_BIG_SNAPSHOT_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bound = listeners(2).await;
+    let (listener2, addr2) = bound.pop().unwrap();
+    let (listener1, addr1) = bound.pop().unwrap();
+    let cluster = BTreeMap::from([(1, addr1.to_string())]);
+    let big = |c: Config| Config {
+        sled_cache_bytes: 64 * 1024 * 1024,
+        ..c
+    };
+    let leader_sm = BlobSm::default();
+    let (leader, _t1, server1) = launch_any(
+        big(node_config(dir.path(), 1, &cluster)),
+        Box::new(BlobSm {
+            blob: leader_sm.blob.clone(),
+        }),
+        listener1,
+        PeerLimits::default(),
+    )
+    .await;
+    leader.leadership().wait_for(|l| l.is_leader).await.unwrap();
+    let started = Instant::now();
+    let (index, _) = leader
+        .propose(format!("grow:{}", mb * 1_000_000).into_bytes())
+        .await
+        .unwrap();
+    println!("state of {mb} MB built in {:?}", started.elapsed());
+
+    let learner_sm = BlobSm::default();
+    let (learner, _t2, server2) = launch_any(
+        big(node_config(dir.path(), 2, &cluster)),
+        Box::new(BlobSm {
+            blob: learner_sm.blob.clone(),
+        }),
+        listener2,
+        PeerLimits::default(),
+    )
+    .await;
+    let started = Instant::now();
+    leader.add_learner(2, addr2.to_string()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while learner.status().applied < index {
+        assert!(Instant::now() < deadline, "no catch-up within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "learner caught up from a {mb} MB snapshot in {elapsed:?} ({:.0} MB/s)",
+        mb as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(
+        learner_sm.blob.lock().unwrap().len(),
+        leader_sm.blob.lock().unwrap().len()
+    );
+    assert!(*learner_sm.blob.lock().unwrap() == *leader_sm.blob.lock().unwrap());
+    leader.shutdown();
+    learner.shutdown();
+    server1.abort();
+    server2.abort();
 }
