@@ -509,7 +509,7 @@ impl Node {
     /// point after the call. State read after that is linearizable.
     ///
     /// A read that raft drops, or whose confirmation is lost, or that was pending when the
-    /// leader changed, is issued again with a fresh context (see the [module docs](self))
+    /// leader changed, is issued again with a fresh context (see the [crate docs](crate))
     /// until it is confirmed or its deadline of two election timeouts passes.
     ///
     /// # Errors
@@ -1419,9 +1419,15 @@ impl Worker {
             peers = ?peers,
             "installing snapshot"
         );
+        let started = Instant::now();
         self.sm
             .restore(meta.index, image)
             .map_err(Error::StateMachine)?;
+        tracing::info!(
+            index = meta.index,
+            restore_ms = started.elapsed().as_millis() as u64,
+            "state machine restored from snapshot"
+        );
         let mut local = Snapshot::default();
         local.set_metadata(meta.clone());
         local.set_data(image.to_vec().into());
@@ -1578,7 +1584,10 @@ impl Worker {
         if self.applied - stored < self.snapshot_interval_entries && !wanted {
             return Ok(());
         }
+        let started = Instant::now();
         let data = self.sm.snapshot();
+        let serialised = started.elapsed();
+        let bytes = data.len();
         let index = self.applied;
         let compact_to = index.saturating_sub(self.log_tail_entries) + 1;
         let conf_state = self.conf_state.clone();
@@ -1589,10 +1598,13 @@ impl Worker {
         store.write(batch, true)?;
         self.flushes += 1;
         self.snapshots += 1;
-        tracing::debug!(
+        tracing::info!(
             index,
+            bytes,
             first_index = compact_to,
-            "snapshot stored, log compacted"
+            serialise_ms = serialised.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "snapshot stored, log compacted (raft thread busy for total_ms)"
         );
         Ok(())
     }

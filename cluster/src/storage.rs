@@ -780,6 +780,7 @@ impl raft::Storage for SledStorage {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
+        let started = std::time::Instant::now();
         let data = self
             .snapshot_data()
             .map_err(raft_other)?
@@ -787,6 +788,13 @@ impl raft::Storage for SledStorage {
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(self.snapshot_meta.clone());
         snapshot.set_data(encode_snapshot_data(&self.snapshot_peers, &data).into());
+        tracing::info!(
+            index = self.snapshot_meta.index,
+            to,
+            bytes = data.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "stored snapshot read for sending"
+        );
         Ok(snapshot)
     }
 }

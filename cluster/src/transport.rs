@@ -122,7 +122,7 @@ impl Default for PeerLimits {
 }
 
 impl PeerLimits {
-    fn chunk_bytes(&self) -> usize {
+    fn effective_chunk_bytes(&self) -> usize {
         self.chunk_bytes.clamp(1, PEER_CHUNK_BYTES_MAX)
     }
 }
@@ -224,7 +224,7 @@ impl Shared {
             address.clone(),
             rx,
             self.feedback.clone(),
-            self.limits.chunk_bytes(),
+            self.limits.effective_chunk_bytes(),
         ));
         // Replacing a link drops (and aborts) the old one.
         links.insert(
