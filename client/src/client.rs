@@ -8,6 +8,18 @@
 //! stops at the call's deadline ([`ClientConfig::request_timeout`] for ordinary calls, the wait
 //! timeout plus that for waits, none for infinite waits, which instead stop when the session is
 //! expired).
+//!
+//! # Nodes that stop answering
+//!
+//! A node that is frozen (SIGSTOP, a VM pause, a blackholed network) keeps its sockets open, so
+//! nothing resets them. Every connection therefore sends HTTP/2 pings every
+//! [`HTTP2_KEEPALIVE_INTERVAL`] and drops the connection when one stays unanswered for
+//! [`HTTP2_KEEPALIVE_TIMEOUT`]: a call on a frozen node fails within about a second, about the
+//! time the other nodes need to elect a new leader (election timeout 0.5-1 s by default). A
+//! node whose connection failed is *suspect* for [`SUSPECT_FOR`]: the client does not move to
+//! it, nor follow a leader hint naming it (the other nodes keep naming the frozen leader until
+//! they elect a new one), unless every node is suspect. So a frozen node costs a client about
+//! as much as a killed one.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -22,11 +34,15 @@ use crate::config::{parse_endpoint, truncate_client_name};
 use crate::session::{Session, Shared};
 use crate::{ClientConfig, Error};
 
-/// HTTP/2 keepalive ping interval: detects a dead connection (and thus a broken wait) within
-/// about interval + timeout even when no data flows.
-const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// How long an HTTP/2 keepalive ping may stay unanswered before the connection is dropped.
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 keepalive ping interval: detects a dead or frozen node within about interval +
+/// timeout, even while a call is blocked on it and no data flows.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long an HTTP/2 keepalive ping may stay unanswered before the connection is dropped
+/// (and every call on it fails over to another node).
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(750);
+/// How long a node whose connection failed is avoided (see the module docs): about two
+/// election timeouts, time for the others to elect a leader and start naming it.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(2);
 /// First retry backoff.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
 /// Largest retry backoff. Kept short: during a failover the client cycles through the nodes
@@ -93,6 +109,22 @@ struct Node {
     /// Normalised `http://host:port`.
     addr: String,
     channel: Channel,
+    /// The connection failed at the transport level; avoid the node until then.
+    suspect_until: Option<Instant>,
+}
+
+impl Node {
+    fn new(addr: String, channel: Channel) -> Node {
+        Node {
+            addr,
+            channel,
+            suspect_until: None,
+        }
+    }
+
+    fn is_suspect(&self, now: Instant) -> bool {
+        self.suspect_until.is_some_and(|until| until > now)
+    }
 }
 
 /// What the retry loop does with one failed attempt.
@@ -233,7 +265,7 @@ impl Client {
                 continue;
             }
             let channel = make_channel(&addr, &config)?;
-            list.push(Node { addr, channel });
+            list.push(Node::new(addr, channel));
         }
         let configured = list.len();
         Ok(Client {
@@ -349,13 +381,34 @@ impl Client {
         (nodes.current, node.channel.clone())
     }
 
-    /// Moves on from node `failed` (only if no concurrent call has moved on already).
+    /// Moves on from node `failed` (only if no concurrent call has moved on already), to the
+    /// next node that is not suspect (or simply the next one if all are).
     pub(crate) fn advance(&self, failed: usize) {
         let mut nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        if nodes.current == failed {
-            nodes.current = (failed + 1) % nodes.list.len();
-            tracing::debug!(node = %nodes.list[nodes.current].addr, "switching node");
+        if nodes.current != failed {
+            return;
         }
+        let now = Instant::now();
+        let count = nodes.list.len();
+        let next = (1..=count)
+            .map(|step| (failed + step) % count)
+            .find(|&i| !nodes.list[i].is_suspect(now))
+            .unwrap_or((failed + 1) % count);
+        nodes.current = next;
+        tracing::debug!(node = %nodes.list[next].addr, "switching node");
+    }
+
+    /// Node `failed`'s connection broke (refused, reset, or a keepalive ping unanswered):
+    /// avoid it for [`SUSPECT_FOR`] and move on.
+    pub(crate) fn suspect(&self, failed: usize) {
+        {
+            let mut nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(node) = nodes.list.get_mut(failed) {
+                node.suspect_until = Some(Instant::now() + SUSPECT_FOR);
+                tracing::debug!(node = %node.addr, "node unreachable; avoiding it for a while");
+            }
+        }
+        self.advance(failed);
     }
 
     /// Makes the hinted leader the current node, adding it if it is new. Returns false if the
@@ -371,6 +424,19 @@ impl Client {
         };
         let mut nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = nodes.list.iter().position(|n| n.addr == addr) {
+            let now = Instant::now();
+            let others_usable = nodes
+                .list
+                .iter()
+                .enumerate()
+                .any(|(j, n)| j != i && !n.is_suspect(now));
+            if nodes.list[i].is_suspect(now) && others_usable {
+                tracing::debug!(
+                    hint,
+                    "not following a hint to a node that stopped answering"
+                );
+                return false;
+            }
             nodes.current = i;
             return true;
         }
@@ -381,7 +447,7 @@ impl Client {
         match make_channel(&addr, &self.inner.config) {
             Ok(channel) => {
                 tracing::debug!(node = %addr, "following leader hint to a new node");
-                nodes.list.push(Node { addr, channel });
+                nodes.list.push(Node::new(addr, channel));
                 nodes.current = nodes.list.len() - 1;
                 true
             }
@@ -450,6 +516,8 @@ impl Client {
                         if followed && immediate_hints < IMMEDIATE_HINTS_MAX {
                             immediate_hints += 1;
                             sleep = false;
+                        } else if !followed && is_transport_failure(&status) {
+                            self.suspect(node);
                         } else if !followed {
                             self.advance(node);
                         }
@@ -485,6 +553,13 @@ impl Client {
             }
         }
     }
+}
+
+/// True for a status made by the client's own transport (connection refused or reset, a
+/// keepalive ping unanswered) rather than sent by a server: those carry their cause as the
+/// error source.
+pub(crate) fn is_transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 /// A lazily connecting channel to one node.

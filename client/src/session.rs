@@ -17,6 +17,22 @@
 //! Every mutating request carries `(session, seq)`; a retry reuses the header, so the server
 //! returns the first reply instead of acting twice. `ack_below` is the smallest sequence number
 //! still in flight (or the next one if none): the server may forget replies below it.
+//!
+//! # Waits
+//!
+//! A wait is two calls. `Wait` registers it and returns at once, with the outcome or "pending";
+//! its sequence number then leaves the in-flight set like any other request's, so a wait that
+//! blocks for hours never holds back the acknowledgements of the session's other requests (the
+//! server's reply table bounds only what is really in flight). `AwaitWait` then blocks for the
+//! outcome; it changes nothing, so it is simply asked again after a broken call, on whichever
+//! node leads. The server keeps the outcome until the client lists the wait in the next
+//! request's `waits_done`.
+//!
+//! A wait the caller stops waiting for (a dropped future, the client's give-up deadline) is
+//! cancelled: a background task sends `CancelWait` until it is applied (or the session ends),
+//! and the server gives back any grant that raced the cancel. Until then the wait's own
+//! sequence number stays in flight if its registration was never answered, so a registration
+//! still travelling can only be refused, never applied after the cancel.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
@@ -25,13 +41,13 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use dlock_proto::v1::{self, dlock_client::DlockClient};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::client::{Backoff, CallPolicy, leader_hint};
+use crate::client::{Backoff, CallPolicy, is_transport_failure, leader_hint};
 use crate::types::WAIT_OBJECTS_MAX;
 use crate::{Client, Created, Error, ObjectKind, ObjectState, SessionState, Timeout, WaitOutcome};
 
@@ -48,11 +64,35 @@ pub const TYPED_OWNER_THREAD_ID: u64 = 1 << 63;
 /// Shortest keepalive period, whatever the TTL.
 const KEEPALIVE_INTERVAL_MIN: Duration = Duration::from_millis(10);
 
-/// Allocates sequence numbers and computes `ack_below`.
+/// Longest `AwaitWait` call: a wait still pending after this is asked about again (the server
+/// caps it at 30 s too). Short enough that a node that stopped being useful without breaking
+/// the connection is left within this bound.
+const AWAIT_BLOCK: Duration = Duration::from_secs(10);
+
+/// How much longer than its `max_block_ms` one `AwaitWait` attempt may take before the client
+/// treats the node as unresponsive and asks another one.
+const AWAIT_SLACK: Duration = Duration::from_secs(2);
+
+/// Most wait outcomes reported in one request's `waits_done` (the server's limit).
+const WAITS_DONE_MAX: usize = 1024;
+
+/// Longest pause between two attempts of a background `CancelWait` or `ThreadExit`.
+const CANCEL_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Most thread exits queued for delivery per session ([`Session::report_thread_exit`]); beyond
+/// it a report is refused (logged), and the session's end abandons that thread's mutexes.
+pub const THREAD_EXITS_QUEUED_MAX: usize = 4096;
+
+/// One queued thread exit: the thread, and who to tell once it is applied.
+type ThreadExitJob = (u64, oneshot::Sender<()>);
+
+/// Allocates sequence numbers, computes `ack_below`, and collects received wait outcomes.
 #[derive(Debug)]
 pub(crate) struct SeqTracker {
     next: u64,
     in_flight: BTreeSet<u64>,
+    /// Waits whose final outcome was received and not yet reported in a `waits_done`.
+    done: BTreeSet<u64>,
 }
 
 impl SeqTracker {
@@ -60,6 +100,7 @@ impl SeqTracker {
         SeqTracker {
             next: 1,
             in_flight: BTreeSet::new(),
+            done: BTreeSet::new(),
         }
     }
 
@@ -70,6 +111,23 @@ impl SeqTracker {
         let inserted = self.in_flight.insert(seq);
         assert!(inserted, "sequence number {seq} allocated twice");
         (seq, self.ack_below())
+    }
+
+    /// The outcome of wait `seq` was received: report it in the next requests.
+    pub(crate) fn wait_done(&mut self, seq: u64) {
+        self.done.insert(seq);
+    }
+
+    /// Wait outcomes to report in the next request (at most [`WAITS_DONE_MAX`]).
+    pub(crate) fn waits_done(&self) -> Vec<u64> {
+        self.done.iter().take(WAITS_DONE_MAX).copied().collect()
+    }
+
+    /// A request carrying `reported` in its `waits_done` was applied.
+    pub(crate) fn reported(&mut self, reported: &[u64]) {
+        for seq in reported {
+            self.done.remove(seq);
+        }
     }
 
     /// The request `seq` got its final reply (or was given up).
@@ -176,33 +234,35 @@ pub(crate) struct Shared {
     stop_tx: watch::Sender<bool>,
     /// A `CloseSession` was sent or is not needed (the server said the session is gone).
     close_done: AtomicBool,
+    /// Thread exits waiting for delivery (see [`Session::report_thread_exit`]).
+    exits: mpsc::Sender<ThreadExitJob>,
 }
 
-/// Marks one sequence number in flight until dropped (also when the call is cancelled).
-struct InFlight<'a> {
-    shared: &'a Shared,
+/// Marks one sequence number in flight until dropped (also when the call is cancelled). `S`
+/// is `&Shared` for a call, `Arc<Shared>` when the number must outlive it (a wait whose
+/// cancellation runs in the background).
+struct InFlight<S: std::ops::Deref<Target = Shared>> {
+    shared: S,
     header: v1::RequestHeader,
 }
 
-impl<'a> InFlight<'a> {
-    fn begin(shared: &'a Shared) -> InFlight<'a> {
-        let (seq, ack_below) = shared
-            .seqs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .begin();
-        InFlight {
-            shared,
-            header: v1::RequestHeader {
+impl<S: std::ops::Deref<Target = Shared>> InFlight<S> {
+    fn begin(shared: S) -> InFlight<S> {
+        let header = {
+            let mut seqs = shared.seqs.lock().unwrap_or_else(|e| e.into_inner());
+            let (seq, ack_below) = seqs.begin();
+            v1::RequestHeader {
                 session_id: shared.id,
                 seq,
                 ack_below,
-            },
-        }
+                waits_done: seqs.waits_done(),
+            }
+        };
+        InFlight { shared, header }
     }
 }
 
-impl Drop for InFlight<'_> {
+impl<S: std::ops::Deref<Target = Shared>> Drop for InFlight<S> {
     fn drop(&mut self) {
         self.shared
             .seqs
@@ -283,16 +343,42 @@ impl Shared {
     }
 
     /// Sends one mutating request with a fresh header, retried per `policy`.
-    async fn mutate<T, F, Fut>(&self, policy: CallPolicy<'_>, mut f: F) -> Result<T, Error>
+    async fn mutate<T, F, Fut>(&self, policy: CallPolicy<'_>, f: F) -> Result<T, Error>
     where
         F: FnMut(DlockClient<Channel>, v1::RequestHeader) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let in_flight = InFlight::begin(self);
-        let header = in_flight.header;
-        let result = self.client.call(policy, |c| f(c, header)).await;
-        drop(in_flight);
+        self.send(policy, &in_flight.header, f).await
+    }
+
+    /// Sends the request `header` names (retried per `policy`); once it is answered, the wait
+    /// outcomes it reported are forgotten.
+    async fn send<T, F, Fut>(
+        &self,
+        policy: CallPolicy<'_>,
+        header: &v1::RequestHeader,
+        mut f: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(DlockClient<Channel>, v1::RequestHeader) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let result = self.client.call(policy, |c| f(c, header.clone())).await;
+        if result.is_ok() && !header.waits_done.is_empty() {
+            self.seqs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reported(&header.waits_done);
+        }
         result
+    }
+
+    fn wait_done(&self, seq: u64) {
+        self.seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wait_done(seq);
     }
 
     /// `CloseSession`, at most once, ignoring "already gone".
@@ -340,8 +426,9 @@ impl Drop for SessionInner {
 /// ownership take an explicit `thread`: the owner is `(session, thread)`. Two different
 /// `thread` values of one session contend; the same value re-acquires recursively.
 ///
-/// Cancelling a call future does not cancel the request on the server: a cancelled wait stays
-/// registered there until it is granted or times out.
+/// Cancelling a wait future cancels the wait on the server (in the background; a grant that
+/// raced it is given back). Cancelling any other call future leaves the request to the server:
+/// it may or may not be applied.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), dlock::Error> {
@@ -379,6 +466,7 @@ impl Session {
     pub(crate) fn start(client: Client, id: u64, ttl: Duration, sent_at: Instant) -> Session {
         let (state_tx, _) = watch::channel(SessionState::Alive);
         let (stop_tx, _) = watch::channel(false);
+        let (exits, exits_rx) = mpsc::channel(THREAD_EXITS_QUEUED_MAX);
         let shared = Arc::new(Shared {
             id,
             ttl,
@@ -389,10 +477,12 @@ impl Session {
             state_tx,
             stop_tx,
             close_done: AtomicBool::new(false),
+            exits,
         });
         shared.refresh(Instant::now());
         tokio::spawn(keepalive_task(shared.clone()));
         tokio::spawn(clock_task(shared.clone()));
+        tokio::spawn(thread_exit_task(shared.clone(), exits_rx));
         Session {
             inner: Arc::new(SessionInner { shared }),
         }
@@ -475,18 +565,6 @@ impl Session {
 
     fn unary_policy(&self, what: &'static str) -> CallPolicy<'_> {
         self.shared().client.unary_policy(what, Some(self.shared()))
-    }
-
-    fn wait_policy(&self, what: &'static str, timeout: Timeout) -> CallPolicy<'_> {
-        let request_timeout = self.shared().client.config().request_timeout;
-        CallPolicy {
-            deadline: timeout
-                .as_duration()
-                .map(|t| Instant::now() + t + request_timeout),
-            attempt_timeout: None,
-            session: Some(self.shared()),
-            what,
-        }
     }
 
     /// Create-or-open a named object (`CreateMutexEx` / `CreateEventEx` / `CreateSemaphoreEx`).
@@ -693,16 +771,23 @@ impl Session {
     /// `WaitForMultipleObjects` (and, with one handle, `WaitForSingleObject`) on behalf of
     /// `thread`, which becomes the owner of any mutex acquired.
     ///
-    /// The server enforces `timeout`. The client keeps the call going for up to
-    /// `timeout + request_timeout`; if the call breaks (network, leader change) it re-sends it
-    /// with the same header, re-attaching to the same wait and receiving its one recorded
-    /// outcome. An infinite wait retries for as long as the session is not expired.
+    /// The server enforces `timeout`. The wait is registered with one request and its outcome
+    /// awaited with repeatable non-mutating calls (see the module docs), so a broken call or a
+    /// leader change only means asking again; an infinite wait keeps asking for as long as the
+    /// session is not expired.
+    ///
+    /// Cancel-safe: dropping the future (a `select!`, a `tokio::time::timeout`) cancels the wait
+    /// on the server in the background, and a grant that raced the cancellation is given back,
+    /// so nothing stays acquired by a waiter that is gone.
     ///
     /// # Errors
     ///
     /// [`Error::Win32`] for `WAIT_FAILED` (87 for 0 or more than 64 handles or a duplicate
     /// in a wait-all, 6, 5, 587, 1450); [`Error::SessionLost`] if the session expired during
-    /// the wait; [`Error::Unavailable`] if the cluster stayed unreachable.
+    /// the wait; [`Error::Unavailable`] / [`Error::Overloaded`] if the cluster could not be
+    /// reached until `timeout` plus the request timeout passed: the outcome is then unknown to
+    /// the caller, and the wait is cancelled in the background (any grant is given back; if
+    /// the cluster stays unreachable, the session expires and abandons it).
     pub async fn wait(
         &self,
         thread: u64,
@@ -717,8 +802,7 @@ impl Session {
         let count = handles.len();
         let handles = handles.to_vec();
         let reply = self
-            .shared()
-            .mutate(self.wait_policy("Wait", timeout), |mut c, header| {
+            .run_wait("Wait", timeout, |mut c, header| {
                 let request = v1::WaitRequest {
                     header: Some(header),
                     thread_id: thread,
@@ -734,6 +818,7 @@ impl Session {
 
     /// `SignalObjectAndWait`: signals `signal` (sets an event, releases a mutex owned by
     /// `thread`, or releases a semaphore by one) and waits on `wait` in one atomic step.
+    /// Cancel-safe as [`Session::wait`] (the signal, once applied, stays applied).
     ///
     /// # Errors
     ///
@@ -747,22 +832,104 @@ impl Session {
     ) -> Result<WaitOutcome, Error> {
         self.ensure_alive()?;
         let reply = self
-            .shared()
-            .mutate(
-                self.wait_policy("SignalAndWait", timeout),
-                |mut c, header| {
-                    let request = v1::SignalAndWaitRequest {
-                        header: Some(header),
-                        thread_id: thread,
-                        signal_handle: signal,
-                        wait_handle: wait,
-                        timeout_ms: timeout.as_wire(),
-                    };
-                    async move { c.signal_and_wait(request).await }
-                },
-            )
+            .run_wait("SignalAndWait", timeout, |mut c, header| {
+                let request = v1::SignalAndWaitRequest {
+                    header: Some(header),
+                    thread_id: thread,
+                    signal_handle: signal,
+                    wait_handle: wait,
+                    timeout_ms: timeout.as_wire(),
+                };
+                async move { c.signal_and_wait(request).await }
+            })
             .await?;
         WaitOutcome::from_wire(reply.result, reply.error, reply.fencing_token, 1)
+    }
+
+    /// Registers a wait with `register`, then awaits its outcome (see the module docs). A
+    /// [`WaitGuard`] cancels the wait if this future is dropped or gives up first.
+    async fn run_wait<F, Fut>(
+        &self,
+        what: &'static str,
+        timeout: Timeout,
+        register: F,
+    ) -> Result<v1::WaitReply, Error>
+    where
+        F: FnMut(DlockClient<Channel>, v1::RequestHeader) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<v1::WaitReply>, Status>>,
+    {
+        let shared = &self.inner.shared;
+        let config = shared.client.config();
+        let deadline = timeout
+            .as_duration()
+            .map(|t| Instant::now() + t + config.request_timeout);
+        let in_flight = InFlight::begin(shared.clone());
+        let seq = in_flight.header.seq;
+        let header = in_flight.header.clone();
+        let mut guard = WaitGuard {
+            shared: shared.clone(),
+            seq,
+            in_flight: Some(in_flight),
+            armed: true,
+        };
+        let policy = CallPolicy {
+            deadline,
+            attempt_timeout: Some(config.attempt_timeout),
+            session: Some(shared),
+            what,
+        };
+        let registered = shared.send(policy, &header, register).await;
+        let reply = match registered {
+            Ok(reply) => reply,
+            Err(err) => {
+                // Unless the server certainly never queued it, the guard cancels it on return.
+                guard.armed = !matches!(err, Error::SessionLost | Error::InvalidArgument(_));
+                return Err(err);
+            }
+        };
+        // The registration is answered: its number may be acknowledged from now on.
+        guard.in_flight = None;
+        let mut reply = reply;
+        while reply.pending {
+            let block = deadline
+                .map_or(AWAIT_BLOCK, |d| {
+                    d.saturating_duration_since(Instant::now()).min(AWAIT_BLOCK)
+                })
+                .max(Duration::from_millis(1));
+            let request = v1::AwaitWaitRequest {
+                session_id: shared.id,
+                seq,
+                max_block_ms: u32::try_from(block.as_millis()).unwrap_or(u32::MAX),
+            };
+            let policy = CallPolicy {
+                deadline,
+                attempt_timeout: Some(block + AWAIT_SLACK),
+                session: Some(shared),
+                what: "AwaitWait",
+            };
+            reply = match shared
+                .client
+                .call(policy, |mut c| async move { c.await_wait(request).await })
+                .await
+            {
+                Ok(reply) => reply,
+                Err(err) => {
+                    guard.armed = !matches!(err, Error::SessionLost);
+                    return Err(err);
+                }
+            };
+            if reply.pending && deadline.is_some_and(|d| Instant::now() >= d) {
+                tracing::debug!(
+                    session = shared.id,
+                    seq,
+                    "giving up on a wait at the deadline"
+                );
+                return Err(Error::Unavailable);
+            }
+        }
+        guard.armed = false;
+        shared.wait_done(seq);
+        Ok(reply)
     }
 
     /// Reports that `thread` exited: every mutex it owns becomes abandoned (Win32 thread-exit
@@ -787,6 +954,26 @@ impl Session {
             0 => Ok(()),
             code => Err(Error::Win32(code)),
         }
+    }
+
+    /// Queues the report that `thread` exited and returns at once: the report is sent, in
+    /// order with other queued exits, and retried with backoff for as long as the session lives,
+    /// so the thread's mutexes are abandoned even if the cluster is unreachable when the thread
+    /// dies (the [`crate::win32`] facade reports its threads this way). The receiver completes
+    /// once the cluster applied it, and is dropped unsent if the session ended first (its end
+    /// abandons the thread's mutexes anyway) or [`THREAD_EXITS_QUEUED_MAX`] reports are queued.
+    pub fn report_thread_exit(&self, thread: u64) -> oneshot::Receiver<()> {
+        let (done, applied) = oneshot::channel();
+        if let Err(err) = self.shared().exits.try_send((thread, done)) {
+            tracing::error!(
+                session = self.id(),
+                thread,
+                queued = THREAD_EXITS_QUEUED_MAX,
+                error = %err,
+                "cannot queue a thread exit; its mutexes stay owned until the session ends"
+            );
+        }
+        applied
     }
 
     /// Reads an object's state through a handle (linearizable).
@@ -821,6 +1008,126 @@ impl Session {
     /// The cluster errors.
     pub async fn check_fencing_token(&self, name: &str, token: u64) -> Result<bool, Error> {
         self.shared().client.check_fencing_token(name, token).await
+    }
+}
+
+/// Cancels its wait in the background when dropped while armed: the caller stopped waiting
+/// (its future was dropped, or it gave up) before it received the outcome.
+struct WaitGuard {
+    shared: Arc<Shared>,
+    seq: u64,
+    /// The wait's own sequence number while its registration is unanswered: the cancellation
+    /// keeps it in flight, so a registration still travelling is refused, not applied late.
+    in_flight: Option<InFlight<Arc<Shared>>>,
+    armed: bool,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let shared = self.shared.clone();
+        let seq = self.seq;
+        let in_flight = self.in_flight.take();
+        tracing::debug!(
+            session = shared.id,
+            seq,
+            "wait abandoned by its caller; cancelling"
+        );
+        let runtime = shared.runtime.clone();
+        runtime.spawn(cancel_wait(shared, seq, in_flight));
+    }
+}
+
+/// Sends `CancelWait` for wait `seq` until it is applied, or the session ends (which ends the
+/// wait and abandons what it acquired anyway).
+async fn cancel_wait(shared: Arc<Shared>, seq: u64, in_flight: Option<InFlight<Arc<Shared>>>) {
+    let mut backoff = Backoff::new();
+    loop {
+        if shared.is_expired() {
+            break;
+        }
+        let policy = shared.client.unary_policy("CancelWait", Some(&shared));
+        let result = shared
+            .mutate(policy, |mut c, header| async move {
+                c.cancel_wait(v1::CancelWaitRequest {
+                    header: Some(header),
+                    wait_seq: seq,
+                })
+                .await
+            })
+            .await;
+        match result {
+            Ok(reply) => {
+                tracing::debug!(
+                    session = shared.id,
+                    seq,
+                    result = reply.result,
+                    error = reply.error,
+                    "wait cancelled (any grant given back)"
+                );
+                break;
+            }
+            Err(Error::SessionLost) => break,
+            Err(err) => {
+                tracing::warn!(session = shared.id, seq, error = %err, "CancelWait failed; retrying");
+                let delay = backoff.next_delay().min(CANCEL_RETRY_MAX);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    drop(in_flight);
+}
+
+/// Delivers queued thread exits one at a time, each retried until applied or the session ends.
+async fn thread_exit_task(shared: Arc<Shared>, mut jobs: mpsc::Receiver<ThreadExitJob>) {
+    let mut stop = shared.stop_tx.subscribe();
+    loop {
+        let (thread, done) = tokio::select! {
+            () = stopped(&mut stop) => return,
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut backoff = Backoff::new();
+        loop {
+            if shared.is_expired() {
+                return;
+            }
+            let policy = shared.client.unary_policy("ThreadExit", Some(&shared));
+            let result = shared
+                .mutate(policy, |mut c, header| async move {
+                    c.thread_exit(v1::ThreadExitRequest {
+                        header: Some(header),
+                        thread_id: thread,
+                    })
+                    .await
+                })
+                .await;
+            match result {
+                Ok(reply) => {
+                    tracing::debug!(
+                        session = shared.id,
+                        thread,
+                        error = reply.error,
+                        "thread exit applied"
+                    );
+                    let _ = done.send(());
+                    break;
+                }
+                Err(Error::SessionLost) => return,
+                Err(err) => {
+                    tracing::warn!(session = shared.id, thread, error = %err, "ThreadExit failed; retrying");
+                    let delay = backoff.next_delay().min(CANCEL_RETRY_MAX);
+                    tokio::select! {
+                        () = stopped(&mut stop) => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -926,7 +1233,9 @@ async fn keepalive_task(shared: Arc<Shared>) {
             .as_ref()
             .and_then(leader_hint)
             .is_some_and(|hint| shared.client.follow_hint(&hint));
-        if !followed {
+        if !followed && status.as_ref().is_some_and(is_transport_failure) {
+            shared.client.suspect(node);
+        } else if !followed {
             shared.client.advance(node);
         }
         let delay = backoff.next_delay();

@@ -14,7 +14,9 @@ use dlock_cluster::StateMachine;
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info};
 
-use crate::namespace::{Command, Namespace, Reply, Request, Resolved, Seq, SessionId, WaitOutcome};
+use crate::namespace::{
+    Command, Namespace, Reply, Request, Resolved, Seq, SessionId, WaitOutcome, WaitStatus,
+};
 
 /// Milliseconds since the Unix epoch on this node's wall clock. Only ever used as data inside
 /// commands and in lease arithmetic with a documented margin; never inside `apply`.
@@ -213,14 +215,15 @@ impl StateMachine for Machine {
         // (the client retries and learns the session is unknown). Still-pending waits stay.
         let mut waiters = lock(&self.shared.waiters);
         waiters.retain(
-            |&(session, seq), senders| match ns.recorded_reply(session, seq) {
-                Some(Reply::Wait(outcome)) => {
+            |&(session, seq), senders| match ns.wait_status(session, seq) {
+                WaitStatus::Resolved(outcome) => {
                     for tx in senders.drain(..) {
-                        let _ = tx.send(*outcome);
+                        let _ = tx.send(outcome);
                     }
                     false
                 }
-                _ => ns.pending_wait(session, seq).is_some(),
+                WaitStatus::Pending => true,
+                WaitStatus::SessionUnknown | WaitStatus::Unknown => false,
             },
         );
         drop(waiters);
@@ -434,7 +437,7 @@ impl Timers {
         }
     }
 
-    /// Re-arms a wait whose `CancelWait` proposal failed.
+    /// Re-arms a wait whose `TimeoutWait` proposal failed.
     pub fn retry_wait(&mut self, session: SessionId, seq: Seq, at: Instant) {
         if let Some(deadline) = self.waits.get_mut(&(session, seq)) {
             *deadline = at;

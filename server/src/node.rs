@@ -430,7 +430,7 @@ async fn expire_session(shared: Arc<Shared>, node: dlock_cluster::Node, session:
 }
 
 async fn cancel_wait(shared: Arc<Shared>, node: dlock_cluster::Node, session: SessionId, seq: Seq) {
-    if let Err(err) = propose(&node, &Command::CancelWait { session, seq }).await {
+    if let Err(err) = propose(&node, &Command::TimeoutWait { session, seq }).await {
         warn!(session, seq, error = %err, "wait timeout proposal failed; will retry");
         lock(&shared.timers).retry_wait(session, seq, Instant::now() + TIMER_RETRY_BACKOFF);
         shared.timer_wake.notify_one();

@@ -54,6 +54,7 @@ impl Session {
             session_id: self.id,
             seq: self.seq,
             ack_below: self.seq,
+            ..Default::default()
         })
     }
 
@@ -303,6 +304,7 @@ async fn requests_without_a_header_or_with_unknown_kinds_are_invalid_arguments()
         session_id: 999_999,
         seq: 1,
         ack_below: 0,
+        ..Default::default()
     });
     let status = s
         .client

@@ -825,6 +825,7 @@ fn header(session: u64, seq: u64) -> Option<pb::RequestHeader> {
         session_id: session,
         seq,
         ack_below: seq,
+        ..Default::default()
     })
 }
 

@@ -19,8 +19,8 @@ use crate::{Client, ClientConfig, Error, ObjectKind, Session, SessionState};
 /// thread, so the workers only drive I/O, timers and the keepalive.
 const RUNTIME_WORKER_THREADS: usize = 2;
 /// How long a thread's exit waits for its `ThreadExit` to be applied. Bounded so a thread never
-/// hangs on exit when the cluster is unreachable; the request keeps retrying in the background
-/// up to the request timeout, and the session's expiry abandons the mutexes in the worst case.
+/// hangs on exit when the cluster is unreachable; the report stays queued and is retried in the
+/// background for as long as the session lives ([`Session::report_thread_exit`]).
 const THREAD_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// Default for `DLOCK_SESSION_TTL_MS`.
 const SESSION_TTL_DEFAULT: Duration = Duration::from_millis(10_000);
@@ -304,14 +304,21 @@ pub(crate) fn thread_exited(thread: u64) {
     facade.runtime.spawn(async move {
         let session = facade.conn.lock().await.session.clone();
         if let Some(session) = session.filter(|s| s.state() != SessionState::Expired) {
-            match session.thread_exit(thread).await {
-                Ok(()) => tracing::debug!(thread, "reported thread exit"),
-                Err(err) => tracing::warn!(thread, error = %err, "ThreadExit failed"),
+            // Queued for sure delivery: retried in the background for as long as the session
+            // lives, even after this thread is gone.
+            if session.report_thread_exit(thread).await.is_ok() {
+                tracing::debug!(thread, "reported thread exit");
             }
         }
         let _ = done_tx.send(());
     });
-    let _ = done_rx.recv_timeout(THREAD_EXIT_WAIT);
+    if done_rx.recv_timeout(THREAD_EXIT_WAIT).is_err() {
+        tracing::warn!(
+            thread,
+            waited = ?THREAD_EXIT_WAIT,
+            "thread exit not applied yet; it keeps being retried in the background"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -268,6 +268,7 @@ impl Dlock for Node {
                 result: u32::MAX,
                 error: 6,
                 fencing_token: 0,
+                pending: false,
             }));
         };
         let reply = match s.owners.get(&name).copied() {
@@ -275,11 +276,13 @@ impl Dlock for Node {
                 result: 0,
                 error: 0,
                 fencing_token: token,
+                pending: false,
             },
             Some(_) => WaitReply {
                 result: 0x102,
                 error: 0,
                 fencing_token: 0,
+                pending: false,
             },
             None => {
                 s.next_token += 1;
@@ -289,6 +292,7 @@ impl Dlock for Node {
                     result: 0,
                     error: 0,
                     fencing_token: token,
+                    pending: false,
                 }
             }
         };
@@ -305,6 +309,22 @@ impl Dlock for Node {
     ) -> Result<Response<WaitReply>, Status> {
         self.check()?;
         Err(Status::unimplemented("mock"))
+    }
+
+    async fn await_wait(
+        &self,
+        _: Request<AwaitWaitRequest>,
+    ) -> Result<Response<WaitReply>, Status> {
+        self.check()?;
+        Err(Status::unimplemented("mock: waits never queue"))
+    }
+
+    async fn cancel_wait(
+        &self,
+        _: Request<CancelWaitRequest>,
+    ) -> Result<Response<WaitReply>, Status> {
+        self.check()?;
+        Err(Status::unimplemented("mock: waits never queue"))
     }
 
     async fn thread_exit(

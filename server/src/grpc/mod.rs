@@ -9,7 +9,7 @@ pub mod status;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dlock_proto::v1 as pb;
 use dlock_proto::v1::dlock_server::Dlock;
@@ -25,7 +25,8 @@ use crate::namespace::win32::{
     ERROR_NO_SYSTEM_RESOURCES, WAIT_ABANDONED_0, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use crate::namespace::{
-    Command, CreateParams, ObjectKind, ObjectState, Reply, Request, WaitOutcome, validate_request,
+    Command, CreateParams, ObjectKind, ObjectState, Reply, Request, WaitOutcome, WaitStatus,
+    validate_request,
 };
 use peer_info::Directory;
 use status::to_status;
@@ -93,11 +94,19 @@ impl DlockService {
                 "header.seq must be greater than 0",
             ));
         }
+        if header.waits_done.len() > crate::namespace::WAITS_PER_SESSION_MAX {
+            return Err(Status::invalid_argument(format!(
+                "header.waits_done lists {} waits; the limit is {}",
+                header.waits_done.len(),
+                crate::namespace::WAITS_PER_SESSION_MAX
+            )));
+        }
         let session = header.session_id;
         let command = Command::Client {
             session,
             seq: header.seq,
             ack_below: header.ack_below,
+            waits_done: header.waits_done,
             now_unix_ms: now_unix_ms(),
             request,
         };
@@ -110,8 +119,9 @@ impl DlockService {
         }
     }
 
-    /// Runs a wait request to its single outcome: subscribe, propose, and if the wait was queued,
-    /// block until the log resolves it (granted, timed out by the leader, or failed).
+    /// Registers a wait (or a signal-and-wait): its outcome if it ended at once, else
+    /// `pending`. Never blocks for the outcome: that is `AwaitWait`'s job, so that a blocked wait
+    /// never holds back the client's acknowledgements.
     async fn wait(
         &self,
         header: Option<pb::RequestHeader>,
@@ -120,38 +130,88 @@ impl DlockService {
         if let Err(code) = validate_request(&request) {
             return Ok(wait_reply(WaitOutcome::Failed(code)));
         }
-        let h = header.ok_or_else(|| Status::invalid_argument("missing request header"))?;
-        let mut subscription = self.shared.subscribe(h.session_id, h.seq).ok_or_else(|| {
-            to_status(Error::Overloaded(
-                "too many blocked waits on this node".into(),
-            ))
-        })?;
-        match self.client(Some(h), request).await? {
+        match self.client(header, request).await? {
             Reply::Wait(outcome) => Ok(wait_reply(outcome)),
-            Reply::WaitPending => {
-                let mut stopped = self.stopped.clone();
-                let mut leadership = self.node.leadership();
-                tokio::select! {
-                    outcome = subscription.outcome() => match outcome {
-                        Some(outcome) => Ok(wait_reply(outcome)),
-                        None => Err(to_status(Error::Retry)),
-                    },
-                    // The wait stays registered in the replicated state; the client re-attaches
-                    // on another node (or this one after a restart) with the same header.
-                    _ = stopped.wait_for(|s| *s) => Err(to_status(Error::Stopped)),
-                    // A node that lost leadership may be cut off from the majority and never
-                    // apply the outcome: send the client to the leader, where it re-attaches.
-                    lost = leadership.wait_for(|l| !l.is_leader) => {
-                        let leader_hint = lost.ok().and_then(|l| l.leader_id);
-                        Err(self.cluster_error(dlock_cluster::Error::NotLeader { leader_hint }))
-                    }
-                }
-            }
+            Reply::WaitPending => Ok(pb::WaitReply {
+                pending: true,
+                ..pb::WaitReply::default()
+            }),
             Reply::Error(code) => Ok(wait_reply(WaitOutcome::Failed(code))),
             other => Err(unexpected(other)),
         }
     }
+
+    /// Where wait `(session, seq)` stands on this node. "Unknown" (and "no such session") are
+    /// only believed after a ReadIndex: a new leader may not have applied the registration yet.
+    async fn wait_status(&self, session: u64, seq: u64) -> Result<WaitStatus, Status> {
+        let status = lock(&self.shared.ns).wait_status(session, seq);
+        if matches!(status, WaitStatus::Pending | WaitStatus::Resolved(_)) {
+            return Ok(status);
+        }
+        self.node
+            .read_index()
+            .await
+            .map_err(|e| self.cluster_error(e))?;
+        Ok(lock(&self.shared.ns).wait_status(session, seq))
+    }
+
+    /// `AwaitWait`: the outcome of a registered wait, blocking up to `max_block`.
+    async fn await_outcome(
+        &self,
+        session: u64,
+        seq: u64,
+        max_block: Duration,
+    ) -> Result<pb::WaitReply, Status> {
+        let leadership = *self.node.leadership().borrow();
+        if !leadership.is_leader {
+            return Err(self.cluster_error(dlock_cluster::Error::NotLeader {
+                leader_hint: leadership.leader_id,
+            }));
+        }
+        // Subscribe before looking, so an outcome applied in between cannot be missed.
+        let mut subscription = self.shared.subscribe(session, seq).ok_or_else(|| {
+            to_status(Error::Overloaded(
+                "too many blocked waits on this node".into(),
+            ))
+        })?;
+        match self.wait_status(session, seq).await? {
+            WaitStatus::Resolved(outcome) => return Ok(wait_reply(outcome)),
+            WaitStatus::Pending => {}
+            WaitStatus::SessionUnknown => return Err(to_status(Error::SessionUnknown(session))),
+            WaitStatus::Unknown => {
+                return Err(Status::failed_precondition(format!(
+                    "session {session} has no wait with sequence number {seq} (never \
+                     registered, or its outcome was already acknowledged)"
+                )));
+            }
+        }
+        let mut stopped = self.stopped.clone();
+        let mut leadership = self.node.leadership();
+        tokio::select! {
+            outcome = subscription.outcome() => match outcome {
+                Some(outcome) => Ok(wait_reply(outcome)),
+                None => Err(to_status(Error::Retry)),
+            },
+            () = tokio::time::sleep(max_block) => Ok(pb::WaitReply {
+                pending: true,
+                ..pb::WaitReply::default()
+            }),
+            // The wait stays registered in the replicated state; the client asks again on
+            // another node (or this one after a restart).
+            _ = stopped.wait_for(|s| *s) => Err(to_status(Error::Stopped)),
+            // A node that lost leadership may be cut off from the majority and never apply the
+            // outcome: send the client to the leader.
+            lost = leadership.wait_for(|l| !l.is_leader) => {
+                let leader_hint = lost.ok().and_then(|l| l.leader_id);
+                Err(self.cluster_error(dlock_cluster::Error::NotLeader { leader_hint }))
+            }
+        }
+    }
 }
+
+/// Longest `AwaitWait` block: a call still pending after this answers `pending` and the client
+/// asks again, so no call outlives a node's usefulness by long.
+pub const AWAIT_BLOCK_MAX: Duration = Duration::from_secs(30);
 
 /// [`to_status`], plus the `dlock-leader-hint` metadata for "not the leader" when the leader's
 /// client address is known.
@@ -220,6 +280,7 @@ fn wait_reply(outcome: WaitOutcome) -> pb::WaitReply {
             result: WAIT_OBJECT_0 + index,
             error: 0,
             fencing_token,
+            pending: false,
         },
         WaitOutcome::Abandoned {
             index,
@@ -228,16 +289,19 @@ fn wait_reply(outcome: WaitOutcome) -> pb::WaitReply {
             result: WAIT_ABANDONED_0 + index,
             error: 0,
             fencing_token,
+            pending: false,
         },
         WaitOutcome::TimedOut => pb::WaitReply {
             result: WAIT_TIMEOUT,
             error: 0,
             fencing_token: 0,
+            pending: false,
         },
         WaitOutcome::Failed(code) => pb::WaitReply {
             result: WAIT_FAILED,
             error: code,
             fencing_token: 0,
+            pending: false,
         },
     }
 }
@@ -568,6 +632,36 @@ impl Dlock for DlockService {
         Ok(Response::new(
             DlockService::wait(self, req.header, request).await?,
         ))
+    }
+
+    #[instrument(skip_all, fields(session, seq))]
+    async fn await_wait(
+        &self,
+        request: GrpcRequest<pb::AwaitWaitRequest>,
+    ) -> Result<Response<pb::WaitReply>, Status> {
+        let req = request.into_inner();
+        tracing::Span::current().record("session", req.session_id);
+        tracing::Span::current().record("seq", req.seq);
+        let max_block = Duration::from_millis(u64::from(req.max_block_ms)).min(AWAIT_BLOCK_MAX);
+        Ok(Response::new(
+            self.await_outcome(req.session_id, req.seq, max_block)
+                .await?,
+        ))
+    }
+
+    #[instrument(skip_all, fields(wait_seq))]
+    async fn cancel_wait(
+        &self,
+        request: GrpcRequest<pb::CancelWaitRequest>,
+    ) -> Result<Response<pb::WaitReply>, Status> {
+        let req = request.into_inner();
+        tracing::Span::current().record("wait_seq", req.wait_seq);
+        let request = Request::CancelWait { wait: req.wait_seq };
+        match self.client(req.header, request).await? {
+            Reply::Wait(outcome) => Ok(Response::new(wait_reply(outcome))),
+            Reply::Error(code) => Ok(Response::new(wait_reply(WaitOutcome::Failed(code)))),
+            other => Err(unexpected(other)),
+        }
     }
 
     #[instrument(skip_all)]

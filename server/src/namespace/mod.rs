@@ -156,7 +156,7 @@ pub use wait::PendingWait;
 
 use object::{MutexData, Object, ObjectData, ObjectId, Owner};
 use session::Session;
-use wait::{Wait, WaitKey};
+use wait::{Outcome, Wait, WaitKey};
 use win32::{
     ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_INVALID_HANDLE, ERROR_INVALID_PARAMETER,
     ERROR_MUTANT_LIMIT_EXCEEDED, ERROR_NO_SYSTEM_RESOURCES, ERROR_NOT_OWNER, ERROR_TOO_MANY_POSTS,
@@ -359,7 +359,7 @@ impl Namespace {
                 self.end_session(index, *session, &mut resolved);
                 Reply::Done
             }
-            Command::CancelWait { session, seq } => {
+            Command::TimeoutWait { session, seq } => {
                 if self.waits.contains_key(&(*session, *seq)) {
                     self.finish_wait((*session, *seq), WaitOutcome::TimedOut, &mut resolved);
                 }
@@ -369,13 +369,14 @@ impl Namespace {
                 session,
                 seq,
                 ack_below,
+                waits_done,
                 now_unix_ms,
                 request,
             } => self.client(
                 index,
                 *session,
-                *seq,
-                *ack_below,
+                (*seq, *ack_below),
+                waits_done,
                 *now_unix_ms,
                 request,
                 &mut resolved,
@@ -453,6 +454,24 @@ impl Namespace {
         })
     }
 
+    /// Where wait `(session, seq)` stands: pending, ended (with the outcome the client has not
+    /// acknowledged yet), or unknown. The read behind the non-mutating "await the outcome" call.
+    pub fn wait_status(&self, session: SessionId, seq: Seq) -> WaitStatus {
+        let Some(s) = self.sessions.get(&session) else {
+            return WaitStatus::SessionUnknown;
+        };
+        if s.waits.contains(&seq) {
+            return WaitStatus::Pending;
+        }
+        if let Some(outcome) = s.outcomes.get(&seq) {
+            return WaitStatus::Resolved(outcome.outcome);
+        }
+        match s.replies.get(&seq) {
+            Some(Reply::Wait(outcome)) => WaitStatus::Resolved(*outcome),
+            _ => WaitStatus::Unknown,
+        }
+    }
+
     /// The reply recorded for request `(session, seq)` in the session's dedupe table, if any.
     pub fn recorded_reply(&self, session: SessionId, seq: Seq) -> Option<&Reply> {
         self.sessions.get(&session)?.replies.get(&seq)
@@ -509,6 +528,7 @@ impl Namespace {
             handles: BTreeSet::new(),
             waits: BTreeSet::new(),
             replies: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
             acked_below: 0,
         };
         let previous = self.sessions.insert(index, session);
@@ -555,15 +575,15 @@ impl Namespace {
         );
     }
 
-    /// A client request: session check, dedupe, acknowledgement pruning, the reply-table limit,
-    /// then the operation; the reply is recorded.
+    /// A client request: session check, acknowledged wait outcomes, dedupe, acknowledgement
+    /// pruning, the reply-table limit, then the operation; the reply is recorded.
     #[allow(clippy::too_many_arguments)]
     fn client(
         &mut self,
         index: u64,
         id: SessionId,
-        seq: Seq,
-        ack_below: Seq,
+        (seq, ack_below): (Seq, Seq),
+        waits_done: &[Seq],
         now: u64,
         request: &Request,
         resolved: &mut Vec<Resolved>,
@@ -572,7 +592,17 @@ impl Namespace {
         let Some(session) = self.sessions.get_mut(&id) else {
             return Reply::SessionUnknown;
         };
+        // The client has these outcomes: forget them (idempotent, so also on a retry).
+        for done in waits_done.iter().take(self.limits.waits_per_session_max) {
+            session.outcomes.remove(done);
+        }
         if let Some(reply) = session.replies.get(&seq) {
+            // A retried registration of a wait that has ended since gets the outcome.
+            if *reply == Reply::WaitPending
+                && let Some(outcome) = session.outcomes.get(&seq)
+            {
+                return Reply::Wait(outcome.outcome);
+            }
             return reply.clone();
         }
         let floor = session.acked_below.max(ack_below);
@@ -580,10 +610,9 @@ impl Namespace {
             return Reply::Error(ERROR_INVALID_PARAMETER);
         }
         session.acked_below = floor;
-        let pending = &session.waits;
-        session
-            .replies
-            .retain(|s, _| *s >= floor || pending.contains(s));
+        session.replies.retain(|s, _| *s >= floor);
+        // A grant made at once is received with its reply, so it goes with the reply.
+        session.outcomes.retain(|s, o| *s >= floor || !o.immediate);
         if session.replies.len() >= replies_max {
             return Reply::TooManyPending;
         }
@@ -592,6 +621,89 @@ impl Namespace {
             session.replies.insert(seq, reply.clone());
         }
         reply
+    }
+
+    /// `CancelWait`: the client gives wait `(session, wait)` up (see [`Request::CancelWait`]).
+    fn cancel_wait(
+        &mut self,
+        index: u64,
+        session: SessionId,
+        wait: Seq,
+        resolved: &mut Vec<Resolved>,
+    ) -> Reply {
+        if self.waits.contains_key(&(session, wait)) {
+            self.finish_wait((session, wait), WaitOutcome::TimedOut, resolved);
+        }
+        let s = self
+            .sessions
+            .get_mut(&session)
+            .expect("the requesting session exists");
+        if let Some(outcome) = s.outcomes.remove(&wait) {
+            self.give_back(index, session, &outcome, resolved);
+            return Reply::Wait(outcome.outcome);
+        }
+        match s.replies.get(&wait) {
+            Some(Reply::Wait(outcome)) => Reply::Wait(*outcome),
+            Some(_) => Reply::Wait(WaitOutcome::Failed(ERROR_INVALID_PARAMETER)),
+            None if wait < s.acked_below => {
+                Reply::Wait(WaitOutcome::Failed(ERROR_INVALID_PARAMETER))
+            }
+            None => {
+                // Never registered (yet): bar a registration still on its way.
+                s.replies.insert(wait, Reply::Wait(WaitOutcome::TimedOut));
+                Reply::Wait(WaitOutcome::TimedOut)
+            }
+        }
+    }
+
+    /// Undoes what a granted wait acquired, for an owner that will never use it: one recursion
+    /// level of each mutex it still owns (restoring the abandoned flag it took), one unit of
+    /// each semaphore, the signal of each auto-reset event; then wakes whoever can use them.
+    fn give_back(
+        &mut self,
+        index: u64,
+        session: SessionId,
+        outcome: &Outcome,
+        resolved: &mut Vec<Resolved>,
+    ) {
+        let mut freed = Vec::new();
+        for &(id, was_abandoned) in &outcome.acquired {
+            let Some(object) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            match &mut object.data {
+                ObjectData::Mutex(m) => {
+                    if m.owner != Some((session, outcome.thread)) {
+                        continue;
+                    }
+                    m.recursion -= 1;
+                    if m.recursion == 0 {
+                        *m = MutexData {
+                            owner: None,
+                            recursion: 0,
+                            abandoned: was_abandoned,
+                            fencing_token: 0,
+                        };
+                        freed.push(id);
+                    }
+                }
+                ObjectData::Semaphore { count, max } => {
+                    if *count < *max {
+                        *count += 1;
+                        freed.push(id);
+                    }
+                }
+                ObjectData::Event {
+                    manual_reset: false,
+                    signaled,
+                } => {
+                    *signaled = true;
+                    freed.push(id);
+                }
+                ObjectData::Event { .. } => {}
+            }
+        }
+        self.wake(index, &freed, resolved);
     }
 
     fn execute(
@@ -693,6 +805,7 @@ impl Namespace {
                     Err(code) => Reply::Wait(WaitOutcome::Failed(code)),
                 }
             }
+            Request::CancelWait { wait } => self.cancel_wait(index, session, *wait, resolved),
             Request::ThreadExit { thread } => {
                 let seqs: Vec<Seq> = self
                     .sessions
@@ -1066,7 +1179,21 @@ impl Namespace {
                 );
                 Reply::WaitPending
             }
-            ready => Reply::Wait(self.grant(index, owner, &wait.objects, ready)),
+            ready => {
+                let (outcome, acquired) = self.grant(index, owner, &wait.objects, ready);
+                let record = Outcome {
+                    outcome,
+                    thread: wait.thread,
+                    acquired,
+                    immediate: true,
+                };
+                self.sessions
+                    .get_mut(&key.0)
+                    .expect("the waiting session exists")
+                    .outcomes
+                    .insert(key.1, record);
+                Reply::Wait(outcome)
+            }
         }
     }
 
@@ -1075,7 +1202,8 @@ impl Namespace {
             .sessions
             .get(&session)
             .expect("the waiting session exists");
-        session.waits.len() < self.limits.waits_per_session_max
+        session.waits.len() + session.outcomes.values().filter(|o| !o.immediate).count()
+            < self.limits.waits_per_session_max
             && objects
                 .iter()
                 .all(|id| self.object(*id).waiters.len() < self.limits.waiters_per_object_max)
@@ -1110,8 +1238,15 @@ impl Namespace {
         Eval::NotReady
     }
 
-    /// Performs a satisfiable wait's acquisitions and returns its outcome.
-    fn grant(&mut self, index: u64, owner: Owner, objects: &[ObjectId], eval: Eval) -> WaitOutcome {
+    /// Performs a satisfiable wait's acquisitions; returns its outcome and what it acquired
+    /// (each object, and whether it was an abandoned mutex).
+    fn grant(
+        &mut self,
+        index: u64,
+        owner: Owner,
+        objects: &[ObjectId],
+        eval: Eval,
+    ) -> (WaitOutcome, Vec<(ObjectId, bool)>) {
         let (selected, result_index): (Vec<ObjectId>, u32) = match eval {
             Eval::Any(i) => (
                 vec![objects[i]],
@@ -1122,6 +1257,7 @@ impl Namespace {
         };
         let mut abandoned = false;
         let mut fencing_token = 0;
+        let mut taken = Vec::with_capacity(selected.len());
         for id in selected {
             let object = self.object_mut(id);
             let acquired = object.acquire(owner, index);
@@ -1129,8 +1265,9 @@ impl Namespace {
                 fencing_token = acquired.fencing_token;
             }
             abandoned |= acquired.abandoned;
+            taken.push((id, acquired.abandoned));
         }
-        if abandoned {
+        let outcome = if abandoned {
             WaitOutcome::Abandoned {
                 index: result_index,
                 fencing_token,
@@ -1140,7 +1277,8 @@ impl Namespace {
                 index: result_index,
                 fencing_token,
             }
-        }
+        };
+        (outcome, taken)
     }
 
     /// Grants every queued wait that is satisfiable now, scanning the queues of `start` in order,
@@ -1157,17 +1295,29 @@ impl Namespace {
                     Eval::Fail(code) => self.finish_wait(key, WaitOutcome::Failed(code), resolved),
                     ready => {
                         let objects = wait.objects.clone();
-                        let outcome = self.grant(index, owner, &objects, ready);
-                        self.finish_wait(key, outcome, resolved);
+                        let (outcome, acquired) = self.grant(index, owner, &objects, ready);
+                        self.finish_wait_with(key, outcome, acquired, resolved);
                     }
                 }
             }
         }
     }
 
-    /// Ends a pending wait with `outcome`: unqueues it, releases the objects it kept alive,
-    /// records the outcome in the reply table and reports it.
+    /// Ends a pending wait with `outcome` (acquiring nothing).
     fn finish_wait(&mut self, key: WaitKey, outcome: WaitOutcome, resolved: &mut Vec<Resolved>) {
+        self.finish_wait_with(key, outcome, Vec::new(), resolved);
+    }
+
+    /// Ends a pending wait with `outcome`: unqueues it, releases the objects it kept alive,
+    /// records the outcome (and what it acquired) in the session until the client acknowledges
+    /// it, and reports it.
+    fn finish_wait_with(
+        &mut self,
+        key: WaitKey,
+        outcome: WaitOutcome,
+        acquired: Vec<(ObjectId, bool)>,
+        resolved: &mut Vec<Resolved>,
+    ) {
         let wait = self
             .waits
             .remove(&key)
@@ -1191,11 +1341,15 @@ impl Namespace {
             session.waits.remove(&key.1),
             "wait {key:?} missing from its session"
         );
-        let previous = session.replies.insert(key.1, Reply::Wait(outcome));
-        assert_eq!(
-            previous,
-            Some(Reply::WaitPending),
-            "pending wait {key:?} had no reply entry"
+        let record = Outcome {
+            outcome,
+            thread: wait.thread,
+            acquired,
+            immediate: false,
+        };
+        assert!(
+            session.outcomes.insert(key.1, record).is_none(),
+            "wait {key:?} ended twice"
         );
         resolved.push(Resolved {
             session: key.0,
@@ -1315,9 +1469,18 @@ impl Namespace {
                 if !self.waits.contains_key(&(*id, *seq)) {
                     return Err(format!("session {id} lists unknown wait {seq}"));
                 }
-                if session.replies.get(seq) != Some(&Reply::WaitPending) {
-                    return Err(format!("pending wait {id}/{seq} has no WaitPending reply"));
+                if session.outcomes.contains_key(seq) {
+                    return Err(format!("pending wait {id}/{seq} also has an outcome"));
                 }
+            }
+            for (seq, outcome) in &session.outcomes {
+                if outcome.immediate && !session.replies.contains_key(seq) {
+                    return Err(format!("immediate grant {id}/{seq} outlived its reply"));
+                }
+            }
+            let later = session.outcomes.values().filter(|o| !o.immediate).count();
+            if session.waits.len() + later > limits.waits_per_session_max {
+                return Err(format!("session {id} keeps too many wait outcomes"));
             }
         }
         let mut handle_counts: BTreeMap<ObjectId, usize> = BTreeMap::new();

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::types::{HandleId, Reply, Seq, SessionId};
+use super::wait::Outcome;
 
 /// A session's replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,10 @@ pub(crate) struct Session {
     pub waits: BTreeSet<Seq>,
     /// Recorded replies by request sequence number (dedupe table).
     pub replies: BTreeMap<Seq, Reply>,
+    /// Outcomes of the session's waits that ended (at once or later) and that the client has not
+    /// acknowledged yet (`waits_done`), by the wait's sequence number. With `waits` bounded by
+    /// `Limits::waits_per_session_max`.
+    pub outcomes: BTreeMap<Seq, Outcome>,
     /// The highest `ack_below` seen: requests below it without a recorded reply are refused.
     pub acked_below: Seq,
 }
@@ -45,6 +50,8 @@ pub struct SessionInfo {
     pub pending_waits: usize,
     /// Number of entries in the reply table (bounded by `Limits::replies_per_session_max`).
     pub replies: usize,
+    /// Number of wait outcomes not yet acknowledged by the client.
+    pub unacknowledged_outcomes: usize,
 }
 
 impl Session {
@@ -58,6 +65,7 @@ impl Session {
             handles: self.handles.len(),
             pending_waits: self.waits.len(),
             replies: self.replies.len(),
+            unacknowledged_outcomes: self.outcomes.len(),
         }
     }
 }

@@ -9,16 +9,19 @@
 //! Sessions are given symbolic names (`s1`); handles are printed and referred to as `h<id>` (the
 //! real handle id). Every command that reaches the state machine is applied at the next log
 //! index (starting at 1), so a fencing token equals the number of the command that granted it.
-//! Client commands take optional `seq=N` (default: the session's next sequence number) and
-//! `ack=N` (default 0) to exercise deduplication.
+//! Client commands take optional `seq=N` (default: the session's next sequence number),
+//! `ack=N` (default 0) and `done=N,N...` (the waits whose outcome the client has received) to
+//! exercise deduplication.
 //!
 //! ```text
 //! session NAME [ttl=MS] [client=TEXT]         OpenSession
 //! checkpoint [now=MS] NAME=MS...             Checkpoint (now defaults to the clock)
 //! expire NAME                                 ExpireSession
-//! cancel NAME SEQ                             CancelWait (the leader's timeout)
+//! timeout NAME SEQ                            TimeoutWait (the leader's timeout)
+//! cancel_wait NAME SEQ                        CancelWait (the client gives the wait up)
+//! await NAME SEQ                              Namespace::wait_status
 //! now MS                                      set the clock stamped into later commands
-//! advance MS                                  move the clock; CancelWait every expired wait
+//! advance MS                                  move the clock; TimeoutWait every expired wait
 //! limits KEY=N...                             replace the limits (before the first command)
 //! create NAME mutex|event|semaphore [OBJNAME] [t=] [owner=] [manual=] [set=] [initial=] [max=]
 //!        [access=] [pad=N pad_char=C]         Create (no OBJNAME: unnamed; pad: grow the name
@@ -97,8 +100,7 @@ impl Runner {
     fn client(
         &mut self,
         name: &str,
-        seq: Option<Seq>,
-        ack: Seq,
+        (seq, ack, waits_done): (Option<Seq>, Seq, &[Seq]),
         request: Request,
     ) -> Result<String, Box<dyn Error>> {
         let session = self.session_id(name)?;
@@ -111,6 +113,7 @@ impl Runner {
             session,
             seq,
             ack_below: ack,
+            waits_done: waits_done.to_vec(),
             now_unix_ms: self.now,
             request,
         };
@@ -392,6 +395,10 @@ impl goldenscript::Runner for Runner {
         let seq: Option<Seq> = args.take_key("seq").map(str::parse).transpose()?;
         let ack: Seq = key(&mut args, "ack", 0)?;
         let thread: ThreadId = key(&mut args, "t", 1)?;
+        let done: Vec<Seq> = match args.take_key("done") {
+            Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
         let out = match command.name.as_str() {
             "session" => {
                 let name = pos(&mut args, "session name")?.to_string();
@@ -434,10 +441,10 @@ impl goldenscript::Runner for Runner {
                 let reply = self.format_reply(&output.reply.expect("reply"));
                 format!("{reply}\n{}", self.format_resolved(&output.resolved))
             }
-            "cancel" => {
+            "timeout" => {
                 let session = self.session_id(pos(&mut args, "session")?)?;
                 let seq = pos(&mut args, "seq")?.parse()?;
-                let output = self.apply(Command::CancelWait { session, seq });
+                let output = self.apply(Command::TimeoutWait { session, seq });
                 let reply = self.format_reply(&output.reply.expect("reply"));
                 format!("{reply}\n{}", self.format_resolved(&output.resolved))
             }
@@ -455,14 +462,14 @@ impl goldenscript::Runner for Runner {
                     .filter(|w| w.deadline_unix_ms().is_some_and(|d| d <= self.now))
                     .collect();
                 for wait in expired {
-                    let command = Command::CancelWait {
+                    let command = Command::TimeoutWait {
                         session: wait.session,
                         seq: wait.seq,
                     };
                     let output = self.apply(command);
                     writeln!(
                         out,
-                        "cancel {} seq={}",
+                        "timeout {} seq={}",
                         self.session_name(wait.session),
                         wait.seq
                     )?;
@@ -526,7 +533,7 @@ impl goldenscript::Runner for Runner {
                     params,
                     access,
                 };
-                self.client(name, seq, ack, request)?
+                self.client(name, (seq, ack, &done), request)?
             }
             "open" => {
                 let name = pos(&mut args, "session")?;
@@ -539,8 +546,7 @@ impl goldenscript::Runner for Runner {
                 args.reject_next()?;
                 self.client(
                     name,
-                    seq,
-                    ack,
+                    (seq, ack, &done),
                     Request::Open {
                         kind,
                         name: object,
@@ -571,7 +577,7 @@ impl goldenscript::Runner for Runner {
                         });
                     }
                 };
-                self.client(name, seq, ack, request)?
+                self.client(name, (seq, ack, &done), request)?
             }
             "wait" => {
                 let name = pos(&mut args, "session")?;
@@ -591,7 +597,7 @@ impl goldenscript::Runner for Runner {
                     wait_all,
                     timeout_ms,
                 };
-                self.client(name, seq, ack, request)?
+                self.client(name, (seq, ack, &done), request)?
             }
             "signal_wait" => {
                 let name = pos(&mut args, "session")?;
@@ -606,17 +612,36 @@ impl goldenscript::Runner for Runner {
                     wait,
                     timeout_ms,
                 };
-                self.client(name, seq, ack, request)?
+                self.client(name, (seq, ack, &done), request)?
             }
             "thread_exit" => {
                 let name = pos(&mut args, "session")?;
                 args.reject_next()?;
-                self.client(name, seq, ack, Request::ThreadExit { thread })?
+                self.client(name, (seq, ack, &done), Request::ThreadExit { thread })?
+            }
+            "cancel_wait" => {
+                let name = pos(&mut args, "session")?;
+                let wait: Seq = pos(&mut args, "wait seq")?.parse()?;
+                args.reject_next()?;
+                self.client(name, (seq, ack, &done), Request::CancelWait { wait })?
+            }
+            "await" => {
+                let name = pos(&mut args, "session")?;
+                let session = self.session_id(name)?;
+                let wait: Seq = pos(&mut args, "wait seq")?.parse()?;
+                args.reject_next()?;
+                let status = match self.ns.wait_status(session, wait) {
+                    WaitStatus::SessionUnknown => "session unknown".to_string(),
+                    WaitStatus::Pending => "pending".to_string(),
+                    WaitStatus::Resolved(outcome) => format_outcome(&outcome),
+                    WaitStatus::Unknown => "unknown wait".to_string(),
+                };
+                format!("{name} seq={wait}: {status}\n")
             }
             "close_session" => {
                 let name = pos(&mut args, "session")?;
                 args.reject_next()?;
-                self.client(name, seq, ack, Request::CloseSession)?
+                self.client(name, (seq, ack, &done), Request::CloseSession)?
             }
             "state" => {
                 let name = pos(&mut args, "object name")?;
@@ -640,14 +665,16 @@ impl goldenscript::Runner for Runner {
                 for info in self.ns.sessions() {
                     writeln!(
                         out,
-                        "{}: id={} ttl={} last_seen={} handles={} pending_waits={} replies={}",
+                        "{}: id={} ttl={} last_seen={} handles={} pending_waits={} replies={} \
+                         outcomes={}",
                         self.session_name(info.id),
                         info.id,
                         info.ttl_ms,
                         info.last_seen_unix_ms,
                         info.handles,
                         info.pending_waits,
-                        info.replies
+                        info.replies,
+                        info.unacknowledged_outcomes
                     )?;
                 }
                 if out.is_empty() {
@@ -733,6 +760,7 @@ fn sample_commands() -> Vec<Command> {
         session,
         seq,
         ack_below: 0,
+        waits_done: Vec::new(),
         now_unix_ms: 5_000 + seq,
         request,
     };
@@ -834,7 +862,7 @@ fn sample_commands() -> Vec<Command> {
             },
         ),
         client(1, 6, Request::ThreadExit { thread: 1 }),
-        Command::CancelWait { session: 2, seq: 4 },
+        Command::TimeoutWait { session: 2, seq: 4 },
     ]
 }
 

@@ -103,7 +103,7 @@ pub enum Command {
     /// pending it resolves as `WaitOutcome::TimedOut` and is removed from every queue; if it was
     /// already granted (or is unknown) this is a no-op: the first recorded outcome wins. Reply:
     /// `Done`.
-    CancelWait {
+    TimeoutWait {
         /// The waiting session.
         session: SessionId,
         /// The sequence number of the wait request.
@@ -120,6 +120,11 @@ pub enum Command {
         /// Every reply with a sequence number below this one has been received by the client and
         /// may be forgotten (Raft thesis §6.3 style client table pruning).
         ack_below: Seq,
+        /// Sequence numbers of the session's waits whose outcome the client has received: their
+        /// recorded outcomes may be forgotten (a wait's outcome outlives the acknowledgement of
+        /// its registration, see `Reply::WaitPending`). Processed even when the request itself
+        /// is a retry. At most `WAITS_PER_SESSION_MAX` entries (the server refuses longer lists).
+        waits_done: Vec<Seq>,
         /// Wall-clock time at the proposing node; recorded with waits so a new leader can compute
         /// their remaining timeout.
         now_unix_ms: u64,
@@ -212,6 +217,18 @@ pub enum Request {
         /// Milliseconds; `u32::MAX` is INFINITE.
         timeout_ms: u32,
     },
+    /// The client gives up on its wait `wait` (a cancelled future, a give-up at the client's
+    /// deadline). A pending wait ends as `TimedOut`; a wait that already resolved with a grant
+    /// has the grant given back (a mutex released for its owner, a semaphore unit or an
+    /// auto-reset event's signal restored) so that nothing stays acquired by an owner that will
+    /// never use it; a wait never registered is barred (a late registration with that sequence
+    /// number gets `TimedOut` and does nothing). Reply: `Wait(outcome)`, the outcome the wait had
+    /// (`TimedOut` if the cancel ended it), or `Wait(Failed(87))` if its outcome was already
+    /// acknowledged.
+    CancelWait {
+        /// The sequence number of the wait request to cancel.
+        wait: Seq,
+    },
     /// A client thread exited: abandon every mutex it owns. Reply: `Done`.
     ThreadExit {
         /// The thread that exited.
@@ -280,12 +297,27 @@ pub enum Reply {
     Error(u32),
     /// A wait that resolved.
     Wait(WaitOutcome),
-    /// A wait that was queued; its outcome will be reported through `ApplyOutput::resolved` and is
-    /// then returned for any retry of the same `(session, seq)`.
+    /// A wait that was queued. Its outcome is reported through `ApplyOutput::resolved` and kept
+    /// in the session (see [`WaitStatus`]) until the client lists the wait in `waits_done`, so
+    /// the client may acknowledge this reply at once and block for the outcome separately; a
+    /// retry of the same `(session, seq)` returns the outcome once there is one.
     WaitPending,
     /// The session has too many unacknowledged replies or pending requests
     /// (`REPLIES_PER_SESSION_MAX`, see `Limits::replies_per_session_max`); nothing was done.
     TooManyPending,
+}
+
+/// Where a wait `(session, seq)` stands, for the non-mutating "await the outcome" call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStatus {
+    /// The session does not exist.
+    SessionUnknown,
+    /// The wait is queued.
+    Pending,
+    /// The wait ended with this outcome (not yet acknowledged by the client).
+    Resolved(WaitOutcome),
+    /// No such wait: never registered here (yet), or its outcome was acknowledged.
+    Unknown,
 }
 
 /// A wait that reached its single outcome during `apply` of some (other) command.

@@ -53,10 +53,11 @@ pub fn validate_request(request: &Request) -> Result<(), u32> {
 }
 
 /// The reply a request gets when it fails with `code` before doing anything: `Wait(Failed(code))`
-/// for the wait requests (`Wait`, `SignalAndWait`), `Error(code)` for everything else.
+/// for the wait requests (`Wait`, `SignalAndWait`, `CancelWait`), `Error(code)` for everything
+/// else.
 pub fn failure_reply(request: &Request, code: u32) -> Reply {
     match request {
-        Request::Wait { .. } | Request::SignalAndWait { .. } => {
+        Request::Wait { .. } | Request::SignalAndWait { .. } | Request::CancelWait { .. } => {
             Reply::Wait(WaitOutcome::Failed(code))
         }
         _ => Reply::Error(code),

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::object::ObjectId;
-use super::types::{Seq, SessionId, ThreadId};
+use super::types::{Seq, SessionId, ThreadId, WaitOutcome};
 
 /// A wait is identified by the request that made it.
 pub(crate) type WaitKey = (SessionId, Seq);
@@ -25,8 +25,26 @@ pub(crate) struct Wait {
     pub timeout_ms: u32,
 }
 
+/// A wait's outcome, kept in its session from the moment the wait ends until the client says it
+/// has received it (`waits_done`) or gives the wait up (`CancelWait`), which gives back what the
+/// wait acquired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Outcome {
+    /// How the wait ended.
+    pub outcome: WaitOutcome,
+    /// The waiting thread (the owner of any mutex acquired).
+    pub thread: ThreadId,
+    /// What the grant acquired, in acquisition order: each object, and whether it was an
+    /// abandoned mutex (so a give-back can restore the flag). Empty unless granted.
+    pub acquired: Vec<(ObjectId, bool)>,
+    /// Granted by the registration itself: the client receives the outcome with the reply, so
+    /// the record goes when the reply is acknowledged (`ack_below`), not through `waits_done`,
+    /// and it does not count against the session's wait limit.
+    pub immediate: bool,
+}
+
 /// A pending wait as the leader's timeout timers see it. The deadline is
-/// `registered_unix_ms + timeout_ms`; when it passes the leader proposes `CancelWait`. A
+/// `registered_unix_ms + timeout_ms`; when it passes the leader proposes `TimeoutWait`. A
 /// `timeout_ms` of `u32::MAX` (INFINITE) never expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingWait {
