@@ -46,6 +46,10 @@ use crate::{
 /// the per-kind limits in [`Config`]. Beyond this, feedback is dropped (raft copes).
 const CONTROL_QUEUE_SLOTS: usize = 64;
 
+/// One pass of the raft thread's loop that takes longer than this is logged: followers may
+/// start an election meanwhile.
+const RAFT_THREAD_STALL_WARN: Duration = Duration::from_millis(250);
+
 /// A ReadIndex request that raft did not answer within this many election timeouts fails with
 /// `Dropped` (raft-rs drops forwarded reads silently when the leader changes). Until then it
 /// is re-issued as needed (see [`READ_RETRY_DIVISOR`]).
@@ -837,11 +841,23 @@ impl Worker {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            let started = Instant::now();
             self.tick_if_due();
+            let ticked = Instant::now();
             self.on_ready()?;
+            let readied = Instant::now();
             self.maintain_membership();
             self.maybe_snapshot()?;
             self.publish();
+            let done = Instant::now();
+            if done - started > RAFT_THREAD_STALL_WARN {
+                tracing::warn!(
+                    tick_ms = (ticked - started).as_millis() as u64,
+                    ready_ms = (readied - ticked).as_millis() as u64,
+                    rest_ms = (done - readied).as_millis() as u64,
+                    "raft thread was busy for longer than an election timeout allows"
+                );
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 //! directory (`cargo test --workspace` builds it before running any test). Children are tied to
 //! the test process with `PR_SET_PDEATHSIG`, so a failing test leaves no stray servers behind.
 
+pub mod faults;
 pub mod history;
 pub mod net;
 pub mod procs;
@@ -27,11 +28,14 @@ pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// If the binary was not built: run the tests with `cargo test --workspace`.
 pub fn target_binary(relative: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test>-<hash>  ->  target/<profile>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
+    // target/<profile>/deps/<test>-<hash>  ->  target/<profile>; a binary of this crate
+    // (dlock-bench) lives in target/<profile> itself.
+    let mut profile_dir = exe.parent().expect("the executable lives in a directory");
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir
+            .parent()
+            .expect("test executable lives in target/<profile>/deps");
+    }
     let path = profile_dir.join(relative);
     assert!(
         path.exists(),
@@ -116,6 +120,24 @@ impl Dlockd {
     /// The endpoint string for `DLOCK_ENDPOINTS`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the server (e.g. `SIGSTOP` to freeze it, `SIGCONT` to continue it).
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pids fit pid_t");
+        // SAFETY: kill(2) on the child this struct spawned and has not reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Kills the server with SIGKILL (no chance to flush or clean up) and reaps it.

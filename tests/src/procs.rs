@@ -228,6 +228,30 @@ impl ProcCluster {
         }
     }
 
+    /// Freezes node `id` with `SIGSTOP` (a GC pause, a VM migration, a disk stall): its sockets
+    /// stay open and nothing answers. [`ProcCluster::thaw`] continues it.
+    pub fn freeze(&self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    /// Continues a node frozen by [`ProcCluster::freeze`] (`SIGCONT`).
+    pub fn thaw(&self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+    }
+
+    fn signal(&self, id: u64, signal: libc::c_int) {
+        let pid = self.node(id).pid().expect("the node is running");
+        let pid = libc::pid_t::try_from(pid).expect("pids fit pid_t");
+        // SAFETY: kill(2) with a pid this harness spawned and has not reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// Starts node `id` again with its data directory, addresses and flags (after
     /// [`ProcCluster::kill9`], [`ProcCluster::stop`] or [`ProcCluster::wipe`]) and waits until
     /// it accepts connections.

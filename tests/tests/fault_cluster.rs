@@ -1227,3 +1227,40 @@ async fn a_wait_blocked_on_a_leader_that_is_partitioned_away_is_answered_by_the_
     })
     .await;
 }
+
+/// Issue 8, "keepalives renewed without proof of leadership": a leader cut off from the
+/// majority still believes it leads for up to an election timeout, and used to answer every
+/// keepalive `Renewed` meanwhile, while the majority's new leader may expire the session and
+/// hand its mutexes on. Now a keepalive is only renewed after a ReadIndex round that started
+/// after it arrived confirmed the leadership, which an isolated node cannot get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_renews_no_keepalive() {
+    bounded("an isolated leader renews no keepalive", async {
+        let cluster = TestCluster::start(ClusterOptions::default()).await;
+        let old = cluster.wait_leader().await;
+        let mut leader = raw(cluster.endpoint(old)).await;
+        let session = leader
+            .open_session(pb::OpenSessionRequest {
+                ttl_ms: 10_000,
+                client_name: "keepalive on an isolated leader".into(),
+            })
+            .await
+            .expect("open a session")
+            .into_inner()
+            .session_id;
+        assert_eq!(
+            raw_keepalive(&mut leader, session).await,
+            Some(false),
+            "renewed while the leader leads"
+        );
+        cluster.net.isolate(old);
+        let answer = raw_keepalive(&mut leader, session).await;
+        assert_eq!(
+            answer, None,
+            "an isolated leader must not answer a keepalive (answered expired={answer:?})"
+        );
+        cluster.net.heal();
+        cluster.shutdown().await;
+    })
+    .await;
+}

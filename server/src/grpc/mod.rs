@@ -43,6 +43,8 @@ pub struct DlockService {
     stopped: watch::Receiver<bool>,
     /// Client addresses of the members, for leader hints.
     directory: Arc<Directory>,
+    /// Confirms leadership before a keepalive is answered `Renewed`.
+    confirmer: Arc<LeaseConfirmer>,
 }
 
 impl DlockService {
@@ -55,6 +57,7 @@ impl DlockService {
         directory: Arc<Directory>,
     ) -> Self {
         DlockService {
+            confirmer: LeaseConfirmer::new(node.clone()),
             shared,
             node,
             config,
@@ -239,8 +242,83 @@ fn unexpected(reply: Reply) -> Status {
     )))
 }
 
+/// Confirms this node's leadership for keepalives, in rounds: one ReadIndex (a heartbeat round
+/// acknowledged by a quorum) confirms every keepalive that arrived before the round started, so
+/// the cost is one round per few milliseconds of keepalives, not one per keepalive, and
+/// keepalives still never touch the log.
+pub struct LeaseConfirmer {
+    node: dlock_cluster::Node,
+    state: std::sync::Mutex<ConfirmRounds>,
+    /// `(round, confirmed)` of the latest finished round.
+    done: watch::Sender<(u64, bool)>,
+}
+
+#[derive(Default)]
+struct ConfirmRounds {
+    /// The round started last (0: none yet).
+    started: u64,
+    /// Whether that round is still running.
+    running: bool,
+    /// The latest round a keepalive waits for.
+    wanted: u64,
+}
+
+impl LeaseConfirmer {
+    /// A confirmer for `node`.
+    pub fn new(node: dlock_cluster::Node) -> Arc<LeaseConfirmer> {
+        Arc::new(LeaseConfirmer {
+            node,
+            state: std::sync::Mutex::new(ConfirmRounds::default()),
+            done: watch::channel((0, false)).0,
+        })
+    }
+
+    /// True once a round that started after this call confirmed that this node still leads;
+    /// false if that round failed (deposed, cut off, raft thread stalled past the read's
+    /// deadline).
+    pub async fn confirm(self: &Arc<Self>) -> bool {
+        let mut finished = self.done.subscribe();
+        let target = {
+            let mut rounds = lock(&self.state);
+            // A round already running started before this keepalive arrived: it proves nothing
+            // about leadership after the arrival. Wait for the next one.
+            let target = rounds.started + 1;
+            rounds.wanted = rounds.wanted.max(target);
+            if !rounds.running {
+                self.start_round(&mut rounds);
+            }
+            target
+        };
+        match finished.wait_for(|(round, _)| *round >= target).await {
+            Ok(value) => value.1,
+            Err(_) => false,
+        }
+    }
+
+    fn start_round(self: &Arc<Self>, rounds: &mut ConfirmRounds) {
+        rounds.started += 1;
+        rounds.running = true;
+        let round = rounds.started;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let confirmed = this.node.read_index().await.is_ok();
+            let mut rounds = lock(&this.state);
+            this.done.send_replace((round, confirmed));
+            rounds.running = false;
+            if rounds.wanted > round {
+                this.start_round(&mut rounds);
+            }
+        });
+    }
+}
+
 /// Renews a session's lease on a keepalive. `None` means the session is lost: unknown to the
 /// namespace, or its lease already ran out and its expiry is under way.
+///
+/// A renewal is only answered once this node has confirmed, after the keepalive arrived, that
+/// it still leads ([`LeaseConfirmer`]): a deposed leader, or one whose raft thread is stalled,
+/// must not tell a client its lease was renewed while the real leader may expire it and hand
+/// its mutexes on.
 ///
 /// "Unknown" is only believed after a ReadIndex: right after a restart or a leader change the
 /// local namespace may not have applied every committed entry yet (the log is replayed in the
@@ -248,10 +326,18 @@ fn unexpected(reply: Reply) -> Status {
 async fn keep_alive(
     shared: &Shared,
     node: &dlock_cluster::Node,
+    confirmer: &Arc<LeaseConfirmer>,
     session: u64,
 ) -> Result<Option<std::time::Duration>, dlock_cluster::Error> {
-    match lock(&shared.timers).touch(session, Instant::now(), now_unix_ms()) {
-        Touch::Renewed(ttl) => return Ok(Some(ttl)),
+    let touched = lock(&shared.timers).touch(session, Instant::now(), now_unix_ms());
+    match touched {
+        Touch::Renewed(ttl) => {
+            return if confirmer.confirm().await {
+                Ok(Some(ttl))
+            } else {
+                Err(dlock_cluster::Error::NotLeader { leader_hint: None })
+            };
+        }
         Touch::Expiring => return Ok(None),
         Touch::Unknown => {}
     }
@@ -384,9 +470,15 @@ impl Dlock for DlockService {
         let shared = self.shared.clone();
         let node = self.node.clone();
         let directory = self.directory.clone();
+        let confirmer = self.confirmer.clone();
         // One reply per request, in order (`then` runs them one at a time).
         let output = futures::StreamExt::then(inbound, move |item| {
-            let (shared, node, directory) = (shared.clone(), node.clone(), directory.clone());
+            let (shared, node, directory, confirmer) = (
+                shared.clone(),
+                node.clone(),
+                directory.clone(),
+                confirmer.clone(),
+            );
             async move {
                 let session_id = item?.session_id;
                 let leadership = *node.leadership().borrow();
@@ -396,7 +488,7 @@ impl Dlock for DlockService {
                     };
                     return Err(not_leader_hint(&directory, err));
                 }
-                let ttl = keep_alive(&shared, &node, session_id)
+                let ttl = keep_alive(&shared, &node, &confirmer, session_id)
                     .await
                     .map_err(|e| not_leader_hint(&directory, Error::from(e)))?;
                 Ok(pb::KeepAliveReply {
