@@ -207,8 +207,7 @@ impl Backoff {
 pub(crate) struct CallPolicy<'a> {
     /// Give up (with the last failure's error) at this instant; `None` = never.
     pub(crate) deadline: Option<Instant>,
-    /// Abandon one attempt after this long and move to the next node; `None` = let it run
-    /// (waits: the server holds the call until the wait resolves).
+    /// Abandon one attempt after this long and move to the next node; `None` = let it run.
     pub(crate) attempt_timeout: Option<Duration>,
     /// Stop with [`Error::SessionLost`] as soon as this session is expired.
     pub(crate) session: Option<&'a Shared>,
@@ -398,6 +397,16 @@ impl Client {
         tracing::debug!(node = %nodes.list[next].addr, "switching node");
     }
 
+    /// Node `node` answered: it is not suspect any more.
+    fn answered(&self, node: usize) {
+        let mut nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.list.get_mut(node)
+            && n.suspect_until.is_some()
+        {
+            n.suspect_until = None;
+        }
+    }
+
     /// Node `failed`'s connection broke (refused, reset, or a keepalive ping unanswered):
     /// avoid it for [`SUSPECT_FOR`] and move on.
     pub(crate) fn suspect(&self, failed: usize) {
@@ -496,7 +505,10 @@ impl Client {
             };
             let mut sleep = true;
             match result {
-                Some(Ok(response)) => return Ok(response.into_inner()),
+                Some(Ok(response)) => {
+                    self.answered(node);
+                    return Ok(response.into_inner());
+                }
                 None => {
                     tracing::debug!(what = policy.what, node, "attempt timed out");
                     last_failure = Error::Unavailable;

@@ -1070,10 +1070,15 @@ async fn cancel_wait(shared: Arc<Shared>, seq: u64, in_flight: Option<InFlight<A
                 break;
             }
             Err(Error::SessionLost) => break,
-            Err(err) => {
+            Err(err @ (Error::Unavailable | Error::Overloaded)) => {
                 tracing::warn!(session = shared.id, seq, error = %err, "CancelWait failed; retrying");
                 let delay = backoff.next_delay().min(CANCEL_RETRY_MAX);
                 tokio::time::sleep(delay).await;
+            }
+            Err(err) => {
+                // Retrying cannot help (a server of another version, a malformed request).
+                tracing::error!(session = shared.id, seq, error = %err, "CancelWait refused; giving up");
+                break;
             }
         }
     }
@@ -1118,13 +1123,17 @@ async fn thread_exit_task(shared: Arc<Shared>, mut jobs: mpsc::Receiver<ThreadEx
                     break;
                 }
                 Err(Error::SessionLost) => return,
-                Err(err) => {
+                Err(err @ (Error::Unavailable | Error::Overloaded)) => {
                     tracing::warn!(session = shared.id, thread, error = %err, "ThreadExit failed; retrying");
                     let delay = backoff.next_delay().min(CANCEL_RETRY_MAX);
                     tokio::select! {
                         () = stopped(&mut stop) => return,
                         () = tokio::time::sleep(delay) => {}
                     }
+                }
+                Err(err) => {
+                    tracing::error!(session = shared.id, thread, error = %err, "ThreadExit refused; giving up");
+                    break;
                 }
             }
         }

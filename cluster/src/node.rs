@@ -46,6 +46,10 @@ use crate::{
 /// the per-kind limits in [`Config`]. Beyond this, feedback is dropped (raft copes).
 const CONTROL_QUEUE_SLOTS: usize = 64;
 
+/// Longest time one pass of the raft thread's loop spends stepping queued inputs before it
+/// handles the Ready they produced (and so sends heartbeats and appends).
+const DRAIN_TIME_MAX: Duration = Duration::from_millis(10);
+
 /// One pass of the raft thread's loop that takes longer than this is logged: followers may
 /// start an election meanwhile.
 const RAFT_THREAD_STALL_WARN: Duration = Duration::from_millis(250);
@@ -829,15 +833,30 @@ impl Worker {
             } else {
                 self.next_tick.saturating_duration_since(Instant::now())
             };
-            match self.rx.recv_timeout(timeout) {
-                Ok(input) => self.handle_input(input),
+            let received = self.rx.recv_timeout(timeout);
+            let woke = Instant::now();
+            let mut inputs = 0usize;
+            match received {
+                Ok(input) => {
+                    inputs += 1;
+                    self.handle_input(input);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            // Drain everything already queued so it all lands in one Ready (group commit).
+            // Drain everything already queued so it all lands in one Ready (group commit), but
+            // for at most DRAIN_TIME_MAX: a burst of inputs (a thawed follower's backlog of
+            // responses, each of which may make raft read and send a batch of entries) must not
+            // keep the Ready, and with it every heartbeat, from going out.
             for _ in 0..self.drain_max {
+                if woke.elapsed() > DRAIN_TIME_MAX {
+                    break;
+                }
                 match self.rx.try_recv() {
-                    Ok(input) => self.handle_input(input),
+                    Ok(input) => {
+                        inputs += 1;
+                        self.handle_input(input);
+                    }
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
@@ -850,8 +869,10 @@ impl Worker {
             self.maybe_snapshot()?;
             self.publish();
             let done = Instant::now();
-            if done - started > RAFT_THREAD_STALL_WARN {
+            if done - woke > RAFT_THREAD_STALL_WARN {
                 tracing::warn!(
+                    inputs,
+                    input_ms = (started - woke).as_millis() as u64,
                     tick_ms = (ticked - started).as_millis() as u64,
                     ready_ms = (readied - ticked).as_millis() as u64,
                     rest_ms = (done - readied).as_millis() as u64,

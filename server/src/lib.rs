@@ -21,9 +21,10 @@
 //! node's wall-clock time, and proposes it. The Raft thread batches every proposal waiting at
 //! that moment into one Ready, writes them with one sled flush, and applies them in log order;
 //! the namespace's reply travels back to the handler. A wait that cannot be granted at once is
-//! queued in the namespace; the handler blocks on the wait registry until a later command (a
-//! release, a set, the leader's `TimeoutWait` when the timeout passes, an `ExpireSession`)
-//! resolves it. Retries with the same `(session, seq)` return the recorded reply.
+//! queued in the namespace and answered "pending" at once; the client's `AwaitWait` call blocks
+//! on the wait registry until a later command (a release, a set, the leader's `TimeoutWait` when
+//! the timeout passes, the client's `CancelWait`, an `ExpireSession`) resolves it. Retries with
+//! the same `(session, seq)` return the recorded reply.
 
 pub mod config;
 pub mod error;

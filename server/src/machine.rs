@@ -1,6 +1,6 @@
 //! The glue between the replicated log and the namespace: the [`StateMachine`] that
 //! `dlock-cluster` drives, the leader's timers (session leases, wait timeouts, keepalive
-//! checkpoints) and the registry through which a blocked `Wait` call learns its outcome.
+//! checkpoints) and the registry through which a blocked `AwaitWait` call learns its outcome.
 //!
 //! Locking: the raft thread applies a command while holding `ns` and then `timers`; every other
 //! user takes them in the same order (`ns` before `timers`), or only one of them. Both are std
@@ -27,14 +27,18 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Most `Wait` calls that may be blocked on this node at once; beyond it new waits are refused
-/// with `RESOURCE_EXHAUSTED` before they reach the log.
+/// Most `AwaitWait` calls that may be blocked on this node at once, over all waits; beyond it
+/// new calls are refused with `RESOURCE_EXHAUSTED`.
 pub const WAIT_SUBSCRIBERS_MAX: usize = 1 << 20;
+
+/// Most `AwaitWait` calls blocked on one wait at once (a client needs one; a few more cover
+/// retries whose earlier call the server has not noticed as gone yet).
+pub const WAIT_SUBSCRIBERS_PER_WAIT_MAX: usize = 16;
 
 /// Most sessions written into one `Checkpoint` command; the rest go into the next one.
 pub const CHECKPOINT_SESSIONS_MAX: usize = 10_000;
 
-/// Blocked `Wait` calls by `(session, seq)`: several calls may wait for one wait (a retry while
+/// Blocked `AwaitWait` calls by `(session, seq)`: several calls may wait for one wait (a retry while
 /// the first call is still open), so each key holds a list.
 type WaitRegistry = HashMap<(SessionId, Seq), Vec<oneshot::Sender<WaitOutcome>>>;
 
@@ -46,7 +50,7 @@ pub struct Shared {
     pub timers: Mutex<Timers>,
     /// Wakes the timer task when a deadline may have moved earlier.
     pub timer_wake: Notify,
-    /// Blocked `Wait` calls by `(session, seq)`.
+    /// Blocked `AwaitWait` calls by `(session, seq)`.
     pub waiters: Mutex<WaitRegistry>,
 }
 
@@ -68,19 +72,25 @@ impl Shared {
         })
     }
 
-    /// Registers interest in the outcome of wait `(session, seq)`. Register BEFORE proposing the
+    /// Registers interest in the outcome of wait `(session, seq)`. Register BEFORE looking at the
     /// wait, so an outcome applied right after it cannot be missed.
     ///
     /// # Errors
     ///
-    /// `None` when [`WAIT_SUBSCRIBERS_MAX`] calls are already blocked.
+    /// `None` when [`WAIT_SUBSCRIBERS_MAX`] waits, or [`WAIT_SUBSCRIBERS_PER_WAIT_MAX`] calls
+    /// on this wait, are already being waited for.
     pub fn subscribe(self: &Arc<Self>, session: SessionId, seq: Seq) -> Option<Subscription> {
         let (tx, rx) = oneshot::channel();
         let mut waiters = lock(&self.waiters);
         if waiters.len() >= WAIT_SUBSCRIBERS_MAX {
             return None;
         }
-        waiters.entry((session, seq)).or_default().push(tx);
+        let entry = waiters.entry((session, seq)).or_default();
+        entry.retain(|tx| !tx.is_closed());
+        if entry.len() >= WAIT_SUBSCRIBERS_PER_WAIT_MAX {
+            return None;
+        }
+        entry.push(tx);
         Some(Subscription {
             shared: self.clone(),
             key: (session, seq),

@@ -6,7 +6,8 @@
 //!
 //! Every node's stdout and stderr go to `<dir>/nodeN.log` (appended across restarts; `RUST_LOG`
 //! defaults to `info`). When a test panics, the cluster's directory is kept and its path and
-//! the tail of every log are printed, so a failure can be investigated after the fact.
+//! the tail of every log are printed, so a failure can be investigated after the fact (set
+//! `DLOCK_KEEP_CLUSTER=1` to keep it after a passing test too).
 //!
 //! Children are tied to the test process with `PR_SET_PDEATHSIG` and spawned from one thread
 //! that lives as long as the process (the signal fires when the *spawning thread* exits, and
@@ -628,9 +629,8 @@ impl Drop for ProcCluster {
                 let _ = child.wait();
             }
         }
-        if std::thread::panicking()
-            && let Some(dir) = self.dir.take()
-        {
+        let keep = std::thread::panicking() || std::env::var_os("DLOCK_KEEP_CLUSTER").is_some();
+        if keep && let Some(dir) = self.dir.take() {
             let path = dir.keep();
             eprintln!(
                 "=== cluster directory kept for inspection: {}",

@@ -25,6 +25,7 @@ const PROGRESS_BOUND: Duration = Duration::from_millis(3_500);
 
 #[test]
 fn a_frozen_leader_stalls_no_thread() {
+    dlock_tests::net::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

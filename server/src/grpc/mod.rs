@@ -130,15 +130,12 @@ impl DlockService {
         header: Option<pb::RequestHeader>,
         request: Request,
     ) -> Result<pb::WaitReply, Status> {
-        if let Err(code) = validate_request(&request) {
+        if let Some(code) = refused_before_log(header.as_ref(), &request) {
             return Ok(wait_reply(WaitOutcome::Failed(code)));
         }
         match self.client(header, request).await? {
             Reply::Wait(outcome) => Ok(wait_reply(outcome)),
-            Reply::WaitPending => Ok(pb::WaitReply {
-                pending: true,
-                ..pb::WaitReply::default()
-            }),
+            Reply::WaitPending => Ok(pending_reply()),
             Reply::Error(code) => Ok(wait_reply(WaitOutcome::Failed(code))),
             other => Err(unexpected(other)),
         }
@@ -195,10 +192,7 @@ impl DlockService {
                 Some(outcome) => Ok(wait_reply(outcome)),
                 None => Err(to_status(Error::Retry)),
             },
-            () = tokio::time::sleep(max_block) => Ok(pb::WaitReply {
-                pending: true,
-                ..pb::WaitReply::default()
-            }),
+            () = tokio::time::sleep(max_block) => Ok(pending_reply()),
             // The wait stays registered in the replicated state; the client asks again on
             // another node (or this one after a restart).
             _ = stopped.wait_for(|s| *s) => Err(to_status(Error::Stopped)),
@@ -392,6 +386,31 @@ fn wait_reply(outcome: WaitOutcome) -> pb::WaitReply {
     }
 }
 
+/// "Registered, no outcome yet". Fail-safe for a client that does not know `pending`: it reads
+/// `WAIT_FAILED` with `ERROR_IO_PENDING` (997), never a grant.
+fn pending_reply() -> pb::WaitReply {
+    pb::WaitReply {
+        result: WAIT_FAILED,
+        error: ERROR_IO_PENDING,
+        fencing_token: 0,
+        pending: true,
+    }
+}
+
+/// `ERROR_IO_PENDING`: the error a pending wait reply carries (see [`pending_reply`]).
+pub const ERROR_IO_PENDING: u32 = 997;
+
+/// The Win32 code of a request that fails the state-independent checks, if it may be refused
+/// before the log. Not when its header reports received wait outcomes (`waits_done`): those
+/// must reach the log, so such a request is proposed and refused by `apply` instead, with the
+/// same reply.
+fn refused_before_log(header: Option<&pb::RequestHeader>, request: &Request) -> Option<u32> {
+    let code = validate_request(request).err()?;
+    header
+        .is_none_or(|h| h.waits_done.is_empty())
+        .then_some(code)
+}
+
 fn status_reply(reply: Reply) -> Result<Response<pb::StatusReply>, Status> {
     match reply {
         Reply::Done => Ok(Response::new(pb::StatusReply { error: 0 })),
@@ -539,7 +558,7 @@ impl Dlock for DlockService {
             params,
             access: req.access,
         };
-        if let Err(code) = validate_request(&request) {
+        if let Some(code) = refused_before_log(req.header.as_ref(), &request) {
             return Ok(Response::new(pb::CreateReply {
                 error: code,
                 handle: 0,
@@ -580,7 +599,7 @@ impl Dlock for DlockService {
             name: req.name,
             access: req.access,
         };
-        if let Err(code) = validate_request(&request) {
+        if let Some(code) = refused_before_log(req.header.as_ref(), &request) {
             return Ok(Response::new(pb::OpenReply {
                 error: code,
                 handle: 0,
@@ -672,7 +691,7 @@ impl Dlock for DlockService {
             handle: req.handle,
             count: req.count,
         };
-        if let Err(code) = validate_request(&request) {
+        if let Some(code) = refused_before_log(req.header.as_ref(), &request) {
             return Ok(Response::new(pb::ReleaseSemaphoreReply {
                 error: code,
                 previous_count: 0,

@@ -63,11 +63,17 @@
 //! scan. The invariant after every `apply` is that no pending wait is satisfiable. Windows
 //! promises no order among waiters; dlock gives FIFO.
 //!
-//! A wait ends exactly once: granted, failed, or timed out by `CancelWait`, which the leader
+//! A wait ends exactly once: granted, failed, timed out by `TimeoutWait`, which the leader
 //! proposes when the deadline (`registered_unix_ms + timeout_ms` from [`Namespace::pending_waits`])
-//! passes; whichever reaches the log first wins. Resolutions of waits other than the command's
-//! own go into [`ApplyOutput::resolved`], in order, and replace the `WaitPending` in the session's
-//! reply table, so a retry of the wait request returns the final outcome.
+//! passes, or given up by the client's `CancelWait`; whichever reaches the log first wins.
+//! Resolutions of waits other than the command's own go into [`ApplyOutput::resolved`], in
+//! order. Every outcome (and what a grant acquired) is kept in the session until the client
+//! says it has it (`waits_done`), so the client may acknowledge the registration's
+//! `WaitPending` at once and learn the outcome later with a read ([`Namespace::wait_status`]);
+//! a retry of the registration returns the outcome too. `CancelWait` on a wait that was granted
+//! meanwhile gives the grant back: one recursion level of each mutex it acquired (only that
+//! grant, by its fencing token, restoring the abandoned flag it took), the semaphore unit, the
+//! auto-reset event's signal (only if no Set/Reset/Pulse touched the event since).
 //!
 //! # Fencing tokens
 //!
@@ -81,9 +87,11 @@
 //!
 //! Every client request carries `(session, seq, ack_below)`. The session's reply table records
 //! every reply; a repeated `seq` gets the recorded reply and nothing else happens. Replies below
-//! `ack_below` are pruned (except those of still-pending waits), and a `seq` below the highest
-//! `ack_below` seen whose reply is gone is refused with 87 rather than executed twice. The table
-//! is bounded by [`Limits::replies_per_session_max`] (`Reply::TooManyPending`).
+//! `ack_below` are pruned, and a `seq` below the highest `ack_below` seen whose reply is gone is
+//! refused with 87 rather than executed twice. The table is bounded by
+//! [`Limits::replies_per_session_max`] (`Reply::TooManyPending`), except that the oldest request
+//! in flight (`seq == ack_below`) is always admitted, so a client can always make progress, and
+//! `CancelWait` has a wider bound (it can run while the wait it cancels holds the floor).
 //!
 //! # Determinism
 //!
@@ -129,7 +137,7 @@
 //!   releases exactly the waits registered when it is applied, never "missing" one.
 //! * Alertable waits, `WAIT_IO_COMPLETION`, pseudo-handles and the low-two-bits handle quirk are
 //!   not modelled.
-//! * Wait timeouts are measured on the leader's wall clock and resolved by `CancelWait`; a grant
+//! * Wait timeouts are measured on the leader's wall clock and resolved by `TimeoutWait`; a grant
 //!   that reaches the log first wins even if the deadline had passed.
 //! * Finding the mutexes of a dying thread or session scans all objects (O(objects)); it is
 //!   bounded by [`Limits::objects_max`].
@@ -156,7 +164,7 @@ pub use wait::PendingWait;
 
 use object::{MutexData, Object, ObjectData, ObjectId, Owner};
 use session::Session;
-use wait::{Outcome, Wait, WaitKey};
+use wait::{Outcome, Taken, Wait, WaitKey};
 use win32::{
     ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_INVALID_HANDLE, ERROR_INVALID_PARAMETER,
     ERROR_MUTANT_LIMIT_EXCEEDED, ERROR_NO_SYSTEM_RESOURCES, ERROR_NOT_OWNER, ERROR_TOO_MANY_POSTS,
@@ -171,20 +179,21 @@ pub const SESSIONS_MAX: usize = 10_000;
 pub const OBJECTS_MAX: usize = 100_000;
 /// Most open handles per session. At the limit create and open reply `Error(1450)`.
 pub const HANDLES_PER_SESSION_MAX: usize = 16_384;
-/// Most pending (queued) waits per session. At the limit a wait that would have to queue replies
-/// `Wait(Failed(1450))`; a wait satisfiable at once, or a poll, still succeeds.
+/// Most pending (queued) waits plus ended waits whose outcome the client has not acknowledged
+/// yet, per session. At the limit a wait that would have to queue replies `Wait(Failed(1450))`;
+/// a wait satisfiable at once, or a poll, still succeeds.
 pub const WAITS_PER_SESSION_MAX: usize = 1_024;
 /// Most pending waits queued on one object. At the limit a wait that would have to queue on it
 /// replies `Wait(Failed(1450))`.
 pub const WAITERS_PER_OBJECT_MAX: usize = 1_024;
-/// Most recorded replies per session (the dedupe table, pending waits included). At the limit a
-/// new request gets `Reply::TooManyPending` and is not executed; the client must acknowledge
-/// replies (`ack_below`) to make room.
+/// Most recorded replies per session (the dedupe table). At the limit a new request gets
+/// `Reply::TooManyPending` and is not executed (except the oldest one in flight); the client
+/// must acknowledge replies (`ack_below`) to make room.
 pub const REPLIES_PER_SESSION_MAX: usize = 1_024;
 /// Longest `OpenSession::client_name`, in bytes. Longer names get `Error(87)` and no session.
 pub const CLIENT_NAME_MAX_BYTES: usize = 256;
 /// The first byte of every snapshot; [`Namespace::restore`] refuses any other.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// The resource limits in force. They are part of the replicated state (every replica must
 /// refuse the same commands), fixed when the namespace is made.
@@ -613,7 +622,14 @@ impl Namespace {
         session.replies.retain(|s, _| *s >= floor);
         // A grant made at once is received with its reply, so it goes with the reply.
         session.outcomes.retain(|s, o| *s >= floor || !o.immediate);
-        if session.replies.len() >= replies_max {
+        // The oldest request in flight is always admitted (so the floor can always advance, and
+        // the table exceeds the limit by at most one); a CancelWait, which may hold a wait's
+        // number in flight below everything else, gets a wider bound.
+        let limit = match request {
+            Request::CancelWait { .. } => replies_max + self.limits.waits_per_session_max,
+            _ => replies_max,
+        };
+        if session.replies.len() >= limit && seq > floor {
             return Reply::TooManyPending;
         }
         let reply = self.execute(index, id, seq, now, request, resolved);
@@ -667,13 +683,17 @@ impl Namespace {
         resolved: &mut Vec<Resolved>,
     ) {
         let mut freed = Vec::new();
-        for &(id, was_abandoned) in &outcome.acquired {
+        for taken in &outcome.acquired {
+            let (id, was_abandoned) = (taken.object, taken.abandoned);
             let Some(object) = self.objects.get_mut(&id) else {
                 continue;
             };
+            let epoch = object.event_epoch;
             match &mut object.data {
                 ObjectData::Mutex(m) => {
-                    if m.owner != Some((session, outcome.thread)) {
+                    // Only the very grant being given back (its token), never a later one.
+                    if m.owner != Some((session, outcome.thread)) || m.fencing_token != taken.stamp
+                    {
                         continue;
                     }
                     m.recursion -= 1;
@@ -696,7 +716,7 @@ impl Namespace {
                 ObjectData::Event {
                     manual_reset: false,
                     signaled,
-                } => {
+                } if epoch == taken.stamp => {
                     *signaled = true;
                     freed.push(id);
                 }
@@ -1088,7 +1108,9 @@ impl Namespace {
     }
 
     fn set_event_signaled(&mut self, id: ObjectId, value: bool) {
-        let ObjectData::Event { signaled, .. } = &mut self.object_mut(id).data else {
+        let object = self.object_mut(id);
+        object.event_epoch += 1;
+        let ObjectData::Event { signaled, .. } = &mut object.data else {
             unreachable!("an event operation on a non-event")
         };
         *signaled = value;
@@ -1246,7 +1268,7 @@ impl Namespace {
         owner: Owner,
         objects: &[ObjectId],
         eval: Eval,
-    ) -> (WaitOutcome, Vec<(ObjectId, bool)>) {
+    ) -> (WaitOutcome, Vec<Taken>) {
         let (selected, result_index): (Vec<ObjectId>, u32) = match eval {
             Eval::Any(i) => (
                 vec![objects[i]],
@@ -1265,7 +1287,15 @@ impl Namespace {
                 fencing_token = acquired.fencing_token;
             }
             abandoned |= acquired.abandoned;
-            taken.push((id, acquired.abandoned));
+            let stamp = match object.data {
+                ObjectData::Mutex(_) => acquired.fencing_token,
+                _ => object.event_epoch,
+            };
+            taken.push(Taken {
+                object: id,
+                abandoned: acquired.abandoned,
+                stamp,
+            });
         }
         let outcome = if abandoned {
             WaitOutcome::Abandoned {
@@ -1315,7 +1345,7 @@ impl Namespace {
         &mut self,
         key: WaitKey,
         outcome: WaitOutcome,
-        acquired: Vec<(ObjectId, bool)>,
+        acquired: Vec<Taken>,
         resolved: &mut Vec<Resolved>,
     ) {
         let wait = self

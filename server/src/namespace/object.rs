@@ -70,6 +70,10 @@ pub(crate) struct Object {
     pub data: ObjectData,
     /// Waits registered on this object, oldest first; each wait appears at most once.
     pub waiters: VecDeque<WaitKey>,
+    /// Events: how many times `SetEvent`, `ResetEvent` or `PulseEvent` changed it. A give-back
+    /// restores an auto-reset event's signal only if nothing touched the event since the grant
+    /// (a pulse's signal must not outlive the pulse, a reset must not be undone).
+    pub event_epoch: u64,
 }
 
 impl Object {
@@ -80,6 +84,7 @@ impl Object {
             handle_count: 0,
             data,
             waiters: VecDeque::new(),
+            event_epoch: 0,
         }
     }
 

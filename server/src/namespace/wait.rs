@@ -34,13 +34,24 @@ pub(crate) struct Outcome {
     pub outcome: WaitOutcome,
     /// The waiting thread (the owner of any mutex acquired).
     pub thread: ThreadId,
-    /// What the grant acquired, in acquisition order: each object, and whether it was an
-    /// abandoned mutex (so a give-back can restore the flag). Empty unless granted.
-    pub acquired: Vec<(ObjectId, bool)>,
+    /// What the grant acquired, in acquisition order. Empty unless granted.
+    pub acquired: Vec<Taken>,
     /// Granted by the registration itself: the client receives the outcome with the reply, so
     /// the record goes when the reply is acknowledged (`ack_below`), not through `waits_done`,
     /// and it does not count against the session's wait limit.
     pub immediate: bool,
+}
+
+/// One object a grant acquired, with what a give-back needs to undo exactly that grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Taken {
+    /// The object.
+    pub object: ObjectId,
+    /// It was an abandoned mutex (a give-back restores the flag).
+    pub abandoned: bool,
+    /// Mutex: the fencing token of the grant (a give-back releases only that very grant, never
+    /// a later one of an owner id that was reused). Event: its `event_epoch` at the grant.
+    pub stamp: u64,
 }
 
 /// A pending wait as the leader's timeout timers see it. The deadline is
