@@ -334,6 +334,7 @@ impl Client {
             self.clone(),
             reply.session_id,
             Duration::from_millis(reply.ttl_ms),
+            Duration::from_millis(reply.lease_margin_ms),
             sent_at,
         ))
     }

@@ -5,10 +5,12 @@
 //! The cluster expires a session `ttl` after the last keepalive the leader saw. The client
 //! cannot know when the leader saw a keepalive, only when it *sent* it, so it measures
 //! conservatively: a reply renews the lease from the moment its request was sent (keepalive
-//! replies are matched to requests in order on the stream). With `elapsed` the time since
-//! that moment, the session is [`SessionState::Alive`] below 2/3 of the TTL,
-//! [`SessionState::Jeopardy`] from 2/3, and [`SessionState::Expired`] from a full TTL, or as
-//! soon as a reply says so. Expired is terminal: the keepalive task stops and the client sends
+//! replies are matched to requests in order on the stream), and the lease is the TTL minus the
+//! cluster's longest election timeout (`OpenSessionReply.lease_margin_ms`), so the client
+//! gives up before the cluster can have expired the session in any failover. With `elapsed`
+//! the time since that moment, the session is [`SessionState::Alive`] below 2/3 of the lease,
+//! [`SessionState::Jeopardy`] from 2/3, and [`SessionState::Expired`] from the full lease, or
+//! as soon as a reply says so. Keepalives go out every third of the lease. Expired is terminal: the keepalive task stops and the client sends
 //! a best-effort `CloseSession`, so the mutexes the application was told it lost are abandoned
 //! promptly instead of lingering until the server's own expiry.
 //!
@@ -147,16 +149,26 @@ impl SeqTracker {
 pub(crate) struct LeaseClock {
     /// When the request behind the latest renewal was sent.
     renewed_at: Instant,
+    /// The client's lease: the TTL minus the cluster's longest election timeout.
     ttl: Duration,
+    /// That election timeout.
+    margin: Duration,
     /// Latched: once expired, always expired.
     expired: bool,
 }
 
+/// The client's lease for a TTL: the TTL less `margin`, but never less than half the TTL (a
+/// server whose minimum TTL does not exceed twice its election timeout is misconfigured).
+pub(crate) fn lease_for(ttl: Duration, margin: Duration) -> Duration {
+    ttl.saturating_sub(margin).max(ttl / 2)
+}
+
 impl LeaseClock {
-    pub(crate) fn new(sent_at: Instant, ttl: Duration) -> LeaseClock {
+    pub(crate) fn new(sent_at: Instant, ttl: Duration, margin: Duration) -> LeaseClock {
         LeaseClock {
             renewed_at: sent_at,
-            ttl,
+            ttl: lease_for(ttl, margin),
+            margin,
             expired: false,
         }
     }
@@ -199,7 +211,7 @@ impl LeaseClock {
             self.renewed_at = sent_at;
         }
         if !ttl.is_zero() {
-            self.ttl = ttl;
+            self.ttl = lease_for(ttl, self.margin);
         }
         self.observe(now)
     }
@@ -236,6 +248,8 @@ pub(crate) struct Shared {
     close_done: AtomicBool,
     /// Thread exits waiting for delivery (see [`Session::report_thread_exit`]).
     exits: mpsc::Sender<ThreadExitJob>,
+    /// The cluster's longest election timeout: the lease is the TTL minus this.
+    margin: Duration,
 }
 
 /// Marks one sequence number in flight until dropped (also when the call is cancelled). `S`
@@ -462,8 +476,15 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Starts the session's background tasks; `sent_at` is when `OpenSession` was first sent.
-    pub(crate) fn start(client: Client, id: u64, ttl: Duration, sent_at: Instant) -> Session {
+    /// Starts the session's background tasks; `sent_at` is when `OpenSession` was first sent,
+    /// `margin` the cluster's longest election timeout (the lease is the TTL minus it).
+    pub(crate) fn start(
+        client: Client,
+        id: u64,
+        ttl: Duration,
+        margin: Duration,
+        sent_at: Instant,
+    ) -> Session {
         let (state_tx, _) = watch::channel(SessionState::Alive);
         let (stop_tx, _) = watch::channel(false);
         let (exits, exits_rx) = mpsc::channel(THREAD_EXITS_QUEUED_MAX);
@@ -473,7 +494,8 @@ impl Session {
             client,
             runtime: tokio::runtime::Handle::current(),
             seqs: StdMutex::new(SeqTracker::new()),
-            lease: StdMutex::new(LeaseClock::new(sent_at, ttl)),
+            lease: StdMutex::new(LeaseClock::new(sent_at, ttl, margin)),
+            margin,
             state_tx,
             stop_tx,
             close_done: AtomicBool::new(false),
@@ -1158,7 +1180,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// reconnected on any node when it breaks.
 async fn keepalive_task(shared: Arc<Shared>) {
     let mut stop = shared.stop_tx.subscribe();
-    let interval = (shared.ttl / 3).max(KEEPALIVE_INTERVAL_MIN);
+    let interval = (lease_for(shared.ttl, shared.margin) / 3).max(KEEPALIVE_INTERVAL_MIN);
     let attempt_timeout = shared.client.config().attempt_timeout;
     let request = v1::KeepAliveRequest {
         session_id: shared.id,
@@ -1315,7 +1337,7 @@ mod tests {
     fn lease_goes_alive_jeopardy_expired_from_the_send_time() {
         let t0 = Instant::now();
         let ttl = Duration::from_millis(900);
-        let mut l = LeaseClock::new(t0, ttl);
+        let mut l = LeaseClock::new(t0, ttl, Duration::ZERO);
         assert_eq!(l.state_at(t0), SessionState::Alive);
         assert_eq!(l.next_transition(t0), Some(t0 + Duration::from_millis(600)));
         let ms = |n| t0 + Duration::from_millis(n);
@@ -1346,17 +1368,41 @@ mod tests {
     }
 
     #[test]
+    fn the_lease_ends_an_election_timeout_before_the_ttl() {
+        // TTL 3 s, longest election timeout 1 s: the client's lease is 2 s from the send time,
+        // jeopardy from 1.33 s, so it gives up before any new leader can have expired it.
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut l = LeaseClock::new(t0, Duration::from_secs(3), Duration::from_secs(1));
+        assert_eq!(l.state_at(ms(1_332)), SessionState::Alive);
+        assert_eq!(l.state_at(ms(1_334)), SessionState::Jeopardy);
+        assert_eq!(l.state_at(ms(1_999)), SessionState::Jeopardy);
+        assert_eq!(l.state_at(ms(2_000)), SessionState::Expired);
+        // Renewals keep the margin; a misconfigured margin never takes more than half the TTL.
+        assert_eq!(
+            l.renew(ms(1_000), Duration::from_secs(3), ms(1_100)),
+            SessionState::Alive
+        );
+        assert_eq!(l.state_at(ms(2_999)), SessionState::Jeopardy);
+        assert_eq!(l.state_at(ms(3_000)), SessionState::Expired);
+        assert_eq!(
+            lease_for(Duration::from_secs(2), Duration::from_secs(5)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
     fn lease_expiry_is_terminal() {
         let t0 = Instant::now();
         let ttl = Duration::from_millis(300);
-        let mut l = LeaseClock::new(t0, ttl);
+        let mut l = LeaseClock::new(t0, ttl, Duration::ZERO);
         let ms = |n| t0 + Duration::from_millis(n);
         assert_eq!(l.observe(ms(300)), SessionState::Expired);
         // A late reply cannot revive it, even one for a request sent in time.
         assert_eq!(l.renew(ms(250), ttl, ms(310)), SessionState::Expired);
         assert_eq!(l.state_at(ms(260)), SessionState::Expired);
 
-        let mut l = LeaseClock::new(t0, ttl);
+        let mut l = LeaseClock::new(t0, ttl, Duration::ZERO);
         l.expire();
         assert_eq!(l.state_at(t0), SessionState::Expired);
         assert_eq!(l.renew(t0, ttl, t0), SessionState::Expired);
@@ -1368,7 +1414,7 @@ mod tests {
         // request sent at 200 ms. The lease ran out at 300 ms, so the session stays expired.
         let t0 = Instant::now();
         let ttl = Duration::from_millis(300);
-        let mut l = LeaseClock::new(t0, ttl);
+        let mut l = LeaseClock::new(t0, ttl, Duration::ZERO);
         let ms = |n| t0 + Duration::from_millis(n);
         assert_eq!(l.renew(ms(200), ttl, ms(400)), SessionState::Expired);
     }
@@ -1379,7 +1425,13 @@ mod tests {
         config.request_timeout = Duration::from_millis(200);
         let client = Client::connect_with_config(config).await.unwrap();
         // A session as if OpenSession had just been answered; no node will answer keepalives.
-        let session = Session::start(client, 7, Duration::from_millis(900), Instant::now());
+        let session = Session::start(
+            client,
+            7,
+            Duration::from_millis(900),
+            Duration::ZERO,
+            Instant::now(),
+        );
         let mut states = session.watch_state();
         assert_eq!(*states.borrow_and_update(), SessionState::Alive);
         let t0 = Instant::now();
@@ -1404,7 +1456,13 @@ mod tests {
     #[tokio::test]
     async fn waits_validate_the_handle_count_locally() {
         let client = Client::connect(["127.0.0.1:1"]).await.unwrap();
-        let session = Session::start(client, 7, Duration::from_secs(60), Instant::now());
+        let session = Session::start(
+            client,
+            7,
+            Duration::from_secs(60),
+            Duration::ZERO,
+            Instant::now(),
+        );
         assert_eq!(
             session.wait(1, &[], false, Timeout::Millis(0)).await,
             Err(Error::Win32(87))

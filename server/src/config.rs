@@ -56,7 +56,10 @@ pub struct Config {
     pub initial_cluster: BTreeMap<u64, String>,
     /// TTL granted to sessions that ask for 0, in milliseconds.
     pub session_ttl_ms_default: u64,
-    /// Smallest TTL a session can get, in milliseconds; smaller requests are raised to it.
+    /// Smallest TTL a session can get, in milliseconds; smaller requests are raised to it. Must
+    /// exceed twice the longest election timeout ([`Config::election_timeout_max_ms`], 1 s at
+    /// the default tick): a session must outlive a failover, and the client's conservative lease
+    /// is its TTL minus that timeout.
     pub session_ttl_ms_min: u64,
     /// Largest TTL a session can get, in milliseconds; larger requests are lowered to it.
     pub session_ttl_ms_max: u64,
@@ -87,7 +90,7 @@ impl Default for Config {
             peer_addr: DEFAULT_PEER_ADDR.parse().expect("valid default address"),
             initial_cluster: BTreeMap::new(),
             session_ttl_ms_default: 10_000,
-            session_ttl_ms_min: 500,
+            session_ttl_ms_min: 2_500,
             session_ttl_ms_max: 600_000,
             checkpoint_interval_ms: 1_000,
             tick_ms: 50,
@@ -153,6 +156,15 @@ impl Config {
                 self.tick_ms
             ));
         }
+        if self.session_ttl_ms_min <= 2 * self.election_timeout_max_ms() {
+            return fail(format!(
+                "session-ttl-ms-min ({}) must exceed twice the longest election timeout ({} ms at \
+                 tick-ms {}): a session must outlive a failover",
+                self.session_ttl_ms_min,
+                self.election_timeout_max_ms(),
+                self.tick_ms
+            ));
+        }
         if self.snapshot_interval_entries == 0 {
             return fail("snapshot-interval-entries must be greater than 0".into());
         }
@@ -175,6 +187,13 @@ impl Config {
         } else {
             requested_ms.clamp(self.session_ttl_ms_min, self.session_ttl_ms_max)
         }
+    }
+
+    /// The longest election timeout: raft waits a randomised 10 to 20 ticks without hearing a
+    /// leader before it campaigns. Clients shorten their lease by this much (see
+    /// `OpenSessionReply.lease_margin_ms`).
+    pub fn election_timeout_max_ms(&self) -> u64 {
+        2 * dlock_cluster::Config::default().election_ticks as u64 * self.tick_ms
     }
 
     /// The Raft tick interval.
@@ -230,7 +249,7 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, Error>
 
 /// The layered input of the configuration: every field optional, the same names as flags
 /// (`--session-ttl-ms-min`), environment variables (`DLOCKD_SESSION_TTL_MS_MIN`) and file keys
-/// (`session-ttl-ms-min = 500`).
+/// (`session-ttl-ms-min = 2500`).
 #[derive(Debug, Default, Clone, Deserialize, clap::Parser)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[command(
@@ -264,7 +283,8 @@ pub struct Settings {
     /// TTL in milliseconds for sessions that ask for 0 [default: 10000].
     #[arg(long, env = "DLOCKD_SESSION_TTL_MS_DEFAULT")]
     pub session_ttl_ms_default: Option<u64>,
-    /// Smallest session TTL in milliseconds [default: 500].
+    /// Smallest session TTL in milliseconds; must exceed twice the longest election timeout
+    /// (20 ticks, 1000 ms at the default tick) [default: 2500].
     #[arg(long, env = "DLOCKD_SESSION_TTL_MS_MIN")]
     pub session_ttl_ms_min: Option<u64>,
     /// Largest session TTL in milliseconds [default: 600000].
@@ -432,8 +452,22 @@ mod tests {
     fn ttl_requests_are_clamped() {
         let config = Config::default();
         assert_eq!(config.grant_ttl_ms(0), 10_000);
-        assert_eq!(config.grant_ttl_ms(1), 500);
+        assert_eq!(config.grant_ttl_ms(1), 2_500);
         assert_eq!(config.grant_ttl_ms(u64::MAX), 600_000);
         assert_eq!(config.grant_ttl_ms(3_000), 3_000);
+    }
+
+    #[test]
+    fn the_minimum_ttl_must_outlive_a_failover() {
+        let mut config = Config {
+            session_ttl_ms_min: 2_000,
+            ..Config::default()
+        };
+        assert_eq!(config.election_timeout_max_ms(), 1_000);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("session-ttl-ms-min (2000)"), "{err}");
+        assert!(err.contains("twice the longest election timeout"), "{err}");
+        config.tick_ms = 10;
+        assert!(config.validate().is_ok(), "200 ms elections allow 2 s");
     }
 }

@@ -18,14 +18,29 @@ use crate::namespace::{
     Command, Namespace, Reply, Request, Resolved, Seq, SessionId, WaitOutcome, WaitStatus,
 };
 
-/// Milliseconds since the Unix epoch on this node's wall clock. Only ever used as data inside
-/// commands and in lease arithmetic with a documented margin; never inside `apply`.
+/// Milliseconds since the Unix epoch on this node's wall clock. Only ever recorded in commands
+/// for the record (logs, status); no decision compares wall-clock times, of one node or of
+/// several: leases and wait deadlines use durations on each leader's monotonic clock.
+///
+/// Tests skew it with the environment variable [`CLOCK_SKEW_ENV`] (signed milliseconds, read
+/// once), to show that a node whose clock is off changes nothing.
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
+    static SKEW_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let skew = *SKEW_MS.get_or_init(|| {
+        std::env::var(CLOCK_SKEW_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    u64::try_from(now.saturating_add(skew)).unwrap_or(0)
 }
+
+/// Test-only: shifts this node's wall clock ([`now_unix_ms`]) by this many milliseconds.
+pub const CLOCK_SKEW_ENV: &str = "DLOCKD_TEST_CLOCK_SKEW_MS";
 
 /// Most `AwaitWait` calls that may be blocked on this node at once, over all waits; beyond it
 /// new calls are refused with `RESOURCE_EXHAUSTED`.
@@ -170,7 +185,7 @@ impl StateMachine for Machine {
         match (&command, &out.reply) {
             (Command::OpenSession { ttl_ms, .. }, Some(Reply::SessionOpened { session })) => {
                 debug!(session, ttl_ms, "session opened");
-                timers.session_opened(*session, *ttl_ms, now, now_unix_ms());
+                timers.session_opened(*session, *ttl_ms, now);
             }
             (Command::ExpireSession { session }, _) => {
                 info!(session, "session expired");
@@ -268,7 +283,8 @@ pub enum Touch {
 struct SessionTimer {
     ttl: Duration,
     deadline: Instant,
-    last_seen_unix_ms: u64,
+    /// When this node last heard from the session (its monotonic clock).
+    last_heard: Instant,
     /// `ExpireSession` was proposed; keepalives no longer help.
     expiring: bool,
 }
@@ -280,7 +296,7 @@ pub struct Timers {
     session_deadlines: BTreeSet<(Instant, SessionId)>,
     waits: HashMap<(SessionId, Seq), Instant>,
     wait_deadlines: BTreeSet<(Instant, SessionId, Seq)>,
-    /// Sessions whose `last_seen_unix_ms` changed since the last checkpoint.
+    /// Sessions heard from since the last checkpoint.
     dirty: BTreeSet<SessionId>,
 }
 
@@ -289,14 +305,14 @@ impl Timers {
         *self = Timers::default();
     }
 
-    fn session_opened(&mut self, id: SessionId, ttl_ms: u64, now: Instant, now_unix_ms: u64) {
+    fn session_opened(&mut self, id: SessionId, ttl_ms: u64, now: Instant) {
         let ttl = Duration::from_millis(ttl_ms);
         self.set_session(
             id,
             SessionTimer {
                 ttl,
                 deadline: later(now, ttl_ms),
-                last_seen_unix_ms: now_unix_ms,
+                last_heard: now,
                 expiring: false,
             },
         );
@@ -319,7 +335,7 @@ impl Timers {
     }
 
     /// A keepalive for `id` arrived at the leader: the lease runs a full TTL from `now`.
-    pub fn touch(&mut self, id: SessionId, now: Instant, now_unix_ms: u64) -> Touch {
+    pub fn touch(&mut self, id: SessionId, now: Instant) -> Touch {
         let Some(timer) = self.sessions.get(&id) else {
             return Touch::Unknown;
         };
@@ -328,7 +344,7 @@ impl Timers {
         }
         let mut timer = timer.clone();
         timer.deadline = later(now, timer.ttl.as_millis() as u64);
-        timer.last_seen_unix_ms = now_unix_ms;
+        timer.last_heard = now;
         let ttl = timer.ttl;
         self.set_session(id, timer);
         self.dirty.insert(id);
@@ -338,9 +354,9 @@ impl Timers {
     /// Starts tracking a session the namespace has but the timers do not (a keepalive that
     /// arrived between a snapshot install or a leadership change and the rebuild): it gets a
     /// full TTL from `now`, like every session after a leader change.
-    pub fn adopt(&mut self, id: SessionId, ttl_ms: u64, now: Instant, now_unix_ms: u64) {
+    pub fn adopt(&mut self, id: SessionId, ttl_ms: u64, now: Instant) {
         if !self.sessions.contains_key(&id) {
-            self.session_opened(id, ttl_ms, now, now_unix_ms);
+            self.session_opened(id, ttl_ms, now);
         }
     }
 
@@ -361,32 +377,25 @@ impl Timers {
     /// Rebuilds every deadline from the namespace when this node becomes leader.
     ///
     /// Every session gets a full TTL of grace from now, so failover never expires a live session
-    /// early, except sessions that were already dead while a leader was watching: those whose
-    /// checkpointed last keepalive is older than the latest checkpoint minus their TTL (with one
-    /// checkpoint interval of slack). They expire at once. Because each leader writes a
-    /// checkpoint when its term starts, repeated elections cannot keep a dead session alive.
-    /// Waits keep the deadline their timeout gives from the wall-clock time they were
-    /// registered.
-    pub fn rebuild(
-        &mut self,
-        ns: &Namespace,
-        now: Instant,
-        now_unix_ms: u64,
-        checkpoint_interval: Duration,
-    ) {
+    /// early, except sessions that were already dead while leaders were watching: those whose
+    /// silence in the namespace's watched time (durations measured by each leader on its own
+    /// monotonic clock, see `Command::Checkpoint`) exceeds their TTL plus one checkpoint
+    /// interval of slack. They expire at once. Because each checkpoint only adds time a leader
+    /// really watched, repeated elections cannot keep a dead session alive, and no difference
+    /// between the nodes' wall clocks can expire a live one. A pending wait gets its timeout
+    /// minus the watched time it already waited (erring late, never early).
+    pub fn rebuild(&mut self, ns: &Namespace, now: Instant, checkpoint_interval: Duration) {
         self.clear();
-        let watched_until_unix_ms = ns.last_checkpoint_unix_ms();
         for info in ns.sessions() {
             let ttl = Duration::from_millis(info.ttl_ms);
-            let silent_ms = watched_until_unix_ms.saturating_sub(info.last_seen_unix_ms);
-            let dead = Duration::from_millis(silent_ms) > ttl + checkpoint_interval;
+            let dead = Duration::from_millis(info.silence_ms) > ttl + checkpoint_interval;
             let deadline = if dead { now } else { later(now, info.ttl_ms) };
             self.set_session(
                 info.id,
                 SessionTimer {
                     ttl,
                     deadline,
-                    last_seen_unix_ms: info.last_seen_unix_ms,
+                    last_heard: now,
                     expiring: false,
                 },
             );
@@ -395,10 +404,7 @@ impl Timers {
             if wait.timeout_ms == u32::MAX {
                 continue;
             }
-            let due_unix_ms = wait
-                .registered_unix_ms
-                .saturating_add(u64::from(wait.timeout_ms));
-            let left_ms = due_unix_ms.saturating_sub(now_unix_ms);
+            let left_ms = u64::from(wait.timeout_ms).saturating_sub(wait.waited_ms);
             self.wait_pending(wait.session, wait.seq, later(now, left_ms));
         }
     }
@@ -455,17 +461,28 @@ impl Timers {
         }
     }
 
-    /// Takes up to `max` sessions whose keepalive time changed since the last checkpoint.
-    pub fn take_checkpoint(&mut self, max: usize) -> Vec<(SessionId, u64)> {
+    /// Takes up to `max` sessions heard from since the last checkpoint, each with how long ago
+    /// (at `now`) it was last heard.
+    pub fn take_checkpoint(&mut self, now: Instant, max: usize) -> Vec<(SessionId, u64)> {
         let ids: Vec<SessionId> = self.dirty.iter().take(max).copied().collect();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             self.dirty.remove(&id);
             if let Some(timer) = self.sessions.get(&id) {
-                out.push((id, timer.last_seen_unix_ms));
+                let silent = now.saturating_duration_since(timer.last_heard);
+                out.push((id, silent.as_millis() as u64));
             }
         }
         out
+    }
+
+    /// A checkpoint carrying these sessions was not committed: report them in the next one.
+    pub fn checkpoint_lost(&mut self, sessions: &[(SessionId, u64)]) {
+        for (id, _) in sessions {
+            if self.sessions.contains_key(id) {
+                self.dirty.insert(*id);
+            }
+        }
     }
 }
 
@@ -477,69 +494,80 @@ mod tests {
     fn keepalive_moves_the_deadline_and_marks_the_session_for_checkpoint() {
         let mut timers = Timers::default();
         let t0 = Instant::now();
-        timers.session_opened(7, 1_000, t0, 5_000);
+        timers.session_opened(7, 1_000, t0);
         assert_eq!(
             timers.next_deadline(),
             Some(t0 + Duration::from_millis(1_000))
         );
         let t1 = t0 + Duration::from_millis(600);
         assert_eq!(
-            timers.touch(7, t1, 5_600),
+            timers.touch(7, t1),
             Touch::Renewed(Duration::from_millis(1_000))
         );
         assert_eq!(
             timers.next_deadline(),
             Some(t1 + Duration::from_millis(1_000))
         );
-        assert_eq!(timers.take_checkpoint(10), vec![(7, 5_600)]);
-        assert!(timers.take_checkpoint(10).is_empty());
+        let t2 = t1 + Duration::from_millis(250);
+        let taken = timers.take_checkpoint(t2, 10);
+        assert_eq!(taken, vec![(7, 250)], "silent for 250 ms at the checkpoint");
+        assert!(timers.take_checkpoint(t2, 10).is_empty());
+        timers.checkpoint_lost(&taken);
+        assert_eq!(
+            timers.take_checkpoint(t2, 10),
+            vec![(7, 250)],
+            "a lost checkpoint's sessions go into the next one"
+        );
     }
 
     #[test]
     fn due_sessions_are_taken_once_and_keepalives_no_longer_help() {
         let mut timers = Timers::default();
         let t0 = Instant::now();
-        timers.session_opened(1, 100, t0, 0);
-        timers.session_opened(2, 10_000, t0, 0);
+        timers.session_opened(1, 100, t0);
+        timers.session_opened(2, 10_000, t0);
         let (sessions, waits) = timers.take_due(t0 + Duration::from_millis(150));
         assert_eq!(sessions, vec![1]);
         assert!(waits.is_empty());
         assert_eq!(
-            timers.touch(1, t0 + Duration::from_millis(151), 151),
+            timers.touch(1, t0 + Duration::from_millis(151)),
             Touch::Expiring
         );
         let (again, _) = timers.take_due(t0 + Duration::from_millis(200));
         assert!(again.is_empty());
         timers.retry_session(1, t0 + Duration::from_millis(210));
         assert_eq!(
-            timers.touch(1, t0 + Duration::from_millis(211), 211),
+            timers.touch(1, t0 + Duration::from_millis(211)),
             Touch::Expiring
         );
         let (retried, _) = timers.take_due(t0 + Duration::from_millis(220));
         assert_eq!(retried, vec![1], "a failed expiry is retried");
     }
 
+    fn open(ns: &mut Namespace, index: u64, now_unix_ms: u64) {
+        let open = Command::OpenSession {
+            ttl_ms: 1_000,
+            now_unix_ms,
+            client_name: "test".into(),
+        };
+        ns.apply(index, &open);
+    }
+
     #[test]
-    fn rebuild_grants_grace_except_to_sessions_dead_under_the_last_leader() {
+    fn rebuild_grants_grace_except_to_sessions_dead_while_leaders_watched() {
         let mut ns = Namespace::new();
-        for index in 1..=2 {
-            let open = Command::OpenSession {
-                ttl_ms: 1_000,
-                now_unix_ms: 10_000,
-                client_name: "test".into(),
-            };
-            ns.apply(index, &open);
-        }
-        // The last leader heard from session 2 and checkpointed at 14 s; session 1 was silent.
+        open(&mut ns, 1, 10_000);
+        open(&mut ns, 2, 10_000);
+        // A leader watched for 4 s, hearing session 2 100 ms ago; session 1 was silent.
         let checkpoint = Command::Checkpoint {
             now_unix_ms: 14_000,
-            sessions: vec![(2, 14_000)],
+            elapsed_ms: 4_000,
+            sessions: vec![(2, 100)],
         };
         ns.apply(3, &checkpoint);
-        // A new leader long after (no leader in between): wall-clock silence is no evidence.
         let mut timers = Timers::default();
         let t0 = Instant::now();
-        timers.rebuild(&ns, t0, 60_000, Duration::from_millis(1_000));
+        timers.rebuild(&ns, t0, Duration::from_millis(1_000));
         let (due, _) = timers.take_due(t0);
         assert_eq!(
             due,
@@ -551,6 +579,40 @@ mod tests {
             Some(t0 + Duration::from_millis(1_000)),
             "session 2 gets a full TTL of grace"
         );
+    }
+
+    #[test]
+    fn wall_clocks_and_term_starts_advance_nobodys_silence() {
+        // Two leaders whose wall clocks are an hour apart, and many elections with no leader
+        // watching in between: only watched durations count.
+        let mut ns = Namespace::new();
+        open(&mut ns, 1, 10_000);
+        let mut index = 2;
+        for now_unix_ms in [3_600_000 + 20_000, 30_000, 7_200_000, 0] {
+            let term_start = Command::Checkpoint {
+                now_unix_ms,
+                elapsed_ms: 0,
+                sessions: Vec::new(),
+            };
+            ns.apply(index, &term_start);
+            index += 1;
+        }
+        let mut timers = Timers::default();
+        let t0 = Instant::now();
+        timers.rebuild(&ns, t0, Duration::from_millis(1_000));
+        assert!(timers.take_due(t0).0.is_empty(), "nobody watched it die");
+        // Then leaders watch it silent for 2.5 s in total, over three terms.
+        for elapsed_ms in [1_000, 1_000, 500] {
+            let checkpoint = Command::Checkpoint {
+                now_unix_ms: 0,
+                elapsed_ms,
+                sessions: Vec::new(),
+            };
+            ns.apply(index, &checkpoint);
+            index += 1;
+        }
+        timers.rebuild(&ns, t0, Duration::from_millis(1_000));
+        assert_eq!(timers.take_due(t0).0, vec![1], "dead under the watch");
     }
 
     #[test]

@@ -316,6 +316,10 @@ async fn timer_task(
     let permits = Arc::new(Semaphore::new(TIMER_PROPOSALS_MAX));
     let mut leading_term = None;
     let mut next_checkpoint = Instant::now() + checkpoint_interval;
+    // When this leader's previous checkpoint was proposed (its term-start one first): each
+    // checkpoint carries the time since, on this node's monotonic clock. A proposal that is
+    // lost only makes the next leader see less watched time: it errs towards grace.
+    let mut last_checkpoint = Instant::now();
     loop {
         let state = *leadership.borrow_and_update();
         if !state.is_leader {
@@ -342,16 +346,18 @@ async fn timer_task(
             }
             leading_term = Some(state.term);
             let ns = lock(&shared.ns);
-            lock(&shared.timers).rebuild(&ns, Instant::now(), now_unix_ms(), checkpoint_interval);
+            lock(&shared.timers).rebuild(&ns, Instant::now(), checkpoint_interval);
             drop(ns);
             info!(
                 term = state.term,
                 "leading: session and wait deadlines rebuilt"
             );
-            // Mark the start of this term in the log, so a later leader can tell sessions that
-            // were already dead under this one from sessions that merely lacked a leader.
+            // Mark the start of this term in the log. It adds no watched time: time without a
+            // leader never counts against a session.
+            last_checkpoint = Instant::now();
             let command = Command::Checkpoint {
                 now_unix_ms: now_unix_ms(),
+                elapsed_ms: 0,
                 sessions: Vec::new(),
             };
             spawn_bounded(&permits, propose_logged(node.clone(), command));
@@ -372,13 +378,16 @@ async fn timer_task(
         }
         if now >= next_checkpoint {
             next_checkpoint = now + checkpoint_interval;
-            let sessions = lock(&shared.timers).take_checkpoint(CHECKPOINT_SESSIONS_MAX);
+            let sessions = lock(&shared.timers).take_checkpoint(now, CHECKPOINT_SESSIONS_MAX);
             if !sessions.is_empty() {
+                let elapsed_ms = now.saturating_duration_since(last_checkpoint).as_millis() as u64;
+                last_checkpoint = now;
                 let command = Command::Checkpoint {
                     now_unix_ms: now_unix_ms(),
+                    elapsed_ms,
                     sessions,
                 };
-                spawn_bounded(&permits, propose_logged(node.clone(), command));
+                spawn_bounded(&permits, checkpoint(shared.clone(), node.clone(), command));
             }
         }
         let deadline = lock(&shared.timers)
@@ -417,6 +426,17 @@ async fn propose(node: &dlock_cluster::Node, command: &Command) -> Result<(), Er
 async fn propose_logged(node: dlock_cluster::Node, command: Command) {
     if let Err(err) = propose(&node, &command).await {
         warn!(error = %err, ?command, "timer proposal failed");
+    }
+}
+
+/// Proposes a periodic checkpoint; if it is not committed, its sessions go into the next one
+/// (otherwise a later leader would see them silent since before it).
+async fn checkpoint(shared: Arc<Shared>, node: dlock_cluster::Node, command: Command) {
+    if let Err(err) = propose(&node, &command).await {
+        warn!(error = %err, "checkpoint proposal failed; its sessions go into the next one");
+        if let Command::Checkpoint { sessions, .. } = &command {
+            lock(&shared.timers).checkpoint_lost(sessions);
+        }
     }
 }
 

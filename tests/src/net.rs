@@ -509,7 +509,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             nodes: 3,
             tick_ms: 50,
-            session_ttl_ms_min: 500,
+            session_ttl_ms_min: 2_500,
             checkpoint_interval_ms: 1_000,
         }
     }

@@ -72,6 +72,8 @@ pub struct ProcNode {
     pub log: PathBuf,
     /// The `--initial-cluster` it is started with.
     initial_cluster: String,
+    /// Extra environment of every incarnation.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -108,6 +110,12 @@ impl ProcCluster {
     ///
     /// If a node exits or does not listen within [`START_DEADLINE`].
     pub async fn start(n: u64, extra: &[&str]) -> ProcCluster {
+        ProcCluster::start_with_env(n, extra, &[]).await
+    }
+
+    /// Like [`ProcCluster::start`], with extra environment variables per node, `(node, name,
+    /// value)`, kept for every restart (e.g. a test-only clock skew).
+    pub async fn start_with_env(n: u64, extra: &[&str], env: &[(u64, &str, &str)]) -> ProcCluster {
         let dir = tempfile::Builder::new()
             .prefix("dlock-cluster-")
             .tempdir()
@@ -123,6 +131,13 @@ impl ProcCluster {
         let initial = cluster.initial_cluster_of(&(1..=n).collect::<Vec<_>>());
         for node in cluster.nodes.values_mut() {
             node.initial_cluster = initial.clone();
+        }
+        for (id, name, value) in env {
+            let node = cluster
+                .nodes
+                .get_mut(id)
+                .expect("env for a node of the cluster");
+            node.env.push(((*name).to_owned(), (*value).to_owned()));
         }
         for id in 1..=n {
             cluster.spawn(id);
@@ -557,6 +572,7 @@ impl ProcCluster {
             data_dir,
             log,
             initial_cluster,
+            env: Vec::new(),
             child: None,
         };
         self.nodes.insert(id, node);
@@ -572,6 +588,7 @@ impl ProcCluster {
             .open(&node.log)
             .expect("open node log");
         let mut command = Command::new(target_binary("dlockd"));
+        command.envs(node.env.iter().map(|(k, v)| (k, v)));
         command
             .arg("--node-id")
             .arg(id.to_string())

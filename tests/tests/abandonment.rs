@@ -14,7 +14,7 @@ use std::time::Duration;
 use dlock::win32::*;
 use dlock_tests::{Lines, die_with_parent, local_namespace, shared_dlockd, unique};
 
-const CHILD_TTL_MS: u32 = 2_000;
+const CHILD_TTL_MS: u32 = 2_500;
 /// Documented margin on top of the session TTL within which an abandoned mutex is handed on.
 const EXPIRY_MARGIN_MS: u32 = 5_000;
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use dlock::win32::*;
 use dlock_tests::{Lines, die_with_parent, restartable_dlockd, unique};
 
-const CHILD_TTL_MS: u64 = 1_000;
+const CHILD_TTL_MS: u64 = 2_500;
 /// How long the node stays down: well past the child's TTL plus the checkpoint interval (1 s),
 /// well within the parent's default TTL (10 s). Real time must pass here: it is the scenario.
-const DOWNTIME: Duration = Duration::from_millis(3_000);
+const DOWNTIME: Duration = Duration::from_millis(4_000);
 
 #[test]
 fn a_session_that_expired_while_the_node_was_down_is_abandoned_on_restart() {

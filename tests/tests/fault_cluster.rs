@@ -73,7 +73,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long one attempt on one node may take before the client tries the next.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The short TTL of the expiry scenarios.
-const SHORT_TTL: Duration = Duration::from_secs(2);
+const SHORT_TTL: Duration = Duration::from_millis(2_500);
 /// Expiry slack on top of "new leader elected + TTL": the leader's timer, one Raft round
 /// trip for `ExpireSession`, and the waiter's reply, on a loaded 2-core machine. A
 /// correctness deadline, not a performance assertion.

@@ -88,6 +88,7 @@ impl Dlock for Node {
         Ok(Response::new(OpenSessionReply {
             session_id: id,
             ttl_ms: ttl,
+            lease_margin_ms: 0,
         }))
     }
 

@@ -323,7 +323,7 @@ async fn keep_alive(
     confirmer: &Arc<LeaseConfirmer>,
     session: u64,
 ) -> Result<Option<std::time::Duration>, dlock_cluster::Error> {
-    let touched = lock(&shared.timers).touch(session, Instant::now(), now_unix_ms());
+    let touched = lock(&shared.timers).touch(session, Instant::now());
     match touched {
         Touch::Renewed(ttl) => {
             return if confirmer.confirm().await {
@@ -338,14 +338,15 @@ async fn keep_alive(
     node.read_index().await?;
     // Slow path: the timers may not know a session the namespace has (right after a snapshot
     // install or a leader change, before the rebuild). Lock order: ns, then timers.
-    let (now, now_unix) = (Instant::now(), now_unix_ms());
+    // (The ReadIndex above started after the keepalive arrived: it also confirmed leadership.)
+    let now = Instant::now();
     let ns = lock(&shared.ns);
     let Some(info) = ns.session(session) else {
         return Ok(None);
     };
     let mut timers = lock(&shared.timers);
-    timers.adopt(session, info.ttl_ms, now, now_unix);
-    Ok(match timers.touch(session, now, now_unix) {
+    timers.adopt(session, info.ttl_ms, now);
+    Ok(match timers.touch(session, now) {
         Touch::Renewed(ttl) => Some(ttl),
         Touch::Expiring | Touch::Unknown => None,
     })
@@ -467,6 +468,7 @@ impl Dlock for DlockService {
                 Ok(Response::new(pb::OpenSessionReply {
                     session_id: session,
                     ttl_ms,
+                    lease_margin_ms: self.config.election_timeout_max_ms(),
                 }))
             }
             Reply::Error(ERROR_NO_SYSTEM_RESOURCES) => Err(to_status(Error::Overloaded(

@@ -290,8 +290,8 @@ pub struct Namespace {
     names: BTreeMap<String, ObjectId>,
     /// Pending waits by `(session, seq)`.
     waits: BTreeMap<WaitKey, Wait>,
-    /// `now_unix_ms` of the latest `Checkpoint` (0 before the first).
-    last_checkpoint_unix_ms: u64,
+    /// Watched time: the sum of every checkpoint's `elapsed_ms` (see `Command::Checkpoint`).
+    watched_ms: u64,
 }
 
 impl Default for Namespace {
@@ -318,7 +318,7 @@ impl Namespace {
             objects: BTreeMap::new(),
             names: BTreeMap::new(),
             waits: BTreeMap::new(),
-            last_checkpoint_unix_ms: 0,
+            watched_ms: 0,
         }
     }
 
@@ -353,13 +353,15 @@ impl Namespace {
                 client_name,
             } => self.open_session(index, *ttl_ms, *now_unix_ms, client_name),
             Command::Checkpoint {
-                now_unix_ms,
+                elapsed_ms,
                 sessions,
+                ..
             } => {
-                self.last_checkpoint_unix_ms = self.last_checkpoint_unix_ms.max(*now_unix_ms);
-                for (id, seen) in sessions {
+                self.watched_ms = self.watched_ms.saturating_add(*elapsed_ms);
+                for (id, silent_ms) in sessions {
                     if let Some(session) = self.sessions.get_mut(id) {
-                        session.last_seen_unix_ms = session.last_seen_unix_ms.max(*seen);
+                        let heard = self.watched_ms.saturating_sub(*silent_ms);
+                        session.heard_at_watched_ms = session.heard_at_watched_ms.max(heard);
                     }
                 }
                 Reply::Done
@@ -432,12 +434,14 @@ impl Namespace {
 
     /// One session's summary.
     pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
-        self.sessions.get(&id).map(|s| s.info(id))
+        self.sessions.get(&id).map(|s| s.info(id, self.watched_ms))
     }
 
     /// Every session's summary, in id order.
     pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
-        self.sessions.iter().map(|(id, s)| s.info(*id))
+        self.sessions
+            .iter()
+            .map(|(id, s)| s.info(*id, self.watched_ms))
     }
 
     /// All pending (queued) waits in `(session, seq)` order, for the leader's timeout timers.
@@ -447,9 +451,9 @@ impl Namespace {
             .filter_map(|(session, seq)| self.pending_wait(*session, *seq))
     }
 
-    /// The leader's wall-clock time of the latest `Checkpoint` (0 before the first).
-    pub fn last_checkpoint_unix_ms(&self) -> u64 {
-        self.last_checkpoint_unix_ms
+    /// The watched time: the sum of every checkpoint's `elapsed_ms` (see `Command::Checkpoint`).
+    pub fn watched_ms(&self) -> u64 {
+        self.watched_ms
     }
 
     /// The pending wait `(session, seq)`, if it is still queued.
@@ -460,6 +464,7 @@ impl Namespace {
             thread: wait.thread,
             registered_unix_ms: wait.registered_unix_ms,
             timeout_ms: wait.timeout_ms,
+            waited_ms: self.watched_ms.saturating_sub(wait.registered_watched_ms),
         })
     }
 
@@ -523,7 +528,7 @@ impl Namespace {
     // Sessions and client requests.
     // -----------------------------------------------------------------------------------------
 
-    fn open_session(&mut self, index: u64, ttl_ms: u64, now: u64, client_name: &str) -> Reply {
+    fn open_session(&mut self, index: u64, ttl_ms: u64, _now: u64, client_name: &str) -> Reply {
         if client_name.len() > CLIENT_NAME_MAX_BYTES {
             return Reply::Error(ERROR_INVALID_PARAMETER);
         }
@@ -533,7 +538,7 @@ impl Namespace {
         let session = Session {
             client_name: client_name.to_string(),
             ttl_ms,
-            last_seen_unix_ms: now,
+            heard_at_watched_ms: self.watched_ms,
             handles: BTreeSet::new(),
             waits: BTreeSet::new(),
             replies: BTreeMap::new(),
@@ -800,6 +805,7 @@ impl Namespace {
                     objects,
                     wait_all: *wait_all,
                     registered_unix_ms: now,
+                    registered_watched_ms: self.watched_ms,
                     timeout_ms: *timeout_ms,
                 };
                 self.start_wait(index, (session, seq), wait)
@@ -1430,6 +1436,7 @@ impl Namespace {
             objects: vec![wait_id],
             wait_all: false,
             registered_unix_ms: now,
+            registered_watched_ms: self.watched_ms,
             timeout_ms,
         };
         Ok(self.start_wait(index, key, wait))
@@ -1484,6 +1491,11 @@ impl Namespace {
         for (id, session) in &self.sessions {
             if *id > self.applied_index {
                 return Err(format!("session {id} from the future"));
+            }
+            if session.heard_at_watched_ms > self.watched_ms {
+                return Err(format!(
+                    "session {id} heard in the future of the watched time"
+                ));
             }
             if session.handles.len() > limits.handles_per_session_max
                 || session.waits.len() > limits.waits_per_session_max

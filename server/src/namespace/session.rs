@@ -15,8 +15,9 @@ pub(crate) struct Session {
     pub client_name: String,
     /// Lease length without keepalives, in milliseconds.
     pub ttl_ms: u64,
-    /// The latest time the leader reported hearing from the client (`OpenSession`, `Checkpoint`).
-    pub last_seen_unix_ms: u64,
+    /// The namespace's watched time (see `Command::Checkpoint`) at which a leader last heard
+    /// from the client (`OpenSession`, `Checkpoint`).
+    pub heard_at_watched_ms: u64,
     /// The session's open handles.
     pub handles: BTreeSet<HandleId>,
     /// Sequence numbers of the session's pending (queued) waits.
@@ -40,10 +41,10 @@ pub struct SessionInfo {
     pub client_name: String,
     /// Lease length without keepalives, in milliseconds.
     pub ttl_ms: u64,
-    /// The latest time (leader's wall clock, ms since the Unix epoch) the log recorded hearing
-    /// from the client. A new leader computes the lease deadline from this plus `ttl_ms`, plus
-    /// its grace period.
-    pub last_seen_unix_ms: u64,
+    /// How long leaders have watched the session in silence, as of the latest checkpoint:
+    /// watched time since one last heard from it. A new leader expires a session whose silence
+    /// exceeds its TTL at once and grants every other one a full TTL.
+    pub silence_ms: u64,
     /// Number of open handles.
     pub handles: usize,
     /// Number of pending (queued) waits.
@@ -55,13 +56,13 @@ pub struct SessionInfo {
 }
 
 impl Session {
-    /// The summary of this session.
-    pub fn info(&self, id: SessionId) -> SessionInfo {
+    /// The summary of this session, with the namespace's watched time now.
+    pub fn info(&self, id: SessionId, watched_ms: u64) -> SessionInfo {
         SessionInfo {
             id,
             client_name: self.client_name.clone(),
             ttl_ms: self.ttl_ms,
-            last_seen_unix_ms: self.last_seen_unix_ms,
+            silence_ms: watched_ms.saturating_sub(self.heard_at_watched_ms),
             handles: self.handles.len(),
             pending_waits: self.waits.len(),
             replies: self.replies.len(),

@@ -15,7 +15,8 @@
 //!
 //! ```text
 //! session NAME [ttl=MS] [client=TEXT]         OpenSession
-//! checkpoint [now=MS] NAME=MS...             Checkpoint (now defaults to the clock)
+//! checkpoint [elapsed=MS] NAME=MS...         Checkpoint: watched time elapsed since the
+//!                                             previous one, each session's silence
 //! expire NAME                                 ExpireSession
 //! timeout NAME SEQ                            TimeoutWait (the leader's timeout)
 //! cancel_wait NAME SEQ                        CancelWait (the client gives the wait up)
@@ -421,16 +422,17 @@ impl goldenscript::Runner for Runner {
             }
             "checkpoint" => {
                 let mut sessions = Vec::new();
-                let mut now_unix_ms = self.now;
-                while let Some((name, time)) = args.next_key() {
-                    if name == "now" {
-                        now_unix_ms = time.parse()?;
+                let mut elapsed_ms = 0;
+                while let Some((name, ms)) = args.next_key() {
+                    if name == "elapsed" {
+                        elapsed_ms = ms.parse()?;
                     } else {
-                        sessions.push((self.session_id(name)?, time.parse()?));
+                        sessions.push((self.session_id(name)?, ms.parse()?));
                     }
                 }
                 let output = self.apply(Command::Checkpoint {
-                    now_unix_ms,
+                    now_unix_ms: self.now,
+                    elapsed_ms,
                     sessions,
                 });
                 format!("{}\n", self.format_reply(&output.reply.expect("reply")))
@@ -665,12 +667,12 @@ impl goldenscript::Runner for Runner {
                 for info in self.ns.sessions() {
                     writeln!(
                         out,
-                        "{}: id={} ttl={} last_seen={} handles={} pending_waits={} replies={} \
+                        "{}: id={} ttl={} silence={} handles={} pending_waits={} replies={} \
                          outcomes={}",
                         self.session_name(info.id),
                         info.id,
                         info.ttl_ms,
-                        info.last_seen_unix_ms,
+                        info.silence_ms,
                         info.handles,
                         info.pending_waits,
                         info.replies,
@@ -680,7 +682,7 @@ impl goldenscript::Runner for Runner {
                 if out.is_empty() {
                     out.push_str("no sessions\n");
                 }
-                writeln!(out, "last checkpoint={}", self.ns.last_checkpoint_unix_ms())?;
+                writeln!(out, "watched={}", self.ns.watched_ms())?;
                 out
             }
             "pending" => {
@@ -850,6 +852,7 @@ fn sample_commands() -> Vec<Command> {
         ),
         Command::Checkpoint {
             now_unix_ms: 120,
+            elapsed_ms: 200,
             sessions: vec![(1, 100), (2, 50)],
         },
         client(1, 4, Request::SetEvent { handle: 3 }),

@@ -78,17 +78,26 @@ pub enum Command {
         /// Free-form client description (host, pid) for logs and status; bounded by the server.
         client_name: String,
     },
-    /// A checkpoint of keepalives seen by the leader: for each listed session the wall-clock time
-    /// at which the leader last heard from it. Never sent per keepalive; proposed periodically
-    /// for sessions whose time changed, and once when a leader's term starts. Unknown sessions
-    /// are ignored. Reply: `Done`.
+    /// A checkpoint of what the leader has watched, as durations on its own monotonic clock
+    /// (never wall-clock times, which differ between nodes): how long it watched since its own
+    /// previous checkpoint of the same term, and for each session it heard from since then, how
+    /// long ago it last heard it. Never sent per keepalive; proposed periodically for sessions
+    /// heard since, and once when a leader's term starts (with `elapsed_ms` 0, so a new term
+    /// advances nobody's silence). Unknown sessions are ignored. Reply: `Done`.
+    ///
+    /// The namespace sums `elapsed_ms` into one "watched time" clock; a session's silence is the
+    /// watched time since it was last heard. A new leader expires at once a session whose
+    /// silence already exceeds its TTL (it was dead while leaders watched), and gives every
+    /// other session a full TTL of grace, so repeated elections cannot keep a dead session
+    /// alive and no clock difference can expire a live one.
     Checkpoint {
-        /// Wall-clock time at the leader when it wrote the checkpoint. The namespace keeps the
-        /// latest one: a session whose last keepalive is older than this minus its TTL was
-        /// certainly dead while a leader was watching, so a later leader expires it at once
-        /// instead of granting it a grace period (repeated elections cannot keep it alive).
+        /// Wall-clock time at the leader when it wrote the checkpoint; for logs only.
         now_unix_ms: u64,
-        /// `(session, last_seen_unix_ms)` pairs. A smaller time than the stored one is ignored.
+        /// Time on the leader's monotonic clock since its previous checkpoint in this term (0 for
+        /// the first one of a term).
+        elapsed_ms: u64,
+        /// `(session, silent_ms)`: time on the leader's monotonic clock since it last heard the
+        /// session. A silence that would move a session's "last heard" back is ignored.
         sessions: Vec<(SessionId, u64)>,
     },
     /// The leader decided the session's lease ran out: close all of its handles, abandon every

@@ -19,8 +19,11 @@ pub(crate) struct Wait {
     pub objects: Vec<ObjectId>,
     /// `bWaitAll`.
     pub wait_all: bool,
-    /// `now_unix_ms` of the command that queued the wait.
+    /// `now_unix_ms` of the command that queued the wait (for the record; deadlines never
+    /// compare wall clocks of different nodes).
     pub registered_unix_ms: u64,
+    /// The namespace's watched time when the wait was queued.
+    pub registered_watched_ms: u64,
     /// The requested timeout; `u32::MAX` (INFINITE) never expires.
     pub timeout_ms: u32,
 }
@@ -69,6 +72,9 @@ pub struct PendingWait {
     pub registered_unix_ms: u64,
     /// The requested timeout in milliseconds; `u32::MAX` is INFINITE.
     pub timeout_ms: u32,
+    /// How long leaders have watched the wait pending, as of the latest checkpoint (watched
+    /// time since it was queued). A new leader gives it `timeout_ms` minus this, erring late.
+    pub waited_ms: u64,
 }
 
 impl PendingWait {

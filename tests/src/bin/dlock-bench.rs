@@ -9,6 +9,12 @@
 //! without a completed pair (kill the leader meanwhile to measure failover).
 //! `dlock-bench distinct THREADS SECONDS`: THREADS threads each lock and unlock their own mutex
 //! for SECONDS; prints total pairs per second.
+//! `dlock-bench failover [ROUNDS]` / `dlock-bench freeze [ROUNDS]`: starts its own three-node
+//! cluster (the `dlockd` next to this binary), runs 64 threads each locking and unlocking its
+//! own mutex, and ROUNDS times (default 10) kills the leader with SIGKILL and restarts it, or
+//! freezes it with SIGSTOP for 4 s and continues it; prints per fault the failed calls, the
+//! threads stuck, the longest time without any completed pair and the time until every thread
+//! completed a pair again. `DLOCK_ENDPOINTS` is ignored by these two modes.
 
 use std::time::{Duration, Instant};
 
@@ -121,6 +127,74 @@ fn distinct(threads: usize, seconds: u64) {
     );
 }
 
+/// What `failover` / `freeze` inject into the leader.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Freeze,
+}
+
+fn faults(fault: Fault, rounds: usize) {
+    use dlock_tests::faults::Workload;
+    use dlock_tests::procs::ProcCluster;
+    const THREADS: usize = 64;
+    const WINDOW: Duration = Duration::from_secs(4);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime for the cluster harness");
+    let mut cluster = rt.block_on(ProcCluster::start(3, &[]));
+    rt.block_on(cluster.leader());
+    // SAFETY: before the facade's first use in this process; no other thread runs yet.
+    unsafe {
+        std::env::set_var("DLOCK_ENDPOINTS", cluster.endpoints());
+    }
+    let workload = Workload::start(
+        THREADS,
+        &format!("bench-faults-{}", std::process::id()),
+        false,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let mut events = Vec::new();
+    for _ in 0..rounds {
+        let leader = rt.block_on(cluster.leader());
+        let at = Instant::now();
+        match fault {
+            Fault::Kill => {
+                cluster.kill9(leader);
+                std::thread::sleep(Duration::from_secs(3));
+                rt.block_on(cluster.restart(leader));
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Fault::Freeze => {
+                cluster.freeze(leader);
+                std::thread::sleep(Duration::from_secs(4));
+                cluster.thaw(leader);
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        }
+        events.push((leader, at));
+    }
+    let results = workload.finish();
+    let what = if fault == Fault::Kill {
+        "kill"
+    } else {
+        "freeze"
+    };
+    for (round, (leader, at)) in events.iter().enumerate() {
+        println!(
+            "{what} {round} (leader {leader}): {}",
+            results.disruption(*at, WINDOW)
+        );
+    }
+    println!(
+        "{what}: threads={THREADS} pairs={} errors={}",
+        results.cycles(),
+        results.errors().len()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let num =
@@ -130,8 +204,13 @@ fn main() {
         Some("read") => read(num(2, 2000)),
         Some("gaps") => gaps(num(2, 10) as u64),
         Some("distinct") => distinct(num(2, 64), num(3, 10) as u64),
+        Some("failover") => faults(Fault::Kill, num(2, 10)),
+        Some("freeze") => faults(Fault::Freeze, num(2, 10)),
         Some(other) => {
-            eprintln!("unknown mode {other}; use `pair [N]` or `distinct THREADS SECONDS`");
+            eprintln!(
+                "unknown mode {other}; use pair [N], read [N], gaps SECONDS, \
+                 distinct THREADS SECONDS, failover [ROUNDS] or freeze [ROUNDS]"
+            );
             std::process::exit(2);
         }
     }
