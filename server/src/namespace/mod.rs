@@ -139,8 +139,9 @@
 //!   not modelled.
 //! * Wait timeouts are measured on the leader's wall clock and resolved by `TimeoutWait`; a grant
 //!   that reaches the log first wins even if the deadline had passed.
-//! * Finding the mutexes of a dying thread or session scans all objects (O(objects)); it is
-//!   bounded by [`Limits::objects_max`].
+//! * (Resolved) Finding the mutexes of a dying thread or session no longer scans all objects:
+//!   an owner index (rebuilt from the objects on restore, checked by `verify`) makes it cost
+//!   what the owner holds.
 
 mod names;
 mod object;
@@ -292,6 +293,11 @@ pub struct Namespace {
     waits: BTreeMap<WaitKey, Wait>,
     /// Watched time: the sum of every checkpoint's `elapsed_ms` (see `Command::Checkpoint`).
     watched_ms: u64,
+    /// Owned mutexes by owning session, each with its owning thread: an index over `objects`
+    /// (not part of snapshots; rebuilt by `restore`) so that a thread exit or a session end
+    /// costs what the owner holds, not a scan of every object.
+    #[serde(skip)]
+    owned: BTreeMap<SessionId, BTreeMap<ObjectId, ThreadId>>,
 }
 
 impl Default for Namespace {
@@ -319,6 +325,7 @@ impl Namespace {
             names: BTreeMap::new(),
             waits: BTreeMap::new(),
             watched_ms: 0,
+            owned: BTreeMap::new(),
         }
     }
 
@@ -516,10 +523,11 @@ impl Namespace {
         if version != SNAPSHOT_FORMAT_VERSION {
             return Err(NamespaceError::Version(version));
         }
-        let (namespace, trailing): (Namespace, _) = postcard::take_from_bytes(rest)?;
+        let (mut namespace, trailing): (Namespace, _) = postcard::take_from_bytes(rest)?;
         if !trailing.is_empty() {
             return Err(NamespaceError::TrailingBytes(trailing.len()));
         }
+        namespace.owned = namespace.owner_index();
         namespace.verify().map_err(NamespaceError::Inconsistent)?;
         Ok(namespace)
     }
@@ -565,7 +573,7 @@ impl Namespace {
                 resolved,
             );
         }
-        let abandoned = self.abandon(|owner| owner.0 == id);
+        let abandoned = self.abandon(id, None);
         self.wake(index, &abandoned, resolved);
         for handle in handles {
             self.close_handle(handle);
@@ -583,8 +591,7 @@ impl Namespace {
             "session {id} ended with pending waits"
         );
         assert!(
-            !self.objects.values().any(|o| matches!(&o.data,
-                ObjectData::Mutex(m) if m.owner.is_some_and(|owner| owner.0 == id))),
+            !self.owned.contains_key(&id),
             "session {id} ended still owning a mutex"
         );
     }
@@ -688,6 +695,7 @@ impl Namespace {
         resolved: &mut Vec<Resolved>,
     ) {
         let mut freed = Vec::new();
+        let mut unowned = Vec::new();
         for taken in &outcome.acquired {
             let (id, was_abandoned) = (taken.object, taken.abandoned);
             let Some(object) = self.objects.get_mut(&id) else {
@@ -710,6 +718,7 @@ impl Namespace {
                             fencing_token: 0,
                         };
                         freed.push(id);
+                        unowned.push(id);
                     }
                 }
                 ObjectData::Semaphore { count, max } => {
@@ -727,6 +736,9 @@ impl Namespace {
                 }
                 ObjectData::Event { .. } => {}
             }
+        }
+        for id in unowned {
+            self.unindex_owner(id, (session, outcome.thread));
         }
         self.wake(index, &freed, resolved);
     }
@@ -850,7 +862,7 @@ impl Namespace {
                     let failed = WaitOutcome::Failed(ERROR_INVALID_HANDLE);
                     self.finish_wait((session, seq), failed, resolved);
                 }
-                let abandoned = self.abandon(|owner| owner == (session, *thread));
+                let abandoned = self.abandon(session, Some(*thread));
                 self.wake(index, &abandoned, resolved);
                 Reply::Done
             }
@@ -949,6 +961,9 @@ impl Namespace {
                 "name {key:?} taken twice"
             );
         }
+        if fencing_token != 0 {
+            self.index_owner(id, (session, thread));
+        }
         let handle = self.new_handle(session, id, granted);
         Reply::Created {
             handle,
@@ -1045,13 +1060,50 @@ impl Namespace {
         self.maybe_destroy(handle.object);
     }
 
-    /// Destroys the object if nothing keeps it alive any more.
+    /// Destroys the object if nothing keeps it alive any more (an owned mutex whose handles
+    /// all closed goes too, and leaves its owner's index).
     fn maybe_destroy(&mut self, id: ObjectId) {
         let object = self.object(id);
         if object.handle_count == 0 && object.waiters.is_empty() {
             assert!(object.name.is_none(), "destroying a named object");
+            if let ObjectData::Mutex(MutexData {
+                owner: Some(owner), ..
+            }) = object.data
+            {
+                self.unindex_owner(id, owner);
+            }
             self.objects.remove(&id);
         }
+    }
+
+    /// Records that `owner` now owns mutex `id`.
+    fn index_owner(&mut self, id: ObjectId, (session, thread): Owner) {
+        self.owned.entry(session).or_default().insert(id, thread);
+    }
+
+    /// Records that `owner` no longer owns mutex `id`.
+    fn unindex_owner(&mut self, id: ObjectId, (session, _): Owner) {
+        if let Some(objects) = self.owned.get_mut(&session) {
+            objects.remove(&id);
+            if objects.is_empty() {
+                self.owned.remove(&session);
+            }
+        }
+    }
+
+    /// The owner index as the objects say it should be (for `restore` and `verify`).
+    fn owner_index(&self) -> BTreeMap<SessionId, BTreeMap<ObjectId, ThreadId>> {
+        let mut index: BTreeMap<SessionId, BTreeMap<ObjectId, ThreadId>> = BTreeMap::new();
+        for (id, object) in &self.objects {
+            if let ObjectData::Mutex(MutexData {
+                owner: Some((session, thread)),
+                ..
+            }) = object.data
+            {
+                index.entry(session).or_default().insert(*id, thread);
+            }
+        }
+        index
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1077,6 +1129,7 @@ impl Namespace {
         if m.recursion == 0 {
             m.owner = None;
             m.fencing_token = 0;
+            self.unindex_owner(id, (session, thread));
             self.wake(index, &[id], resolved);
         }
         Ok(())
@@ -1151,21 +1204,34 @@ impl Namespace {
         Ok(previous)
     }
 
-    /// Abandons every mutex whose owner matches (§4.4), in object id order; returns them.
-    fn abandon(&mut self, matches: impl Fn(Owner) -> bool) -> Vec<ObjectId> {
-        let mut abandoned = Vec::new();
-        for (id, object) in &mut self.objects {
-            if let ObjectData::Mutex(m) = &mut object.data
-                && m.owner.is_some_and(&matches)
-            {
-                *m = MutexData {
-                    owner: None,
-                    recursion: 0,
-                    abandoned: true,
-                    fencing_token: 0,
-                };
-                abandoned.push(*id);
-            }
+    /// Abandons every mutex owned by `session` (only by `thread` of it, if given), in object id
+    /// order (§4.4); returns them. Costs what the owner holds, through the owner index.
+    fn abandon(&mut self, session: SessionId, thread: Option<ThreadId>) -> Vec<ObjectId> {
+        let owned: Vec<(ObjectId, ThreadId)> = self
+            .owned
+            .get(&session)
+            .map(|objects| {
+                objects
+                    .iter()
+                    .filter(|(_, t)| thread.is_none_or(|wanted| **t == wanted))
+                    .map(|(id, t)| (*id, *t))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut abandoned = Vec::with_capacity(owned.len());
+        for (id, t) in owned {
+            let ObjectData::Mutex(m) = &mut self.object_mut(id).data else {
+                unreachable!("the owner index lists only mutexes")
+            };
+            debug_assert_eq!(m.owner, Some((session, t)), "owner index out of date");
+            *m = MutexData {
+                owner: None,
+                recursion: 0,
+                abandoned: true,
+                fencing_token: 0,
+            };
+            self.unindex_owner(id, (session, t));
+            abandoned.push(id);
         }
         abandoned
     }
@@ -1289,7 +1355,8 @@ impl Namespace {
         for id in selected {
             let object = self.object_mut(id);
             let acquired = object.acquire(owner, index);
-            if matches!(object.data, ObjectData::Mutex(_)) && fencing_token == 0 {
+            let is_mutex = matches!(object.data, ObjectData::Mutex(_));
+            if is_mutex && fencing_token == 0 {
                 fencing_token = acquired.fencing_token;
             }
             abandoned |= acquired.abandoned;
@@ -1302,6 +1369,9 @@ impl Namespace {
                 abandoned: acquired.abandoned,
                 stamp,
             });
+            if is_mutex {
+                self.index_owner(id, owner);
+            }
         }
         let outcome = if abandoned {
             WaitOutcome::Abandoned {
@@ -1590,6 +1660,9 @@ impl Namespace {
                     return Err(format!("object {id} queues foreign wait {key:?}"));
                 }
             }
+        }
+        if self.owned != self.owner_index() {
+            return Err("the owner index disagrees with the mutexes".into());
         }
         for (key, wait) in &self.waits {
             if !self
