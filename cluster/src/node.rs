@@ -163,6 +163,8 @@ enum Input {
     Wake,
     /// Hand leadership to the most up-to-date other voter (graceful shutdown).
     TransferLeadership,
+    /// Test hook: block the raft thread (a disk stall, a long snapshot build).
+    Stall(Duration),
 }
 
 /// State shared between the handles and the raft thread.
@@ -683,6 +685,14 @@ impl Node {
             .try_send(Input::SnapshotStatus { to, success });
     }
 
+    /// **Test hook.** Blocks the raft thread for `duration` (as a disk stall or a long snapshot
+    /// build would): no ticks, no heartbeats, no proposals or reads answered meanwhile, while
+    /// the node's gRPC services keep running. Best effort (dropped if the control queue is full).
+    #[doc(hidden)]
+    pub fn stall_for_test(&self, duration: Duration) {
+        let _ = self.inner.tx.try_send(Input::Stall(duration));
+    }
+
     /// If this node leads, asks raft to hand leadership to the most up-to-date other voter
     /// (raft catches it up, then sends it MsgTimeoutNow), so that stopping this node does not
     /// cost clients an election timeout. Best effort and asynchronous: watch
@@ -935,6 +945,10 @@ impl Worker {
                 }
             }
             Input::Unreachable(to) => self.raw.report_unreachable(to),
+            Input::Stall(duration) => {
+                tracing::warn!(?duration, "raft thread stalled on purpose (test hook)");
+                std::thread::sleep(duration);
+            }
             Input::TransferLeadership => {
                 if self.raw.raft.state == raft::StateRole::Leader
                     && let Some(transferee) = self.best_transferee()
@@ -1776,6 +1790,7 @@ impl Worker {
                 Input::Unreachable(_)
                 | Input::SnapshotStatus { .. }
                 | Input::Wake
+                | Input::Stall(_)
                 | Input::TransferLeadership => {}
             }
         }

@@ -32,6 +32,10 @@
 //! * `a_wait_blocked_across_a_failover_gets_exactly_one_outcome`: an INFINITE wait on a
 //!   held mutex survives the leader's death; the holder releases through the new leader; the
 //!   waiter gets exactly one grant, with a larger token.
+//! * `an_isolated_leader_renews_no_keepalive` and
+//!   `a_stalled_leader_renews_no_lease_and_expires_no_live_session` (raft thread blocked for a
+//!   TTL + 2 s by a test hook): keepalives are renewed only with proof of leadership, so no
+//!   session is expired while its client believes it is alive.
 //! * `a_wait_blocked_on_a_leader_that_is_partitioned_away_is_answered_by_the_majority`
 //!   (ignored: it exposes a server bug, see its doc comment): a waiter blocked on the leader
 //!   when it is partitioned away learns the majority's grant without waiting for the heal.
@@ -1260,6 +1264,65 @@ async fn an_isolated_leader_renews_no_keepalive() {
             "an isolated leader must not answer a keepalive (answered expired={answer:?})"
         );
         cluster.net.heal();
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// Issue 8, "keepalives renewed without proof of leadership", the stalled case: a leader whose
+/// raft thread is stuck (a disk stall, a snapshot build) for longer than a TTL still has a
+/// running gRPC service. It used to answer keepalives `Renewed` from memory, so its clients
+/// stayed `Alive` while the other nodes elected a new leader that expired the session after a
+/// TTL and handed its mutex on. Now the stalled node cannot confirm its leadership, its
+/// keepalive streams go unanswered, the client moves to the new leader, and, checked from both
+/// sides, no session is expired while its client believes it is alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_leader_renews_no_lease_and_expires_no_live_session() {
+    bounded("a stalled leader renews no lease", async {
+        let cluster = TestCluster::start(ClusterOptions::default()).await;
+        let old = cluster.wait_leader().await;
+        let client = client_for(cluster.endpoints()).await;
+        let session = client.open_session(WORKER_TTL).await.unwrap();
+        let mutex = session
+            .create_mutex(Some("stalled-leader-mutex"), true)
+            .await
+            .unwrap();
+        let mut states = session.watch_state();
+        let timeline = tokio::spawn(async move {
+            let mut seen = vec![*states.borrow_and_update()];
+            while states.changed().await.is_ok() {
+                let state = *states.borrow_and_update();
+                seen.push(state);
+                if state == SessionState::Expired {
+                    break;
+                }
+            }
+            seen
+        });
+        let stall = WORKER_TTL + Duration::from_secs(2);
+        eprintln!("--- stalling leader {old}'s raft thread for {stall:?}");
+        cluster
+            .server(old)
+            .expect("the leader runs")
+            .raft()
+            .stall_for_test(stall);
+        tokio::time::sleep(stall + Duration::from_secs(2)).await;
+        let client_state = session.state();
+        let state = mutex.query().await;
+        timeline.abort();
+        let seen = timeline.await.unwrap_or_default();
+        eprintln!("--- client states during the stall: {seen:?}, now {client_state:?}");
+        assert_ne!(
+            client_state,
+            SessionState::Expired,
+            "the client kept its lease through the new leader"
+        );
+        let state = state.expect("the session is alive on the server too");
+        assert_eq!(
+            state.owner_session_id,
+            session.id(),
+            "the server expired a session whose client believes it is alive: {state:?}"
+        );
         cluster.shutdown().await;
     })
     .await;
