@@ -156,7 +156,7 @@ fn faults(fault: Fault, rounds: usize) {
         false,
     );
     std::thread::sleep(Duration::from_secs(3));
-    let mut events = Vec::new();
+    let (mut events, mut thaws) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let leader = rt.block_on(cluster.leader());
         let at = Instant::now();
@@ -170,6 +170,7 @@ fn faults(fault: Fault, rounds: usize) {
             Fault::Freeze => {
                 cluster.freeze(leader);
                 std::thread::sleep(Duration::from_secs(4));
+                thaws.push(Instant::now());
                 cluster.thaw(leader);
                 std::thread::sleep(Duration::from_secs(3));
             }
@@ -186,6 +187,12 @@ fn faults(fault: Fault, rounds: usize) {
         println!(
             "{what} {round} (leader {leader}): {}",
             results.disruption(*at, WINDOW)
+        );
+    }
+    for (round, at) in thaws.iter().enumerate() {
+        println!(
+            "thaw {round}: {}",
+            results.disruption(*at, Duration::from_secs(3))
         );
     }
     println!(
