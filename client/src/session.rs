@@ -1176,7 +1176,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Keeps the session alive: a bidi `KeepAlive` stream with one request every ttl/3,
+/// Keeps the session alive: a bidi `KeepAlive` stream with one request every third of the lease,
 /// reconnected on any node when it breaks.
 async fn keepalive_task(shared: Arc<Shared>) {
     let mut stop = shared.stop_tx.subscribe();

@@ -63,9 +63,11 @@ pub struct Config {
     pub session_ttl_ms_min: u64,
     /// Largest TTL a session can get, in milliseconds; larger requests are lowered to it.
     pub session_ttl_ms_max: u64,
-    /// How often the leader writes the keepalive times it has seen into the log, in milliseconds.
-    /// A new leader treats a session as certainly dead when its checkpointed last keepalive is
-    /// older than its TTL plus this interval; other sessions get a full TTL of grace.
+    /// How often the leader writes what it watched into the log, in milliseconds: the time since
+    /// its previous checkpoint and, for each session heard since, how long ago (durations on
+    /// its own monotonic clock, never wall-clock times). A new leader treats a session as
+    /// certainly dead when its silence in that watched time exceeds twice its TTL plus this
+    /// interval; other sessions get a full TTL of grace.
     pub checkpoint_interval_ms: u64,
     /// Raft tick interval in milliseconds. A follower that hears nothing from the leader for a
     /// randomized 10 to 20 ticks starts an election; the leader sends heartbeats every 2 ticks.
@@ -290,7 +292,8 @@ pub struct Settings {
     /// Largest session TTL in milliseconds [default: 600000].
     #[arg(long, env = "DLOCKD_SESSION_TTL_MS_MAX")]
     pub session_ttl_ms_max: Option<u64>,
-    /// How often keepalive times are checkpointed into the log, in milliseconds [default: 1000].
+    /// How often the leader checkpoints the durations it watched into the log, in milliseconds
+    /// [default: 1000].
     #[arg(long, env = "DLOCKD_CHECKPOINT_INTERVAL_MS")]
     pub checkpoint_interval_ms: Option<u64>,
     /// Raft tick in milliseconds; elections start after 10 to 20 silent ticks [default: 50].

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dlock_cluster::StateMachine;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 use tracing::{debug, error, info};
 
 use crate::namespace::{
@@ -53,6 +53,10 @@ pub const WAIT_SUBSCRIBERS_PER_WAIT_MAX: usize = 16;
 /// Most sessions written into one `Checkpoint` command; the rest go into the next one.
 pub const CHECKPOINT_SESSIONS_MAX: usize = 10_000;
 
+// Sessions are taken for a checkpoint lowest id first: if one checkpoint could not hold every
+// session, busy low ids could starve high ones, whose silence would then grow in the log.
+const _: () = assert!(CHECKPOINT_SESSIONS_MAX >= crate::namespace::SESSIONS_MAX);
+
 /// Blocked `AwaitWait` calls by `(session, seq)`: several calls may wait for one wait (a retry while
 /// the first call is still open), so each key holds a list.
 type WaitRegistry = HashMap<(SessionId, Seq), Vec<oneshot::Sender<WaitOutcome>>>;
@@ -67,6 +71,9 @@ pub struct Shared {
     pub timer_wake: Notify,
     /// Blocked `AwaitWait` calls by `(session, seq)`.
     pub waiters: Mutex<WaitRegistry>,
+    /// The term the timers were last rebuilt for while leading (`None` while not leading):
+    /// keepalives are only answered from timers of the current term.
+    pub timers_term: watch::Sender<Option<u64>>,
 }
 
 /// Locks a std mutex, treating poisoning (a panic while holding it) as fatal for the node.
@@ -84,7 +91,19 @@ impl Shared {
             timers: Mutex::new(Timers::default()),
             timer_wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
+            timers_term: watch::channel(None).0,
         })
+    }
+
+    /// Waits (at most `wait`) until the timers have been rebuilt for `term`; false if they were
+    /// not (this node lost leadership meanwhile, or its rebuild is stuck behind a stalled raft
+    /// thread).
+    pub async fn timers_ready(&self, term: u64, wait: Duration) -> bool {
+        let mut rebuilt = self.timers_term.subscribe();
+        matches!(
+            tokio::time::timeout(wait, rebuilt.wait_for(|t| *t == Some(term))).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Registers interest in the outcome of wait `(session, seq)`. Register BEFORE looking at the
@@ -301,7 +320,8 @@ pub struct Timers {
 }
 
 impl Timers {
-    fn clear(&mut self) {
+    /// Forgets every lease and wait deadline (this node stopped leading).
+    pub fn clear(&mut self) {
         *self = Timers::default();
     }
 
@@ -377,10 +397,12 @@ impl Timers {
     /// Rebuilds every deadline from the namespace when this node becomes leader.
     ///
     /// Every session gets a full TTL of grace from now, so failover never expires a live session
-    /// early, except sessions that were already dead while leaders were watching: those whose
+    /// early, except sessions that were certainly dead while leaders were watching: those whose
     /// silence in the namespace's watched time (durations measured by each leader on its own
-    /// monotonic clock, see `Command::Checkpoint`) exceeds their TTL plus one checkpoint
-    /// interval of slack. They expire at once. Because each checkpoint only adds time a leader
+    /// monotonic clock, see `Command::Checkpoint`) exceeds twice their TTL plus one checkpoint
+    /// interval. They expire at once. Twice, because the latest renewal may not have reached a
+    /// checkpoint before its leader died: the client may have been silent for up to a TTL
+    /// before that renewal, and its lease runs less than a TTL after it. Because each checkpoint only adds time a leader
     /// really watched, repeated elections cannot keep a dead session alive, and no difference
     /// between the nodes' wall clocks can expire a live one. A pending wait gets its timeout
     /// minus the watched time it already waited (erring late, never early).
@@ -388,7 +410,7 @@ impl Timers {
         self.clear();
         for info in ns.sessions() {
             let ttl = Duration::from_millis(info.ttl_ms);
-            let dead = Duration::from_millis(info.silence_ms) > ttl + checkpoint_interval;
+            let dead = Duration::from_millis(info.silence_ms) > 2 * ttl + checkpoint_interval;
             let deadline = if dead { now } else { later(now, info.ttl_ms) };
             self.set_session(
                 info.id,
@@ -476,6 +498,12 @@ impl Timers {
         out
     }
 
+    /// Whether any session is tracked (then every interval is checkpointed, so that the silence
+    /// of dead sessions keeps accruing even when nobody is heard).
+    pub fn has_sessions(&self) -> bool {
+        !self.sessions.is_empty()
+    }
+
     /// A checkpoint carrying these sessions was not committed: report them in the next one.
     pub fn checkpoint_lost(&mut self, sessions: &[(SessionId, u64)]) {
         for (id, _) in sessions {
@@ -558,7 +586,8 @@ mod tests {
         let mut ns = Namespace::new();
         open(&mut ns, 1, 10_000);
         open(&mut ns, 2, 10_000);
-        // A leader watched for 4 s, hearing session 2 100 ms ago; session 1 was silent.
+        // A leader watched for 4 s, hearing session 2 100 ms ago; session 1 was silent (more
+        // than twice its TTL plus the interval).
         let checkpoint = Command::Checkpoint {
             now_unix_ms: 14_000,
             elapsed_ms: 4_000,
@@ -601,8 +630,9 @@ mod tests {
         let t0 = Instant::now();
         timers.rebuild(&ns, t0, Duration::from_millis(1_000));
         assert!(timers.take_due(t0).0.is_empty(), "nobody watched it die");
-        // Then leaders watch it silent for 2.5 s in total, over three terms.
-        for elapsed_ms in [1_000, 1_000, 500] {
+        // Then leaders watch it silent for 3.5 s in total, over three terms (twice its TTL of
+        // 1 s plus the interval of 1 s is 3 s).
+        for elapsed_ms in [1_000, 1_500, 1_000] {
             let checkpoint = Command::Checkpoint {
                 now_unix_ms: 0,
                 elapsed_ms,

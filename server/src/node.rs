@@ -323,7 +323,11 @@ async fn timer_task(
     loop {
         let state = *leadership.borrow_and_update();
         if !state.is_leader {
-            leading_term = None;
+            if leading_term.take().is_some() {
+                // Stale leases must not answer keepalives (or expire anyone) any more.
+                lock(&shared.timers).clear();
+            }
+            shared.timers_term.send_replace(None);
             tokio::select! {
                 changed = leadership.changed() => match changed {
                     Ok(()) => continue,
@@ -348,6 +352,7 @@ async fn timer_task(
             let ns = lock(&shared.ns);
             lock(&shared.timers).rebuild(&ns, Instant::now(), checkpoint_interval);
             drop(ns);
+            shared.timers_term.send_replace(Some(state.term));
             info!(
                 term = state.term,
                 "leading: session and wait deadlines rebuilt"
@@ -378,8 +383,14 @@ async fn timer_task(
         }
         if now >= next_checkpoint {
             next_checkpoint = now + checkpoint_interval;
-            let sessions = lock(&shared.timers).take_checkpoint(now, CHECKPOINT_SESSIONS_MAX);
-            if !sessions.is_empty() {
+            let (sessions, any) = {
+                let mut timers = lock(&shared.timers);
+                let sessions = timers.take_checkpoint(now, CHECKPOINT_SESSIONS_MAX);
+                (sessions, timers.has_sessions())
+            };
+            // Every interval while there are sessions, even if nobody was heard: the silence of
+            // dead sessions must keep accruing in the log, or elections could keep them alive.
+            if any {
                 let elapsed_ms = now.saturating_duration_since(last_checkpoint).as_millis() as u64;
                 last_checkpoint = now;
                 let command = Command::Checkpoint {

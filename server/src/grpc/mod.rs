@@ -206,6 +206,10 @@ impl DlockService {
     }
 }
 
+/// How long a keepalive that reaches a new leader waits for its timers to be rebuilt for the
+/// term (one ReadIndex round, normally milliseconds) before it is refused.
+const TIMERS_READY_WAIT: Duration = Duration::from_secs(2);
+
 /// Longest `AwaitWait` block: a call still pending after this answers `pending` and the client
 /// asks again, so no call outlives a node's usefulness by long.
 pub const AWAIT_BLOCK_MAX: Duration = Duration::from_secs(30);
@@ -243,8 +247,9 @@ fn unexpected(reply: Reply) -> Status {
 pub struct LeaseConfirmer {
     node: dlock_cluster::Node,
     state: std::sync::Mutex<ConfirmRounds>,
-    /// `(round, confirmed)` of the latest finished round.
-    done: watch::Sender<(u64, bool)>,
+    /// `(round, term)` of the latest finished round: the term it confirmed this node leads in
+    /// from its start to its end, or `None` if it failed.
+    done: watch::Sender<(u64, Option<u64>)>,
 }
 
 #[derive(Default)]
@@ -263,14 +268,16 @@ impl LeaseConfirmer {
         Arc::new(LeaseConfirmer {
             node,
             state: std::sync::Mutex::new(ConfirmRounds::default()),
-            done: watch::channel((0, false)).0,
+            done: watch::channel((0, None)).0,
         })
     }
 
-    /// True once a round that started after this call confirmed that this node still leads;
-    /// false if that round failed (deposed, cut off, raft thread stalled past the read's
-    /// deadline).
-    pub async fn confirm(self: &Arc<Self>) -> bool {
+    /// True once a round that started after this call confirmed that this node still leads in
+    /// `term`; false if that round failed (deposed, cut off, raft thread stalled past the read's
+    /// deadline) or confirmed another term. A ReadIndex alone proves nothing on a node that is
+    /// no longer leader (raft forwards it to the new leader), so a round only counts if this
+    /// node led in the same term when the read started and when it finished.
+    pub async fn confirm(self: &Arc<Self>, term: u64) -> bool {
         let mut finished = self.done.subscribe();
         let target = {
             let mut rounds = lock(&self.state);
@@ -284,7 +291,7 @@ impl LeaseConfirmer {
             target
         };
         match finished.wait_for(|(round, _)| *round >= target).await {
-            Ok(value) => value.1,
+            Ok(value) => value.1 == Some(term),
             Err(_) => false,
         }
     }
@@ -295,7 +302,12 @@ impl LeaseConfirmer {
         let round = rounds.started;
         let this = self.clone();
         tokio::spawn(async move {
-            let confirmed = this.node.read_index().await.is_ok();
+            let before = *this.node.leadership().borrow();
+            let read = this.node.read_index().await.is_ok();
+            let after = *this.node.leadership().borrow();
+            let confirmed =
+                (read && before.is_leader && after.is_leader && before.term == after.term)
+                    .then_some(after.term);
             let mut rounds = lock(&this.state);
             this.done.send_replace((round, confirmed));
             rounds.running = false;
@@ -323,22 +335,39 @@ async fn keep_alive(
     confirmer: &Arc<LeaseConfirmer>,
     session: u64,
 ) -> Result<Option<std::time::Duration>, dlock_cluster::Error> {
+    let arrived = *node.leadership().borrow();
+    let not_leader = || dlock_cluster::Error::NotLeader {
+        leader_hint: node.leadership().borrow().leader_id,
+    };
+    if !arrived.is_leader {
+        return Err(not_leader());
+    }
+    // The timers must be this term's: a new leader's rebuild replaces every lease, and a
+    // deposed leader's are stale (an `Expiring` mark from an old reign must not be reported).
+    if !shared.timers_ready(arrived.term, TIMERS_READY_WAIT).await {
+        return Err(not_leader());
+    }
     let touched = lock(&shared.timers).touch(session, Instant::now());
+    // Whatever the answer, it is only given with proof that this node still leads: one retry,
+    // so that a single failed round does not end every stream of a healthy leader.
+    let confirmed = confirmer.confirm(arrived.term).await
+        || (node.leadership().borrow().term == arrived.term
+            && confirmer.confirm(arrived.term).await);
+    if !confirmed {
+        return Err(not_leader());
+    }
     match touched {
-        Touch::Renewed(ttl) => {
-            return if confirmer.confirm().await {
-                Ok(Some(ttl))
-            } else {
-                Err(dlock_cluster::Error::NotLeader { leader_hint: None })
-            };
-        }
+        Touch::Renewed(ttl) => return Ok(Some(ttl)),
         Touch::Expiring => return Ok(None),
         Touch::Unknown => {}
     }
+    // Slow path: the timers may not know a session the namespace has (a snapshot installed
+    // after the rebuild). The namespace may lag the log: read it after a ReadIndex. Lock
+    // order: ns, then timers.
     node.read_index().await?;
-    // Slow path: the timers may not know a session the namespace has (right after a snapshot
-    // install or a leader change, before the rebuild). Lock order: ns, then timers.
-    // (The ReadIndex above started after the keepalive arrived: it also confirmed leadership.)
+    if node.leadership().borrow().term != arrived.term {
+        return Err(not_leader());
+    }
     let now = Instant::now();
     let ns = lock(&shared.ns);
     let Some(info) = ns.session(session) else {

@@ -64,8 +64,8 @@
 //! promises no order among waiters; dlock gives FIFO.
 //!
 //! A wait ends exactly once: granted, failed, timed out by `TimeoutWait`, which the leader
-//! proposes when the deadline (`registered_unix_ms + timeout_ms` from [`Namespace::pending_waits`])
-//! passes, or given up by the client's `CancelWait`; whichever reaches the log first wins.
+//! proposes when its timeout passes on the leader's monotonic clock (a new leader gives it the
+//! timeout minus the watched time it already waited, [`PendingWait::waited_ms`]), or given up by the client's `CancelWait`; whichever reaches the log first wins.
 //! Resolutions of waits other than the command's own go into [`ApplyOutput::resolved`], in
 //! order. Every outcome (and what a grant acquired) is kept in the session until the client
 //! says it has it (`waits_done`), so the client may acknowledge the registration's
@@ -96,7 +96,8 @@
 //! # Determinism
 //!
 //! `apply` depends only on the state and the command: ordered maps only, no clock (time arrives
-//! as `now_unix_ms` in commands), no randomness, no I/O. Bad commands never panic; they get error
+//! in commands: durations a leader measured, `Checkpoint::elapsed_ms` and silences, and
+//! wall-clock stamps kept only for the record), no randomness, no I/O. Bad commands never panic; they get error
 //! replies. Invariants are asserted; [`Namespace::snapshot`] verifies them all before encoding
 //! and [`Namespace::restore`] verifies them after decoding.
 //!
@@ -137,8 +138,9 @@
 //!   releases exactly the waits registered when it is applied, never "missing" one.
 //! * Alertable waits, `WAIT_IO_COMPLETION`, pseudo-handles and the low-two-bits handle quirk are
 //!   not modelled.
-//! * Wait timeouts are measured on the leader's wall clock and resolved by `TimeoutWait`; a grant
-//!   that reaches the log first wins even if the deadline had passed.
+//! * Wait timeouts are measured on the leader's monotonic clock and resolved by `TimeoutWait`; a
+//!   grant that reaches the log first wins even if the deadline had passed. Across a failover a
+//!   wait may run up to a checkpoint interval (plus the failover) longer than its timeout.
 //! * (Resolved) Finding the mutexes of a dying thread or session no longer scans all objects:
 //!   an owner index (rebuilt from the objects on restore, checked by `verify`) makes it cost
 //!   what the owner holds.
@@ -194,7 +196,7 @@ pub const REPLIES_PER_SESSION_MAX: usize = 1_024;
 /// Longest `OpenSession::client_name`, in bytes. Longer names get `Error(87)` and no session.
 pub const CLIENT_NAME_MAX_BYTES: usize = 256;
 /// The first byte of every snapshot; [`Namespace::restore`] refuses any other.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 
 /// The resource limits in force. They are part of the replicated state (every replica must
 /// refuse the same commands), fixed when the namespace is made.
@@ -1220,10 +1222,14 @@ impl Namespace {
             .unwrap_or_default();
         let mut abandoned = Vec::with_capacity(owned.len());
         for (id, t) in owned {
-            let ObjectData::Mutex(m) = &mut self.object_mut(id).data else {
-                unreachable!("the owner index lists only mutexes")
+            let Some(ObjectData::Mutex(m)) = self.objects.get_mut(&id).map(|o| &mut o.data) else {
+                tracing::error!(id, session, "owner index names a missing object; skipped");
+                continue;
             };
-            debug_assert_eq!(m.owner, Some((session, t)), "owner index out of date");
+            if m.owner != Some((session, t)) {
+                tracing::error!(id, session, "owner index out of date; skipped");
+                continue;
+            }
             *m = MutexData {
                 owner: None,
                 recursion: 0,

@@ -65,7 +65,8 @@ impl CreateParams {
 }
 
 /// A command as it is stored in the Raft log. Time only ever enters the state machine as data in
-/// a command (`now_unix_ms`, stamped by the node that proposes it).
+/// a command: durations measured by the proposing leader on its monotonic clock (`Checkpoint`),
+/// and wall-clock stamps (`now_unix_ms`) kept for the record, never compared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Open a new session. Its id is the log index of this entry. Reply: `Reply::SessionOpened`.

@@ -57,9 +57,10 @@ pub(crate) struct Taken {
     pub stamp: u64,
 }
 
-/// A pending wait as the leader's timeout timers see it. The deadline is
-/// `registered_unix_ms + timeout_ms`; when it passes the leader proposes `TimeoutWait`. A
-/// `timeout_ms` of `u32::MAX` (INFINITE) never expires.
+/// A pending wait as the leader's timeout timers see it: a new leader times it out
+/// `timeout_ms - waited_ms` after it takes over (the leader that registered it, `timeout_ms`
+/// after it applied the registration), by proposing `TimeoutWait`. A `timeout_ms` of
+/// `u32::MAX` (INFINITE) never expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingWait {
     /// The waiting session.
@@ -78,7 +79,9 @@ pub struct PendingWait {
 }
 
 impl PendingWait {
-    /// The wall-clock time at which the wait times out, or `None` for INFINITE.
+    /// The wall-clock time at which the wait would time out by the registering node's clock, or
+    /// `None` for INFINITE. For the golden-script runner's simulated clock only; the server's
+    /// timers never use it.
     pub fn deadline_unix_ms(&self) -> Option<u64> {
         (self.timeout_ms != u32::MAX).then(|| {
             self.registered_unix_ms
