@@ -5,8 +5,10 @@
 //! make progress after each kill, and the recorded history must pass the checker.
 //!
 //! The aim is every thread back within 1.5 s; this test asserts a looser bound
-//! ([`PROGRESS_BOUND`]) so that a loaded CI machine cannot fail it spuriously, prints the
-//! measured figures, and `dlock-bench failover` reports them against the aim.
+//! ([`PROGRESS_BOUND`], twice what a debug build needs here) so that a loaded CI machine cannot
+//! fail it spuriously, prints the measured figures, and `dlock-bench failover` reports them
+//! against the aim. (Before the two-call wait protocol, some kills here left every thread
+//! stalled for 3.6-4.5 s, and others wedged the process for good.)
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,7 @@ use dlock_tests::procs::ProcCluster;
 const THREADS: usize = 64;
 const KILLS: usize = 5;
 /// Every thread must complete a cycle within this long after each kill.
-const PROGRESS_BOUND: Duration = Duration::from_secs(5);
+const PROGRESS_BOUND: Duration = Duration::from_secs(3);
 
 #[test]
 fn leader_kills_under_64_threads_fail_no_call_and_stall_no_thread() {

@@ -27,7 +27,9 @@ fn a_blocked_wait_does_not_wedge_the_rest_of_its_process() {
     assert_ne!(mutex, 0, "error {}", GetLastError());
     let started = Instant::now();
     for cycle in 0..10_000 {
-        let result = WaitForSingleObject(mutex, INFINITE);
+        // Uncontended: a bounded wait, so that a wedged process fails the test instead of
+        // hanging it.
+        let result = WaitForSingleObject(mutex, 10_000);
         assert_eq!(
             result,
             WAIT_OBJECT_0,

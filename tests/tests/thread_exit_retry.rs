@@ -3,6 +3,10 @@
 //! unreachable for longer than the request timeout), the dead thread's mutex stayed owned for
 //! the life of the process. Now thread exits are queued and retried for as long as the session
 //! lives, so the mutex is abandoned to the next waiter once the cluster answers again.
+//!
+//! The outage is a dlockd killed with SIGKILL and restarted on the same address and data (a
+//! frozen one would not do: the report would wait in its socket buffer and be applied on the
+//! thaw even after the client gave up).
 
 use std::time::Duration;
 
@@ -13,7 +17,7 @@ use dlock_tests::{Dlockd, unique};
 #[test]
 fn a_thread_exit_that_failed_for_a_while_still_abandons_the_mutex() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Dlockd::start_detached(dir.path(), &[]);
+    let mut server = Dlockd::start_detached(dir.path(), &[]);
     // SAFETY: the only test of this binary, before any facade use; nothing else reads or
     // writes the environment concurrently.
     unsafe {
@@ -36,12 +40,12 @@ fn a_thread_exit_that_failed_for_a_while_still_abandons_the_mutex() {
         })
     };
     held_rx.recv().unwrap();
-    server.signal(libc::SIGSTOP);
+    server.kill9();
     exit_tx.send(()).unwrap();
     owner.join().unwrap();
     // Longer than the request timeout: the first ThreadExit attempt has given up by now.
     std::thread::sleep(Duration::from_secs(3));
-    server.signal(libc::SIGCONT);
+    server.restart();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
