@@ -34,7 +34,9 @@ pub enum Error {
     #[error("win32 error {0}")]
     Win32(u32),
     /// No node of the cluster answered within the request timeout
-    /// ([`crate::ClientConfig::request_timeout`]). The request may or may not have been applied.
+    /// ([`crate::ClientConfig::request_timeout`]). The request may or may not have been applied
+    /// (outcome unknown). From a wait it means "not acquired": the wait is cancelled in the
+    /// background and a grant that raced the cancellation is given back.
     #[error("dlock cluster unavailable (no node answered within the request timeout)")]
     Unavailable,
     /// The session does not exist any more (it expired, was closed, or the client's own lease

@@ -1168,6 +1168,9 @@ enum StreamEnd {
     Stop,
     /// The stream broke; reconnect, following the status's leader hint if any.
     Broken(Option<Status>),
+    /// The node stopped answering keepalives (alive at the transport level: a stalled or
+    /// deposed leader): avoid it for a while, like a node whose connection broke.
+    Unresponsive,
 }
 
 /// Resolves once the stop flag is set (dropping the watch guard before returning, so that the
@@ -1215,7 +1218,7 @@ async fn keepalive_task(shared: Arc<Shared>) {
                         _ = ticker.tick() => {
                             if sent.front().is_some_and(|t| t.elapsed() >= interval) {
                                 tracing::debug!(session = shared.id, node, "keepalive unanswered");
-                                break StreamEnd::Broken(None);
+                                break StreamEnd::Unresponsive;
                             }
                             sent.push_back(Instant::now());
                             if tx.send(request).await.is_err() {
@@ -1246,6 +1249,15 @@ async fn keepalive_task(shared: Arc<Shared>) {
         let status = match end {
             StreamEnd::Stop => return,
             StreamEnd::Broken(status) => status,
+            StreamEnd::Unresponsive => {
+                shared.client.suspect(node);
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                continue;
+            }
         };
         if let Some(status) = &status {
             tracing::debug!(

@@ -43,7 +43,8 @@
 //!   only when it fails. Successful waits and `WAIT_TIMEOUT` leave it untouched.
 //! * **Mutex ownership belongs to the calling OS thread.** Each thread gets a process-unique
 //!   id on first use. When a thread that waited (or created a mutex owned) exits, the facade
-//!   reports it to the cluster (blocking the exit for at most 2 s): the mutexes it still owns
+//!   reports it to the cluster (blocking the exit for at most 2 s; the report keeps being
+//!   retried in the background for as long as the session lives): the mutexes it still owns
 //!   become abandoned, as on Windows. When the process dies, its session expires after the
 //!   TTL and its mutexes become abandoned.
 //! * **`bAlertable`** is accepted and ignored: there are no APCs, so `WAIT_IO_COMPLETION`
@@ -69,6 +70,13 @@
 //! the old session then fail with `ERROR_INVALID_HANDLE`, including `CloseHandle`, which also
 //! forgets the value. Calls never hang forever, except an `INFINITE` wait while the cluster is
 //! reachable (the wait ends with `ERROR_CONNECTION_ABORTED` if the session is lost).
+//!
+//! **Outcome unknown.** 1231 and 1450 from a call that changes state mean the request may or
+//! may not have been applied. From a wait they mean "not acquired": the facade cancels the wait
+//! in the background, and a grant that raced the cancellation is given back (if the cluster
+//! stays unreachable, the session expires and abandons what it held). A blocked wait never
+//! holds back the other threads of the process: it is registered once and its outcome awaited
+//! with repeatable reads, across any number of failovers.
 //!
 //! # Restrictions
 //!

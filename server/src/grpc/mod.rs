@@ -57,7 +57,10 @@ impl DlockService {
         directory: Arc<Directory>,
     ) -> Self {
         DlockService {
-            confirmer: LeaseConfirmer::new(node.clone()),
+            confirmer: LeaseConfirmer::new(
+                node.clone(),
+                Duration::from_millis(config.election_timeout_max_ms()),
+            ),
             shared,
             node,
             config,
@@ -246,6 +249,9 @@ fn unexpected(reply: Reply) -> Status {
 /// keepalives still never touch the log.
 pub struct LeaseConfirmer {
     node: dlock_cluster::Node,
+    /// How long a keepalive waits for its round: a node that cannot confirm within about an
+    /// election timeout (a stalled raft thread) refuses it, so the client moves on at once.
+    wait: Duration,
     state: std::sync::Mutex<ConfirmRounds>,
     /// `(round, term)` of the latest finished round: the term it confirmed this node leads in
     /// from its start to its end, or `None` if it failed.
@@ -263,10 +269,11 @@ struct ConfirmRounds {
 }
 
 impl LeaseConfirmer {
-    /// A confirmer for `node`.
-    pub fn new(node: dlock_cluster::Node) -> Arc<LeaseConfirmer> {
+    /// A confirmer for `node`; a keepalive waits at most `wait` for its round.
+    pub fn new(node: dlock_cluster::Node, wait: Duration) -> Arc<LeaseConfirmer> {
         Arc::new(LeaseConfirmer {
             node,
+            wait,
             state: std::sync::Mutex::new(ConfirmRounds::default()),
             done: watch::channel((0, None)).0,
         })
@@ -290,9 +297,10 @@ impl LeaseConfirmer {
             }
             target
         };
-        match finished.wait_for(|(round, _)| *round >= target).await {
-            Ok(value) => value.1 == Some(term),
-            Err(_) => false,
+        let confirmed = finished.wait_for(|(round, _)| *round >= target);
+        match tokio::time::timeout(self.wait, confirmed).await {
+            Ok(Ok(value)) => value.1 == Some(term),
+            Ok(Err(_)) | Err(_) => false,
         }
     }
 
@@ -336,8 +344,14 @@ async fn keep_alive(
     session: u64,
 ) -> Result<Option<std::time::Duration>, dlock_cluster::Error> {
     let arrived = *node.leadership().borrow();
+    // Never hint at this node itself: a node that believes it leads but cannot confirm it
+    // (a stalled raft thread) must send the client elsewhere, not back to itself.
     let not_leader = || dlock_cluster::Error::NotLeader {
-        leader_hint: node.leadership().borrow().leader_id,
+        leader_hint: node
+            .leadership()
+            .borrow()
+            .leader_id
+            .filter(|id| *id != node.id()),
     };
     if !arrived.is_leader {
         return Err(not_leader());
