@@ -196,7 +196,16 @@ pub struct SledStorage {
     /// Set when raft asked for a snapshot newer than the stored one; the raft thread then makes
     /// a fresh one (only it can call into the state machine).
     snapshot_wanted: AtomicBool,
+    /// The newest entries, decoded: a contiguous run ending at the last entry appended (at most
+    /// [`ENTRY_CACHE_MAX`] of them). Raft re-reads the same recent entries for every follower
+    /// it probes or catches up (on each heartbeat response while probing), and reading them
+    /// back from sled and decoding them each time kept a leader's raft thread busy for seconds
+    /// when a thawed follower's backlog of responses arrived.
+    cache: std::collections::VecDeque<Entry>,
 }
+
+/// Most entries kept decoded in [`SledStorage`]'s cache of recent entries.
+pub const ENTRY_CACHE_MAX: usize = 8192;
 
 /// How long [`open_db`] keeps retrying a data directory whose lock is still held.
 const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -321,6 +330,7 @@ impl SledStorage {
             last_index,
             last_term,
             snapshot_wanted: AtomicBool::new(false),
+            cache: std::collections::VecDeque::new(),
         })
     }
 
@@ -482,7 +492,37 @@ impl SledStorage {
         }
         self.last_index = last.index;
         self.last_term = last.term;
+        self.cache_appended(entries);
         Ok(())
+    }
+
+    /// Keeps the cache a contiguous run ending at the entries just appended (they replace any
+    /// cached entries at or after the first one).
+    fn cache_appended(&mut self, entries: &[Entry]) {
+        let first = entries[0].index;
+        while self.cache.back().is_some_and(|e| e.index >= first) {
+            self.cache.pop_back();
+        }
+        if self.cache.back().is_some_and(|e| e.index + 1 != first) {
+            self.cache.clear();
+        }
+        let skip = entries.len().saturating_sub(ENTRY_CACHE_MAX);
+        self.cache.extend(entries[skip..].iter().cloned());
+        while self.cache.len() > ENTRY_CACHE_MAX {
+            self.cache.pop_front();
+        }
+    }
+
+    /// The cached entries `[low, high)`, if the cache holds all of them.
+    fn cached(&self, low: u64, high: u64) -> Option<impl Iterator<Item = &Entry>> {
+        let front = self.cache.front()?.index;
+        let back = self.cache.back()?.index;
+        if low < front || high > back + 1 || low >= high {
+            return None;
+        }
+        let start = usize::try_from(low - front).ok()?;
+        let count = usize::try_from(high - low).ok()?;
+        Some(self.cache.iter().skip(start).take(count))
     }
 
     /// Stages a new hard state.
@@ -534,6 +574,7 @@ impl SledStorage {
             let key = item.map_err(|e| storage_err("scan entries", e))?;
             batch.remove(key);
         }
+        self.cache.clear();
         self.last_index = meta.index;
         self.last_term = meta.term;
         self.set_truncated(batch, meta.index, meta.term);
@@ -646,6 +687,9 @@ impl SledStorage {
         for index in self.first()..compact_index {
             batch.remove(&entry_key(index));
         }
+        while self.cache.front().is_some_and(|e| e.index < compact_index) {
+            self.cache.pop_front();
+        }
         self.set_truncated(batch, compact_index - 1, term);
         Ok(())
     }
@@ -698,6 +742,11 @@ impl SledStorage {
         if index == self.last_index {
             return Ok(self.last_term);
         }
+        if let Some(mut cached) = self.cached(index, index + 1)
+            && let Some(entry) = cached.next()
+        {
+            return Ok(entry.term);
+        }
         let entry = self.entry_at(index)?;
         assert_eq!(entry.index, index, "entry stored under the wrong key");
         Ok(entry.term)
@@ -728,6 +777,18 @@ impl raft::Storage for SledStorage {
             self.last_index
         );
         let max_size = max_size.into();
+        if let Some(cached) = self.cached(low, high) {
+            let mut entries = Vec::new();
+            let mut size = 0u64;
+            for entry in cached {
+                size += u64::from(entry.compute_size());
+                if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
+                    break;
+                }
+                entries.push(entry.clone());
+            }
+            return Ok(entries);
+        }
         let mut entries = Vec::with_capacity((high.saturating_sub(low)) as usize);
         let mut size = 0u64;
         for item in self.tree.range(entry_key(low)..entry_key(high)) {
