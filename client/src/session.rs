@@ -1065,44 +1065,22 @@ impl Drop for WaitGuard {
 /// Sends `CancelWait` for wait `seq` until it is applied, or the session ends (which ends the
 /// wait and abandons what it acquired anyway).
 async fn cancel_wait(shared: Arc<Shared>, seq: u64, in_flight: Option<InFlight<Arc<Shared>>>) {
-    let mut backoff = Backoff::new();
-    loop {
-        if shared.is_expired() {
-            break;
-        }
-        let policy = shared.client.unary_policy("CancelWait", Some(&shared));
-        let result = shared
-            .mutate(policy, |mut c, header| async move {
-                c.cancel_wait(v1::CancelWaitRequest {
-                    header: Some(header),
-                    wait_seq: seq,
-                })
-                .await
-            })
-            .await;
-        match result {
-            Ok(reply) => {
-                tracing::debug!(
-                    session = shared.id,
-                    seq,
-                    result = reply.result,
-                    error = reply.error,
-                    "wait cancelled (any grant given back)"
-                );
-                break;
-            }
-            Err(Error::SessionLost) => break,
-            Err(err @ (Error::Unavailable | Error::Overloaded)) => {
-                tracing::warn!(session = shared.id, seq, error = %err, "CancelWait failed; retrying");
-                let delay = backoff.next_delay().min(CANCEL_RETRY_MAX);
-                tokio::time::sleep(delay).await;
-            }
-            Err(err) => {
-                // Retrying cannot help (a server of another version, a malformed request).
-                tracing::error!(session = shared.id, seq, error = %err, "CancelWait refused; giving up");
-                break;
-            }
-        }
+    let cancelled = until_applied(&shared, "CancelWait", |mut c, header| async move {
+        c.cancel_wait(v1::CancelWaitRequest {
+            header: Some(header),
+            wait_seq: seq,
+        })
+        .await
+    })
+    .await;
+    if let Some(reply) = cancelled {
+        tracing::debug!(
+            session = shared.id,
+            seq,
+            result = reply.result,
+            error = reply.error,
+            "wait cancelled (any grant given back)"
+        );
     }
     drop(in_flight);
 }
@@ -1118,45 +1096,58 @@ async fn thread_exit_task(shared: Arc<Shared>, mut jobs: mpsc::Receiver<ThreadEx
                 None => return,
             },
         };
-        let mut backoff = Backoff::new();
-        loop {
-            if shared.is_expired() {
-                return;
+        let applied = until_applied(&shared, "ThreadExit", |mut c, header| async move {
+            c.thread_exit(v1::ThreadExitRequest {
+                header: Some(header),
+                thread_id: thread,
+            })
+            .await
+        })
+        .await;
+        if let Some(reply) = applied {
+            tracing::debug!(
+                session = shared.id,
+                thread,
+                error = reply.error,
+                "thread exit applied"
+            );
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Sends the request `f` builds until it is applied, as a background task does: each round is
+/// one ordinary call (a fresh header, retried within the request timeout); while the cluster
+/// stays unreachable or overloaded, rounds repeat with backoff (at most [`CANCEL_RETRY_MAX`]
+/// apart). `None` once the session has ended or is stopped (its end settles what the request
+/// was for), or on an error that retrying cannot fix (logged).
+async fn until_applied<T, F, Fut>(shared: &Shared, what: &'static str, mut f: F) -> Option<T>
+where
+    F: FnMut(DlockClient<Channel>, v1::RequestHeader) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let mut stop = shared.stop_tx.subscribe();
+    let mut backoff = Backoff::new();
+    loop {
+        if shared.is_expired() {
+            return None;
+        }
+        let policy = shared.client.unary_policy(what, Some(shared));
+        match shared.mutate(policy, &mut f).await {
+            Ok(reply) => return Some(reply),
+            Err(Error::SessionLost) => return None,
+            Err(err @ (Error::Unavailable | Error::Overloaded)) => {
+                tracing::warn!(session = shared.id, what, error = %err, "failed; retrying");
+                let delay = backoff.next_delay().min(CANCEL_RETRY_MAX);
+                tokio::select! {
+                    () = stopped(&mut stop) => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
             }
-            let policy = shared.client.unary_policy("ThreadExit", Some(&shared));
-            let result = shared
-                .mutate(policy, |mut c, header| async move {
-                    c.thread_exit(v1::ThreadExitRequest {
-                        header: Some(header),
-                        thread_id: thread,
-                    })
-                    .await
-                })
-                .await;
-            match result {
-                Ok(reply) => {
-                    tracing::debug!(
-                        session = shared.id,
-                        thread,
-                        error = reply.error,
-                        "thread exit applied"
-                    );
-                    let _ = done.send(());
-                    break;
-                }
-                Err(Error::SessionLost) => return,
-                Err(err @ (Error::Unavailable | Error::Overloaded)) => {
-                    tracing::warn!(session = shared.id, thread, error = %err, "ThreadExit failed; retrying");
-                    let delay = backoff.next_delay().min(CANCEL_RETRY_MAX);
-                    tokio::select! {
-                        () = stopped(&mut stop) => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(session = shared.id, thread, error = %err, "ThreadExit refused; giving up");
-                    break;
-                }
+            Err(err) => {
+                // A server of another version, a malformed request: retrying cannot help.
+                tracing::error!(session = shared.id, what, error = %err, "refused; giving up");
+                return None;
             }
         }
     }
