@@ -122,24 +122,6 @@ impl Dlockd {
         format!("http://{}", self.addr)
     }
 
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `signal` to the server (e.g. `SIGSTOP` to freeze it, `SIGCONT` to continue it).
-    pub fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.pid()).expect("pids fit pid_t");
-        // SAFETY: kill(2) on the child this struct spawned and has not reaped.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {signal}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-
     /// Kills the server with SIGKILL (no chance to flush or clean up) and reaps it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

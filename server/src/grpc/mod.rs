@@ -125,8 +125,8 @@ impl DlockService {
         }
     }
 
-    /// Registers a wait (or a signal-and-wait): its outcome if it ended at once, else
-    /// `pending`. Never blocks for the outcome: that is `AwaitWait`'s job, so that a blocked wait
+    /// Registers a wait (or a signal-and-wait), or cancels one: its outcome if it ended at
+    /// once, else `pending` (never for a cancel). Never blocks for the outcome: that is `AwaitWait`'s job, so that a blocked wait
     /// never holds back the client's acknowledgements.
     async fn wait(
         &self,
@@ -813,11 +813,9 @@ impl Dlock for DlockService {
         let req = request.into_inner();
         tracing::Span::current().record("wait_seq", req.wait_seq);
         let request = Request::CancelWait { wait: req.wait_seq };
-        match self.client(req.header, request).await? {
-            Reply::Wait(outcome) => Ok(Response::new(wait_reply(outcome))),
-            Reply::Error(code) => Ok(Response::new(wait_reply(WaitOutcome::Failed(code)))),
-            other => Err(unexpected(other)),
-        }
+        Ok(Response::new(
+            DlockService::wait(self, req.header, request).await?,
+        ))
     }
 
     #[instrument(skip_all)]
