@@ -89,11 +89,11 @@
 //!   chunks of [`transport::PeerLimits::chunk_bytes`] (any size up to the receiver's
 //!   [`transport::PeerLimits::message_bytes_max`], 8 GiB by default). The whole encoded
 //!   message is still held in memory on both sides, a few copies at a time.
-//! - Snapshots are still serialised ([`StateMachine::snapshot`]), stored in sled, and read
-//!   back for sending on the raft thread, which neither ticks nor answers meanwhile (logged
-//!   with their durations: for a 200 MB state, about 2.1 s to take and store it and 0.5 s to
-//!   read it for each send, debug build). A state of several GB can stall the leader for
-//!   longer than an election timeout.
+//! - A node's own snapshots are frozen on the raft thread ([`StateMachine::snapshot`] must be
+//!   cheap) and serialised and written to a file by a background thread; one build at a time.
+//!   A snapshot *received* from the leader is still written and restored on the raft thread of
+//!   the (lagging) node that installs it. The stored snapshot's envelope is kept in memory for
+//!   sending, so a node holds its state about twice.
 //! - Stores bootstrapped before the peer registry existed (snapshot at index 0) cannot add
 //!   members until they have taken their first snapshot and compacted the log.
 //! - A removed node learns of its removal only if it applies the conf change; the leader stops
@@ -125,8 +125,11 @@ pub trait StateMachine: Send + 'static {
     /// Apply the command committed at `index` (never called for empty entries); returns reply
     /// bytes for the proposer. Deterministic.
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
-    /// Serialise the whole state (called on the raft thread, between applies).
-    fn snapshot(&mut self) -> Vec<u8>;
+    /// Freeze the state as of the last applied command and return a job that serialises that
+    /// frozen copy. Called on the raft thread between applies, so it must be cheap (a
+    /// copy-on-write clone, an `Arc`): the job runs on a background thread while the raft
+    /// thread goes on applying, and must not see later commands.
+    fn snapshot(&mut self) -> SnapshotJob;
     /// Replace the whole state with a snapshot taken at `index`.
     ///
     /// # Errors
@@ -134,6 +137,9 @@ pub trait StateMachine: Send + 'static {
     /// A description of why `data` is not a valid snapshot; the node then stops (fails closed).
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String>;
 }
+
+/// Serialises a frozen copy of the state (see [`StateMachine::snapshot`]).
+pub type SnapshotJob = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// Outbound peer messages.
 pub trait Transport: Send + Sync + 'static {

@@ -50,6 +50,10 @@ const CONTROL_QUEUE_SLOTS: usize = 64;
 /// handles the Ready they produced (and so sends heartbeats and appends).
 const DRAIN_TIME_MAX: Duration = Duration::from_millis(10);
 
+/// Largest snapshot image (with its peer registry) that one raft message can carry: protobuf 2
+/// sizes messages with a `u32`, so this leaves room for the rest of the message.
+pub const SNAPSHOT_MESSAGE_BYTES_MAX: usize = (u32::MAX - 1024 * 1024) as usize;
+
 /// One pass of the raft thread's loop that takes longer than this is logged: followers may
 /// start an election meanwhile.
 const RAFT_THREAD_STALL_WARN: Duration = Duration::from_millis(250);
@@ -314,7 +318,7 @@ impl Node {
             storage.bootstrap_cluster(
                 ConfState::from((voters, Vec::new())),
                 &config.initial_cluster,
-                sm.snapshot(),
+                (sm.snapshot())(),
             )?;
             peers = config.initial_cluster.clone();
         }
@@ -426,6 +430,7 @@ impl Node {
             snapshots: 0,
             snapshots_sent: 0,
             snapshots_failed: 0,
+            snapshot_build: None,
         };
         worker.publish();
         let thread = std::thread::Builder::new()
@@ -790,6 +795,20 @@ struct Worker {
     snapshots: u64,
     snapshots_sent: u64,
     snapshots_failed: u64,
+    /// The snapshot being serialised and written by a background thread, if any.
+    snapshot_build: Option<SnapshotBuild>,
+}
+
+/// A snapshot of the state machine at `index` that a background thread is serialising and
+/// writing to its file; the raft thread records it (and compacts the log) once it is durable.
+struct SnapshotBuild {
+    index: u64,
+    /// The configuration and peer registry at `index`.
+    conf_state: ConfState,
+    peers: BTreeMap<u64, String>,
+    started: Instant,
+    /// The envelope written, how long serialising took, how long writing took.
+    thread: JoinHandle<Result<(bytes::Bytes, Duration, Duration), Error>>,
 }
 
 impl Worker {
@@ -820,6 +839,11 @@ impl Worker {
         };
         if error != Error::Stopped {
             *shared.fatal.lock().expect("fatal lock poisoned") = Some(error.clone());
+        }
+        if let Some(build) = self.snapshot_build.take() {
+            // The build holds the store's files and nothing else; let it finish so that a
+            // restart in this process finds no half-written file it would have to clean up.
+            let _ = build.thread.join();
         }
         shared.stop.store(true, Ordering::SeqCst);
         self.fail_everything(&error);
@@ -1373,6 +1397,38 @@ impl Worker {
                 "raft addressed a message to its own node"
             );
             let to = message.to;
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                // protobuf 2 sizes messages with a u32: a bigger one cannot be encoded.
+                let bytes = message.get_snapshot().get_data().len();
+                if bytes > SNAPSHOT_MESSAGE_BYTES_MAX {
+                    tracing::error!(
+                        to,
+                        bytes,
+                        max = SNAPSHOT_MESSAGE_BYTES_MAX,
+                        "snapshot too large for one raft message: the follower cannot catch up"
+                    );
+                    self.raw.report_snapshot(to, SnapshotStatus::Failure);
+                    continue;
+                }
+                // Encoding copies the whole snapshot: done off the raft thread. Raft sends this
+                // peer nothing else until the snapshot is reported delivered or failed.
+                let transport = self.transport.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("snapshot-send-{to}"))
+                    .spawn(move || match message.write_to_bytes() {
+                        Ok(bytes) => transport.send(to, bytes),
+                        // Unreachable in practice (the size was checked above, and the message
+                        // has no required fields); raft resends after the next election.
+                        Err(err) => {
+                            tracing::error!(to, error = %err, "cannot encode a snapshot message")
+                        }
+                    });
+                if let Err(err) = spawned {
+                    tracing::error!(to, error = %err, "cannot spawn a snapshot sender");
+                    self.raw.report_snapshot(to, SnapshotStatus::Failure);
+                }
+                continue;
+            }
             match message.write_to_bytes() {
                 Ok(bytes) => self.transport.send(to, bytes),
                 Err(err) => {
@@ -1624,27 +1680,102 @@ impl Worker {
         let _ = proposal.reply.send(result);
     }
 
-    /// Stores a snapshot and compacts the log every `snapshot_interval_entries` applied
-    /// entries, or when raft asked for a snapshot newer than the stored one.
+    /// Takes a snapshot every `snapshot_interval_entries` applied entries, or when raft asked
+    /// for one newer than the stored one, and records it once built.
+    ///
+    /// The raft thread only freezes the state machine ([`StateMachine::snapshot`], a cheap
+    /// copy-on-write clone); a background thread serialises the frozen copy and writes it to
+    /// its file, and a later pass of the loop records it in the store and compacts the log. So
+    /// the raft thread never serialises or writes a snapshot of its own state, whatever its
+    /// size. One build at a time.
     fn maybe_snapshot(&mut self) -> Result<(), Error> {
+        if let Some(build) = &self.snapshot_build {
+            if !build.thread.is_finished() {
+                return Ok(());
+            }
+            let build = self.snapshot_build.take().expect("checked above");
+            self.record_snapshot(build)?;
+        }
         let stored = self.raw.store().snapshot_metadata().index;
-        let wanted = self.raw.store().take_snapshot_wanted();
         if self.applied <= stored {
             return Ok(());
         }
+        // Consumed whenever no build runs, so a request satisfied by this build does not start
+        // another one right after it.
+        let wanted = self.raw.store().take_snapshot_wanted();
         if self.applied - stored < self.snapshot_interval_entries && !wanted {
             return Ok(());
         }
         let started = Instant::now();
-        let data = self.sm.snapshot();
-        let serialised = started.elapsed();
-        let bytes = data.len();
+        let job = self.sm.snapshot();
         let index = self.applied;
-        let compact_to = index.saturating_sub(self.log_tail_entries) + 1;
-        let conf_state = self.conf_state.clone();
+        let peers = self.peers.clone();
+        let files = self.raw.store().snapshot_files();
+        let envelope_peers = peers.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("snapshot-{}", self.id))
+            .spawn(move || {
+                let began = Instant::now();
+                let image = job();
+                let serialised = began.elapsed();
+                let envelope =
+                    bytes::Bytes::from(storage::encode_snapshot_data(&envelope_peers, &image));
+                drop(image);
+                let began = Instant::now();
+                files.write(index, &envelope)?;
+                Ok((envelope, serialised, began.elapsed()))
+            })
+            .map_err(|e| Error::Storage(format!("spawn snapshot thread: {e}")))?;
+        tracing::debug!(
+            index,
+            freeze_us = started.elapsed().as_micros() as u64,
+            "snapshot frozen, building in the background"
+        );
+        self.snapshot_build = Some(SnapshotBuild {
+            index,
+            conf_state: self.conf_state.clone(),
+            peers,
+            started,
+            thread,
+        });
+        Ok(())
+    }
+
+    /// Records a finished background build and compacts the log behind it. A build that a
+    /// snapshot from the leader overtook meanwhile is dropped (its file with it).
+    fn record_snapshot(&mut self, build: SnapshotBuild) -> Result<(), Error> {
+        let SnapshotBuild {
+            index,
+            conf_state,
+            peers,
+            started,
+            thread,
+        } = build;
+        let (envelope, serialised, written) = match thread.join() {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::StateMachine(format!(
+                    "the snapshot build at index {index} panicked"
+                )));
+            }
+        };
+        let bytes = envelope.len();
         let store = self.raw.mut_store();
+        if index <= store.snapshot_metadata().index {
+            tracing::info!(
+                index,
+                stored = store.snapshot_metadata().index,
+                "dropping a snapshot build overtaken by a snapshot from the leader"
+            );
+            store
+                .snapshot_files()
+                .remove_stale(index, store.snapshot_metadata().index);
+            return Ok(());
+        }
+        let recording = Instant::now();
+        let compact_to = index.saturating_sub(self.log_tail_entries) + 1;
         let mut batch = sled::Batch::default();
-        store.create_snapshot(&mut batch, index, conf_state, &self.peers, data)?;
+        store.record_snapshot(&mut batch, index, conf_state, &peers, envelope)?;
         store.compact(&mut batch, compact_to)?;
         store.write(batch, true)?;
         self.flushes += 1;
@@ -1654,8 +1785,10 @@ impl Worker {
             bytes,
             first_index = compact_to,
             serialise_ms = serialised.as_millis() as u64,
+            write_ms = written.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
-            "snapshot stored, log compacted (raft thread busy for total_ms)"
+            record_ms = recording.elapsed().as_millis() as u64,
+            "snapshot stored, log compacted (the raft thread was busy only for record_ms)"
         );
         Ok(())
     }

@@ -12,12 +12,24 @@
 //! | `hs` | `eraftpb::HardState` |
 //! | `cs` | `eraftpb::ConfState` as of the stored snapshot (equal to the one in `snap_meta`) |
 //! | `snap_meta` | `eraftpb::SnapshotMetadata` of the stored snapshot |
-//! | `snap_data` | the state machine image of the stored snapshot |
 //! | `snap_peers` | the peer address registry as of the stored snapshot ([`encode_peers`]) |
 //! | `trunc` | `be_u64(index) ‖ be_u64(term)` of the last entry removed from the log |
 //!
 //! Keys are big-endian so that sled's lexicographic order is numeric order. The metadata keys
 //! begin with ASCII letters, so they never fall inside the entry range `0x01 ‖ …`.
+//!
+//! # Snapshot files
+//!
+//! The snapshot itself is not in sled: it is a file `<dir>/snapshots/<index>.snap` holding the
+//! wire envelope ([`encode_snapshot_data`]: peer registry ‖ state machine image) written by
+//! [`SnapshotFiles::write`] (temporary file, fsync, rename, fsync of the directory). A state of
+//! a few hundred MB would otherwise be one sled value: sled keeps such values in memory and its
+//! flush writes them out, so the raft thread's next per-`Ready` flush would pay for it. The
+//! file is written *before* the metadata that names it (`snap_meta`) is committed, so a crash
+//! in between leaves only an orphan file, removed at the next open; a file is removed only
+//! after metadata naming a newer one is durable. The raft thread writes files only for
+//! snapshots received from a leader; its own snapshots are serialised and written by a
+//! background thread, and the raft thread then records them with [`SledStorage::record_snapshot`].
 //!
 //! # Why the conf state is stored only with snapshots
 //!
@@ -52,8 +64,12 @@
 //! node stops (fails closed), so caches that ran ahead of the disk are never observed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -69,7 +85,6 @@ const ENTRY_PREFIX: u8 = 0x01;
 const KEY_HARD_STATE: &[u8] = b"hs";
 const KEY_CONF_STATE: &[u8] = b"cs";
 const KEY_SNAP_META: &[u8] = b"snap_meta";
-const KEY_SNAP_DATA: &[u8] = b"snap_data";
 const KEY_TRUNCATED: &[u8] = b"trunc";
 const KEY_SNAP_PEERS: &[u8] = b"snap_peers";
 
@@ -202,6 +217,104 @@ pub struct SledStorage {
     /// back from sled and decoding them each time kept a leader's raft thread busy for seconds
     /// when a thawed follower's backlog of responses arrived.
     cache: std::collections::VecDeque<Entry>,
+    /// Where snapshot images live (see the module docs).
+    files: SnapshotFiles,
+    /// The stored snapshot's envelope, once read or written, so that sending it to a lagging
+    /// follower costs no disk read and no copy on the raft thread.
+    envelope: Mutex<Option<Bytes>>,
+    /// Snapshot files to delete once the metadata that replaced them is durable.
+    obsolete: Vec<u64>,
+}
+
+/// The directory of snapshot files inside the store's directory.
+const SNAPSHOT_DIR: &str = "snapshots";
+
+/// The snapshot files of one store (see the module docs): cheap to clone, usable from any
+/// thread, so that a background thread can write a snapshot while the raft thread goes on.
+#[derive(Debug, Clone)]
+pub struct SnapshotFiles {
+    dir: PathBuf,
+}
+
+impl SnapshotFiles {
+    fn open(store_dir: &Path) -> Result<Self, Error> {
+        let dir = store_dir.join(SNAPSHOT_DIR);
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| storage_err(&format!("create {}", dir.display()), e))?;
+            // The new directory's entry must be durable before any file in it is relied on.
+            std::fs::File::open(store_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| storage_err(&format!("fsync {}", store_dir.display()), e))?;
+        }
+        Ok(SnapshotFiles { dir })
+    }
+
+    fn path(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("{index:020}.snap"))
+    }
+
+    /// Writes `envelope` as the snapshot file for `index` and makes it durable: a temporary
+    /// file, fsync, rename, fsync of the directory. Replaces an existing file for `index`.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` for any I/O failure (the caller must not record the snapshot).
+    pub fn write(&self, index: u64, envelope: &[u8]) -> Result<(), Error> {
+        let path = self.path(index);
+        let tmp = path.with_extension("tmp");
+        let fail =
+            |what: &str, e: std::io::Error| storage_err(&format!("{what} {}", tmp.display()), e);
+        let mut file = std::fs::File::create(&tmp).map_err(|e| fail("create", e))?;
+        file.write_all(envelope).map_err(|e| fail("write", e))?;
+        file.sync_all().map_err(|e| fail("fsync", e))?;
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(|e| fail("rename", e))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| storage_err(&format!("fsync {}", self.dir.display()), e))?;
+        Ok(())
+    }
+
+    fn read(&self, index: u64) -> Result<Vec<u8>, Error> {
+        let path = self.path(index);
+        std::fs::read(&path).map_err(|e| storage_err(&format!("read {}", path.display()), e))
+    }
+
+    /// Removes the file for `index` (best effort: a leftover file is removed at the next open).
+    fn remove(&self, index: u64) {
+        let path = self.path(index);
+        if let Err(err) = std::fs::remove_file(&path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove an old snapshot file");
+        }
+    }
+
+    /// Removes the file for `index` unless it is `stored`, the one the metadata names.
+    pub fn remove_stale(&self, index: u64, stored: u64) {
+        if index != stored {
+            self.remove(index);
+        }
+    }
+
+    /// Removes every file but the one for `keep` (orphans of a crash, temporaries).
+    fn remove_all_but(&self, keep: u64) -> Result<(), Error> {
+        let keep = self.path(keep);
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| storage_err(&format!("list {}", self.dir.display()), e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| storage_err(&format!("list {}", self.dir.display()), e))?
+                .path();
+            if path != keep && path.is_file() {
+                tracing::info!(path = %path.display(), "removing a snapshot file no metadata names");
+                std::fs::remove_file(&path)
+                    .map_err(|e| storage_err(&format!("remove {}", path.display()), e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Most entries kept decoded in [`SledStorage`]'s cache of recent entries.
@@ -318,6 +431,17 @@ impl SledStorage {
             snapshot_meta.index
         );
 
+        let files = SnapshotFiles::open(dir)?;
+        if snapshot_meta.index > 0 && !files.path(snapshot_meta.index).is_file() {
+            return Err(Error::Storage(format!(
+                "the stored snapshot at index {} has no file {} (a store written by an older \
+                 dlock keeps it inside sled: start from an empty data directory)",
+                snapshot_meta.index,
+                files.path(snapshot_meta.index).display()
+            )));
+        }
+        files.remove_all_but(snapshot_meta.index)?;
+
         Ok(SledStorage {
             db,
             tree,
@@ -331,6 +455,9 @@ impl SledStorage {
             last_term,
             snapshot_wanted: AtomicBool::new(false),
             cache: std::collections::VecDeque::new(),
+            files,
+            envelope: Mutex::new(None),
+            obsolete: Vec::new(),
         })
     }
 
@@ -421,17 +548,31 @@ impl SledStorage {
     ///
     /// # Errors
     ///
-    /// `Error::Storage` if sled fails.
+    /// `Error::Storage` if the file cannot be read or is not a snapshot envelope.
     pub fn snapshot_data(&self) -> Result<Option<Vec<u8>>, Error> {
         if self.snapshot_meta.index == 0 {
             return Ok(None);
         }
-        let data = self
-            .tree
-            .get(KEY_SNAP_DATA)
-            .map_err(|e| storage_err("read snapshot data", e))?
-            .ok_or_else(|| Error::Storage("snapshot metadata without data".into()))?;
-        Ok(Some(data.to_vec()))
+        let envelope = self.stored_envelope()?;
+        let (_, image) = decode_snapshot_data(&envelope)
+            .map_err(|e| Error::Storage(format!("stored snapshot: {e}")))?;
+        Ok(Some(image.to_vec()))
+    }
+
+    /// The stored snapshot's envelope, read from its file once and then kept in memory.
+    fn stored_envelope(&self) -> Result<Bytes, Error> {
+        let mut cached = self.envelope.lock().expect("envelope lock poisoned");
+        if let Some(envelope) = &*cached {
+            return Ok(envelope.clone());
+        }
+        let envelope = Bytes::from(self.files.read(self.snapshot_meta.index)?);
+        *cached = Some(envelope.clone());
+        Ok(envelope)
+    }
+
+    /// The snapshot files of this store, for a background thread that writes one.
+    pub fn snapshot_files(&self) -> SnapshotFiles {
+        self.files.clone()
     }
 
     /// Index of the first entry still in the log.
@@ -615,14 +756,49 @@ impl SledStorage {
             "snapshot at {index} is past the last entry {}",
             self.last_index
         );
+        let envelope = Bytes::from(encode_snapshot_data(peers, &data));
+        self.files.write(index, &envelope)?;
+        self.record_snapshot(batch, index, conf_state, peers, envelope)
+    }
+
+    /// Stages recording a snapshot taken at `index` whose envelope ([`encode_snapshot_data`]
+    /// of `peers` and the image) is already durable in its file ([`SnapshotFiles::write`]),
+    /// with the configuration and peer registry in force at `index`. The file of the snapshot
+    /// it replaces is removed once this is durable.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not newer than the stored snapshot, or is past the last entry.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled fails.
+    pub fn record_snapshot(
+        &mut self,
+        batch: &mut sled::Batch,
+        index: u64,
+        conf_state: ConfState,
+        peers: &BTreeMap<u64, String>,
+        envelope: Bytes,
+    ) -> Result<(), Error> {
+        assert!(
+            index > self.snapshot_meta.index,
+            "snapshot at {index} is not newer than the stored one at {}",
+            self.snapshot_meta.index
+        );
+        assert!(
+            index <= self.last_index,
+            "snapshot at {index} is past the last entry {}",
+            self.last_index
+        );
         let term = self
             .term_of(index)
             .map_err(|e| storage_err("snapshot term", e))?;
-        let mut snapshot = Snapshot::default();
-        snapshot.set_data(data.into());
-        let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(conf_state);
         if self.hard_state.commit < index {
             // Keep the invariant commit >= snapshot index durable together with the snapshot.
@@ -630,9 +806,11 @@ impl SledStorage {
             hs.commit = index;
             self.set_hard_state(batch, hs)?;
         }
-        self.stage_snapshot(batch, &snapshot, peers)
+        self.stage_metadata(batch, meta, peers, Some(envelope))
     }
 
+    /// Writes the file of `snapshot` (its data is the state machine image) now and stages its
+    /// metadata (bootstrap, and snapshots received from the leader).
     fn stage_snapshot(
         &mut self,
         batch: &mut sled::Batch,
@@ -640,13 +818,33 @@ impl SledStorage {
         peers: &BTreeMap<u64, String>,
     ) -> Result<(), Error> {
         let meta = snapshot.get_metadata();
-        batch.insert(KEY_SNAP_META, encode("snapshot metadata", meta)?);
+        let envelope = if meta.index > 0 {
+            let envelope = Bytes::from(encode_snapshot_data(peers, snapshot.get_data()));
+            self.files.write(meta.index, &envelope)?;
+            Some(envelope)
+        } else {
+            None
+        };
+        self.stage_metadata(batch, meta.clone(), peers, envelope)
+    }
+
+    fn stage_metadata(
+        &mut self,
+        batch: &mut sled::Batch,
+        meta: SnapshotMetadata,
+        peers: &BTreeMap<u64, String>,
+        envelope: Option<Bytes>,
+    ) -> Result<(), Error> {
+        batch.insert(KEY_SNAP_META, encode("snapshot metadata", &meta)?);
         batch.insert(KEY_CONF_STATE, encode("conf state", meta.get_conf_state())?);
-        batch.insert(KEY_SNAP_DATA, snapshot.get_data().to_vec());
         batch.insert(KEY_SNAP_PEERS, encode_peers(peers));
+        if self.snapshot_meta.index > 0 && self.snapshot_meta.index != meta.index {
+            self.obsolete.push(self.snapshot_meta.index);
+        }
         self.conf_state = meta.get_conf_state().clone();
-        self.snapshot_meta = meta.clone();
+        self.snapshot_meta = meta;
         self.snapshot_peers = peers.clone();
+        *self.envelope.lock().expect("envelope lock poisoned") = envelope;
         Ok(())
     }
 
@@ -706,6 +904,9 @@ impl SledStorage {
             .map_err(|e| storage_err("apply batch", e))?;
         if sync {
             self.db.flush().map_err(|e| storage_err("flush", e))?;
+            for index in self.obsolete.drain(..) {
+                self.files.remove(index);
+            }
         }
         Ok(())
     }
@@ -842,20 +1043,17 @@ impl raft::Storage for SledStorage {
             ));
         }
         let started = std::time::Instant::now();
-        let data = self
-            .snapshot_data()
-            .map_err(raft_other)?
-            .expect("snapshot past index 0 has data");
+        let envelope = self.stored_envelope().map_err(raft_other)?;
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(self.snapshot_meta.clone());
-        snapshot.set_data(encode_snapshot_data(&self.snapshot_peers, &data).into());
         tracing::info!(
             index = self.snapshot_meta.index,
             to,
-            bytes = data.len(),
+            bytes = envelope.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "stored snapshot read for sending"
+            "stored snapshot handed to raft for sending"
         );
+        snapshot.set_data(envelope);
         Ok(snapshot)
     }
 }

@@ -213,3 +213,109 @@ async fn rejects_bad_input_and_config() {
     assert!(!Error::Stopped.is_retryable());
     node.shutdown();
 }
+
+/// A state machine counting applies whose snapshot jobs block until the test opens a gate.
+struct GatedSnapshotSm {
+    applied: Arc<std::sync::atomic::AtomicU64>,
+    jobs_started: std::sync::mpsc::Sender<()>,
+    gate: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl dlock_cluster::StateMachine for GatedSnapshotSm {
+    fn apply(&mut self, _index: u64, _command: &[u8]) -> Vec<u8> {
+        self.applied
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Vec::new()
+    }
+
+    fn snapshot(&mut self) -> dlock_cluster::SnapshotJob {
+        let count = self.applied.load(std::sync::atomic::Ordering::SeqCst);
+        let started = self.jobs_started.clone();
+        let gate = self.gate.clone();
+        Box::new(move || {
+            // The image of the empty machine (bootstrap) is not gated.
+            if count > 0 {
+                let _ = started.send(());
+                let _ = gate.lock().unwrap().recv();
+            }
+            count.to_be_bytes().to_vec()
+        })
+    }
+
+    fn restore(&mut self, _index: u64, data: &[u8]) -> Result<(), String> {
+        let count = u64::from_be_bytes(data.try_into().map_err(|_| "bad image")?);
+        self.applied
+            .store(count, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A snapshot whose serialisation never finishes does not stop the node: it keeps committing
+/// and applying while the build is stuck (the state machine is only frozen on the raft thread,
+/// and serialised and written by a background thread), and records the snapshot and compacts
+/// the log once the build finishes. Before, the raft thread serialised the snapshot itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_snapshot_build_does_not_stop_the_raft_thread() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dlock_cluster::Config {
+            snapshot_interval_entries: 20,
+            log_tail_entries: 5,
+            ..config(dir.path())
+        };
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+        let sm = GatedSnapshotSm {
+            applied: Arc::default(),
+            jobs_started: started_tx,
+            gate: Arc::new(std::sync::Mutex::new(gate_rx)),
+        };
+        let node = Node::start(cfg, Box::new(sm), Arc::new(NoTransport)).expect("start node");
+        // Dropped before the node, also when an assertion fails: the node's drop waits for the
+        // build, which waits for the gate.
+        let gate_tx = Some(gate_tx);
+        node.leadership()
+            .wait_for(|l| l.is_leader)
+            .await
+            .expect("leadership watch closed");
+        for i in 0..25 {
+            node.propose(format!("a{i}").into_bytes()).await.unwrap();
+        }
+        let started_rx = tokio::task::spawn_blocking(move || {
+            started_rx.recv().expect("a snapshot build started");
+            started_rx
+        })
+        .await
+        .unwrap();
+        let before = node.status();
+        // The build is stuck in the gate: 100 more commands still commit and apply (a proposal
+        // returns once applied).
+        for i in 0..100 {
+            node.propose(format!("b{i}").into_bytes()).await.unwrap();
+        }
+        let during = node.status();
+        assert_eq!(
+            during.snapshots, before.snapshots,
+            "the stuck build is not recorded"
+        );
+        gate_tx.as_ref().unwrap().send(()).unwrap();
+        // Once it finishes it is recorded and the log compacted behind it; a later build
+        // (also gated) starts.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while node.status().snapshots == before.snapshots {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the build was never recorded"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let after = node.status();
+        assert!(after.snapshot_index >= 20, "{after:?}");
+        assert_eq!(after.first_index, after.snapshot_index - 5 + 1, "{after:?}");
+        // Let every later build through, then stop.
+        drop(gate_tx);
+        drop(started_rx);
+        node.shutdown();
+    })
+    .await;
+}

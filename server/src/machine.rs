@@ -244,8 +244,11 @@ impl StateMachine for Machine {
         encode(&out.reply.unwrap_or(Reply::Done))
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        lock(&self.shared.ns).snapshot()
+    /// The namespace's maps are persistent (`imbl`): the clone is O(1) and shares structure
+    /// with the live namespace, which copies what it changes from then on.
+    fn snapshot(&mut self) -> dlock_cluster::SnapshotJob {
+        let frozen = lock(&self.shared.ns).clone();
+        Box::new(move || frozen.snapshot())
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {

@@ -12,8 +12,9 @@ impl StateMachine for Counter {
         self.0 += 1;
         self.0.to_be_bytes().to_vec()
     }
-    fn snapshot(&mut self) -> Vec<u8> {
-        self.0.to_be_bytes().to_vec()
+    fn snapshot(&mut self) -> dlock_cluster::SnapshotJob {
+        let image = self.0.to_be_bytes().to_vec();
+        Box::new(move || image)
     }
     fn restore(&mut self, _index: u64, data: &[u8]) -> Result<(), String> {
         self.0 = u64::from_be_bytes(data.try_into().map_err(|_| "bad snapshot".to_string())?);

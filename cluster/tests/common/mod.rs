@@ -32,15 +32,18 @@ impl StateMachine for ListSm {
         format!("{index}:{}", state.commands.len()).into_bytes()
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        let state = self.state.lock().unwrap();
-        let mut out = Vec::new();
-        for (index, command) in &state.commands {
-            out.extend_from_slice(&index.to_be_bytes());
-            out.extend_from_slice(&(command.len() as u32).to_be_bytes());
-            out.extend_from_slice(command);
-        }
-        out
+    fn snapshot(&mut self) -> dlock_cluster::SnapshotJob {
+        // A plain copy: the test states are small.
+        let commands = self.state.lock().unwrap().commands.clone();
+        Box::new(move || {
+            let mut out = Vec::new();
+            for (index, command) in &commands {
+                out.extend_from_slice(&index.to_be_bytes());
+                out.extend_from_slice(&(command.len() as u32).to_be_bytes());
+                out.extend_from_slice(command);
+            }
+            out
+        })
     }
 
     fn restore(&mut self, _index: u64, mut data: &[u8]) -> Result<(), String> {

@@ -157,6 +157,8 @@ pub mod win32;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use imbl::OrdMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use names::{GLOBAL_PREFIX, LOCAL_PREFIX, create_name_key, name_key, open_name_key};
@@ -182,10 +184,19 @@ pub const SESSIONS_MAX: usize = 10_000;
 pub const OBJECTS_MAX: usize = 100_000;
 /// Most open handles per session. At the limit create and open reply `Error(1450)`.
 pub const HANDLES_PER_SESSION_MAX: usize = 16_384;
+/// Most open handles at once, cluster-wide. At the limit create and open reply `Error(1450)`.
+/// With [`WAITS_MAX`] it bounds the state, and so every snapshot: see
+/// [`STATE_IMAGE_BYTES_MAX`].
+pub const HANDLES_MAX: usize = 1_000_000;
 /// Most pending (queued) waits plus ended waits whose outcome the client has not acknowledged
 /// yet, per session. At the limit a wait that would have to queue replies `Wait(Failed(1450))`;
 /// a wait satisfiable at once, or a poll, still succeeds.
 pub const WAITS_PER_SESSION_MAX: usize = 1_024;
+/// Most pending (queued) waits plus wait outcomes the clients have not acknowledged yet (those
+/// granted at once included: they are kept until the reply is acknowledged), cluster-wide. At
+/// the limit a wait that would queue or be granted replies `Wait(Failed(1450))` and nothing
+/// changes (a poll that finds nothing still times out).
+pub const WAITS_MAX: usize = 100_000;
 /// Most pending waits queued on one object. At the limit a wait that would have to queue on it
 /// replies `Wait(Failed(1450))`.
 pub const WAITERS_PER_OBJECT_MAX: usize = 1_024;
@@ -193,10 +204,20 @@ pub const WAITERS_PER_OBJECT_MAX: usize = 1_024;
 /// `Reply::TooManyPending` and is not executed (except the oldest one in flight); the client
 /// must acknowledge replies (`ack_below`) to make room.
 pub const REPLIES_PER_SESSION_MAX: usize = 1_024;
+/// Most recorded replies (dedupe tables) of all sessions together. At the limit a new request
+/// gets `Reply::TooManyPending` and is not executed, except each session's oldest request in
+/// flight, as at the per-session limit.
+pub const REPLIES_MAX: usize = 1_000_000;
 /// Longest `OpenSession::client_name`, in bytes. Longer names get `Error(87)` and no session.
 pub const CLIENT_NAME_MAX_BYTES: usize = 256;
 /// The first byte of every snapshot; [`Namespace::restore`] refuses any other.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
+/// The largest namespace image ([`Namespace::snapshot`]) the default limits allow: every
+/// limit reached at once with the largest item of each kind (longest names, 64-object waits,
+/// 64-object grants), as built by the test `the_largest_state_fits_its_bound`. A node that
+/// lost its data catches up from a snapshot of this size; the cluster crate's test
+/// `a_wiped_node_catches_up_from_a_snapshot_of_the_largest_state` sends one of this size.
+pub const STATE_IMAGE_BYTES_MAX: usize = 320 << 20;
 
 /// The resource limits in force. They are part of the replicated state (every replica must
 /// refuse the same commands), fixed when the namespace is made.
@@ -208,12 +229,18 @@ pub struct Limits {
     pub objects_max: usize,
     /// See [`HANDLES_PER_SESSION_MAX`].
     pub handles_per_session_max: usize,
+    /// See [`HANDLES_MAX`].
+    pub handles_max: usize,
     /// See [`WAITS_PER_SESSION_MAX`].
     pub waits_per_session_max: usize,
+    /// See [`WAITS_MAX`].
+    pub waits_max: usize,
     /// See [`WAITERS_PER_OBJECT_MAX`].
     pub waiters_per_object_max: usize,
     /// See [`REPLIES_PER_SESSION_MAX`].
     pub replies_per_session_max: usize,
+    /// See [`REPLIES_MAX`].
+    pub replies_max: usize,
 }
 
 impl Default for Limits {
@@ -222,9 +249,12 @@ impl Default for Limits {
             sessions_max: SESSIONS_MAX,
             objects_max: OBJECTS_MAX,
             handles_per_session_max: HANDLES_PER_SESSION_MAX,
+            handles_max: HANDLES_MAX,
             waits_per_session_max: WAITS_PER_SESSION_MAX,
+            waits_max: WAITS_MAX,
             waiters_per_object_max: WAITERS_PER_OBJECT_MAX,
             replies_per_session_max: REPLIES_PER_SESSION_MAX,
+            replies_max: REPLIES_MAX,
         }
     }
 }
@@ -284,22 +314,32 @@ pub struct Namespace {
     /// The last object id handed out.
     last_object_id: ObjectId,
     /// Sessions by id.
-    sessions: BTreeMap<SessionId, Session>,
+    sessions: OrdMap<SessionId, Session>,
     /// Handles by id.
-    handles: BTreeMap<HandleId, Handle>,
+    handles: OrdMap<HandleId, Handle>,
     /// Objects by id.
-    objects: BTreeMap<ObjectId, Object>,
-    /// Name (namespace key) → object.
-    names: BTreeMap<String, ObjectId>,
+    objects: OrdMap<ObjectId, Object>,
+    /// Name (namespace key) → object: an index over `objects` (not part of snapshots, where it
+    /// would double the largest part of the largest state; rebuilt by `restore`).
+    #[serde(skip)]
+    names: OrdMap<String, ObjectId>,
     /// Pending waits by `(session, seq)`.
-    waits: BTreeMap<WaitKey, Wait>,
+    waits: OrdMap<WaitKey, Wait>,
     /// Watched time: the sum of every checkpoint's `elapsed_ms` (see `Command::Checkpoint`).
     watched_ms: u64,
     /// Owned mutexes by owning session, each with its owning thread: an index over `objects`
     /// (not part of snapshots; rebuilt by `restore`) so that a thread exit or a session end
     /// costs what the owner holds, not a scan of every object.
     #[serde(skip)]
-    owned: BTreeMap<SessionId, BTreeMap<ObjectId, ThreadId>>,
+    owned: OrdMap<SessionId, BTreeMap<ObjectId, ThreadId>>,
+    /// Wait outcomes not acknowledged yet, all sessions together: with `waits`, what
+    /// [`WAITS_MAX`] bounds. Not part of snapshots; recounted by `restore`.
+    #[serde(skip)]
+    outcomes_total: usize,
+    /// Recorded replies, all sessions together: what [`REPLIES_MAX`] bounds. Not part of
+    /// snapshots; recounted by `restore`.
+    #[serde(skip)]
+    replies_total: usize,
 }
 
 impl Default for Namespace {
@@ -321,13 +361,15 @@ impl Namespace {
             applied_index: 0,
             last_handle_id: 0,
             last_object_id: 0,
-            sessions: BTreeMap::new(),
-            handles: BTreeMap::new(),
-            objects: BTreeMap::new(),
-            names: BTreeMap::new(),
-            waits: BTreeMap::new(),
+            sessions: OrdMap::new(),
+            handles: OrdMap::new(),
+            objects: OrdMap::new(),
+            names: OrdMap::new(),
+            waits: OrdMap::new(),
             watched_ms: 0,
-            owned: BTreeMap::new(),
+            owned: OrdMap::new(),
+            outcomes_total: 0,
+            replies_total: 0,
         }
     }
 
@@ -530,6 +572,13 @@ impl Namespace {
             return Err(NamespaceError::TrailingBytes(trailing.len()));
         }
         namespace.owned = namespace.owner_index();
+        namespace.names = namespace
+            .objects
+            .iter()
+            .filter_map(|(id, object)| object.name.clone().map(|name| (name, *id)))
+            .collect();
+        namespace.outcomes_total = namespace.count_outcomes();
+        namespace.replies_total = namespace.count_replies();
         namespace.verify().map_err(NamespaceError::Inconsistent)?;
         Ok(namespace)
     }
@@ -584,6 +633,8 @@ impl Namespace {
             .sessions
             .remove(&id)
             .expect("the ending session exists");
+        self.outcomes_total -= session.outcomes.len();
+        self.replies_total -= session.replies.len();
         assert!(
             session.handles.is_empty(),
             "session {id} ended with open handles"
@@ -617,7 +668,9 @@ impl Namespace {
         };
         // The client has these outcomes: forget them (idempotent, so also on a retry).
         for done in waits_done.iter().take(self.limits.waits_per_session_max) {
-            session.outcomes.remove(done);
+            if session.outcomes.remove(done).is_some() {
+                self.outcomes_total -= 1;
+            }
         }
         if let Some(reply) = session.replies.get(&seq) {
             // A retried registration of a wait that has ended since gets the outcome.
@@ -633,22 +686,31 @@ impl Namespace {
             return Reply::Error(ERROR_INVALID_PARAMETER);
         }
         session.acked_below = floor;
+        let (replies, outcomes) = (session.replies.len(), session.outcomes.len());
         session.replies.retain(|s, _| *s >= floor);
         // A grant made at once is received with its reply, so it goes with the reply.
         session.outcomes.retain(|s, o| *s >= floor || !o.immediate);
+        self.replies_total -= replies - session.replies.len();
+        self.outcomes_total -= outcomes - session.outcomes.len();
         // The oldest request in flight is always admitted (so the floor can always advance, and
         // the table exceeds the limit by at most one); a CancelWait, which may hold a wait's
         // number in flight below everything else, gets a wider bound.
-        let limit = match request {
-            Request::CancelWait { .. } => replies_max + self.limits.waits_per_session_max,
-            _ => replies_max,
+        // A CancelWait may record two replies (its own and the one barring a registration that
+        // has not arrived), so it needs two free slots of the cluster-wide bound.
+        let (limit, needed) = match request {
+            Request::CancelWait { .. } => (replies_max + self.limits.waits_per_session_max, 2),
+            _ => (replies_max, 1),
         };
-        if session.replies.len() >= limit && seq > floor {
+        let full =
+            session.replies.len() >= limit || self.replies_total + needed > self.limits.replies_max;
+        if full && seq > floor {
             return Reply::TooManyPending;
         }
         let reply = self.execute(index, id, seq, now, request, resolved);
-        if let Some(session) = self.sessions.get_mut(&id) {
-            session.replies.insert(seq, reply.clone());
+        if let Some(session) = self.sessions.get_mut(&id)
+            && session.replies.insert(seq, reply.clone()).is_none()
+        {
+            self.replies_total += 1;
         }
         reply
     }
@@ -669,6 +731,7 @@ impl Namespace {
             .get_mut(&session)
             .expect("the requesting session exists");
         if let Some(outcome) = s.outcomes.remove(&wait) {
+            self.outcomes_total -= 1;
             self.give_back(index, session, &outcome, resolved);
             return Reply::Wait(outcome.outcome);
         }
@@ -681,6 +744,7 @@ impl Namespace {
             None => {
                 // Never registered (yet): bar a registration still on its way.
                 s.replies.insert(wait, Reply::Wait(WaitOutcome::TimedOut));
+                self.replies_total += 1;
                 Reply::Wait(WaitOutcome::TimedOut)
             }
         }
@@ -845,6 +909,12 @@ impl Namespace {
                     Err(code) => Reply::Wait(WaitOutcome::Failed(code)),
                 }
             }
+            // A wait is cancelled by a later request: a cancel that names its own or a later
+            // number could bar registrations no client will ever send, one reply each, past
+            // every bound.
+            Request::CancelWait { wait } if *wait >= seq => {
+                Reply::Wait(WaitOutcome::Failed(ERROR_INVALID_PARAMETER))
+            }
             Request::CancelWait { wait } => self.cancel_wait(index, session, *wait, resolved),
             Request::ThreadExit { thread } => {
                 let seqs: Vec<Seq> = self
@@ -1007,6 +1077,7 @@ impl Namespace {
         self.sessions
             .get(&session)
             .is_some_and(|s| s.handles.len() < self.limits.handles_per_session_max)
+            && self.handles.len() < self.limits.handles_max
     }
 
     fn new_handle(&mut self, session: SessionId, object: ObjectId, access: u32) -> HandleId {
@@ -1094,8 +1165,16 @@ impl Namespace {
     }
 
     /// The owner index as the objects say it should be (for `restore` and `verify`).
-    fn owner_index(&self) -> BTreeMap<SessionId, BTreeMap<ObjectId, ThreadId>> {
-        let mut index: BTreeMap<SessionId, BTreeMap<ObjectId, ThreadId>> = BTreeMap::new();
+    fn count_outcomes(&self) -> usize {
+        self.sessions.values().map(|s| s.outcomes.len()).sum()
+    }
+
+    fn count_replies(&self) -> usize {
+        self.sessions.values().map(|s| s.replies.len()).sum()
+    }
+
+    fn owner_index(&self) -> OrdMap<SessionId, BTreeMap<ObjectId, ThreadId>> {
+        let mut index: OrdMap<SessionId, BTreeMap<ObjectId, ThreadId>> = OrdMap::new();
         for (id, object) in &self.objects {
             if let ObjectData::Mutex(MutexData {
                 owner: Some((session, thread)),
@@ -1280,6 +1359,10 @@ impl Namespace {
                 Reply::WaitPending
             }
             ready => {
+                // The grant's record counts against the cluster-wide bound (not the session's).
+                if self.waits.len() + self.outcomes_total >= self.limits.waits_max {
+                    return Reply::Wait(WaitOutcome::Failed(ERROR_NO_SYSTEM_RESOURCES));
+                }
                 let (outcome, acquired) = self.grant(index, owner, &wait.objects, ready);
                 let record = Outcome {
                     outcome,
@@ -1287,11 +1370,14 @@ impl Namespace {
                     acquired,
                     immediate: true,
                 };
-                self.sessions
+                let previous = self
+                    .sessions
                     .get_mut(&key.0)
                     .expect("the waiting session exists")
                     .outcomes
                     .insert(key.1, record);
+                assert!(previous.is_none(), "wait {key:?} granted twice");
+                self.outcomes_total += 1;
                 Reply::Wait(outcome)
             }
         }
@@ -1304,6 +1390,7 @@ impl Namespace {
             .expect("the waiting session exists");
         session.waits.len() + session.outcomes.values().filter(|o| !o.immediate).count()
             < self.limits.waits_per_session_max
+            && self.waits.len() + self.outcomes_total < self.limits.waits_max
             && objects
                 .iter()
                 .all(|id| self.object(*id).waiters.len() < self.limits.waiters_per_object_max)
@@ -1463,6 +1550,7 @@ impl Namespace {
             session.outcomes.insert(key.1, record).is_none(),
             "wait {key:?} ended twice"
         );
+        self.outcomes_total += 1;
         resolved.push(Resolved {
             session: key.0,
             seq: key.1,
@@ -1495,6 +1583,11 @@ impl Namespace {
         }
         let wait_id = self.wait_handle(session, wait)?;
         if timeout_ms != 0 && !self.has_wait_room(session, &[wait_id]) {
+            return Err(ERROR_NO_SYSTEM_RESOURCES);
+        }
+        // Refused before signalling: a poll granted at once needs a record the cluster-wide
+        // bound may not allow, and a refusal must change nothing.
+        if self.waits.len() + self.outcomes_total >= self.limits.waits_max {
             return Err(ERROR_NO_SYSTEM_RESOURCES);
         }
         match kind {
@@ -1630,6 +1723,7 @@ impl Namespace {
                 return Err(format!("name {name:?} points at the wrong object"));
             }
         }
+        let mut queued: Vec<(SessionId, Seq, ObjectId)> = Vec::new();
         for (id, object) in &self.objects {
             if *id > self.last_object_id {
                 return Err(format!("object {id} above the object counter"));
@@ -1661,14 +1755,36 @@ impl Namespace {
             if object.waiters.len() > limits.waiters_per_object_max {
                 return Err(format!("object {id} has too many waiters"));
             }
-            for key in &object.waiters {
-                if self.waits.get(key).is_none_or(|w| !w.objects.contains(id)) {
-                    return Err(format!("object {id} queues foreign wait {key:?}"));
-                }
-            }
+            queued.extend(
+                object
+                    .waiters
+                    .iter()
+                    .map(|&(session, seq)| (session, seq, *id)),
+            );
         }
+        // Every queue entry, sorted: each wait must be queued exactly once on each of its
+        // objects and nowhere else (checked with the waits below), in time linear in the
+        // entries rather than in entries times queue lengths.
+        queued.sort_unstable();
+        if let Some(pair) = queued.windows(2).find(|pair| pair[0] == pair[1]) {
+            let (session, seq, id) = pair[0];
+            return Err(format!("wait {:?} queued twice on {id}", (session, seq)));
+        }
+        let mut expected_entries = 0usize;
         if self.owned != self.owner_index() {
             return Err("the owner index disagrees with the mutexes".into());
+        }
+        if self.outcomes_total != self.count_outcomes()
+            || self.replies_total != self.count_replies()
+        {
+            return Err("the count of outcomes or replies is wrong".into());
+        }
+        // The oldest request in flight of each session is admitted beyond the reply bound.
+        if self.handles.len() > limits.handles_max
+            || self.waits.len() + self.outcomes_total > limits.waits_max
+            || self.replies_total > limits.replies_max + self.sessions.len()
+        {
+            return Err("more handles, waits or replies than the limits allow".into());
         }
         for (key, wait) in &self.waits {
             if !self
@@ -1682,12 +1798,13 @@ impl Namespace {
                 return Err(format!("wait {key:?} names {} objects", wait.objects.len()));
             }
             for id in distinct(&wait.objects) {
-                let Some(object) = self.objects.get(&id) else {
+                if !self.objects.contains_key(&id) {
                     return Err(format!("wait {key:?} on dead object {id}"));
-                };
-                if object.waiters.iter().filter(|k| *k == key).count() != 1 {
-                    return Err(format!("wait {key:?} not queued exactly once on {id}"));
                 }
+                if queued.binary_search(&(key.0, key.1, id)).is_err() {
+                    return Err(format!("wait {key:?} not queued on {id}"));
+                }
+                expected_entries += 1;
             }
             if wait.wait_all && distinct(&wait.objects).len() != wait.objects.len() {
                 return Err(format!("wait-all {key:?} names an object twice"));
@@ -1699,6 +1816,9 @@ impl Namespace {
             ) {
                 return Err(format!("pending wait {key:?} is satisfiable"));
             }
+        }
+        if expected_entries != queued.len() {
+            return Err("an object queues a wait that is not waiting on it".into());
         }
         Ok(())
     }

@@ -493,6 +493,9 @@ impl goldenscript::Runner for Runner {
                 )?;
                 limits.waits_per_session_max =
                     key(&mut args, "waits_per_session", limits.waits_per_session_max)?;
+                limits.handles_max = key(&mut args, "handles", limits.handles_max)?;
+                limits.waits_max = key(&mut args, "waits", limits.waits_max)?;
+                limits.replies_max = key(&mut args, "replies", limits.replies_max)?;
                 limits.waiters_per_object_max = key(
                     &mut args,
                     "waiters_per_object",
@@ -1010,4 +1013,184 @@ fn open_session_refuses_a_long_client_name() {
     assert_eq!(ns.sessions().count(), 0);
     let reply = ns.apply(2, &open("x".repeat(CLIENT_NAME_MAX_BYTES))).reply;
     assert_eq!(reply, Some(Reply::SessionOpened { session: 2 }));
+}
+
+/// What fills the wait budget ([`WAITS_MAX`]) of [`largest_namespace`].
+#[derive(Debug, Clone, Copy)]
+enum WaitBudget {
+    /// Pending waits, each on 64 objects (and queued on each).
+    Pending,
+    /// Unacknowledged outcomes, each of a wait that acquired 64 objects.
+    Granted,
+}
+
+/// The largest namespace the default limits allow, built directly: every count at its limit
+/// (sessions, objects, handles, waits, replies) with the largest item of each kind (the longest
+/// client names, object names of 260 UTF-16 units of 3-byte UTF-8 characters, owned mutexes,
+/// 64-object waits or grants, the largest reply), ids and tokens of a cluster that has run for
+/// 2^48 log entries (178 years at 50,000 entries a second), and the largest sequence numbers
+/// and thread ids a client may choose (near 2^64).
+fn largest_namespace(budget: WaitBudget) -> Namespace {
+    let limits = Limits::default();
+    let mut ns = Namespace::with_limits(limits);
+    let base: u64 = 1 << 48;
+    // Chosen by clients: the largest encodings.
+    let seq = |n: u64| u64::MAX - (1 << 32) + n;
+    let (owner_thread, waiter_thread) = (u64::MAX - 1, u64::MAX - 2);
+    let sessions = limits.sessions_max as u64;
+    let objects = limits.objects_max as u64;
+    let session_id = |i: u64| base + i;
+    let object_id = |i: u64| base + i;
+    // Three-byte UTF-8 characters, the index spelled in the last three of them.
+    let name = |i: u64| -> String {
+        let digit = |d: u64| char::from_u32(0x4e00 + (d & 0xff) as u32).expect("a CJK character");
+        let mut name: String = std::iter::repeat_n('\u{4e00}', MAX_PATH - 3).collect();
+        name.extend([digit(i >> 16), digit(i >> 8), digit(i)]);
+        name
+    };
+    for i in 0..sessions {
+        ns.sessions.insert(
+            session_id(i),
+            Session {
+                client_name: "x".repeat(CLIENT_NAME_MAX_BYTES),
+                ttl_ms: u64::from(u32::MAX),
+                heard_at_watched_ms: base,
+                handles: BTreeSet::new(),
+                waits: BTreeSet::new(),
+                replies: BTreeMap::new(),
+                outcomes: BTreeMap::new(),
+                acked_below: seq(0),
+            },
+        );
+    }
+    // Every object a mutex owned (recursively) by a thread of some session.
+    for i in 0..objects {
+        let data = ObjectData::Mutex(MutexData {
+            owner: Some((session_id(i % sessions), owner_thread)),
+            recursion: u32::MAX >> 1,
+            abandoned: false,
+            fencing_token: base + i,
+        });
+        let mut object = Object::new(Some(name(i)), data);
+        object.event_epoch = base;
+        ns.names.insert(name(i), object_id(i));
+        ns.objects.insert(object_id(i), object);
+    }
+    for h in 0..limits.handles_max as u64 {
+        let (session, object) = (session_id(h % sessions), object_id(h % objects));
+        ns.handles.insert(
+            base + h,
+            Handle {
+                session,
+                object,
+                access: 0x1f_0001,
+            },
+        );
+        ns.sessions
+            .get_mut(&session)
+            .unwrap()
+            .handles
+            .insert(base + h);
+        ns.objects.get_mut(&object).unwrap().handle_count += 1;
+    }
+    // 64 distinct objects for wait `w`, none owned by the waiting thread.
+    let wait_objects =
+        |w: u64| -> Vec<ObjectId> { (0..64).map(|k| object_id((w * 64 + k) % objects)).collect() };
+    for w in 0..limits.waits_max as u64 {
+        let session = session_id(w % sessions);
+        let key = (session, seq(w / sessions));
+        match budget {
+            WaitBudget::Pending => {
+                let wait = Wait {
+                    thread: waiter_thread,
+                    objects: wait_objects(w),
+                    wait_all: false,
+                    registered_unix_ms: base,
+                    registered_watched_ms: base,
+                    timeout_ms: u32::MAX - 1,
+                };
+                for id in &wait.objects {
+                    ns.objects.get_mut(id).unwrap().waiters.push_back(key);
+                }
+                ns.waits.insert(key, wait);
+                ns.sessions.get_mut(&session).unwrap().waits.insert(key.1);
+            }
+            WaitBudget::Granted => {
+                let acquired = wait_objects(w)
+                    .into_iter()
+                    .map(|object| Taken {
+                        object,
+                        abandoned: true,
+                        stamp: base,
+                    })
+                    .collect();
+                let outcome = Outcome {
+                    outcome: WaitOutcome::Abandoned {
+                        index: 63,
+                        fencing_token: base,
+                    },
+                    thread: waiter_thread,
+                    acquired,
+                    immediate: false,
+                };
+                ns.sessions
+                    .get_mut(&session)
+                    .unwrap()
+                    .outcomes
+                    .insert(key.1, outcome);
+            }
+        }
+    }
+    // The reply tables, each session's oldest request in flight beyond the bound included.
+    let per_session = (limits.replies_max as u64).div_ceil(sessions) + 1;
+    for i in 0..sessions {
+        let session = ns.sessions.get_mut(&session_id(i)).unwrap();
+        for n in 0..per_session {
+            session.replies.insert(
+                seq(1_000_000 + n),
+                Reply::Created {
+                    handle: base * 2,
+                    already_existed: true,
+                    fencing_token: base * 2,
+                },
+            );
+        }
+    }
+    ns.applied_index = base * 4;
+    ns.last_handle_id = base * 2;
+    ns.last_object_id = base * 2;
+    ns.watched_ms = base;
+    ns.owned = ns.owner_index();
+    ns.outcomes_total = ns.count_outcomes();
+    ns.replies_total = ns.count_replies();
+    ns
+}
+
+/// The largest state the limits allow serialises within [`STATE_IMAGE_BYTES_MAX`] (the size
+/// the cluster's catch-up test sends) and restores. Prints the sizes.
+#[test]
+fn the_largest_state_fits_its_bound() {
+    for budget in [WaitBudget::Pending, WaitBudget::Granted] {
+        let ns = largest_namespace(budget);
+        // Verifies the namespace first (panics if the construction is inconsistent).
+        let image = ns.snapshot();
+        println!(
+            "largest namespace ({budget:?} waits): {} bytes ({:.1} MiB), bound {} MiB",
+            image.len(),
+            image.len() as f64 / (1 << 20) as f64,
+            STATE_IMAGE_BYTES_MAX >> 20
+        );
+        assert!(
+            image.len() <= STATE_IMAGE_BYTES_MAX,
+            "the largest state ({budget:?} waits) is {} bytes, over the stated bound",
+            image.len()
+        );
+        if let WaitBudget::Granted = budget {
+            let restored = Namespace::restore(&image).expect("the largest image restores");
+            assert!(
+                restored == ns,
+                "the largest image restores to the same namespace"
+            );
+        }
+    }
 }
