@@ -36,9 +36,9 @@
 //!   `a_stalled_leader_renews_no_lease_and_expires_no_live_session` (raft thread blocked for a
 //!   TTL + 2 s by a test hook): keepalives are renewed only with proof of leadership, so no
 //!   session is expired while its client believes it is alive.
-//! * `a_wait_blocked_on_a_leader_that_is_partitioned_away_is_answered_by_the_majority`
-//!   (ignored: it exposes a server bug, see its doc comment): a waiter blocked on the leader
-//!   when it is partitioned away learns the majority's grant without waiting for the heal.
+//! * `a_wait_blocked_on_a_leader_that_is_partitioned_away_is_answered_by_the_majority`: a
+//!   waiter blocked on the leader when it is partitioned away learns the majority's grant
+//!   without waiting for the heal (a regression test, see its doc comment).
 //!
 //! Synchronisation is by polling with deadlines (progress counters, Raft status); fixed
 //! pauses appear only where the scenario itself is "time passes" (a hold, a TTL). Each test
