@@ -65,5 +65,5 @@ pub use config::{
 };
 pub use error::Error;
 pub use objects::{Event, LocalNamespace, Mutex, Semaphore, Waitable};
-pub use session::{Session, TYPED_OWNER_THREAD_ID};
+pub use session::{Session, THREAD_EXITS_QUEUED_MAX, TYPED_OWNER_THREAD_ID};
 pub use types::{Created, ObjectKind, ObjectState, SessionState, Timeout, WaitOutcome};

@@ -103,6 +103,8 @@
 //! - Removing the current leader is done in two steps (see [`Node::remove_node`]), because
 //!   raft-rs 0.7 panics when a leader applies its own removal.
 
+#![forbid(unsafe_code)]
+
 mod config;
 mod error;
 mod node;

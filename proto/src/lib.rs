@@ -9,6 +9,8 @@
 //! The `.proto` files are the documented contract; this crate compiles them, and holds the one
 //! piece of Win32 arithmetic both the server and the client's local backend need: [`access`].
 
+#![forbid(unsafe_code)]
+
 pub mod access;
 
 /// Generated types of package `dlock.v1`.

@@ -26,6 +26,8 @@
 //! the timeout passes, the client's `CancelWait`, an `ExpireSession`) resolves it. Retries with
 //! the same `(session, seq)` return the recorded reply.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod error;
 pub mod grpc;

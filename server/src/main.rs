@@ -1,6 +1,8 @@
 //! `dlockd`: parses flags, environment and config file, starts tracing, runs a node until
 //! SIGINT/SIGTERM. Everything else lives in the `dlock_server` library.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 /// dlockd allocates many small, short-lived buffers per request (protobuf messages, Raft

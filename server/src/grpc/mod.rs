@@ -441,7 +441,7 @@ fn pending_reply() -> pb::WaitReply {
     }
 }
 
-/// `ERROR_IO_PENDING`: the error a pending wait reply carries (see [`pending_reply`]).
+/// `ERROR_IO_PENDING`: the error a pending wait reply carries (see `pending_reply`).
 pub const ERROR_IO_PENDING: u32 = 997;
 
 /// The Win32 code of a request that fails the state-independent checks, if it may be refused
