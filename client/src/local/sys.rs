@@ -275,6 +275,8 @@ pub(crate) unsafe fn lock_word<'a>(m: *mut libc::pthread_mutex_t) -> &'a AtomicU
 /// mutex: locked by this thread it must read exactly our TID. The local backend refuses to run
 /// otherwise (another libc, or a changed layout).
 pub(crate) fn check_glibc_layout() -> Result<(), String> {
+    // SAFETY: `pthread_mutex_t` is a plain C struct for which all-zero bytes are a valid value
+    // (it is initialised properly by `robust_mutex_init` below before any use).
     let mut m: Box<libc::pthread_mutex_t> = Box::new(unsafe { std::mem::zeroed() });
     let p: *mut libc::pthread_mutex_t = &mut *m;
     // SAFETY: a fresh private allocation, locked and unlocked by this thread only.
