@@ -807,7 +807,7 @@ struct SnapshotBuild {
     conf_state: ConfState,
     peers: BTreeMap<u64, String>,
     started: Instant,
-    /// The envelope written, how long serialising took, how long writing took.
+    /// The envelope written, how long serialising took, how long wrapping and writing it took.
     thread: JoinHandle<Result<(bytes::Bytes, Duration, Duration), Error>>,
 }
 
@@ -1711,18 +1711,15 @@ impl Worker {
         let index = self.applied;
         let peers = self.peers.clone();
         let files = self.raw.store().snapshot_files();
-        let envelope_peers = peers.clone();
+        let image_peers = peers.clone();
         let thread = std::thread::Builder::new()
             .name(format!("snapshot-{}", self.id))
             .spawn(move || {
                 let began = Instant::now();
                 let image = job();
                 let serialised = began.elapsed();
-                let envelope =
-                    bytes::Bytes::from(storage::encode_snapshot_data(&envelope_peers, &image));
-                drop(image);
                 let began = Instant::now();
-                files.write(index, &envelope)?;
+                let envelope = files.write_image(index, &image_peers, &image)?;
                 Ok((envelope, serialised, began.elapsed()))
             })
             .map_err(|e| Error::Storage(format!("spawn snapshot thread: {e}")))?;

@@ -276,6 +276,24 @@ impl SnapshotFiles {
         Ok(())
     }
 
+    /// Wraps `image` with the peer registry `peers` into the wire envelope
+    /// ([`encode_snapshot_data`]), writes it as the file for `index` ([`SnapshotFiles::write`])
+    /// and returns it.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` for any I/O failure.
+    pub fn write_image(
+        &self,
+        index: u64,
+        peers: &BTreeMap<u64, String>,
+        image: &[u8],
+    ) -> Result<Bytes, Error> {
+        let envelope = Bytes::from(encode_snapshot_data(peers, image));
+        self.write(index, &envelope)?;
+        Ok(envelope)
+    }
+
     fn read(&self, index: u64) -> Result<Vec<u8>, Error> {
         let path = self.path(index);
         std::fs::read(&path).map_err(|e| storage_err(&format!("read {}", path.display()), e))
@@ -733,11 +751,12 @@ impl SledStorage {
     ///
     /// # Panics
     ///
-    /// If `index` is behind the stored snapshot or past the last entry.
+    /// If `index` is not newer than the stored snapshot, or is past the last entry (checked
+    /// before the file is written, so the stored snapshot's file is never overwritten).
     ///
     /// # Errors
     ///
-    /// `Error::Storage` if sled fails.
+    /// `Error::Storage` if sled or the file write fails.
     pub fn create_snapshot(
         &mut self,
         batch: &mut sled::Batch,
@@ -746,9 +765,17 @@ impl SledStorage {
         peers: &BTreeMap<u64, String>,
         data: Vec<u8>,
     ) -> Result<(), Error> {
+        self.assert_new_snapshot_index(index);
+        let envelope = self.files.write_image(index, peers, &data)?;
+        self.record_snapshot(batch, index, conf_state, peers, envelope)
+    }
+
+    /// A snapshot of the local state machine must be newer than the stored one and of an entry
+    /// in the log.
+    fn assert_new_snapshot_index(&self, index: u64) {
         assert!(
-            index >= self.snapshot_meta.index,
-            "snapshot at {index} is older than the stored one at {}",
+            index > self.snapshot_meta.index,
+            "snapshot at {index} is not newer than the stored one at {}",
             self.snapshot_meta.index
         );
         assert!(
@@ -756,9 +783,6 @@ impl SledStorage {
             "snapshot at {index} is past the last entry {}",
             self.last_index
         );
-        let envelope = Bytes::from(encode_snapshot_data(peers, &data));
-        self.files.write(index, &envelope)?;
-        self.record_snapshot(batch, index, conf_state, peers, envelope)
     }
 
     /// Stages recording a snapshot taken at `index` whose envelope ([`encode_snapshot_data`]
@@ -781,16 +805,7 @@ impl SledStorage {
         peers: &BTreeMap<u64, String>,
         envelope: Bytes,
     ) -> Result<(), Error> {
-        assert!(
-            index > self.snapshot_meta.index,
-            "snapshot at {index} is not newer than the stored one at {}",
-            self.snapshot_meta.index
-        );
-        assert!(
-            index <= self.last_index,
-            "snapshot at {index} is past the last entry {}",
-            self.last_index
-        );
+        self.assert_new_snapshot_index(index);
         let term = self
             .term_of(index)
             .map_err(|e| storage_err("snapshot term", e))?;
@@ -819,9 +834,10 @@ impl SledStorage {
     ) -> Result<(), Error> {
         let meta = snapshot.get_metadata();
         let envelope = if meta.index > 0 {
-            let envelope = Bytes::from(encode_snapshot_data(peers, snapshot.get_data()));
-            self.files.write(meta.index, &envelope)?;
-            Some(envelope)
+            Some(
+                self.files
+                    .write_image(meta.index, peers, snapshot.get_data())?,
+            )
         } else {
             None
         };
