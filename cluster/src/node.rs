@@ -1151,7 +1151,7 @@ impl Worker {
     }
 
     /// Membership duties of a leader, run after each `Ready` (never between `ready()` and
-    /// `advance()`): leave a joint configuration that nobody is leaving (FIELD-NOTES §1.9:
+    /// `advance()`): leave a joint configuration that nobody is leaving (docs/dependencies.md §1.9:
     /// raft-rs may never auto-leave if the leader changed before the enter-joint entry was
     /// applied), and hand leadership away once this leader's own removal has been applied.
     fn maintain_membership(&mut self) {
@@ -1259,7 +1259,7 @@ impl Worker {
         read.issued = Instant::now();
         read.attempts += 1;
         if self.raw.raft.state == StateRole::Leader && before == after {
-            // Dropped silently by raft (FIELD-NOTES §1.7); issued again with a fresh context
+            // Dropped silently by raft (docs/dependencies.md §1.7); issued again with a fresh context
             // after the next Ready or tick. A follower forwards, so only the retry timer can
             // tell there.
             tracing::debug!(
@@ -1441,7 +1441,7 @@ impl Worker {
         }
     }
 
-    /// Handles one `Ready` in the canonical order (FIELD-NOTES §1.4).
+    /// Handles one `Ready` in the canonical order (docs/dependencies.md §1.4).
     fn on_ready(&mut self) -> Result<(), Error> {
         if !self.raw.has_ready() {
             return Ok(());

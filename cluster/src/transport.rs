@@ -5,7 +5,7 @@
 //! One long-lived client-streaming `RaftPeer.Stream` call per peer, fed by a bounded per-peer
 //! queue of [`PEER_QUEUE_MESSAGES`]. [`Transport::send`] never blocks: it puts the encoded
 //! message on the peer's queue, or, if the queue is full or the peer has no address, drops it
-//! and reports the peer unreachable (raft retransmits; FIELD-NOTES §1.3).
+//! and reports the peer unreachable (raft retransmits; docs/dependencies.md §1.3).
 //!
 //! A tokio task per peer connects (`connect_timeout`, `TCP_NODELAY`, HTTP/2 keepalive so a
 //! dead peer is noticed even on an idle stream), streams `RaftEnvelope { from, payload }` and,

@@ -16,7 +16,7 @@
 //!   std lock and `try_send`s, so it never blocks the raft thread; a full queue drops the
 //!   message (raft retransmits). Delivery times on one link never decrease, so a link is
 //!   FIFO like a TCP stream even with random delays: raft-rs 0.7 tolerates loss but the
-//!   transport should not reorder or duplicate (FIELD-NOTES §1.1, raft-rs #557).
+//!   transport should not reorder or duplicate (docs/dependencies.md §1.1, raft-rs #557).
 //! * **Faults**, checked when a message is sent *and* again when it is delivered (a message
 //!   in flight when a partition starts is lost, like a TCP stream that broke):
 //!   - a node that is **down** ([`Network::set_down`], [`TestCluster::kill`]) neither sends

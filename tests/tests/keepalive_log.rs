@@ -1,6 +1,6 @@
 //! Keepalives never touch the Raft log: a burst of keepalives costs no log entries beyond the
 //! leader's periodic checkpoint (at most one per `checkpoint-interval-ms`, however many
-//! keepalives arrived), and that checkpoint does come. Reference: ARCHITECTURE.md
+//! keepalives arrived), and that checkpoint does come. Reference: docs/architecture.md
 //! "Keepalives never touch the log".
 
 use std::time::{Duration, Instant};
