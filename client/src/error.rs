@@ -1,27 +1,18 @@
 //! The one error type of the crate.
 //!
-//! Variants are named by what the caller should do next (STYLE rule 4): fix the request
+//! Variants are named by what the caller should do next (docs/architecture.md, "Errors and outcomes"): fix the request
 //! ([`Error::Win32`], [`Error::InvalidArgument`]), open a new session ([`Error::SessionLost`]),
 //! or wait and try again later ([`Error::Unavailable`], [`Error::Overloaded`]). Expected
 //! outcomes such as a wait timing out or an abandoned mutex are *values*
 //! ([`crate::WaitOutcome`]), never errors.
 
-/// `ERROR_INVALID_PARAMETER`: how the facade reports [`Error::InvalidArgument`].
-pub(crate) const CODE_INVALID_PARAMETER: u32 = 87;
-/// `ERROR_NETWORK_UNREACHABLE`: how the facade reports [`Error::Unavailable`].
-pub(crate) const CODE_NETWORK_UNREACHABLE: u32 = 1231;
-/// `ERROR_CONNECTION_ABORTED`: how the facade reports [`Error::SessionLost`] during a call.
-pub(crate) const CODE_CONNECTION_ABORTED: u32 = 1236;
-/// `ERROR_INTERNAL_ERROR`: how the facade reports [`Error::Transport`] and [`Error::Protocol`].
-pub(crate) const CODE_INTERNAL_ERROR: u32 = 1359;
-/// `ERROR_NO_SYSTEM_RESOURCES`: how the facade reports [`Error::Overloaded`].
-pub(crate) const CODE_NO_SYSTEM_RESOURCES: u32 = 1450;
+use dlock_proto::vocab::Win32Error;
 
 /// Everything that can go wrong in a dlock call.
 ///
 /// ```
-/// use dlock::Error;
-/// assert_eq!(Error::Win32(2).code(), 2);
+/// use dlock::{Error, Win32Error};
+/// assert_eq!(Error::Win32(Win32Error::FILE_NOT_FOUND).code(), 2);
 /// assert_eq!(Error::Unavailable.code(), 1231);
 /// assert!(Error::Unavailable.to_string().contains("unavailable"));
 /// ```
@@ -32,7 +23,7 @@ pub enum Error {
     /// (for example 2 `ERROR_FILE_NOT_FOUND`, 6 `ERROR_INVALID_HANDLE`, 288 `ERROR_NOT_OWNER`).
     /// The call changed nothing.
     #[error("win32 error {0}")]
-    Win32(u32),
+    Win32(Win32Error),
     /// No node of the cluster answered within the request timeout
     /// ([`crate::ClientConfig::request_timeout`]). The request may or may not have been applied
     /// (outcome unknown). From a wait it means "not acquired": the wait is cancelled in the
@@ -78,13 +69,18 @@ impl Error {
     /// assert_eq!(dlock::Error::SessionLost.code(), 1236);
     /// ```
     pub fn code(&self) -> u32 {
+        self.win32_error().code()
+    }
+
+    /// The Win32 error the facade reports for this error (see [`Error::code`]).
+    pub fn win32_error(&self) -> Win32Error {
         match self {
-            Error::Win32(code) => *code,
-            Error::Unavailable => CODE_NETWORK_UNREACHABLE,
-            Error::SessionLost => CODE_CONNECTION_ABORTED,
-            Error::Overloaded => CODE_NO_SYSTEM_RESOURCES,
-            Error::InvalidArgument(_) => CODE_INVALID_PARAMETER,
-            Error::Transport(_) | Error::Protocol(_) => CODE_INTERNAL_ERROR,
+            Error::Win32(e) => *e,
+            Error::Unavailable => Win32Error::NETWORK_UNREACHABLE,
+            Error::SessionLost => Win32Error::CONNECTION_ABORTED,
+            Error::Overloaded => Win32Error::NO_SYSTEM_RESOURCES,
+            Error::InvalidArgument(_) => Win32Error::INVALID_PARAMETER,
+            Error::Transport(_) | Error::Protocol(_) => Win32Error::INTERNAL_ERROR,
         }
     }
 }

@@ -63,7 +63,10 @@ pub use config::{
     ATTEMPT_TIMEOUT_DEFAULT, CONNECT_TIMEOUT_DEFAULT, ClientConfig, DEFAULT_ENDPOINT,
     REQUEST_TIMEOUT_DEFAULT,
 };
+pub use dlock_proto::vocab::Win32Error;
 pub use error::Error;
 pub use objects::{Event, LocalNamespace, Mutex, Semaphore, Waitable};
 pub use session::{Session, THREAD_EXITS_QUEUED_MAX, TYPED_OWNER_THREAD_ID};
-pub use types::{Created, ObjectKind, ObjectState, SessionState, Timeout, WaitOutcome};
+pub use types::{
+    CreateParams, Created, ObjectKind, ObjectState, SessionState, Timeout, WaitOutcome,
+};

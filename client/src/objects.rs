@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::local::{self, LocalObj, Segment};
 use crate::session::TYPED_OWNER_THREAD_ID;
-use crate::win32::{
-    CREATE_EVENT_INITIAL_SET, CREATE_EVENT_MANUAL_RESET, CREATE_MUTEX_INITIAL_OWNER,
+use crate::{
+    CreateParams, Error, ObjectKind, ObjectState, Session, SessionState, Timeout, WaitOutcome,
 };
-use crate::win32::{EVENT_ALL_ACCESS, MUTEX_ALL_ACCESS, SEMAPHORE_ALL_ACCESS};
-use crate::{Error, ObjectKind, ObjectState, Session, SessionState, Timeout, WaitOutcome};
+use dlock_proto::vocab::{EVENT_ALL_ACCESS, MUTEX_ALL_ACCESS, SEMAPHORE_ALL_ACCESS, Win32Error};
 
 mod sealed {
     /// Hooks the wait functions use; private so that only this crate implements [`Waitable`].
@@ -99,7 +98,7 @@ impl std::fmt::Debug for LocalHandle {
 impl Drop for LocalHandle {
     fn drop(&mut self) {
         if let Err(code) = self.obj.close(self.seg) {
-            tracing::debug!(code, "closing a local handle failed");
+            tracing::debug!(%code, "closing a local handle failed");
         }
     }
 }
@@ -131,7 +130,7 @@ impl Owner {
             })
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot start a local mutex owner thread");
-                Error::Win32(CODE_NO_SYSTEM_RESOURCES)
+                Error::Win32(Win32Error::NO_SYSTEM_RESOURCES)
             })?;
         Ok(Owner { jobs })
     }
@@ -156,11 +155,6 @@ impl Owner {
             .map_err(|_| Error::Protocol("the local owner thread is gone".into()))
     }
 }
-
-/// `ERROR_NO_SYSTEM_RESOURCES`.
-const CODE_NO_SYSTEM_RESOURCES: u32 = 1450;
-/// `ERROR_INVALID_PARAMETER`.
-const CODE_INVALID_PARAMETER: u32 = 87;
 
 /// Sets a cancellable local wait's cancel word when the awaiting future goes away.
 struct CancelOnDrop(Arc<AtomicU32>);
@@ -221,11 +215,11 @@ async fn local_wait(
     timeout: Timeout,
 ) -> Result<WaitOutcome, Error> {
     if objs.len() > local::CANCELLABLE_WAIT_OBJECTS_MAX {
-        return Err(Error::Win32(CODE_INVALID_PARAMETER));
+        return Err(Error::Win32(Win32Error::INVALID_PARAMETER));
     }
     let cancel = Arc::new(AtomicU32::new(0));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel::<Result<Acquisition, u32>>();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<Acquisition, Win32Error>>();
     let owner_queue = owner.map(|o| o.jobs.clone());
     let job = move || {
         let r = local::wait_cancellable(seg, &objs, wait_all, timeout, Some(&cancel));
@@ -448,7 +442,7 @@ impl Mutex {
                     .await?
                     .map_err(Error::Win32)?
             }
-            (Backing::Local(_), None) => return Err(Error::Win32(288)),
+            (Backing::Local(_), None) => return Err(Error::Win32(Win32Error::NOT_OWNER)),
         }
         let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
         hold.recursion = hold.recursion.saturating_sub(1);
@@ -627,7 +621,7 @@ fn local_name(name: Option<&str>) -> Result<Option<&str>, Error> {
         return Ok(None);
     };
     if name.unwrap_or_default().encode_utf16().count() > NAME_UNITS_MAX {
-        return Err(Error::Win32(CODE_FILENAME_EXCED_RANGE));
+        return Err(Error::Win32(Win32Error::FILENAME_EXCED_RANGE));
     }
     Ok(Some(key))
 }
@@ -636,8 +630,6 @@ fn local_name(name: Option<&str>) -> Result<Option<&str>, Error> {
 const LOCAL_PREFIX: &str = "Local\\";
 /// `MAX_PATH`: the longest name in UTF-16 units.
 const NAME_UNITS_MAX: usize = 260;
-/// `ERROR_FILENAME_EXCED_RANGE`.
-const CODE_FILENAME_EXCED_RANGE: u32 = 206;
 
 fn local_handle(seg: &'static Segment, obj: LocalObj, already_existed: bool) -> Backing {
     Backing::Local(LocalHandle {
@@ -658,19 +650,13 @@ async fn local_mutex(key: &str, create: Option<bool>) -> Result<Mutex, Error> {
     let result = owner
         .run(move || match create {
             Some(initial_owner) => {
-                let flags = if initial_owner {
-                    CREATE_MUTEX_INITIAL_OWNER
-                } else {
-                    0
-                };
-                local::create(seg, ObjectKind::Mutex, &key, flags, MUTEX_ALL_ACCESS, 0, 0).map(
-                    |(obj, existed)| {
-                        let owned = initial_owner && !existed;
-                        // Read on the owner thread: the token of its own hold.
-                        let token = if owned { obj.fencing_token(seg) } else { 0 };
-                        (local_handle(seg, obj, existed), owned, token)
-                    },
-                )
+                let params = CreateParams::Mutex { initial_owner };
+                local::create(seg, &key, &params, MUTEX_ALL_ACCESS).map(|(obj, existed)| {
+                    let owned = initial_owner && !existed;
+                    // Read on the owner thread: the token of its own hold.
+                    let token = if owned { obj.fencing_token(seg) } else { 0 };
+                    (local_handle(seg, obj, existed), owned, token)
+                })
             }
             None => local::open(seg, ObjectKind::Mutex, &key, MUTEX_ALL_ACCESS)
                 .map(|obj| (local_handle(seg, obj, false), false, 0)),
@@ -689,11 +675,11 @@ async fn local_mutex(key: &str, create: Option<bool>) -> Result<Mutex, Error> {
     })
 }
 
-/// Creates (`Some((flags, initial, max))`) or opens a local event or semaphore.
+/// Creates (`Some(params)`) or opens a local event or semaphore.
 fn local_object(
     kind: ObjectKind,
     key: &str,
-    create: Option<(u32, i32, i32)>,
+    create: Option<CreateParams>,
 ) -> Result<Backing, Error> {
     let seg = local::namespace().map_err(Error::Win32)?;
     let access = match kind {
@@ -701,9 +687,7 @@ fn local_object(
         _ => SEMAPHORE_ALL_ACCESS,
     };
     let (obj, existed) = match create {
-        Some((flags, initial, max)) => {
-            local::create(seg, kind, key, flags, access, initial, max).map_err(Error::Win32)?
-        }
+        Some(params) => local::create(seg, key, &params, access).map_err(Error::Win32)?,
         None => (
             local::open(seg, kind, key, access).map_err(Error::Win32)?,
             false,
@@ -723,7 +707,7 @@ async fn wait_local_objects(
     let mut seg = None;
     for o in objects {
         let Some((l, o_owner)) = o.local() else {
-            return Err(Error::Win32(CODE_INVALID_PARAMETER));
+            return Err(Error::Win32(Win32Error::INVALID_PARAMETER));
         };
         if let Some(o_owner) = o_owner {
             if owner.is_some() {
@@ -739,7 +723,7 @@ async fn wait_local_objects(
         objs.push(l.obj);
     }
     let Some(seg) = seg else {
-        return Err(Error::Win32(CODE_INVALID_PARAMETER));
+        return Err(Error::Win32(Win32Error::INVALID_PARAMETER));
     };
     let outcome = local_wait(seg, objs, owner, wait_all, timeout).await?;
     note_wait(objects, wait_all, outcome);
@@ -855,9 +839,12 @@ impl LocalNamespace {
         manual_reset: bool,
         initial_state: bool,
     ) -> Result<Event, Error> {
-        let flags = event_flags(manual_reset, initial_state);
+        let params = CreateParams::Event {
+            manual_reset,
+            initial_state,
+        };
         Ok(Event {
-            backing: local_object(ObjectKind::Event, Self::key(name)?, Some((flags, 0, 0)))?,
+            backing: local_object(ObjectKind::Event, Self::key(name)?, Some(params))?,
         })
     }
 
@@ -888,7 +875,10 @@ impl LocalNamespace {
             backing: local_object(
                 ObjectKind::Semaphore,
                 Self::key(name)?,
-                Some((0, initial_count, maximum_count)),
+                Some(CreateParams::Semaphore {
+                    initial: initial_count,
+                    max: maximum_count,
+                }),
             )?,
         })
     }
@@ -933,17 +923,6 @@ impl LocalNamespace {
     }
 }
 
-fn event_flags(manual_reset: bool, initial_state: bool) -> u32 {
-    let mut flags = 0;
-    if manual_reset {
-        flags |= CREATE_EVENT_MANUAL_RESET;
-    }
-    if initial_state {
-        flags |= CREATE_EVENT_INITIAL_SET;
-    }
-    flags
-}
-
 impl Session {
     fn base(&self, handle: u64, already_existed: bool) -> Backing {
         Backing::Remote(Base {
@@ -977,20 +956,12 @@ impl Session {
         if let Some(key) = local_name(name)? {
             return local_mutex(key, Some(initial_owner)).await;
         }
-        let flags = if initial_owner {
-            CREATE_MUTEX_INITIAL_OWNER
-        } else {
-            0
-        };
         let created = self
             .create(
                 TYPED_OWNER_THREAD_ID,
-                ObjectKind::Mutex,
                 name,
-                flags,
+                CreateParams::Mutex { initial_owner },
                 MUTEX_ALL_ACCESS,
-                0,
-                0,
             )
             .await?;
         let mut hold = Hold::default();
@@ -1034,22 +1005,17 @@ impl Session {
         manual_reset: bool,
         initial_state: bool,
     ) -> Result<Event, Error> {
-        let flags = event_flags(manual_reset, initial_state);
+        let params = CreateParams::Event {
+            manual_reset,
+            initial_state,
+        };
         if let Some(key) = local_name(name)? {
             return Ok(Event {
-                backing: local_object(ObjectKind::Event, key, Some((flags, 0, 0)))?,
+                backing: local_object(ObjectKind::Event, key, Some(params))?,
             });
         }
         let created = self
-            .create(
-                TYPED_OWNER_THREAD_ID,
-                ObjectKind::Event,
-                name,
-                flags,
-                EVENT_ALL_ACCESS,
-                0,
-                0,
-            )
+            .create(TYPED_OWNER_THREAD_ID, name, params, EVENT_ALL_ACCESS)
             .await?;
         Ok(Event {
             backing: self.base(created.handle, created.already_existed),
@@ -1085,25 +1051,17 @@ impl Session {
         initial_count: i32,
         maximum_count: i32,
     ) -> Result<Semaphore, Error> {
+        let params = CreateParams::Semaphore {
+            initial: initial_count,
+            max: maximum_count,
+        };
         if let Some(key) = local_name(name)? {
             return Ok(Semaphore {
-                backing: local_object(
-                    ObjectKind::Semaphore,
-                    key,
-                    Some((0, initial_count, maximum_count)),
-                )?,
+                backing: local_object(ObjectKind::Semaphore, key, Some(params))?,
             });
         }
         let created = self
-            .create(
-                TYPED_OWNER_THREAD_ID,
-                ObjectKind::Semaphore,
-                name,
-                0,
-                SEMAPHORE_ALL_ACCESS,
-                initial_count,
-                maximum_count,
-            )
+            .create(TYPED_OWNER_THREAD_ID, name, params, SEMAPHORE_ALL_ACCESS)
             .await?;
         Ok(Semaphore {
             backing: self.base(created.handle, created.already_existed),
@@ -1180,13 +1138,15 @@ impl Session {
         if locals > 0 {
             if locals < objects.len() {
                 // One wait cannot block on shared memory and on the cluster at once.
-                return Err(Error::Win32(CODE_INVALID_PARAMETER));
+                return Err(Error::Win32(Win32Error::INVALID_PARAMETER));
             }
             return wait_local_objects(objects, wait_all, timeout).await;
         }
         let mut handles = Vec::with_capacity(objects.len());
         for o in objects {
-            let base = o.remote().ok_or(Error::Win32(CODE_INVALID_PARAMETER))?;
+            let base = o
+                .remote()
+                .ok_or(Error::Win32(Win32Error::INVALID_PARAMETER))?;
             if base.session.id() != self.id() {
                 return Err(Error::InvalidArgument(format!(
                     "handle {} belongs to session {}, not {}",

@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use dlock_proto::v1::{self, dlock_client::DlockClient};
+use dlock_proto::vocab::{ERROR_ALREADY_EXISTS, ERROR_SUCCESS, Win32Error};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,7 +52,10 @@ use tonic::transport::Channel;
 
 use crate::client::{Backoff, CallPolicy, is_transport_failure, leader_hint};
 use crate::types::WAIT_OBJECTS_MAX;
-use crate::{Client, Created, Error, ObjectKind, ObjectState, SessionState, Timeout, WaitOutcome};
+use crate::{
+    Client, CreateParams, Created, Error, ObjectKind, ObjectState, SessionState, Timeout,
+    WaitOutcome,
+};
 
 /// The owner thread id that the typed handles ([`crate::Mutex`], [`crate::Event`],
 /// [`crate::Semaphore`]) use for every call: all typed handles of one [`Session`] act as a
@@ -411,7 +415,7 @@ impl Shared {
             .await;
         match result {
             Ok(reply) if reply.error == 0 => Ok(()),
-            Ok(reply) => Err(Error::Win32(reply.error)),
+            Ok(reply) => Err(Error::Win32(Win32Error::from_code(reply.error))),
             Err(Error::SessionLost) => Ok(()),
             Err(err) => Err(err),
         }
@@ -446,11 +450,11 @@ impl Drop for SessionInner {
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), dlock::Error> {
-/// use dlock::{ObjectKind, Timeout, WaitOutcome};
+/// use dlock::{CreateParams, Timeout, WaitOutcome};
 /// let client = dlock::Client::connect(["127.0.0.1:7700"]).await?;
 /// let session = client.open_session(std::time::Duration::from_secs(10)).await?;
 /// let created = session
-///     .create(1, ObjectKind::Mutex, Some("orders"), 0, 0x001F_0001, 0, 0)
+///     .create(1, Some("orders"), CreateParams::Mutex { initial_owner: false }, 0x001F_0001)
 ///     .await?;
 /// match session.wait(1, &[created.handle], false, Timeout::Millis(5000)).await? {
 ///     WaitOutcome::Signaled { fencing_token, .. } => println!("locked, token {fencing_token}"),
@@ -591,10 +595,10 @@ impl Session {
 
     /// Create-or-open a named object (`CreateMutexEx` / `CreateEventEx` / `CreateSemaphoreEx`).
     ///
-    /// `name` `None` or `""` makes an unnamed object. `flags`: mutex
-    /// `CREATE_MUTEX_INITIAL_OWNER` (1, the new mutex is owned by `thread`); event
-    /// `CREATE_EVENT_MANUAL_RESET` (1) and `CREATE_EVENT_INITIAL_SET` (2). `access` is the
-    /// access mask wanted (e.g. `MUTEX_ALL_ACCESS`). The counts are for semaphores (0 otherwise).
+    /// `name` `None` or `""` makes an unnamed object. `params` says which type and how to make
+    /// it (a mutex with `initial_owner` is owned by `thread`; see
+    /// [`CreateParams::from_flags`] for the `Create…Ex` flag bits). `access` is the access mask
+    /// wanted (e.g. `MUTEX_ALL_ACCESS`).
     /// If the name exists with the same type, a handle to it is returned with
     /// [`Created::already_existed`] and the parameters are ignored.
     ///
@@ -603,17 +607,25 @@ impl Session {
     /// [`Error::Win32`] with the Win32 failure code (6 name held by another type, 5, 87, 3,
     /// 123, 161, 206, 1450); [`Error::SessionLost`], [`Error::Unavailable`],
     /// [`Error::Overloaded`], [`Error::InvalidArgument`].
-    #[allow(clippy::too_many_arguments)]
     pub async fn create(
         &self,
         thread: u64,
-        kind: ObjectKind,
         name: Option<&str>,
-        flags: u32,
+        params: CreateParams,
         access: u32,
-        initial_count: i32,
-        maximum_count: i32,
     ) -> Result<Created, Error> {
+        let kind = params.kind();
+        let (initial_count, maximum_count) = match params {
+            CreateParams::Semaphore { initial, max } => (initial, max),
+            _ => (0, 0),
+        };
+        let (manual_reset, initial_state) = match params {
+            CreateParams::Event {
+                manual_reset,
+                initial_state,
+            } => (manual_reset, initial_state),
+            _ => (false, false),
+        };
         self.ensure_alive()?;
         let name = name.map(str::to_owned);
         let reply = self
@@ -622,24 +634,28 @@ impl Session {
                 let request = v1::CreateRequest {
                     header: Some(header),
                     thread_id: thread,
-                    kind: kind.to_wire(),
+                    kind: kind.to_wire().into(),
                     name: name.clone(),
-                    flags,
                     access,
                     initial_count,
                     maximum_count,
+                    initial_owner: params.initial_owner(),
+                    manual_reset,
+                    initial_state,
                 };
                 async move { c.create(request).await }
             })
             .await?;
         match reply.error {
-            0 | 183 if reply.handle != 0 => Ok(Created {
+            ERROR_SUCCESS | ERROR_ALREADY_EXISTS if reply.handle != 0 => Ok(Created {
                 handle: reply.handle,
-                already_existed: reply.error == 183,
+                already_existed: reply.error == ERROR_ALREADY_EXISTS,
                 fencing_token: reply.fencing_token,
             }),
-            0 | 183 => Err(Error::Protocol("Create succeeded without a handle".into())),
-            code => Err(Error::Win32(code)),
+            ERROR_SUCCESS | ERROR_ALREADY_EXISTS => {
+                Err(Error::Protocol("Create succeeded without a handle".into()))
+            }
+            code => Err(Error::Win32(Win32Error::from_code(code))),
         }
     }
 
@@ -657,7 +673,7 @@ impl Session {
             .mutate(self.unary_policy("Open"), |mut c, header| {
                 let request = v1::OpenRequest {
                     header: Some(header),
-                    kind: kind.to_wire(),
+                    kind: kind.to_wire().into(),
                     name: Some(name.to_owned()),
                     access,
                 };
@@ -667,7 +683,7 @@ impl Session {
         match reply.error {
             0 if reply.handle != 0 => Ok(reply.handle),
             0 => Err(Error::Protocol("Open succeeded without a handle".into())),
-            code => Err(Error::Win32(code)),
+            code => Err(Error::Win32(Win32Error::from_code(code))),
         }
     }
 
@@ -699,7 +715,7 @@ impl Session {
             .await?;
         match reply.error {
             0 => Ok(()),
-            code => Err(Error::Win32(code)),
+            code => Err(Error::Win32(Win32Error::from_code(code))),
         }
     }
 
@@ -786,7 +802,7 @@ impl Session {
             .await?;
         match reply.error {
             0 => Ok(reply.previous_count),
-            code => Err(Error::Win32(code)),
+            code => Err(Error::Win32(Win32Error::from_code(code))),
         }
     }
 
@@ -818,7 +834,7 @@ impl Session {
         timeout: Timeout,
     ) -> Result<WaitOutcome, Error> {
         if handles.is_empty() || handles.len() > WAIT_OBJECTS_MAX {
-            return Err(Error::Win32(crate::error::CODE_INVALID_PARAMETER));
+            return Err(Error::Win32(Win32Error::INVALID_PARAMETER));
         }
         self.ensure_alive()?;
         let count = handles.len();
@@ -835,7 +851,7 @@ impl Session {
                 async move { c.wait(request).await }
             })
             .await?;
-        WaitOutcome::from_wire(reply.result, reply.error, reply.fencing_token, count)
+        crate::types::outcome_from_wire(reply.result, reply.error, reply.fencing_token, count)
     }
 
     /// `SignalObjectAndWait`: signals `signal` (sets an event, releases a mutex owned by
@@ -865,7 +881,7 @@ impl Session {
                 async move { c.signal_and_wait(request).await }
             })
             .await?;
-        WaitOutcome::from_wire(reply.result, reply.error, reply.fencing_token, 1)
+        crate::types::outcome_from_wire(reply.result, reply.error, reply.fencing_token, 1)
     }
 
     /// Registers a wait with `register`, then awaits its outcome (see the module docs). A
@@ -974,7 +990,7 @@ impl Session {
             .await?;
         match reply.error {
             0 => Ok(()),
-            code => Err(Error::Win32(code)),
+            code => Err(Error::Win32(Win32Error::from_code(code))),
         }
     }
 
@@ -1017,8 +1033,8 @@ impl Session {
             })
             .await?;
         match reply.error {
-            0 => ObjectState::from_wire(&reply),
-            code => Err(Error::Win32(code)),
+            0 => crate::types::state_from_wire(&reply),
+            code => Err(Error::Win32(Win32Error::from_code(code))),
         }
     }
 
@@ -1468,11 +1484,11 @@ mod tests {
         );
         assert_eq!(
             session.wait(1, &[], false, Timeout::Millis(0)).await,
-            Err(Error::Win32(87))
+            Err(Error::Win32(Win32Error::INVALID_PARAMETER))
         );
         assert_eq!(
             session.wait(1, &[1; 65], false, Timeout::Millis(0)).await,
-            Err(Error::Win32(87))
+            Err(Error::Win32(Win32Error::INVALID_PARAMETER))
         );
     }
 }

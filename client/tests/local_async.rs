@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dlock::{Error, LocalNamespace, Timeout, WaitOutcome};
+use dlock::{Error, LocalNamespace, Timeout, WaitOutcome, Win32Error};
 
 fn local() -> LocalNamespace {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
@@ -37,7 +37,7 @@ async fn each_mutex_handle_is_its_own_owner_and_tokens_grow() {
     );
     a.release().await.unwrap();
     a.release().await.unwrap();
-    assert_eq!(a.release().await, Err(Error::Win32(288)));
+    assert_eq!(a.release().await, Err(Error::Win32(Win32Error::NOT_OWNER)));
     let got = b.lock(Timeout::Millis(5_000)).await.unwrap();
     assert!(got.is_acquired());
     assert!(b.fencing_token().unwrap() > first);
@@ -95,7 +95,10 @@ async fn events_semaphores_and_multiple_waits() {
         WaitOutcome::TimedOut
     );
     assert_eq!(sem.release(2).await.unwrap(), 0);
-    assert_eq!(sem.release(1).await, Err(Error::Win32(298)));
+    assert_eq!(
+        sem.release(1).await,
+        Err(Error::Win32(Win32Error::TOO_MANY_POSTS))
+    );
     ev.set().await.unwrap();
     let got = ns.wait_any(&[&sem, &ev], Timeout::Millis(0)).await.unwrap();
     assert!(
@@ -121,7 +124,7 @@ async fn events_semaphores_and_multiple_waits() {
     ));
     assert_eq!(
         ns.open_event("Local\\never-created").await.err(),
-        Some(Error::Win32(2))
+        Some(Error::Win32(Win32Error::FILE_NOT_FOUND))
     );
 }
 
@@ -134,12 +137,12 @@ async fn names_without_the_prefix_are_refused() {
     ));
     assert_eq!(
         ns.create_mutex("Local\\a\\b", false).await.err(),
-        Some(Error::Win32(3))
+        Some(Error::Win32(Win32Error::PATH_NOT_FOUND))
     );
     let long = format!("Local\\{}", "x".repeat(255));
     assert_eq!(
         ns.create_event(&long, true, false).await.err(),
-        Some(Error::Win32(206))
+        Some(Error::Win32(Win32Error::FILENAME_EXCED_RANGE))
     );
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use dlock::{Error, ObjectKind, SessionState, Timeout, WaitOutcome};
+use dlock::{Error, ObjectKind, SessionState, Timeout, WaitOutcome, Win32Error};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_api_follows_hints_keeps_alive_and_reuses_headers() {
@@ -34,7 +34,7 @@ async fn async_api_follows_hints_keeps_alive_and_reuses_headers() {
     assert!(session.check_fencing_token("m", first_token).await.unwrap());
     m.release().await.unwrap();
     assert_eq!(m.fencing_token(), None);
-    assert_eq!(m.release().await, Err(Error::Win32(288)));
+    assert_eq!(m.release().await, Err(Error::Win32(Win32Error::NOT_OWNER)));
 
     // A wait whose reply is lost is re-sent with the same header and applied once.
     state.lock().unwrap().lose_next_wait_reply = true;
@@ -54,7 +54,7 @@ async fn async_api_follows_hints_keeps_alive_and_reuses_headers() {
     );
     assert_eq!(
         session.open(ObjectKind::Mutex, "nope", 0x001F_0001).await,
-        Err(Error::Win32(2))
+        Err(Error::Win32(Win32Error::FILE_NOT_FOUND))
     );
 
     // Keepalives keep the session alive well past its TTL.

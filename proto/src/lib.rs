@@ -6,12 +6,12 @@
 //! * [`v1::peer_info_client`] / [`v1::peer_info_server`]: what nodes tell each other about
 //!   themselves (client address, Raft state).
 //!
-//! The `.proto` files are the documented contract; this crate compiles them, and holds the one
-//! piece of Win32 arithmetic both the server and the client's local backend need: [`access`].
+//! The `.proto` files are the documented contract; this crate compiles them, and holds the
+//! Win32 vocabulary those messages carry, defined once for every crate: [`vocab`].
 
 #![forbid(unsafe_code)]
 
-pub mod access;
+pub mod vocab;
 
 /// Generated types of package `dlock.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -193,7 +193,7 @@ impl StateMachine for Machine {
                 // error (instead of crashing) keeps the replicas identical.
                 error!(index, error = %err, "undecodable command in the log; skipped");
                 return encode(&Reply::Error(
-                    crate::namespace::win32::ERROR_INVALID_PARAMETER,
+                    dlock_proto::vocab::Win32Error::INVALID_PARAMETER,
                 ));
             }
         };

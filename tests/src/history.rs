@@ -145,7 +145,7 @@ use std::time::Instant;
 pub type Nanos = u64;
 
 /// `ERROR_FILE_NOT_FOUND`: an open of a name that does not exist.
-pub const ERROR_FILE_NOT_FOUND: u32 = 2;
+pub use dlock_proto::vocab::ERROR_FILE_NOT_FOUND;
 
 /// One lock owner (one session and thread) issuing one operation at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

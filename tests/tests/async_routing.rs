@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dlock::{Client, Error, Timeout, WaitOutcome};
+use dlock::{Client, Error, Timeout, WaitOutcome, Win32Error};
 use dlock_tests::{local_namespace, shared_dlockd, unique};
 
 #[test]
@@ -26,7 +26,7 @@ fn a_session_serves_local_names_locally_and_refuses_mixed_waits() {
             session
                 .wait_any(&[&local, &cluster], Timeout::Millis(0))
                 .await,
-            Err(Error::Win32(87))
+            Err(Error::Win32(Win32Error::INVALID_PARAMETER))
         );
         // A second local handle through the session is a second owner.
         let other = session.open_mutex(&format!("Local\\{name}")).await.unwrap();

@@ -72,7 +72,6 @@ impl Session {
                 thread_id: 1,
                 kind: kind as i32,
                 name: Some(name.to_string()),
-                flags: 0,
                 access: match kind {
                     pb::ObjectKind::Mutex => MUTEX_ALL_ACCESS,
                     pb::ObjectKind::Semaphore => SEMAPHORE_ALL_ACCESS,
@@ -80,6 +79,7 @@ impl Session {
                 },
                 initial_count: initial,
                 maximum_count: max,
+                ..Default::default()
             })
             .await
             .expect("create")
@@ -253,10 +253,10 @@ async fn a_huge_message_is_refused_and_the_node_keeps_serving() {
             thread_id: 1,
             kind: pb::ObjectKind::Mutex as i32,
             name: Some("h".repeat(4 << 20)),
-            flags: 0,
             access: MUTEX_ALL_ACCESS,
             initial_count: 0,
             maximum_count: 0,
+            ..Default::default()
         })
         .await
         .expect_err("a 4 MiB request must be refused");

@@ -62,7 +62,7 @@ async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() 
 /// else (unavailable, session lost, transport) is ambiguous.
 fn failed(err: &Error) -> Outcome {
     match err {
-        Error::Win32(code) => Outcome::Failed(*code),
+        Error::Win32(code) => Outcome::Failed(code.code()),
         _ => Outcome::Unknown,
     }
 }

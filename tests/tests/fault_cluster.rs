@@ -116,7 +116,7 @@ async fn client_for(endpoints: Vec<String>) -> Client {
 /// (unavailable, session lost, overloaded, ...) leaves the outcome unknown.
 fn error_outcome(err: &dlock::Error) -> Outcome {
     match err {
-        dlock::Error::Win32(code) => Outcome::Failed(*code),
+        dlock::Error::Win32(code) => Outcome::Failed(code.code()),
         _ => Outcome::Unknown,
     }
 }
@@ -882,10 +882,10 @@ async fn a_session_that_stops_its_keepalives_is_expired_once_after_its_ttl_by_th
                 thread_id: 1,
                 kind: pb::ObjectKind::Mutex as i32,
                 name: Some(name.clone()),
-                flags: 0,
                 access: MUTEX_ALL_ACCESS,
                 initial_count: 0,
                 maximum_count: 0,
+                ..Default::default()
             })
             .await
             .expect("create")

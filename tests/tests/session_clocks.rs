@@ -92,10 +92,11 @@ async fn skewed_clocks_and_many_elections_expire_no_live_session() {
             thread_id: 1,
             kind: pb::ObjectKind::Mutex as i32,
             name: Some("clock-dead".into()),
-            flags: 1,
+            initial_owner: true,
             access: 0x001F_0001,
             initial_count: 0,
             maximum_count: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -1,5 +1,6 @@
 //! A read-only picture of a local namespace for operators (`dlockctl local`).
 
+use dlock_proto::vocab::Win32Error;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
@@ -59,7 +60,7 @@ pub struct LocalObjectInfo {
 
 impl Segment {
     /// Reads the namespace under its lock.
-    pub(crate) fn snapshot(&self) -> Result<LocalSnapshot, u32> {
+    pub(crate) fn snapshot(&self) -> Result<LocalSnapshot, Win32Error> {
         let _g = self.lock()?;
         let processes = self
             .procs()

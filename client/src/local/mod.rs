@@ -49,18 +49,7 @@ pub(crate) use objects::{
 };
 pub(crate) use segment::Segment;
 
-/// `ERROR_ACCESS_DENIED`.
-const CODE_ACCESS_DENIED: u32 = 5;
-/// `ERROR_NOT_SUPPORTED`.
-const CODE_NOT_SUPPORTED: u32 = 50;
-/// `ERROR_REVISION_MISMATCH`: the segment was written by another layout version.
-pub(crate) const CODE_REVISION_MISMATCH: u32 = 1306;
-/// `ERROR_INTERNAL_ERROR`.
-const CODE_INTERNAL_ERROR: u32 = 1359;
-/// `ERROR_FILE_CORRUPT`: the segment's header is not trustworthy.
-pub(crate) const CODE_FILE_CORRUPT: u32 = 1392;
-/// `ERROR_NO_SYSTEM_RESOURCES`: a table of the segment is full.
-const CODE_NO_SYSTEM_RESOURCES: u32 = 1450;
+use dlock_proto::vocab::Win32Error;
 
 /// Why the local namespace cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -102,20 +91,20 @@ impl LocalError {
     }
 
     /// The Win32 last-error code the facade reports.
-    pub(crate) fn code(&self) -> u32 {
+    pub(crate) fn code(&self) -> Win32Error {
         match self {
-            LocalError::Unsupported(_) => CODE_NOT_SUPPORTED,
+            LocalError::Unsupported(_) => Win32Error::NOT_SUPPORTED,
             LocalError::Io { source, .. } => match source.raw_os_error() {
-                Some(libc::EACCES) | Some(libc::EPERM) => CODE_ACCESS_DENIED,
+                Some(libc::EACCES) | Some(libc::EPERM) => Win32Error::ACCESS_DENIED,
                 Some(libc::ENOSPC) | Some(libc::ENOMEM) | Some(libc::EMFILE) => {
-                    CODE_NO_SYSTEM_RESOURCES
+                    Win32Error::NO_SYSTEM_RESOURCES
                 }
-                _ => CODE_INTERNAL_ERROR,
+                _ => Win32Error::INTERNAL_ERROR,
             },
-            LocalError::Corrupt { .. } => CODE_FILE_CORRUPT,
-            LocalError::Untrusted { .. } => CODE_ACCESS_DENIED,
-            LocalError::Version { .. } => CODE_REVISION_MISMATCH,
-            LocalError::Full(_) => CODE_NO_SYSTEM_RESOURCES,
+            LocalError::Corrupt { .. } => Win32Error::FILE_CORRUPT,
+            LocalError::Untrusted { .. } => Win32Error::ACCESS_DENIED,
+            LocalError::Version { .. } => Win32Error::REVISION_MISMATCH,
+            LocalError::Full(_) => Win32Error::NO_SYSTEM_RESOURCES,
         }
     }
 }
@@ -203,7 +192,7 @@ pub(crate) fn configured_path() -> PathBuf {
 }
 
 /// The process's namespace, attached at first use.
-pub(crate) fn namespace() -> Result<&'static Segment, u32> {
+pub(crate) fn namespace() -> Result<&'static Segment, Win32Error> {
     if let Some(seg) = SEGMENT.get() {
         return Ok(seg);
     }

@@ -10,18 +10,11 @@ use super::segment::{
     Segment,
 };
 use super::sys::{self, FUTEX_TID_MASK, FUTEX_WAITERS, Locked, WaitOn, Woke};
-use crate::win32::{
-    CREATE_EVENT_INITIAL_SET, CREATE_EVENT_MANUAL_RESET, CREATE_MUTEX_INITIAL_OWNER,
-    ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_INVALID_HANDLE, ERROR_INVALID_NAME,
-    ERROR_INVALID_PARAMETER, ERROR_MUTANT_LIMIT_EXCEEDED, ERROR_NO_SYSTEM_RESOURCES,
-    ERROR_NOT_OWNER, ERROR_PATH_NOT_FOUND, ERROR_TOO_MANY_POSTS, EVENT_MODIFY_STATE,
-    SEMAPHORE_MODIFY_STATE, SYNCHRONIZE, WAIT_ABANDONED, WAIT_OBJECT_0,
+use dlock_proto::vocab::{
+    CreateParams, EVENT_MODIFY_STATE, MUTEX_RECURSION_MAX, ObjectKind, ObjectState,
+    SEMAPHORE_MODIFY_STATE, SYNCHRONIZE, Timeout, WAIT_ABANDONED, WAIT_OBJECT_0, WaitOutcome,
+    Win32Error, access,
 };
-use crate::{ObjectKind, Timeout, WaitOutcome};
-use dlock_proto::access;
-
-/// The most a mutex's recursion count may reach (Windows: `MINLONG`-bounded, 0x7FFFFFFF).
-const MUTEX_RECURSION_MAX: u32 = 0x7FFF_FFFF;
 
 fn kind_code(kind: ObjectKind) -> u32 {
     match kind {
@@ -46,39 +39,20 @@ pub(crate) struct LocalObj {
     pub(crate) access: u32,
 }
 
-// ---- names and access (win32-semantics §3, §1.3) ----
+// ---- names and access (docs/win32-semantics.md §3, §1.3) ----
 
-/// The key of a `Local\` name: what follows the prefix. Empty, or an empty first component
-/// (`Local\\x`) → 123; any other backslash → 3 (there are no directories below `Local\`).
-pub(crate) fn name_key(rest: &str) -> Result<&str, u32> {
-    if rest.is_empty() || rest.starts_with('\\') {
-        return Err(ERROR_INVALID_NAME);
-    }
-    if rest.contains('\\') {
-        return Err(ERROR_PATH_NOT_FOUND);
-    }
-    if rest.contains('\0') || rest.len() > NAME_BYTES_MAX {
-        return Err(ERROR_INVALID_NAME);
-    }
-    Ok(rest)
-}
-
-fn rights(kind: ObjectKind) -> &'static access::Rights {
-    match kind {
-        ObjectKind::Mutex => &access::MUTEX,
-        ObjectKind::Event => &access::EVENT,
-        ObjectKind::Semaphore => &access::SEMAPHORE,
-    }
-}
+/// The key of a `Local\` name: what follows the prefix (the rules of
+/// [`dlock_proto::vocab::names::local_name_key`]).
+pub(crate) use dlock_proto::vocab::names::local_name_key as name_key;
 
 /// The access a handle to an existing object gets (the cluster's rule, §2.1).
-fn existing_access(kind: ObjectKind, mask: u32) -> Result<u32, u32> {
-    access::existing_object(rights(kind), mask)
+fn existing_access(kind: ObjectKind, mask: u32) -> Result<u32, Win32Error> {
+    access::existing_object(kind, mask)
 }
 
 /// The access the creator of a new object gets: what it asked for, mapped.
-fn new_access(kind: ObjectKind, mask: u32) -> Result<u32, u32> {
-    access::new_object(rights(kind), mask)
+fn new_access(kind: ObjectKind, mask: u32) -> Result<u32, Win32Error> {
+    access::new_object(kind, mask)
 }
 
 fn name_hash(key: &str) -> u64 {
@@ -194,19 +168,19 @@ impl Guard<'_> {
         table: &'t [T],
         owner: impl Fn(&T) -> &AtomicU32,
         what: &'static str,
-    ) -> Result<(usize, &'t T), u32> {
+    ) -> Result<(usize, &'t T), Win32Error> {
         table
             .iter()
             .enumerate()
             .find(|(_, x)| owner(x).load(Ordering::Relaxed) == 0)
             .ok_or_else(|| {
                 tracing::warn!(path = %self.seg.path().display(), table = what, "local table full");
-                ERROR_NO_SYSTEM_RESOURCES
+                Win32Error::NO_SYSTEM_RESOURCES
             })
     }
 
     /// A free handle record, claimed for this process and object `obj`.
-    fn new_handle(&mut self, obj: usize) -> Result<u32, u32> {
+    fn new_handle(&mut self, obj: usize) -> Result<u32, Win32Error> {
         let me = self.seg.proc_slot() + 1;
         let (i, rec) = self.free_slot(self.seg.handles(), |r| &r.proc, "handle")?;
         self.touch(rec);
@@ -299,7 +273,7 @@ impl Guard<'_> {
     }
 
     /// Registers a wait on `objs` for the calling thread.
-    fn register(&mut self, objs: &[usize], wait_all: bool) -> Result<usize, u32> {
+    fn register(&mut self, objs: &[usize], wait_all: bool) -> Result<usize, Win32Error> {
         let (i, w) = self.free_slot(self.seg.waiters(), |w| &w.proc, "waiter")?;
         self.touch(w);
         w.tid.store(sys::tid(), Ordering::Relaxed);
@@ -338,25 +312,34 @@ impl Guard<'_> {
 /// Returns the handle and whether it already existed.
 pub(crate) fn create(
     seg: &Segment,
-    kind: ObjectKind,
     key: &str,
-    flags: u32,
+    params: &CreateParams,
     access: u32,
-    initial_count: i32,
-    maximum_count: i32,
-) -> Result<(LocalObj, bool), u32> {
-    if kind == ObjectKind::Semaphore
-        && (maximum_count <= 0 || initial_count < 0 || initial_count > maximum_count)
-    {
-        return Err(ERROR_INVALID_PARAMETER);
-    }
+) -> Result<(LocalObj, bool), Win32Error> {
+    let kind = params.kind();
+    let (manual_reset, initial_state) = match *params {
+        CreateParams::Event {
+            manual_reset,
+            initial_state,
+        } => (manual_reset, initial_state),
+        _ => (false, false),
+    };
+    let (initial_count, maximum_count) = match *params {
+        CreateParams::Semaphore { initial, max } => {
+            if max <= 0 || initial < 0 || initial > max {
+                return Err(Win32Error::INVALID_PARAMETER);
+            }
+            (initial, max)
+        }
+        _ => (0, 0),
+    };
     let key = name_key(key)?;
     let mut g = seg.lock()?;
     g.reap_dead();
     if let Some(i) = g.find(key) {
         let meta = &seg.metas()[i];
         if meta.kind.load(Ordering::Relaxed) != kind_code(kind) {
-            return Err(ERROR_INVALID_HANDLE);
+            return Err(Win32Error::INVALID_HANDLE);
         }
         let granted = existing_access(kind, access)?;
         let rec = g.new_handle(i)?;
@@ -376,7 +359,7 @@ pub(crate) fn create(
     let granted = new_access(kind, access)?;
     let Some(i) = g.free_object() else {
         tracing::warn!(path = %seg.path().display(), "local object table full");
-        return Err(ERROR_NO_SYSTEM_RESOURCES);
+        return Err(Win32Error::NO_SYSTEM_RESOURCES);
     };
     let meta = &seg.metas()[i];
     let sync = &seg.syncs()[i];
@@ -386,14 +369,10 @@ pub(crate) fn create(
     meta.generation.store(generation, Ordering::Relaxed);
     meta.kind.store(kind_code(kind), Ordering::Relaxed);
     meta.refs.store(0, Ordering::Relaxed);
-    meta.manual_reset.store(
-        u32::from(flags & CREATE_EVENT_MANUAL_RESET != 0),
-        Ordering::Relaxed,
-    );
-    meta.signaled.store(
-        u32::from(flags & CREATE_EVENT_INITIAL_SET != 0),
-        Ordering::Relaxed,
-    );
+    meta.manual_reset
+        .store(u32::from(manual_reset), Ordering::Relaxed);
+    meta.signaled
+        .store(u32::from(initial_state), Ordering::Relaxed);
     meta.count.store(initial_count, Ordering::Relaxed);
     meta.maximum.store(maximum_count, Ordering::Relaxed);
     // SAFETY: the slot is free and we hold the namespace lock; nobody else reads it.
@@ -415,7 +394,7 @@ pub(crate) fn create(
     seg.hashes()[i].store(name_hash(key), Ordering::Relaxed);
     meta.state.store(OBJ_LIVE, Ordering::Relaxed);
     let rec = g.new_handle(i)?;
-    if kind == ObjectKind::Mutex && flags & CREATE_MUTEX_INITIAL_OWNER != 0 {
+    if params.initial_owner() {
         // Nobody can find the object before the commit, so this cannot fail.
         // SAFETY: initialised just above.
         if unsafe { sys::robust_trylock(sync.mutex_ptr()) } != Locked::Busy {
@@ -441,14 +420,14 @@ pub(crate) fn open(
     kind: ObjectKind,
     key: &str,
     access: u32,
-) -> Result<LocalObj, u32> {
+) -> Result<LocalObj, Win32Error> {
     let key = name_key(key)?;
     let mut g = seg.lock()?;
     g.reap_dead();
-    let i = g.find(key).ok_or(ERROR_FILE_NOT_FOUND)?;
+    let i = g.find(key).ok_or(Win32Error::FILE_NOT_FOUND)?;
     let meta = &seg.metas()[i];
     if meta.kind.load(Ordering::Relaxed) != kind_code(kind) {
-        return Err(ERROR_INVALID_HANDLE);
+        return Err(Win32Error::INVALID_HANDLE);
     }
     let granted = existing_access(kind, access)?;
     let rec = g.new_handle(i)?;
@@ -514,20 +493,20 @@ impl LocalObj {
     }
 
     /// Whether the handle still names its object (checked under the namespace lock).
-    fn check(&self, g: &Guard<'_>) -> Result<(), u32> {
+    fn check(&self, g: &Guard<'_>) -> Result<(), Win32Error> {
         let rec = &g.seg.handles()[self.rec as usize];
         let meta = self.meta(g.seg);
         if rec.proc.load(Ordering::Relaxed) != g.seg.proc_slot() + 1
             || rec.obj.load(Ordering::Relaxed) != self.index
             || meta.generation.load(Ordering::Relaxed) != self.generation
         {
-            return Err(ERROR_INVALID_HANDLE);
+            return Err(Win32Error::INVALID_HANDLE);
         }
         Ok(())
     }
 
     /// Closes the handle. Does not release a mutex the thread owns.
-    pub(crate) fn close(&self, seg: &Segment) -> Result<(), u32> {
+    pub(crate) fn close(&self, seg: &Segment) -> Result<(), Win32Error> {
         let mut g = seg.lock()?;
         self.check(&g)?;
         g.drop_handle(self.rec as usize);
@@ -537,10 +516,10 @@ impl LocalObj {
 
     /// `ReleaseMutex`: no system call unless somebody waits.
     #[inline]
-    pub(crate) fn release_mutex(&self, seg: &Segment) -> Result<(), u32> {
+    pub(crate) fn release_mutex(&self, seg: &Segment) -> Result<(), Win32Error> {
         let sync = self.sync(seg);
         if !sync.owned_by(sys::tid()) {
-            return Err(ERROR_NOT_OWNER);
+            return Err(Win32Error::NOT_OWNER);
         }
         let r = sync.recursion.load(Ordering::Relaxed);
         if r > 1 {
@@ -564,17 +543,17 @@ impl LocalObj {
         }
     }
 
-    fn need(&self, right: u32) -> Result<(), u32> {
+    fn need(&self, right: u32) -> Result<(), Win32Error> {
         if self.access & right == right {
             Ok(())
         } else {
-            Err(ERROR_ACCESS_DENIED)
+            Err(Win32Error::ACCESS_DENIED)
         }
     }
 
     /// The object's state, as `QueryObject` on the cluster reports it (the owner's session id
     /// is 0 and its thread id the owner's kernel thread id).
-    pub(crate) fn query(&self, seg: &Segment) -> Result<crate::ObjectState, u32> {
+    pub(crate) fn query(&self, seg: &Segment) -> Result<ObjectState, Win32Error> {
         let g = seg.lock()?;
         self.check(&g)?;
         let meta = self.meta(seg);
@@ -582,7 +561,7 @@ impl LocalObj {
         let word = sync.word().load(Ordering::SeqCst);
         let owner = word & FUTEX_TID_MASK;
         let is_mutex = self.kind == ObjectKind::Mutex;
-        Ok(crate::ObjectState {
+        Ok(ObjectState {
             kind: self.kind,
             owner_session_id: 0,
             owner_thread_id: if is_mutex { u64::from(owner) } else { 0 },
@@ -605,19 +584,19 @@ impl LocalObj {
     }
 
     /// `SetEvent`.
-    pub(crate) fn set_event(&self, seg: &Segment) -> Result<(), u32> {
+    pub(crate) fn set_event(&self, seg: &Segment) -> Result<(), Win32Error> {
         self.store_signaled(seg, true)?;
         self.sync(seg).notify();
         Ok(())
     }
 
     /// `ResetEvent`.
-    pub(crate) fn reset_event(&self, seg: &Segment) -> Result<(), u32> {
+    pub(crate) fn reset_event(&self, seg: &Segment) -> Result<(), Win32Error> {
         self.store_signaled(seg, false)
     }
 
     /// Sets an event's state under the namespace lock (the caller wakes waiters if needed).
-    fn store_signaled(&self, seg: &Segment, signaled: bool) -> Result<(), u32> {
+    fn store_signaled(&self, seg: &Segment, signaled: bool) -> Result<(), Win32Error> {
         self.need(EVENT_MODIFY_STATE)?;
         let mut g = seg.lock()?;
         self.check(&g)?;
@@ -630,7 +609,7 @@ impl LocalObj {
 
     /// `PulseEvent`: releases the waits registered now (all of them for a manual-reset event,
     /// one for auto-reset, preferring a wait-any) and leaves the event non-signaled.
-    pub(crate) fn pulse_event(&self, seg: &Segment) -> Result<(), u32> {
+    pub(crate) fn pulse_event(&self, seg: &Segment) -> Result<(), Win32Error> {
         self.need(EVENT_MODIFY_STATE)?;
         {
             let mut g = seg.lock()?;
@@ -678,9 +657,9 @@ impl LocalObj {
     }
 
     /// `ReleaseSemaphore`: returns the previous count.
-    pub(crate) fn release_semaphore(&self, seg: &Segment, count: i32) -> Result<i32, u32> {
+    pub(crate) fn release_semaphore(&self, seg: &Segment, count: i32) -> Result<i32, Win32Error> {
         if count <= 0 {
-            return Err(ERROR_INVALID_PARAMETER);
+            return Err(Win32Error::INVALID_PARAMETER);
         }
         self.need(SEMAPHORE_MODIFY_STATE)?;
         let previous = {
@@ -690,7 +669,7 @@ impl LocalObj {
             let previous = meta.count.load(Ordering::Relaxed);
             let max = meta.maximum.load(Ordering::Relaxed);
             if i64::from(previous) + i64::from(count) > i64::from(max) {
-                return Err(ERROR_TOO_MANY_POSTS);
+                return Err(Win32Error::TOO_MANY_POSTS);
             }
             g.touch(&meta.count);
             meta.count.store(previous + count, Ordering::Relaxed);
@@ -702,7 +681,7 @@ impl LocalObj {
     }
 
     /// Signals the object the way `SignalObjectAndWait` does.
-    fn signal(&self, seg: &Segment) -> Result<(), u32> {
+    fn signal(&self, seg: &Segment) -> Result<(), Win32Error> {
         match self.kind {
             ObjectKind::Mutex => self.release_mutex(seg),
             ObjectKind::Event => self.set_event(seg),
@@ -742,7 +721,7 @@ impl Taken {
 /// The result of one attempt to satisfy a wait.
 enum Attempt {
     Done(Taken),
-    Failed(u32),
+    Failed(Win32Error),
     NotYet,
 }
 
@@ -752,7 +731,7 @@ fn take_mutex(sync: &ObjSync, tid: u32, index: usize) -> Attempt {
     if sync.owned_by(tid) {
         let r = sync.recursion.load(Ordering::Relaxed);
         if r >= MUTEX_RECURSION_MAX {
-            return Attempt::Failed(ERROR_MUTANT_LIMIT_EXCEEDED);
+            return Attempt::Failed(Win32Error::MUTANT_LIMIT_EXCEEDED);
         }
         sync.recursion.store(r + 1, Ordering::Relaxed);
         return Attempt::Done(Taken::plain(WaitOutcome::Signaled {
@@ -853,7 +832,7 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
                 let s = o.sync(seg);
                 if s.owned_by(tid) {
                     if s.recursion.load(Ordering::Relaxed) >= MUTEX_RECURSION_MAX {
-                        return Attempt::Failed(ERROR_MUTANT_LIMIT_EXCEEDED);
+                        return Attempt::Failed(Win32Error::MUTANT_LIMIT_EXCEEDED);
                     }
                     true
                 } else {
@@ -933,8 +912,6 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
     })
 }
 
-/// `ERROR_OPERATION_ABORTED`: a cancellable wait was cancelled.
-pub(crate) const ERROR_OPERATION_ABORTED: u32 = 995;
 /// How long a wait sleeps at most while another thread holds one of its mutexes: a safety net
 /// for the one case the kernel's single owner-died wake can be lost (the sleeper it picks dies
 /// too). Not a poll: a wait on free or unowned objects sleeps until woken or its deadline.
@@ -951,11 +928,11 @@ pub(crate) fn wait(
     objs: &[LocalObj],
     wait_all: bool,
     timeout: Timeout,
-) -> Result<WaitOutcome, u32> {
+) -> Result<WaitOutcome, Win32Error> {
     wait_cancellable(seg, objs, wait_all, timeout, None).map(|t| t.outcome)
 }
 
-/// [`wait`] that also ends, with [`ERROR_OPERATION_ABORTED`], once `cancel` is non-zero and
+/// [`wait`] that also ends, with [`Win32Error::OPERATION_ABORTED`], once `cancel` is non-zero and
 /// woken (at most [`CANCELLABLE_WAIT_OBJECTS_MAX`] objects when given).
 pub(crate) fn wait_cancellable(
     seg: &Segment,
@@ -963,13 +940,13 @@ pub(crate) fn wait_cancellable(
     wait_all: bool,
     timeout: Timeout,
     cancel: Option<&AtomicU32>,
-) -> Result<Taken, u32> {
+) -> Result<Taken, Win32Error> {
     if cancel.is_some() && objs.len() > CANCELLABLE_WAIT_OBJECTS_MAX {
-        return Err(ERROR_INVALID_PARAMETER);
+        return Err(Win32Error::INVALID_PARAMETER);
     }
     if cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0) {
         // Cancelled while queued: take nothing.
-        return Err(ERROR_OPERATION_ABORTED);
+        return Err(Win32Error::OPERATION_ABORTED);
     }
     for o in objs {
         o.need(SYNCHRONIZE)?;
@@ -978,7 +955,7 @@ pub(crate) fn wait_cancellable(
         let mut seen: Vec<u32> = objs.iter().map(|o| o.index).collect();
         seen.sort_unstable();
         if seen.windows(2).any(|w| w[0] == w[1]) {
-            return Err(ERROR_INVALID_PARAMETER);
+            return Err(Win32Error::INVALID_PARAMETER);
         }
     }
     // The fast path: one mutex, no namespace lock, no system call unless contended.
@@ -1030,7 +1007,7 @@ pub(crate) fn give_back(seg: &Segment, objs: &[LocalObj], wait_all: bool, taken:
             }
         };
         if let Err(code) = result {
-            tracing::warn!(code, "could not give back what a cancelled local wait took");
+            tracing::warn!(%code, "could not give back what a cancelled local wait took");
         }
     }
 }
@@ -1044,7 +1021,7 @@ pub(crate) fn signal_and_wait(
     signal: &LocalObj,
     wait_on: &LocalObj,
     timeout: Timeout,
-) -> Result<WaitOutcome, u32> {
+) -> Result<WaitOutcome, Win32Error> {
     wait_on.need(SYNCHRONIZE)?;
     let deadline = timeout.as_duration().map(|d| Instant::now() + d);
     let objs = std::slice::from_ref(wait_on);
@@ -1072,7 +1049,7 @@ fn blocking_wait(
     wait_all: bool,
     deadline: Option<Instant>,
     cancel: Option<&AtomicU32>,
-) -> Result<Taken, u32> {
+) -> Result<Taken, Win32Error> {
     let indexes: Vec<usize> = objs.iter().map(|o| o.index as usize).collect();
     let slot = {
         let mut g = seg.lock()?;
@@ -1108,13 +1085,13 @@ fn wait_loop(
     deadline: Option<Instant>,
     cancel: Option<&AtomicU32>,
     slot: usize,
-) -> Result<Taken, u32> {
+) -> Result<Taken, Win32Error> {
     let tid = sys::tid();
     let mut words: Vec<WaitOn<'_>> = Vec::with_capacity(2 * objs.len() + 1);
     // (index into `words`, object) of each mutex's lock word.
     let mut lock_entries: Vec<(usize, usize)> = Vec::with_capacity(objs.len());
     let mut timed_out = false;
-    let mut failed: Option<u32> = None;
+    let mut failed: Option<Win32Error> = None;
     loop {
         // Snapshot the words first: any change after this wakes (or fails) the sleep below.
         words.clear();
@@ -1148,7 +1125,7 @@ fn wait_loop(
             // A cancelled wait takes nothing more: its caller is gone.
             let cancelled = cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0);
             let mut r = if cancelled {
-                Attempt::Failed(ERROR_OPERATION_ABORTED)
+                Attempt::Failed(Win32Error::OPERATION_ABORTED)
             } else {
                 attempt(&mut g, objs, wait_all, pulsed)
             };
@@ -1195,7 +1172,7 @@ fn wait_loop(
             }
             Woke::Failed(code) => {
                 tracing::error!(code, "futex_waitv failed; ending the wait");
-                failed = Some(crate::win32::ERROR_NOT_SUPPORTED);
+                failed = Some(Win32Error::NOT_SUPPORTED);
             }
             _ => {}
         }

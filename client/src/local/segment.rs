@@ -24,6 +24,7 @@
 //! needs no journal: its mutex is the kernel's robust futex, and its counters are either
 //! owner-only or recomputed.
 
+use dlock_proto::vocab::Win32Error;
 use std::cell::UnsafeCell;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -51,9 +52,9 @@ pub(crate) const HANDLES_MAX: usize = 65_536;
 /// The most threads blocked in local waits, all processes together.
 pub(crate) const WAITERS_MAX: usize = 1024;
 /// Longest name in UTF-8 bytes (260 UTF-16 units are at most 780 bytes).
-pub(crate) const NAME_BYTES_MAX: usize = 780;
+pub(crate) const NAME_BYTES_MAX: usize = dlock_proto::vocab::names::LOCAL_NAME_BYTES_MAX;
 /// The most handles one wait names (`MAXIMUM_WAIT_OBJECTS`).
-pub(crate) const WAIT_OBJECTS_MAX: usize = 64;
+pub(crate) const WAIT_OBJECTS_MAX: usize = dlock_proto::vocab::MAXIMUM_WAIT_OBJECTS as usize;
 /// Where the per-process liveness locks start (byte offsets of the file, past its end).
 const PROC_LOCK_BASE: u64 = 1 << 40;
 /// Regions one journaled change may save: the largest change is a `PulseEvent` of a
@@ -446,7 +447,7 @@ impl Segment {
     ///
     /// `ERROR_FILE_CORRUPT` if the lock is unusable (`ENOTRECOVERABLE` or another error from
     /// glibc, which dlock's own use can never cause).
-    pub(crate) fn lock(&self) -> Result<Guard<'_>, u32> {
+    pub(crate) fn lock(&self) -> Result<Guard<'_>, Win32Error> {
         let m = self.header().ns_lock.0.get();
         // SAFETY: initialised by the creator; the mapping lives forever.
         match unsafe { sys::robust_lock(m) } {
@@ -462,7 +463,7 @@ impl Segment {
                     code,
                     "the local namespace lock is unusable; remove the file once no process uses it"
                 );
-                return Err(super::CODE_FILE_CORRUPT);
+                return Err(Win32Error::FILE_CORRUPT);
             }
         }
         Ok(Guard {

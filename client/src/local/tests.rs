@@ -12,10 +12,10 @@ use super::objects::{self, LocalObj};
 use super::segment::{Layout, OBJ_FREE, OBJ_LIVE, OBJECTS_MAX, Segment};
 use super::sys::{self, FUTEX_OWNER_DIED, FUTEX_TID_MASK};
 use super::{LocalError, Settings};
-use crate::win32::{
-    ERROR_FILE_NOT_FOUND, EVENT_ALL_ACCESS, MUTEX_ALL_ACCESS, SEMAPHORE_ALL_ACCESS,
+use dlock_proto::vocab::{
+    CreateParams, EVENT_ALL_ACCESS, MUTEX_ALL_ACCESS, ObjectKind, SEMAPHORE_ALL_ACCESS, Timeout,
+    WaitOutcome, Win32Error,
 };
-use crate::{ObjectKind, Timeout, WaitOutcome};
 
 /// Env var naming the namespace directory of a child test.
 const CHILD_DIR: &str = "DLOCK_LOCAL_TEST_DIR";
@@ -37,9 +37,16 @@ fn attach(dir: &Path) -> Segment {
 }
 
 fn mutex(seg: &Segment, name: &str) -> LocalObj {
-    objects::create(seg, ObjectKind::Mutex, name, 0, MUTEX_ALL_ACCESS, 0, 0)
-        .expect("create mutex")
-        .0
+    objects::create(
+        seg,
+        name,
+        &CreateParams::Mutex {
+            initial_owner: false,
+        },
+        MUTEX_ALL_ACCESS,
+    )
+    .expect("create mutex")
+    .0
 }
 
 /// Checks the segment's invariants under the namespace lock: every object's handle count is
@@ -140,35 +147,46 @@ fn child_dir() -> Option<std::path::PathBuf> {
 fn objects_live_while_a_handle_does_and_names_are_one_namespace() {
     let dir = tempfile::tempdir().unwrap();
     let seg = attach(dir.path());
-    let (a, existed) =
-        objects::create(&seg, ObjectKind::Event, "e", 0, EVENT_ALL_ACCESS, 0, 0).unwrap();
+    let (a, existed) = objects::create(
+        &seg,
+        "e",
+        &CreateParams::from_flags(ObjectKind::Event, 0, 0, 0),
+        EVENT_ALL_ACCESS,
+    )
+    .unwrap();
     assert!(!existed);
-    let (b, existed) =
-        objects::create(&seg, ObjectKind::Event, "e", 0, EVENT_ALL_ACCESS, 0, 0).unwrap();
+    let (b, existed) = objects::create(
+        &seg,
+        "e",
+        &CreateParams::from_flags(ObjectKind::Event, 0, 0, 0),
+        EVENT_ALL_ACCESS,
+    )
+    .unwrap();
     assert!(existed);
     assert_eq!(a.index, b.index);
     assert_eq!(
         objects::create(
             &seg,
-            ObjectKind::Semaphore,
             "e",
-            0,
-            SEMAPHORE_ALL_ACCESS,
-            0,
-            1
+            &CreateParams::Semaphore { initial: 0, max: 1 },
+            SEMAPHORE_ALL_ACCESS
         ),
-        Err(6)
+        Err(Win32Error::INVALID_HANDLE)
     );
     check_invariants(&seg);
     a.close(&seg).unwrap();
-    assert_eq!(a.close(&seg), Err(6), "closed twice");
+    assert_eq!(
+        a.close(&seg),
+        Err(Win32Error::INVALID_HANDLE),
+        "closed twice"
+    );
     let c = objects::open(&seg, ObjectKind::Event, "e", EVENT_ALL_ACCESS).unwrap();
     b.close(&seg).unwrap();
     c.close(&seg).unwrap();
     check_invariants(&seg);
     assert_eq!(
         objects::open(&seg, ObjectKind::Event, "e", EVENT_ALL_ACCESS),
-        Err(ERROR_FILE_NOT_FOUND)
+        Err(Win32Error::FILE_NOT_FOUND)
     );
     // Other process-level view: a second attachment is a second process slot.
     let other = attach(dir.path());
@@ -209,7 +227,7 @@ fn segments_with_a_bad_header_are_refused_not_trusted() {
         match (what, err) {
             ("version", Some(LocalError::Version { found: 9, .. })) => {}
             ("magic" | "layout", Some(e @ LocalError::Corrupt { .. })) => {
-                assert_eq!(e.code(), super::CODE_FILE_CORRUPT);
+                assert_eq!(e.code(), Win32Error::FILE_CORRUPT);
                 assert!(e.to_string().contains(&path.display().to_string()), "{e}");
             }
             (what, other) => panic!("{what}: {other:?}"),
@@ -293,7 +311,7 @@ fn a_holder_killed_mid_change_is_rolled_back() {
     // The dead process's handle is reclaimed at the next open, and its object with it.
     assert_eq!(
         objects::open(&seg, ObjectKind::Mutex, "kept", MUTEX_ALL_ACCESS),
-        Err(ERROR_FILE_NOT_FOUND)
+        Err(Win32Error::FILE_NOT_FOUND)
     );
     check_invariants(&seg);
 }
@@ -308,16 +326,18 @@ fn child_churn() {
     let mut kept = std::collections::VecDeque::new();
     for round in 0u64.. {
         let name = format!("churn-{}", round % 7);
-        let (e, _) =
-            objects::create(&seg, ObjectKind::Event, &name, 0, EVENT_ALL_ACCESS, 0, 0).unwrap();
+        let (e, _) = objects::create(
+            &seg,
+            &name,
+            &CreateParams::from_flags(ObjectKind::Event, 0, 0, 0),
+            EVENT_ALL_ACCESS,
+        )
+        .unwrap();
         let (s, _) = objects::create(
             &seg,
-            ObjectKind::Semaphore,
             "churn-sem",
-            0,
+            &CreateParams::Semaphore { initial: 1, max: 5 },
             SEMAPHORE_ALL_ACCESS,
-            1,
-            5,
         )
         .unwrap();
         let m = mutex(&seg, "churn-mutex");
@@ -354,8 +374,13 @@ fn random_kills_never_corrupt_the_segment() {
         child.wait().unwrap();
         check_invariants(&seg);
         // Reclaim the dead child's handles, then nothing of it may remain.
-        let (probe, _) =
-            objects::create(&seg, ObjectKind::Event, "probe", 0, EVENT_ALL_ACCESS, 0, 0).unwrap();
+        let (probe, _) = objects::create(
+            &seg,
+            "probe",
+            &CreateParams::from_flags(ObjectKind::Event, 0, 0, 0),
+            EVENT_ALL_ACCESS,
+        )
+        .unwrap();
         check_invariants(&seg);
         let live: Vec<usize> = (0..OBJECTS_MAX)
             .filter(|&i| seg.metas()[i].state.load(Ordering::Relaxed) == OBJ_LIVE)
@@ -406,8 +431,13 @@ fn a_killed_owner_is_seen_through_the_robust_list() {
     assert_ne!(w & FUTEX_TID_MASK, 0, "held by the child");
     // Three sleepers (one of them a wait-all that also needs an event): the kernel wakes one
     // of them when the owner dies, and that one must get the others going.
-    let (ev, _) =
-        objects::create(&seg, ObjectKind::Event, "gate", 1, EVENT_ALL_ACCESS, 0, 0).unwrap();
+    let (ev, _) = objects::create(
+        &seg,
+        "gate",
+        &CreateParams::from_flags(ObjectKind::Event, 1, 0, 0),
+        EVENT_ALL_ACCESS,
+    )
+    .unwrap();
     let seg: &'static Segment = Box::leak(Box::new(seg));
     let waiters: Vec<_> = (0..3)
         .map(|i| {
@@ -478,22 +508,16 @@ fn big_changes_fit_the_journal() {
             if i % 2 == 0 {
                 objects::create(
                     &seg,
-                    ObjectKind::Event,
                     &format!("e{i}"),
-                    2,
+                    &CreateParams::from_flags(ObjectKind::Event, 2, 0, 0),
                     EVENT_ALL_ACCESS,
-                    0,
-                    0,
                 )
             } else {
                 objects::create(
                     &seg,
-                    ObjectKind::Semaphore,
                     &format!("s{i}"),
-                    0,
+                    &CreateParams::Semaphore { initial: 1, max: 1 },
                     SEMAPHORE_ALL_ACCESS,
-                    1,
-                    1,
                 )
             }
             .unwrap()
@@ -514,8 +538,13 @@ fn big_changes_fit_the_journal() {
         "all consumed"
     );
     // A PulseEvent of a manual-reset event releasing 40 registered waits.
-    let (ev, _) =
-        objects::create(&seg, ObjectKind::Event, "pulsed", 1, EVENT_ALL_ACCESS, 0, 0).unwrap();
+    let (ev, _) = objects::create(
+        &seg,
+        "pulsed",
+        &CreateParams::from_flags(ObjectKind::Event, 1, 0, 0),
+        EVENT_ALL_ACCESS,
+    )
+    .unwrap();
     let seg: &'static Segment = Box::leak(Box::new(seg));
     let waiters: Vec<_> = (0..40)
         .map(|_| {
@@ -555,7 +584,7 @@ fn a_segment_planted_by_another_user_is_refused() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
     let err = Segment::attach(&settings(dir.path())).err().unwrap();
     assert!(matches!(err, LocalError::Untrusted { .. }), "{err}");
-    assert_eq!(err.code(), 5);
+    assert_eq!(err.code(), Win32Error::ACCESS_DENIED);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     attach(dir.path());
 }

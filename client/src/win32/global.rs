@@ -1,6 +1,7 @@
 //! The process-global state behind the facade: one tokio runtime, one client, the current
 //! session, and the handle table.
 
+use dlock_proto::vocab::Win32Error;
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,9 +9,6 @@ use std::sync::{LazyLock, Mutex as StdMutex, OnceLock};
 use std::time::Duration;
 
 use super::handles::HandleTable;
-use super::{
-    ERROR_BAD_NET_NAME, ERROR_INVALID_HANDLE, ERROR_NO_SYSTEM_RESOURCES, ERROR_NOT_SUPPORTED,
-};
 use crate::config::split_endpoint_list;
 use crate::local::LocalObj;
 use crate::{Client, ClientConfig, Error, ObjectKind, Session, SessionState};
@@ -71,13 +69,13 @@ thread_local! {
 
 /// Looks a handle up; 6 if it is unknown, or a cluster handle of another kind than `kind` or
 /// from a lost session. (A local handle's kind is checked by the caller.)
-pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, u32> {
+pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, Win32Error> {
     if let Some(obj) = cached_local(handle) {
         return Ok(Slot::Local(obj));
     }
     let epoch = LOCAL_EPOCH.load(Ordering::Acquire);
     let table = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
-    match table.get(handle).ok_or(ERROR_INVALID_HANDLE)? {
+    match table.get(handle).ok_or(Win32Error::INVALID_HANDLE)? {
         Slot::Local(obj) => {
             let obj = *obj;
             drop(table);
@@ -90,10 +88,10 @@ pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, u3
         }
         Slot::Remote(entry) => {
             if kind.is_some_and(|k| k != entry.kind) {
-                return Err(ERROR_INVALID_HANDLE);
+                return Err(Win32Error::INVALID_HANDLE);
             }
             if entry.session.state() == SessionState::Expired {
-                return Err(ERROR_INVALID_HANDLE);
+                return Err(Win32Error::INVALID_HANDLE);
             }
             Ok(Slot::Remote(entry.clone()))
         }
@@ -129,10 +127,10 @@ pub(crate) fn forget(handle: isize) -> Option<Slot> {
 
 /// Looks a cluster handle up; 6 if it is unknown, local, of another kind than `kind`, or from
 /// a lost session.
-pub(crate) fn resolve(handle: isize, kind: Option<ObjectKind>) -> Result<Entry, u32> {
+pub(crate) fn resolve(handle: isize, kind: Option<ObjectKind>) -> Result<Entry, Win32Error> {
     match lookup(handle, kind)? {
         Slot::Remote(entry) => Ok(entry),
-        Slot::Local(_) => Err(ERROR_INVALID_HANDLE),
+        Slot::Local(_) => Err(Win32Error::INVALID_HANDLE),
     }
 }
 
@@ -226,22 +224,22 @@ fn facade() -> Option<&'static Facade> {
 /// Fails with `ERROR_NOT_SUPPORTED` when called from inside a tokio runtime (blocking there
 /// could deadlock it, and `block_on` would panic), and with `ERROR_NO_SYSTEM_RESOURCES` if the
 /// runtime cannot be started.
-pub(crate) fn block_on<T, F, Fut>(op: F) -> Result<T, u32>
+pub(crate) fn block_on<T, F, Fut>(op: F) -> Result<T, Win32Error>
 where
     F: FnOnce(&'static Facade) -> Fut,
-    Fut: Future<Output = Result<T, u32>>,
+    Fut: Future<Output = Result<T, Win32Error>>,
 {
     if tokio::runtime::Handle::try_current().is_ok() {
         tracing::warn!("dlock::win32 called from inside a tokio runtime; use the async API");
-        return Err(ERROR_NOT_SUPPORTED);
+        return Err(Win32Error::NOT_SUPPORTED);
     }
-    let facade = facade().ok_or(ERROR_NO_SYSTEM_RESOURCES)?;
+    let facade = facade().ok_or(Win32Error::NO_SYSTEM_RESOURCES)?;
     facade.runtime.block_on(op(facade))
 }
 
 impl Facade {
     /// The current session, opening one (and the client) if there is none or it expired.
-    pub(crate) async fn session(&self) -> Result<Session, u32> {
+    pub(crate) async fn session(&self) -> Result<Session, Win32Error> {
         let mut conn = self.conn.lock().await;
         if let Some(session) = &conn.session {
             if session.state() != SessionState::Expired {
@@ -254,13 +252,13 @@ impl Facade {
             None => {
                 let endpoints = self.settings.endpoints.clone().map_err(|why| {
                     tracing::error!(why, "no usable cluster endpoints");
-                    ERROR_BAD_NET_NAME
+                    Win32Error::BAD_NET_NAME
                 })?;
                 let mut config = ClientConfig::new(endpoints);
                 config.request_timeout = self.settings.request_timeout;
                 let client = Client::connect_with_config(config).await.map_err(|err| {
                     tracing::error!(error = %err, "invalid DLOCK_ENDPOINTS");
-                    ERROR_BAD_NET_NAME
+                    Win32Error::BAD_NET_NAME
                 })?;
                 conn.client = Some(client.clone());
                 client
@@ -269,14 +267,17 @@ impl Facade {
         let session = client
             .open_session(self.settings.session_ttl)
             .await
-            .map_err(|e| e.code())?;
+            .map_err(|e| e.win32_error())?;
         conn.session = Some(session.clone());
         Ok(session)
     }
 
     /// Runs `op` on the current session; if the session turns out to be lost, opens a new one
     /// and runs `op` once more (for creates and opens, which act on no existing handle).
-    pub(crate) async fn with_session<T, F, Fut>(&self, mut op: F) -> Result<(Session, T), u32>
+    pub(crate) async fn with_session<T, F, Fut>(
+        &self,
+        mut op: F,
+    ) -> Result<(Session, T), Win32Error>
     where
         F: FnMut(Session) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -287,7 +288,7 @@ impl Facade {
             match op(session.clone()).await {
                 Ok(value) => return Ok((session, value)),
                 Err(Error::SessionLost) if !retried => retried = true,
-                Err(err) => return Err(err.code()),
+                Err(err) => return Err(err.win32_error()),
             }
         }
     }
@@ -339,7 +340,7 @@ mod tests {
             .build()
             .unwrap();
         let r = rt.block_on(async { block_on(|_| async { Ok(1) }) });
-        assert_eq!(r, Err(ERROR_NOT_SUPPORTED));
+        assert_eq!(r, Err(Win32Error::NOT_SUPPORTED));
     }
 
     #[test]

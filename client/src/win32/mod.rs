@@ -124,19 +124,20 @@
 
 mod global;
 mod handles;
-mod names;
 mod thread;
 
+use dlock_proto::vocab::Win32Error;
 use std::future::Future;
 
 use crate::local::{self, LocalObj, Segment};
-use crate::{Error, ObjectKind, Session, Timeout};
+use crate::{CreateParams, Error, ObjectKind, Session, Timeout};
+use dlock_proto::vocab::names;
 use global::{Entry, HANDLES, Slot, block_on, resolve};
 
 /// A handle value; 0 is NULL.
 pub type HANDLE = isize;
 /// A 32-bit unsigned value.
-pub type DWORD = u32;
+pub type DWORD = dlock_proto::vocab::DWORD;
 /// A Win32 boolean: 0 is FALSE, anything else TRUE.
 pub type BOOL = i32;
 /// A 32-bit signed value.
@@ -162,136 +163,24 @@ pub struct SECURITY_ATTRIBUTES {
     pub bInheritHandle: BOOL,
 }
 
-// ---- Wait results and limits (win32-semantics §1.1) ----
+// ---- The Win32 vocabulary (docs/win32-semantics.md §1), defined once in dlock-proto ----
 
-/// The wait was satisfied by the object at index 0 (add the index for multiple objects).
-pub const WAIT_OBJECT_0: DWORD = 0x0000_0000;
-/// The wait acquired an abandoned mutex.
-pub const WAIT_ABANDONED: DWORD = 0x0000_0080;
-/// The wait acquired the abandoned mutex at index 0 (add the index).
-pub const WAIT_ABANDONED_0: DWORD = 0x0000_0080;
-/// An alertable wait was interrupted by an APC (never returned by dlock).
-pub const WAIT_IO_COMPLETION: DWORD = 0x0000_00C0;
-/// The timeout elapsed.
-pub const WAIT_TIMEOUT: DWORD = 0x0000_0102;
-/// The wait failed; see `GetLastError`.
-pub const WAIT_FAILED: DWORD = 0xFFFF_FFFF;
-/// A timeout that never expires.
-pub const INFINITE: DWORD = 0xFFFF_FFFF;
-/// The most handles one wait may name.
-pub const MAXIMUM_WAIT_OBJECTS: DWORD = 64;
-/// The longest name, in UTF-16 code units.
-pub const MAX_PATH: DWORD = 260;
-
-// ---- Error codes (win32-semantics §1.2) ----
-
-/// Success.
-pub const ERROR_SUCCESS: DWORD = 0;
-/// No object has that name.
-pub const ERROR_FILE_NOT_FOUND: DWORD = 2;
-/// A path component of the name does not exist.
-pub const ERROR_PATH_NOT_FOUND: DWORD = 3;
-/// The handle or object does not grant the access needed.
-pub const ERROR_ACCESS_DENIED: DWORD = 5;
-/// The handle is invalid, closed, of the wrong type, or from a lost session.
-pub const ERROR_INVALID_HANDLE: DWORD = 6;
-/// A parameter is invalid.
-pub const ERROR_INVALID_PARAMETER: DWORD = 87;
-/// The name is malformed (also: invalid UTF-16).
-pub const ERROR_INVALID_NAME: DWORD = 123;
-/// The name starts with a backslash.
-pub const ERROR_BAD_PATHNAME: DWORD = 161;
-/// A create opened an existing object of the same type (the handle is valid).
-pub const ERROR_ALREADY_EXISTS: DWORD = 183;
-/// The name is longer than 260 UTF-16 units.
-pub const ERROR_FILENAME_EXCED_RANGE: DWORD = 206;
-/// The calling thread does not own the mutex.
-pub const ERROR_NOT_OWNER: DWORD = 288;
-/// The semaphore's maximum would be exceeded.
-pub const ERROR_TOO_MANY_POSTS: DWORD = 298;
-/// The mutex's recursion limit was reached.
-pub const ERROR_MUTANT_LIMIT_EXCEEDED: DWORD = 587;
-/// `ACCESS_SYSTEM_SECURITY` was requested.
-pub const ERROR_PRIVILEGE_NOT_HELD: DWORD = 1314;
-
-// ---- dlock-specific uses of Win32 error codes (see the module docs) ----
-
-/// dlock: the operation is not supported: a facade call from inside a tokio runtime, or a
-/// `Local\` name on a platform without the local backend's requirements.
-pub const ERROR_NOT_SUPPORTED: DWORD = 50;
-/// dlock: `DLOCK_ENDPOINTS` is empty or malformed.
-pub const ERROR_BAD_NET_NAME: DWORD = 67;
-/// dlock: no cluster node answered within the request timeout.
-pub const ERROR_NETWORK_UNREACHABLE: DWORD = crate::error::CODE_NETWORK_UNREACHABLE;
-/// dlock: the process's session was lost while the call was in progress (e.g. during a wait).
-pub const ERROR_CONNECTION_ABORTED: DWORD = crate::error::CODE_CONNECTION_ABORTED;
-/// dlock: the server violated the protocol or answered with an unexpected status.
-pub const ERROR_INTERNAL_ERROR: DWORD = crate::error::CODE_INTERNAL_ERROR;
-/// dlock: a limit was reached: the server's (handles, waiters, sessions) or the cluster stayed
-/// overloaded for the whole request timeout.
-pub const ERROR_NO_SYSTEM_RESOURCES: DWORD = crate::error::CODE_NO_SYSTEM_RESOURCES;
-
-// ---- Access rights (win32-semantics §1.3) ----
-
-/// Standard right: delete the object.
-pub const DELETE: DWORD = 0x0001_0000;
-/// Standard right: read the security descriptor.
-pub const READ_CONTROL: DWORD = 0x0002_0000;
-/// Same as `READ_CONTROL`.
-pub const STANDARD_RIGHTS_READ: DWORD = READ_CONTROL;
-/// Same as `READ_CONTROL`.
-pub const STANDARD_RIGHTS_WRITE: DWORD = READ_CONTROL;
-/// Same as `READ_CONTROL`.
-pub const STANDARD_RIGHTS_EXECUTE: DWORD = READ_CONTROL;
-/// Standard right: modify the DACL.
-pub const WRITE_DAC: DWORD = 0x0004_0000;
-/// Standard right: change the owner.
-pub const WRITE_OWNER: DWORD = 0x0008_0000;
-/// Standard right: wait on the object.
-pub const SYNCHRONIZE: DWORD = 0x0010_0000;
-/// `DELETE | READ_CONTROL | WRITE_DAC | WRITE_OWNER`.
-pub const STANDARD_RIGHTS_REQUIRED: DWORD = 0x000F_0000;
-/// Access to the SACL (needs a privilege: opens fail with 1314).
-pub const ACCESS_SYSTEM_SECURITY: DWORD = 0x0100_0000;
-/// The maximum access allowed.
-pub const MAXIMUM_ALLOWED: DWORD = 0x0200_0000;
-/// Generic all access (mapped to the type's `..._ALL_ACCESS`).
-pub const GENERIC_ALL: DWORD = 0x1000_0000;
-/// Generic execute (mapped to `READ_CONTROL | SYNCHRONIZE`).
-pub const GENERIC_EXECUTE: DWORD = 0x2000_0000;
-/// Generic write (mapped per type; a mutex gets only `READ_CONTROL`).
-pub const GENERIC_WRITE: DWORD = 0x4000_0000;
-/// Generic read (mapped to `READ_CONTROL | <TYPE>_QUERY_STATE`).
-pub const GENERIC_READ: DWORD = 0x8000_0000;
-/// Mutex: query state.
-pub const MUTANT_QUERY_STATE: DWORD = 0x0001;
-/// Mutex: same bit as `MUTANT_QUERY_STATE` ("reserved for future use").
-pub const MUTEX_MODIFY_STATE: DWORD = 0x0001;
-/// Mutex: all access.
-pub const MUTEX_ALL_ACCESS: DWORD = 0x001F_0001;
-/// Same as `MUTEX_ALL_ACCESS`.
-pub const MUTANT_ALL_ACCESS: DWORD = MUTEX_ALL_ACCESS;
-/// Event: query state.
-pub const EVENT_QUERY_STATE: DWORD = 0x0001;
-/// Event: set, reset, pulse.
-pub const EVENT_MODIFY_STATE: DWORD = 0x0002;
-/// Event: all access.
-pub const EVENT_ALL_ACCESS: DWORD = 0x001F_0003;
-/// Semaphore: query state.
-pub const SEMAPHORE_QUERY_STATE: DWORD = 0x0001;
-/// Semaphore: release.
-pub const SEMAPHORE_MODIFY_STATE: DWORD = 0x0002;
-/// Semaphore: all access.
-pub const SEMAPHORE_ALL_ACCESS: DWORD = 0x001F_0003;
-
-// ---- Flags (win32-semantics §1.4) ----
-
-/// `CreateMutexEx`: the creating thread owns a new mutex.
-pub const CREATE_MUTEX_INITIAL_OWNER: DWORD = 0x0000_0001;
-/// `CreateEventEx`: manual-reset event.
-pub const CREATE_EVENT_MANUAL_RESET: DWORD = 0x0000_0001;
-/// `CreateEventEx`: initially signaled.
-pub const CREATE_EVENT_INITIAL_SET: DWORD = 0x0000_0002;
+pub use dlock_proto::vocab::{
+    ACCESS_SYSTEM_SECURITY, CREATE_EVENT_INITIAL_SET, CREATE_EVENT_MANUAL_RESET,
+    CREATE_MUTEX_INITIAL_OWNER, DELETE, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS,
+    ERROR_BAD_NET_NAME, ERROR_BAD_PATHNAME, ERROR_CONNECTION_ABORTED, ERROR_FILE_CORRUPT,
+    ERROR_FILE_NOT_FOUND, ERROR_FILENAME_EXCED_RANGE, ERROR_INTERNAL_ERROR, ERROR_INVALID_HANDLE,
+    ERROR_INVALID_NAME, ERROR_INVALID_PARAMETER, ERROR_MUTANT_LIMIT_EXCEEDED,
+    ERROR_NETWORK_UNREACHABLE, ERROR_NO_SYSTEM_RESOURCES, ERROR_NOT_OWNER, ERROR_NOT_SUPPORTED,
+    ERROR_PATH_NOT_FOUND, ERROR_PRIVILEGE_NOT_HELD, ERROR_REVISION_MISMATCH, ERROR_SUCCESS,
+    ERROR_TOO_MANY_POSTS, EVENT_ALL_ACCESS, EVENT_MODIFY_STATE, EVENT_QUERY_STATE, GENERIC_ALL,
+    GENERIC_EXECUTE, GENERIC_READ, GENERIC_WRITE, INFINITE, MAX_PATH, MAXIMUM_ALLOWED,
+    MAXIMUM_WAIT_OBJECTS, MUTANT_ALL_ACCESS, MUTANT_QUERY_STATE, MUTEX_ALL_ACCESS,
+    MUTEX_MODIFY_STATE, READ_CONTROL, SEMAPHORE_ALL_ACCESS, SEMAPHORE_MODIFY_STATE,
+    SEMAPHORE_QUERY_STATE, STANDARD_RIGHTS_EXECUTE, STANDARD_RIGHTS_READ, STANDARD_RIGHTS_REQUIRED,
+    STANDARD_RIGHTS_WRITE, SYNCHRONIZE, WAIT_ABANDONED, WAIT_ABANDONED_0, WAIT_FAILED,
+    WAIT_IO_COMPLETION, WAIT_OBJECT_0, WAIT_TIMEOUT, WRITE_DAC, WRITE_OWNER,
+};
 
 // ---- Last error ----
 
@@ -311,8 +200,8 @@ pub fn SetLastError(code: DWORD) {
 }
 
 /// Sets the last error and returns `value` (the failure value of the caller).
-fn fail<T>(code: u32, value: T) -> T {
-    thread::set_last_error(code);
+fn fail<T>(code: impl Into<DWORD>, value: T) -> T {
+    thread::set_last_error(code.into());
     value
 }
 
@@ -325,7 +214,7 @@ fn is_true(b: BOOL) -> bool {
 /// The shared body of every create: name checks, then create-or-open on the current session.
 fn create(
     kind: ObjectKind,
-    name: Result<Option<String>, u32>,
+    name: Result<Option<String>, Win32Error>,
     flags: u32,
     access: u32,
     initial_count: i32,
@@ -338,10 +227,9 @@ fn create(
     if !HANDLES.lock().unwrap_or_else(|e| e.into_inner()).has_room() {
         return fail(ERROR_NO_SYSTEM_RESOURCES, NULL);
     }
+    let params = CreateParams::from_flags(kind, flags, initial_count, maximum_count);
     if let Some(key) = name.as_deref().and_then(names::local_key) {
-        let created = local::namespace().and_then(|seg| {
-            local::create(seg, kind, key, flags, access, initial_count, maximum_count)
-        });
+        let created = local::namespace().and_then(|seg| local::create(seg, key, &params, access));
         return match created {
             Ok((obj, existed)) => {
                 let handle = insert_slot(Slot::Local(obj));
@@ -356,23 +244,13 @@ fn create(
         };
     }
     let thread = thread::current_thread_id();
-    if kind == ObjectKind::Mutex && flags & CREATE_MUTEX_INITIAL_OWNER != 0 {
+    if params.initial_owner() {
         thread::mark_may_own();
     }
     let name = name.as_deref();
     let result = block_on(|facade| {
         facade.with_session(move |session| async move {
-            session
-                .create(
-                    thread,
-                    kind,
-                    name,
-                    flags,
-                    access,
-                    initial_count,
-                    maximum_count,
-                )
-                .await
+            session.create(thread, name, params, access).await
         })
     });
     match result {
@@ -390,7 +268,7 @@ fn create(
 }
 
 /// The shared body of every open.
-fn open(kind: ObjectKind, access: u32, name: Result<Option<String>, u32>) -> HANDLE {
+fn open(kind: ObjectKind, access: u32, name: Result<Option<String>, Win32Error>) -> HANDLE {
     let name = match name {
         Ok(Some(name)) => name,
         Ok(None) => return fail(ERROR_INVALID_PARAMETER, NULL),
@@ -432,8 +310,8 @@ fn insert_slot(slot: Slot) -> HANDLE {
 fn on_local<T>(
     handle: HANDLE,
     kind: Option<ObjectKind>,
-    op: impl FnOnce(&'static Segment, LocalObj) -> Result<T, u32>,
-) -> Option<Result<T, u32>> {
+    op: impl FnOnce(&'static Segment, LocalObj) -> Result<T, Win32Error>,
+) -> Option<Result<T, Win32Error>> {
     let obj = match global::cached_local(handle) {
         Some(obj) => obj,
         None => match global::lookup(handle, kind) {
@@ -443,15 +321,19 @@ fn on_local<T>(
         },
     };
     if kind.is_some_and(|k| k != obj.kind) {
-        return Some(Err(ERROR_INVALID_HANDLE));
+        return Some(Err(Win32Error::INVALID_HANDLE));
     }
     Some(with_segment(|seg| op(seg, obj)))
 }
 
 /// Runs `op` on the attached local namespace; 6 if there is none (no local handle can exist
 /// then).
-fn with_segment<T>(op: impl FnOnce(&'static Segment) -> Result<T, u32>) -> Result<T, u32> {
-    local::attached().ok_or(ERROR_INVALID_HANDLE).and_then(op)
+fn with_segment<T>(
+    op: impl FnOnce(&'static Segment) -> Result<T, Win32Error>,
+) -> Result<T, Win32Error> {
+    local::attached()
+        .ok_or(Win32Error::INVALID_HANDLE)
+        .and_then(op)
 }
 
 fn mutex_flags(initial_owner: BOOL) -> u32 {
@@ -760,16 +642,20 @@ pub fn OpenSemaphoreW(
 /// Runs `op` on the session and server id behind `handle` (which must be of `kind`, if
 /// given). Failure codes: 6 for a bad handle; [`Error::code`] otherwise (a session lost during
 /// the call gives 1236).
-fn with_handle<T, F, Fut>(handle: HANDLE, kind: Option<ObjectKind>, op: F) -> Result<T, u32>
+fn with_handle<T, F, Fut>(handle: HANDLE, kind: Option<ObjectKind>, op: F) -> Result<T, Win32Error>
 where
     F: FnOnce(Session, u64) -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
     let entry = resolve(handle, kind)?;
-    block_on(|_| async move { op(entry.session, entry.id).await.map_err(|e| e.code()) })
+    block_on(|_| async move {
+        op(entry.session, entry.id)
+            .await
+            .map_err(|e| e.win32_error())
+    })
 }
 
-fn to_bool(result: Result<(), u32>) -> BOOL {
+fn to_bool(result: Result<(), Win32Error>) -> BOOL {
     match result {
         Ok(()) => TRUE,
         Err(code) => fail(code, FALSE),
@@ -887,7 +773,7 @@ pub fn CloseHandle(hObject: HANDLE) -> BOOL {
             forget();
             TRUE
         }
-        Ok(Err(Error::SessionLost)) | Ok(Err(Error::Win32(ERROR_INVALID_HANDLE))) => {
+        Ok(Err(Error::SessionLost)) | Ok(Err(Error::Win32(Win32Error::INVALID_HANDLE))) => {
             forget();
             fail(ERROR_INVALID_HANDLE, FALSE)
         }
@@ -900,22 +786,24 @@ pub fn CloseHandle(hObject: HANDLE) -> BOOL {
 // ---- Waits ----
 
 /// Resolves every handle of a wait; they must all belong to one live session.
-fn resolve_all(handles: &[HANDLE]) -> Result<(Session, Vec<u64>), u32> {
+fn resolve_all(handles: &[HANDLE]) -> Result<(Session, Vec<u64>), Win32Error> {
     let mut session: Option<Session> = None;
     let mut ids = Vec::with_capacity(handles.len());
     for &handle in handles {
         let entry = resolve(handle, None)?;
         match &session {
-            Some(s) if s.id() != entry.session.id() => return Err(ERROR_INVALID_HANDLE),
+            Some(s) if s.id() != entry.session.id() => return Err(Win32Error::INVALID_HANDLE),
             Some(_) => {}
             None => session = Some(entry.session.clone()),
         }
         ids.push(entry.id);
     }
-    session.map(|s| (s, ids)).ok_or(ERROR_INVALID_PARAMETER)
+    session
+        .map(|s| (s, ids))
+        .ok_or(Win32Error::INVALID_PARAMETER)
 }
 
-fn wait_result(result: Result<crate::WaitOutcome, u32>) -> DWORD {
+fn wait_result(result: Result<crate::WaitOutcome, Win32Error>) -> DWORD {
     match result {
         Ok(outcome) => outcome.to_win32(),
         Err(code) => fail(code, WAIT_FAILED),
@@ -945,7 +833,7 @@ pub fn WaitForSingleObject(hHandle: HANDLE, dwMilliseconds: DWORD) -> DWORD {
 
 /// The handles of a wait, all local, or `None` if they are all cluster handles. A mix fails
 /// with 87: one wait cannot block on the cluster and on shared memory at once.
-fn local_wait_set(handles: &[HANDLE]) -> Result<Option<Vec<LocalObj>>, u32> {
+fn local_wait_set(handles: &[HANDLE]) -> Result<Option<Vec<LocalObj>>, Win32Error> {
     let mut local = Vec::with_capacity(handles.len());
     let mut remote = 0;
     for &handle in handles {
@@ -957,7 +845,7 @@ fn local_wait_set(handles: &[HANDLE]) -> Result<Option<Vec<LocalObj>>, u32> {
     match (local.len(), remote) {
         (_, 0) => Ok(Some(local)),
         (0, _) => Ok(None),
-        _ => Err(ERROR_INVALID_PARAMETER),
+        _ => Err(Win32Error::INVALID_PARAMETER),
     }
 }
 
@@ -994,7 +882,7 @@ pub fn WaitForMultipleObjects(
         session
             .wait(thread, &ids, is_true(bWaitAll), timeout)
             .await
-            .map_err(|e| e.code())
+            .map_err(|e| e.win32_error())
     }))
 }
 
@@ -1028,7 +916,7 @@ pub fn SignalObjectAndWait(
         session
             .signal_and_wait(thread, ids[0], ids[1], timeout)
             .await
-            .map_err(|e| e.code())
+            .map_err(|e| e.win32_error())
     }))
 }
 

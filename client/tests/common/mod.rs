@@ -148,7 +148,7 @@ impl Dlock for Node {
                 s.handles.insert((h.session_id, handle), name.clone());
                 s.names.insert(name.clone(), r.kind);
                 let mut token = 0;
-                if existing.is_none() && r.kind == ObjectKind::Mutex as i32 && r.flags & 1 != 0 {
+                if existing.is_none() && r.kind == ObjectKind::Mutex as i32 && r.initial_owner {
                     s.next_token += 1;
                     token = s.next_token;
                     s.owners.insert(name, (h.session_id, r.thread_id, token));

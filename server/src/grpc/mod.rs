@@ -21,12 +21,12 @@ use tracing::{debug, instrument, warn};
 use crate::config::Config;
 use crate::error::Error;
 use crate::machine::{Shared, Touch, lock, now_unix_ms};
-use crate::namespace::win32::{
-    ERROR_NO_SYSTEM_RESOURCES, WAIT_ABANDONED_0, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
-};
 use crate::namespace::{
     Command, CreateParams, ObjectKind, ObjectState, Reply, Request, WaitOutcome, WaitStatus,
     validate_request,
+};
+use dlock_proto::vocab::{
+    ERROR_IO_PENDING, WAIT_ABANDONED_0, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT, Win32Error,
 };
 use peer_info::Directory;
 use status::to_status;
@@ -423,7 +423,7 @@ fn wait_reply(outcome: WaitOutcome) -> pb::WaitReply {
         },
         WaitOutcome::Failed(code) => pb::WaitReply {
             result: WAIT_FAILED,
-            error: code,
+            error: code.code(),
             fencing_token: 0,
             pending: false,
         },
@@ -441,14 +441,11 @@ fn pending_reply() -> pb::WaitReply {
     }
 }
 
-/// `ERROR_IO_PENDING`: the error a pending wait reply carries (see `pending_reply`).
-pub const ERROR_IO_PENDING: u32 = 997;
-
 /// The Win32 code of a request that fails the state-independent checks, if it may be refused
 /// before the log. Not when its header reports received wait outcomes (`waits_done`): those
 /// must reach the log, so such a request is proposed and refused by `apply` instead, with the
 /// same reply.
-fn refused_before_log(header: Option<&pb::RequestHeader>, request: &Request) -> Option<u32> {
+fn refused_before_log(header: Option<&pb::RequestHeader>, request: &Request) -> Option<Win32Error> {
     let code = validate_request(request).err()?;
     header
         .is_none_or(|h| h.waits_done.is_empty())
@@ -458,7 +455,7 @@ fn refused_before_log(header: Option<&pb::RequestHeader>, request: &Request) -> 
 fn status_reply(reply: Reply) -> Result<Response<pb::StatusReply>, Status> {
     match reply {
         Reply::Done => Ok(Response::new(pb::StatusReply { error: 0 })),
-        Reply::Error(code) => Ok(Response::new(pb::StatusReply { error: code })),
+        Reply::Error(code) => Ok(Response::new(pb::StatusReply { error: code.code() })),
         other => Err(unexpected(other)),
     }
 }
@@ -514,7 +511,7 @@ impl Dlock for DlockService {
                     lease_margin_ms: self.config.election_timeout_max_ms(),
                 }))
             }
-            Reply::Error(ERROR_NO_SYSTEM_RESOURCES) => Err(to_status(Error::Overloaded(
+            Reply::Error(Win32Error::NO_SYSTEM_RESOURCES) => Err(to_status(Error::Overloaded(
                 "the cluster's session limit is reached".into(),
             ))),
             Reply::Error(code) => Err(to_status(Error::InvalidArgument(format!(
@@ -586,11 +583,11 @@ impl Dlock for DlockService {
         let req = request.into_inner();
         let params = match kind_from_wire(req.kind)? {
             ObjectKind::Mutex => CreateParams::Mutex {
-                initial_owner: req.flags & 0x1 != 0,
+                initial_owner: req.initial_owner,
             },
             ObjectKind::Event => CreateParams::Event {
-                manual_reset: req.flags & 0x1 != 0,
-                initial_state: req.flags & 0x2 != 0,
+                manual_reset: req.manual_reset,
+                initial_state: req.initial_state,
             },
             ObjectKind::Semaphore => CreateParams::Semaphore {
                 initial: req.initial_count,
@@ -605,7 +602,7 @@ impl Dlock for DlockService {
         };
         if let Some(code) = refused_before_log(req.header.as_ref(), &request) {
             return Ok(Response::new(pb::CreateReply {
-                error: code,
+                error: code.code(),
                 handle: 0,
                 fencing_token: 0,
             }));
@@ -617,7 +614,7 @@ impl Dlock for DlockService {
                 fencing_token,
             } => Ok(Response::new(pb::CreateReply {
                 error: if already_existed {
-                    crate::namespace::win32::ERROR_ALREADY_EXISTS
+                    dlock_proto::vocab::ERROR_ALREADY_EXISTS
                 } else {
                     0
                 },
@@ -625,7 +622,7 @@ impl Dlock for DlockService {
                 fencing_token,
             })),
             Reply::Error(code) => Ok(Response::new(pb::CreateReply {
-                error: code,
+                error: code.code(),
                 handle: 0,
                 fencing_token: 0,
             })),
@@ -646,14 +643,14 @@ impl Dlock for DlockService {
         };
         if let Some(code) = refused_before_log(req.header.as_ref(), &request) {
             return Ok(Response::new(pb::OpenReply {
-                error: code,
+                error: code.code(),
                 handle: 0,
             }));
         }
         match self.client(req.header, request).await? {
             Reply::Opened { handle } => Ok(Response::new(pb::OpenReply { error: 0, handle })),
             Reply::Error(code) => Ok(Response::new(pb::OpenReply {
-                error: code,
+                error: code.code(),
                 handle: 0,
             })),
             other => Err(unexpected(other)),
@@ -738,7 +735,7 @@ impl Dlock for DlockService {
         };
         if let Some(code) = refused_before_log(req.header.as_ref(), &request) {
             return Ok(Response::new(pb::ReleaseSemaphoreReply {
-                error: code,
+                error: code.code(),
                 previous_count: 0,
             }));
         }
@@ -748,7 +745,7 @@ impl Dlock for DlockService {
                 previous_count: previous,
             })),
             Reply::Error(code) => Ok(Response::new(pb::ReleaseSemaphoreReply {
-                error: code,
+                error: code.code(),
                 previous_count: 0,
             })),
             other => Err(unexpected(other)),
@@ -848,7 +845,7 @@ impl Dlock for DlockService {
         let state = lock(&self.shared.ns).query(req.session_id, req.handle);
         let mut reply = pb::QueryReply::default();
         match state {
-            Err(code) => reply.error = code,
+            Err(code) => reply.error = code.code(),
             Ok(ObjectState::Mutex {
                 owner,
                 recursion,

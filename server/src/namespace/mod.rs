@@ -116,7 +116,7 @@
 //! 4. A wait-all that acquires several mutexes reports the fencing token of the first mutex in
 //!    array order; a wait-any reports the token of the mutex it acquired; 0 if no mutex.
 //! 5. The recursion limit: an owner's wait whose lowest signaled object is its own mutex at
-//!    [`win32::MUTEX_RECURSION_MAX`] fails with `WAIT_FAILED`/587 and changes nothing; a queued
+//!    [`MUTEX_RECURSION_MAX`](dlock_proto::vocab::MUTEX_RECURSION_MAX) fails with `WAIT_FAILED`/587 and changes nothing; a queued
 //!    wait that would overflow when woken fails the same way.
 //! 6. `ThreadExit` also fails that thread's pending waits with 6 (a dead thread must not be
 //!    granted a mutex it would never release), like session end does for the whole session.
@@ -145,7 +145,6 @@
 //!   an owner index (rebuilt from the objects on restore, checked by `verify`) makes it cost
 //!   what the owner holds.
 
-mod names;
 mod object;
 mod session;
 #[cfg(test)]
@@ -153,7 +152,6 @@ mod tests;
 mod types;
 mod validate;
 mod wait;
-pub mod win32;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -161,20 +159,18 @@ use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use names::{GLOBAL_PREFIX, LOCAL_PREFIX, create_name_key, name_key, open_name_key};
+use dlock_proto::vocab::names::{create_name_key, name_key, open_name_key};
 pub use session::SessionInfo;
 pub use types::*;
 pub use validate::{failure_reply, validate_request};
 pub use wait::PendingWait;
 
+use dlock_proto::vocab::{
+    EVENT_MODIFY_STATE, MAXIMUM_WAIT_OBJECTS, SEMAPHORE_MODIFY_STATE, SYNCHRONIZE, access,
+};
 use object::{MutexData, Object, ObjectData, ObjectId, Owner};
 use session::Session;
 use wait::{Outcome, Taken, Wait, WaitKey};
-use win32::{
-    ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_INVALID_HANDLE, ERROR_INVALID_PARAMETER,
-    ERROR_MUTANT_LIMIT_EXCEEDED, ERROR_NO_SYSTEM_RESOURCES, ERROR_NOT_OWNER, ERROR_TOO_MANY_POSTS,
-    EVENT_MODIFY_STATE, SEMAPHORE_MODIFY_STATE, SYNCHRONIZE,
-};
 
 /// Most sessions open at once. At the limit `OpenSession` replies `Error(1450)` and nothing
 /// changes.
@@ -299,7 +295,7 @@ enum Eval {
     /// Wait-all: satisfied by all objects.
     All,
     /// It would fail (recursion limit) with this code.
-    Fail(u32),
+    Fail(Win32Error),
 }
 
 /// The namespace: every session, handle, object, name and pending wait. See the module docs.
@@ -455,8 +451,8 @@ impl Namespace {
     ///
     /// # Errors
     ///
-    /// `ERROR_INVALID_HANDLE` if the session does not exist or the handle is not one of its own.
-    pub fn query(&self, session: SessionId, handle: HandleId) -> Result<ObjectState, u32> {
+    /// `Win32Error::INVALID_HANDLE` if the session does not exist or the handle is not one of its own.
+    pub fn query(&self, session: SessionId, handle: HandleId) -> Result<ObjectState, Win32Error> {
         let (object, _) = self.lookup(session, handle)?;
         Ok(self.object(object).state())
     }
@@ -589,10 +585,10 @@ impl Namespace {
 
     fn open_session(&mut self, index: u64, ttl_ms: u64, _now: u64, client_name: &str) -> Reply {
         if client_name.len() > CLIENT_NAME_MAX_BYTES {
-            return Reply::Error(ERROR_INVALID_PARAMETER);
+            return Reply::Error(Win32Error::INVALID_PARAMETER);
         }
         if self.sessions.len() >= self.limits.sessions_max {
-            return Reply::Error(ERROR_NO_SYSTEM_RESOURCES);
+            return Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
         }
         let session = Session {
             client_name: client_name.to_string(),
@@ -620,7 +616,7 @@ impl Namespace {
         for seq in seqs {
             self.finish_wait(
                 (id, seq),
-                WaitOutcome::Failed(ERROR_INVALID_HANDLE),
+                WaitOutcome::Failed(Win32Error::INVALID_HANDLE),
                 resolved,
             );
         }
@@ -683,7 +679,7 @@ impl Namespace {
         }
         let floor = session.acked_below.max(ack_below);
         if seq < floor {
-            return Reply::Error(ERROR_INVALID_PARAMETER);
+            return Reply::Error(Win32Error::INVALID_PARAMETER);
         }
         session.acked_below = floor;
         let (replies, outcomes) = (session.replies.len(), session.outcomes.len());
@@ -737,9 +733,9 @@ impl Namespace {
         }
         match s.replies.get(&wait) {
             Some(Reply::Wait(outcome)) => Reply::Wait(*outcome),
-            Some(_) => Reply::Wait(WaitOutcome::Failed(ERROR_INVALID_PARAMETER)),
+            Some(_) => Reply::Wait(WaitOutcome::Failed(Win32Error::INVALID_PARAMETER)),
             None if wait < s.acked_below => {
-                Reply::Wait(WaitOutcome::Failed(ERROR_INVALID_PARAMETER))
+                Reply::Wait(WaitOutcome::Failed(Win32Error::INVALID_PARAMETER))
             }
             None => {
                 // Never registered (yet): bar a registration still on its way.
@@ -875,7 +871,7 @@ impl Namespace {
                 if *wait_all {
                     let mut seen = BTreeSet::new();
                     if !objects.iter().all(|o| seen.insert(*o)) {
-                        return Reply::Wait(WaitOutcome::Failed(ERROR_INVALID_PARAMETER));
+                        return Reply::Wait(WaitOutcome::Failed(Win32Error::INVALID_PARAMETER));
                     }
                 }
                 let wait = Wait {
@@ -913,7 +909,7 @@ impl Namespace {
             // number could bar registrations no client will ever send, one reply each, past
             // every bound.
             Request::CancelWait { wait } if *wait >= seq => {
-                Reply::Wait(WaitOutcome::Failed(ERROR_INVALID_PARAMETER))
+                Reply::Wait(WaitOutcome::Failed(Win32Error::INVALID_PARAMETER))
             }
             Request::CancelWait { wait } => self.cancel_wait(index, session, *wait, resolved),
             Request::ThreadExit { thread } => {
@@ -931,7 +927,7 @@ impl Namespace {
                     })
                     .collect();
                 for seq in seqs {
-                    let failed = WaitOutcome::Failed(ERROR_INVALID_HANDLE);
+                    let failed = WaitOutcome::Failed(Win32Error::INVALID_HANDLE);
                     self.finish_wait((session, seq), failed, resolved);
                 }
                 let abandoned = self.abandon(session, Some(*thread));
@@ -965,14 +961,14 @@ impl Namespace {
         let kind = params.kind();
         if let Some(id) = key.and_then(|key| self.names.get(key)).copied() {
             if self.object(id).kind() != kind {
-                return Reply::Error(ERROR_INVALID_HANDLE);
+                return Reply::Error(Win32Error::INVALID_HANDLE);
             }
-            let granted = match win32::existing_object_access(kind, access) {
+            let granted = match access::existing_object(kind, access) {
                 Ok(granted) => granted,
                 Err(code) => return Reply::Error(code),
             };
             if !self.has_handle_room(session) {
-                return Reply::Error(ERROR_NO_SYSTEM_RESOURCES);
+                return Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
             }
             let handle = self.new_handle(session, id, granted);
             return Reply::Created {
@@ -981,12 +977,12 @@ impl Namespace {
                 fencing_token: 0,
             };
         }
-        let granted = match win32::new_object_access(kind, access) {
+        let granted = match access::new_object(kind, access) {
             Ok(granted) => granted,
             Err(code) => return Reply::Error(code),
         };
         if !self.has_handle_room(session) || self.objects.len() >= self.limits.objects_max {
-            return Reply::Error(ERROR_NO_SYSTEM_RESOURCES);
+            return Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
         }
         let mut fencing_token = 0;
         let data = match *params {
@@ -1056,17 +1052,17 @@ impl Namespace {
             Err(code) => return Reply::Error(code),
         };
         let Some(&id) = self.names.get(key) else {
-            return Reply::Error(ERROR_FILE_NOT_FOUND);
+            return Reply::Error(Win32Error::FILE_NOT_FOUND);
         };
         if self.object(id).kind() != kind {
-            return Reply::Error(ERROR_INVALID_HANDLE);
+            return Reply::Error(Win32Error::INVALID_HANDLE);
         }
-        let granted = match win32::existing_object_access(kind, access) {
+        let granted = match access::existing_object(kind, access) {
             Ok(granted) => granted,
             Err(code) => return Reply::Error(code),
         };
         if !self.has_handle_room(session) {
-            return Reply::Error(ERROR_NO_SYSTEM_RESOURCES);
+            return Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
         }
         Reply::Opened {
             handle: self.new_handle(session, id, granted),
@@ -1198,13 +1194,13 @@ impl Namespace {
         thread: ThreadId,
         handle: HandleId,
         resolved: &mut Vec<Resolved>,
-    ) -> Result<(), u32> {
+    ) -> Result<(), Win32Error> {
         let (id, _) = self.typed_handle(session, handle, ObjectKind::Mutex, 0)?;
         let ObjectData::Mutex(m) = &mut self.object_mut(id).data else {
             unreachable!("typed_handle checked the type")
         };
         if m.owner != Some((session, thread)) {
-            return Err(ERROR_NOT_OWNER);
+            return Err(Win32Error::NOT_OWNER);
         }
         m.recursion -= 1;
         if m.recursion == 0 {
@@ -1263,9 +1259,9 @@ impl Namespace {
         handle: HandleId,
         release: i32,
         resolved: &mut Vec<Resolved>,
-    ) -> Result<i32, u32> {
+    ) -> Result<i32, Win32Error> {
         if release <= 0 {
-            return Err(ERROR_INVALID_PARAMETER);
+            return Err(Win32Error::INVALID_PARAMETER);
         }
         let (id, _) = self.typed_handle(
             session,
@@ -1279,7 +1275,7 @@ impl Namespace {
         let previous = *count;
         match previous.checked_add(release) {
             Some(new) if new <= *max => *count = new,
-            _ => return Err(ERROR_TOO_MANY_POSTS),
+            _ => return Err(Win32Error::TOO_MANY_POSTS),
         }
         self.wake(index, &[id], resolved);
         Ok(previous)
@@ -1326,10 +1322,10 @@ impl Namespace {
     // -----------------------------------------------------------------------------------------
 
     /// The object behind a handle the session waits on (needs `SYNCHRONIZE`).
-    fn wait_handle(&self, session: SessionId, handle: HandleId) -> Result<ObjectId, u32> {
+    fn wait_handle(&self, session: SessionId, handle: HandleId) -> Result<ObjectId, Win32Error> {
         let (id, access) = self.lookup(session, handle)?;
         if access & SYNCHRONIZE == 0 {
-            return Err(ERROR_ACCESS_DENIED);
+            return Err(Win32Error::ACCESS_DENIED);
         }
         Ok(id)
     }
@@ -1342,7 +1338,7 @@ impl Namespace {
             Eval::NotReady if wait.timeout_ms == 0 => Reply::Wait(WaitOutcome::TimedOut),
             Eval::NotReady => {
                 if !self.has_wait_room(key.0, &wait.objects) {
-                    return Reply::Wait(WaitOutcome::Failed(ERROR_NO_SYSTEM_RESOURCES));
+                    return Reply::Wait(WaitOutcome::Failed(Win32Error::NO_SYSTEM_RESOURCES));
                 }
                 for id in distinct(&wait.objects) {
                     self.object_mut(id).waiters.push_back(key);
@@ -1361,7 +1357,7 @@ impl Namespace {
             ready => {
                 // The grant's record counts against the cluster-wide bound (not the session's).
                 if self.waits.len() + self.outcomes_total >= self.limits.waits_max {
-                    return Reply::Wait(WaitOutcome::Failed(ERROR_NO_SYSTEM_RESOURCES));
+                    return Reply::Wait(WaitOutcome::Failed(Win32Error::NO_SYSTEM_RESOURCES));
                 }
                 let (outcome, acquired) = self.grant(index, owner, &wait.objects, ready);
                 let record = Outcome {
@@ -1409,7 +1405,7 @@ impl Namespace {
                 .iter()
                 .any(|id| self.object(*id).acquire_would_overflow(owner))
             {
-                return Eval::Fail(ERROR_MUTANT_LIMIT_EXCEEDED);
+                return Eval::Fail(Win32Error::MUTANT_LIMIT_EXCEEDED);
             }
             return Eval::All;
         }
@@ -1417,7 +1413,7 @@ impl Namespace {
             let object = self.object(*id);
             if object.is_signaled_for(owner) {
                 if object.acquire_would_overflow(owner) {
-                    return Eval::Fail(ERROR_MUTANT_LIMIT_EXCEEDED);
+                    return Eval::Fail(Win32Error::MUTANT_LIMIT_EXCEEDED);
                 }
                 return Eval::Any(i);
             }
@@ -1569,7 +1565,7 @@ impl Namespace {
         wait: HandleId,
         timeout_ms: u32,
         resolved: &mut Vec<Resolved>,
-    ) -> Result<Reply, u32> {
+    ) -> Result<Reply, Win32Error> {
         let session = key.0;
         let (signal_id, signal_access) = self.lookup(session, signal)?;
         let kind = self.object(signal_id).kind();
@@ -1579,16 +1575,16 @@ impl Namespace {
             ObjectKind::Semaphore => SEMAPHORE_MODIFY_STATE,
         };
         if signal_access & needed != needed {
-            return Err(ERROR_ACCESS_DENIED);
+            return Err(Win32Error::ACCESS_DENIED);
         }
         let wait_id = self.wait_handle(session, wait)?;
         if timeout_ms != 0 && !self.has_wait_room(session, &[wait_id]) {
-            return Err(ERROR_NO_SYSTEM_RESOURCES);
+            return Err(Win32Error::NO_SYSTEM_RESOURCES);
         }
         // Refused before signalling: a poll granted at once needs a record the cluster-wide
         // bound may not allow, and a refusal must change nothing.
         if self.waits.len() + self.outcomes_total >= self.limits.waits_max {
-            return Err(ERROR_NO_SYSTEM_RESOURCES);
+            return Err(Win32Error::NO_SYSTEM_RESOURCES);
         }
         match kind {
             ObjectKind::Mutex => self.release_mutex(index, session, thread, signal, resolved)?,
@@ -1616,10 +1612,10 @@ impl Namespace {
     // -----------------------------------------------------------------------------------------
 
     /// The object and granted access behind one of the session's handles.
-    fn lookup(&self, session: SessionId, handle: HandleId) -> Result<(ObjectId, u32), u32> {
+    fn lookup(&self, session: SessionId, handle: HandleId) -> Result<(ObjectId, u32), Win32Error> {
         match self.handles.get(&handle) {
             Some(h) if h.session == session => Ok((h.object, h.access)),
-            _ => Err(ERROR_INVALID_HANDLE),
+            _ => Err(Win32Error::INVALID_HANDLE),
         }
     }
 
@@ -1630,13 +1626,13 @@ impl Namespace {
         handle: HandleId,
         kind: ObjectKind,
         rights: u32,
-    ) -> Result<(ObjectId, u32), u32> {
+    ) -> Result<(ObjectId, u32), Win32Error> {
         let (id, access) = self.lookup(session, handle)?;
         if self.object(id).kind() != kind {
-            return Err(ERROR_INVALID_HANDLE);
+            return Err(Win32Error::INVALID_HANDLE);
         }
         if access & rights != rights {
-            return Err(ERROR_ACCESS_DENIED);
+            return Err(Win32Error::ACCESS_DENIED);
         }
         Ok((id, access))
     }
@@ -1794,7 +1790,7 @@ impl Namespace {
             {
                 return Err(format!("wait {key:?} not listed by its session"));
             }
-            if wait.objects.is_empty() || wait.objects.len() > win32::MAXIMUM_WAIT_OBJECTS {
+            if wait.objects.is_empty() || wait.objects.len() > MAXIMUM_WAIT_OBJECTS as usize {
                 return Err(format!("wait {key:?} names {} objects", wait.objects.len()));
             }
             for id in distinct(&wait.objects) {

@@ -5,9 +5,10 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{ObjectKind, ObjectState, SessionId, ThreadId};
+use super::types::{ObjectState, SessionId, ThreadId};
 use super::wait::WaitKey;
-use super::win32::MUTEX_RECURSION_MAX;
+use dlock_proto::vocab::MUTEX_RECURSION_MAX;
+use dlock_proto::vocab::ObjectKind;
 
 /// Internal object id (a counter; never exposed, never reused).
 pub(crate) type ObjectId = u64;

@@ -43,12 +43,15 @@
 //! set_recursion OBJNAME N                     test hook: force a mutex's recursion count
 //! ```
 
+use dlock::Win32Error;
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt::Write as _;
 
-use super::win32::*;
 use super::*;
+use dlock_proto::vocab::*;
+// The namespace's own outcome and state types, not the client-facing ones of the vocabulary.
+use super::{ObjectState, WaitOutcome};
 
 /// Runs the namespace and a twin fed the same commands (determinism), checking invariants and a
 /// snapshot round trip after every command.
@@ -126,7 +129,9 @@ impl Runner {
             };
             if !matches!(
                 reply,
-                Reply::SessionUnknown | Reply::TooManyPending | Reply::Error(87)
+                Reply::SessionUnknown
+                    | Reply::TooManyPending
+                    | Reply::Error(Win32Error::INVALID_PARAMETER)
             ) {
                 assert_eq!(
                     reply,
@@ -181,7 +186,7 @@ impl Runner {
             Reply::Opened { handle } => format!("opened h{handle}"),
             Reply::Done => "ok".into(),
             Reply::SemaphoreReleased { previous } => format!("released previous={previous}"),
-            Reply::Error(code) => format!("error {code} {}", error_name(*code)),
+            Reply::Error(code) => format!("error {} {}", code.code(), code.name()),
             Reply::Wait(outcome) => format_outcome(outcome),
             Reply::WaitPending => "pending".into(),
             Reply::TooManyPending => "too many pending".into(),
@@ -278,7 +283,7 @@ fn format_outcome(outcome: &WaitOutcome) -> String {
             fencing_token,
         } => with("WAIT_ABANDONED_0", *index, *fencing_token),
         WaitOutcome::TimedOut => "WAIT_TIMEOUT".into(),
-        WaitOutcome::Failed(code) => format!("WAIT_FAILED {code} {}", error_name(*code)),
+        WaitOutcome::Failed(code) => format!("WAIT_FAILED {} {}", code.code(), code.name()),
     }
 }
 
@@ -529,7 +534,7 @@ impl goldenscript::Runner for Runner {
                 };
                 let access = match args.take_key("access") {
                     Some(text) => parse_access(text)?,
-                    None => all_access(kind),
+                    None => kind.all_access(),
                 };
                 args.reject_next()?;
                 let request = Request::Create {
@@ -546,7 +551,7 @@ impl goldenscript::Runner for Runner {
                 let object = object_name(&mut args)?;
                 let access = match args.take_key("access") {
                     Some(text) => parse_access(text)?,
-                    None => all_access(kind),
+                    None => kind.all_access(),
                 };
                 args.reject_next()?;
                 self.client(
@@ -578,7 +583,7 @@ impl goldenscript::Runner for Runner {
                             Ok(state) => {
                                 format!("{name}: h{handle} {}\n", self.format_state(&state))
                             }
-                            Err(code) => format!("{name}: error {code} {}\n", error_name(code)),
+                            Err(code) => format!("{name}: error {} {}\n", code.code(), code.name()),
                         });
                     }
                 };
@@ -954,35 +959,47 @@ fn validate_request_checks_fields() {
     };
     assert_eq!(
         validate_request(&wait(vec![], false)),
-        Err(ERROR_INVALID_PARAMETER)
+        Err(Win32Error::INVALID_PARAMETER)
     );
     assert_eq!(validate_request(&wait(vec![1; 64], false)), Ok(()));
     assert_eq!(
         validate_request(&wait(vec![1; 65], false)),
-        Err(ERROR_INVALID_PARAMETER)
+        Err(Win32Error::INVALID_PARAMETER)
     );
     assert_eq!(
         validate_request(&wait(vec![1, 2, 1], true)),
-        Err(ERROR_INVALID_PARAMETER)
+        Err(Win32Error::INVALID_PARAMETER)
     );
     let open = |name: Option<&str>| Request::Open {
         kind: ObjectKind::Mutex,
         name: name.map(str::to_string),
         access: SYNCHRONIZE,
     };
-    assert_eq!(validate_request(&open(None)), Err(ERROR_INVALID_PARAMETER));
-    assert_eq!(validate_request(&open(Some(""))), Err(ERROR_INVALID_HANDLE));
+    assert_eq!(
+        validate_request(&open(None)),
+        Err(Win32Error::INVALID_PARAMETER)
+    );
+    assert_eq!(
+        validate_request(&open(Some(""))),
+        Err(Win32Error::INVALID_HANDLE)
+    );
     assert_eq!(
         validate_request(&open(Some("Local\\x"))),
-        Err(ERROR_INVALID_PARAMETER)
+        Err(Win32Error::INVALID_PARAMETER)
     );
     assert_eq!(validate_request(&open(Some("Global\\x"))), Ok(()));
     let release = Request::ReleaseSemaphore {
         handle: 1,
         count: 0,
     };
-    assert_eq!(validate_request(&release), Err(ERROR_INVALID_PARAMETER));
-    assert_eq!(failure_reply(&release, 87), Reply::Error(87));
+    assert_eq!(
+        validate_request(&release),
+        Err(Win32Error::INVALID_PARAMETER)
+    );
+    assert_eq!(
+        failure_reply(&release, Win32Error::INVALID_PARAMETER),
+        Reply::Error(Win32Error::INVALID_PARAMETER)
+    );
 }
 
 #[test]
@@ -1009,7 +1026,7 @@ fn open_session_refuses_a_long_client_name() {
     let reply = ns
         .apply(1, &open("x".repeat(CLIENT_NAME_MAX_BYTES + 1)))
         .reply;
-    assert_eq!(reply, Some(Reply::Error(ERROR_INVALID_PARAMETER)));
+    assert_eq!(reply, Some(Reply::Error(Win32Error::INVALID_PARAMETER)));
     assert_eq!(ns.sessions().count(), 0);
     let reply = ns.apply(2, &open("x".repeat(CLIENT_NAME_MAX_BYTES))).reply;
     assert_eq!(reply, Some(Reply::SessionOpened { session: 2 }));
@@ -1044,7 +1061,7 @@ fn largest_namespace(budget: WaitBudget) -> Namespace {
     // Three-byte UTF-8 characters, the index spelled in the last three of them.
     let name = |i: u64| -> String {
         let digit = |d: u64| char::from_u32(0x4e00 + (d & 0xff) as u32).expect("a CJK character");
-        let mut name: String = std::iter::repeat_n('\u{4e00}', MAX_PATH - 3).collect();
+        let mut name: String = std::iter::repeat_n('\u{4e00}', MAX_PATH as usize - 3).collect();
         name.extend([digit(i >> 16), digit(i >> 8), digit(i)]);
         name
     };

@@ -3,66 +3,20 @@
 //! postcard in the log and in snapshots) so that the state machine stays free of I/O and of the
 //! wire protocol's generated types.
 
+pub use dlock_proto::vocab::{CreateParams, ObjectKind, Win32Error};
 use serde::{Deserialize, Serialize};
 
 /// A session id. It is the Raft log index of the `OpenSession` entry that created the session,
 /// so it is unique for the life of the cluster and never reused.
 pub type SessionId = u64;
 /// A handle id, unique across the whole namespace (a counter in the state), never reused. A handle
-/// belongs to exactly one session; using it from another session fails with `ERROR_INVALID_HANDLE`.
+/// belongs to exactly one session; using it from another session fails with `Win32Error::INVALID_HANDLE`.
 pub type HandleId = u64;
 /// A client-chosen thread id, unique within its session. Mutex ownership is `(session, thread)`.
 pub type ThreadId = u64;
 /// A per-session request sequence number, chosen by the client, strictly increasing per request
 /// (a retry reuses the number of the request it retries).
 pub type Seq = u64;
-
-/// The three object types that share the one namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ObjectKind {
-    /// A mutex (`CreateMutex`).
-    Mutex,
-    /// An event (`CreateEvent`).
-    Event,
-    /// A semaphore (`CreateSemaphore`).
-    Semaphore,
-}
-
-/// The type-specific creation parameters of a create-or-open. They are ignored when the name
-/// already exists (except that semaphore counts are validated first, as Windows does).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CreateParams {
-    /// `CreateMutexEx`: whether the creating thread owns the new mutex.
-    Mutex {
-        /// `CREATE_MUTEX_INITIAL_OWNER` / `bInitialOwner`.
-        initial_owner: bool,
-    },
-    /// `CreateEventEx`.
-    Event {
-        /// `CREATE_EVENT_MANUAL_RESET` / `bManualReset`.
-        manual_reset: bool,
-        /// `CREATE_EVENT_INITIAL_SET` / `bInitialState`.
-        initial_state: bool,
-    },
-    /// `CreateSemaphoreEx`.
-    Semaphore {
-        /// `lInitialCount`, must be in `0..=max`.
-        initial: i32,
-        /// `lMaximumCount`, must be > 0.
-        max: i32,
-    },
-}
-
-impl CreateParams {
-    /// The object type these parameters create.
-    pub fn kind(&self) -> ObjectKind {
-        match self {
-            CreateParams::Mutex { .. } => ObjectKind::Mutex,
-            CreateParams::Event { .. } => ObjectKind::Event,
-            CreateParams::Semaphore { .. } => ObjectKind::Semaphore,
-        }
-    }
-}
 
 /// A command as it is stored in the Raft log. Time only ever enters the state machine as data in
 /// a command: durations measured by the proposing leader on its monotonic clock (`Checkpoint`),
@@ -103,7 +57,7 @@ pub enum Command {
     },
     /// The leader decided the session's lease ran out: close all of its handles, abandon every
     /// mutex owned by any of its threads, drop its pending waits (they resolve as
-    /// `WaitOutcome::Failed(ERROR_INVALID_HANDLE)`), forget it. Unknown session: no-op. Reply:
+    /// `WaitOutcome::Failed(Win32Error::INVALID_HANDLE)`), forget it. Unknown session: no-op. Reply:
     /// `Done`.
     ExpireSession {
         /// The session to end.
@@ -269,7 +223,7 @@ pub enum WaitOutcome {
     /// `WAIT_TIMEOUT`.
     TimedOut,
     /// `WAIT_FAILED` with this last-error code.
-    Failed(u32),
+    Failed(Win32Error),
 }
 
 /// The reply to one applied command.
@@ -304,7 +258,7 @@ pub enum Reply {
         previous: i32,
     },
     /// The operation failed with this Win32 error code and changed nothing.
-    Error(u32),
+    Error(Win32Error),
     /// A wait that resolved.
     Wait(WaitOutcome),
     /// A wait that was queued. Its outcome is reported through `ApplyOutput::resolved` and kept

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use super::names::{create_name_key, open_name_key};
 use super::types::{CreateParams, Reply, Request, WaitOutcome};
-use super::win32::{ERROR_INVALID_PARAMETER, MAXIMUM_WAIT_OBJECTS};
+use dlock_proto::vocab::names::{create_name_key, open_name_key};
+use dlock_proto::vocab::{MAXIMUM_WAIT_OBJECTS, Win32Error};
 
 /// Checks a request's own fields:
 ///
@@ -22,28 +22,30 @@ use super::win32::{ERROR_INVALID_PARAMETER, MAXIMUM_WAIT_OBJECTS};
 /// # Errors
 ///
 /// The Win32 error code. Turn it into the reply with [`failure_reply`].
-pub fn validate_request(request: &Request) -> Result<(), u32> {
+pub fn validate_request(request: &Request) -> Result<(), Win32Error> {
     match request {
         Request::Create { name, params, .. } => {
             if let CreateParams::Semaphore { initial, max } = params
                 && (*max <= 0 || *initial < 0 || initial > max)
             {
-                return Err(ERROR_INVALID_PARAMETER);
+                return Err(Win32Error::INVALID_PARAMETER);
             }
             create_name_key(name.as_deref()).map(|_| ())
         }
         Request::Open { name, .. } => open_name_key(name.as_deref()).map(|_| ()),
-        Request::ReleaseSemaphore { count, .. } if *count <= 0 => Err(ERROR_INVALID_PARAMETER),
+        Request::ReleaseSemaphore { count, .. } if *count <= 0 => {
+            Err(Win32Error::INVALID_PARAMETER)
+        }
         Request::Wait {
             handles, wait_all, ..
         } => {
-            if handles.is_empty() || handles.len() > MAXIMUM_WAIT_OBJECTS {
-                return Err(ERROR_INVALID_PARAMETER);
+            if handles.is_empty() || handles.len() > MAXIMUM_WAIT_OBJECTS as usize {
+                return Err(Win32Error::INVALID_PARAMETER);
             }
             if *wait_all {
                 let mut seen = BTreeSet::new();
                 if !handles.iter().all(|handle| seen.insert(*handle)) {
-                    return Err(ERROR_INVALID_PARAMETER);
+                    return Err(Win32Error::INVALID_PARAMETER);
                 }
             }
             Ok(())
@@ -55,7 +57,7 @@ pub fn validate_request(request: &Request) -> Result<(), u32> {
 /// The reply a request gets when it fails with `code` before doing anything: `Wait(Failed(code))`
 /// for the wait requests (`Wait`, `SignalAndWait`, `CancelWait`), `Error(code)` for everything
 /// else.
-pub fn failure_reply(request: &Request, code: u32) -> Reply {
+pub fn failure_reply(request: &Request, code: Win32Error) -> Reply {
     match request {
         Request::Wait { .. } | Request::SignalAndWait { .. } | Request::CancelWait { .. } => {
             Reply::Wait(WaitOutcome::Failed(code))
