@@ -47,11 +47,13 @@
 //! server: see [`win32`]'s module docs. In the async API, [`LocalNamespace`] serves them without
 //! any cluster, and a [`Session`] given a `Local\` name serves it from there too.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod client;
 mod config;
 mod error;
-mod local;
+/// The `Local\` engine (crate `dlock-local`), which serves `Local\` names from shared memory.
+use dlock_local as local;
 pub use local::{LocalObjectInfo, LocalProcess, LocalSnapshot};
 mod objects;
 mod session;

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 
 use crate::local::{self, LocalObj, Segment};
 use crate::session::TYPED_OWNER_THREAD_ID;
@@ -161,8 +161,7 @@ struct CancelOnDrop(Arc<AtomicU32>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.store(1, Ordering::SeqCst);
-        let _ = rustix::thread::futex::wake(&self.0, rustix::thread::futex::Flags::empty(), 1);
+        local::cancel(&self.0);
     }
 }
 

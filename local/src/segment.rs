@@ -37,24 +37,24 @@ use super::sys;
 use super::{LocalError, Settings};
 
 /// First bytes of every segment.
-pub(crate) const MAGIC: [u8; 8] = *b"DLOCKSHM";
+pub const MAGIC: [u8; 8] = *b"DLOCKSHM";
 /// The layout version this library reads and writes.
-pub(crate) const VERSION: u32 = 1;
+pub const VERSION: u32 = 1;
 /// `Header::ready` once the creator finished initialising.
 const READY: u32 = 0x5245_4459; // "READY"
 
 /// The most processes attached to one namespace at a time.
-pub(crate) const PROCS_MAX: usize = 256;
+pub const PROCS_MAX: usize = 256;
 /// The most objects (named or zombie) in one namespace.
-pub(crate) const OBJECTS_MAX: usize = 4096;
+pub const OBJECTS_MAX: usize = 4096;
 /// The most open handles to local objects, all processes together.
-pub(crate) const HANDLES_MAX: usize = 65_536;
+pub const HANDLES_MAX: usize = 65_536;
 /// The most threads blocked in local waits, all processes together.
-pub(crate) const WAITERS_MAX: usize = 1024;
+pub const WAITERS_MAX: usize = 1024;
 /// Longest name in UTF-8 bytes (260 UTF-16 units are at most 780 bytes).
-pub(crate) const NAME_BYTES_MAX: usize = dlock_proto::vocab::names::LOCAL_NAME_BYTES_MAX;
+pub const NAME_BYTES_MAX: usize = dlock_proto::vocab::names::LOCAL_NAME_BYTES_MAX;
 /// The most handles one wait names (`MAXIMUM_WAIT_OBJECTS`).
-pub(crate) const WAIT_OBJECTS_MAX: usize = dlock_proto::vocab::MAXIMUM_WAIT_OBJECTS as usize;
+pub const WAIT_OBJECTS_MAX: usize = dlock_proto::vocab::MAXIMUM_WAIT_OBJECTS as usize;
 /// Where the per-process liveness locks start (byte offsets of the file, past its end).
 const PROC_LOCK_BASE: u64 = 1 << 40;
 /// Regions one journaled change may save: the largest change is a `PulseEvent` of a
@@ -69,7 +69,7 @@ const LAYOUT: Layout = Layout::current();
 /// Sizes and offsets of the segment; stored in the header and compared on every attach.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Layout {
+pub struct Layout {
     /// The header's own shape: a change to it (a new field) must not go unnoticed.
     header_size: u64,
     off_ns_lock: u64,
@@ -95,7 +95,7 @@ const fn align_up(n: usize, a: usize) -> usize {
 
 impl Layout {
     /// The layout of this version on this architecture.
-    pub(crate) const fn current() -> Layout {
+    pub const fn current() -> Layout {
         let off_procs = align_up(size_of::<Header>(), 4096);
         let off_hashes = align_up(off_procs + PROCS_MAX * size_of::<ProcSlot>(), 64);
         let off_meta = align_up(off_hashes + OBJECTS_MAX * 8, 64);
@@ -153,14 +153,14 @@ impl Layout {
 
 /// FNV-1a, 64-bit: the header checksum and the name hash (no adversary inside one host's
 /// namespace; the full name is compared after the hash).
-pub(crate) struct Fnv(pub(crate) u64);
+pub struct Fnv(pub u64);
 
 impl Fnv {
-    pub(crate) fn new() -> Fnv {
+    pub fn new() -> Fnv {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
 
-    pub(crate) fn write(&mut self, bytes: &[u8]) {
+    pub fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
@@ -207,82 +207,82 @@ struct Header {
 
 /// An attached process.
 #[repr(C)]
-pub(crate) struct ProcSlot {
+pub struct ProcSlot {
     /// 0 free, 1 live.
-    pub(crate) state: AtomicU32,
-    pub(crate) pid: AtomicU32,
-    pub(crate) generation: AtomicU32,
+    pub state: AtomicU32,
+    pub pid: AtomicU32,
+    pub generation: AtomicU32,
     _pad: u32,
 }
 
 /// Object slot states.
-pub(crate) const OBJ_FREE: u32 = 0;
+pub const OBJ_FREE: u32 = 0;
 /// Named or unnamed, with handles.
-pub(crate) const OBJ_LIVE: u32 = 1;
+pub const OBJ_LIVE: u32 = 1;
 /// No handles and no name any more, but a mutex still owned or a wait still registered:
 /// freed once neither holds.
-pub(crate) const OBJ_ZOMBIE: u32 = 2;
+pub const OBJ_ZOMBIE: u32 = 2;
 
 /// The part of an object that changes under the namespace lock (and is journaled).
 #[repr(C)]
-pub(crate) struct ObjMeta {
-    pub(crate) state: AtomicU32,
+pub struct ObjMeta {
+    pub state: AtomicU32,
     /// 1 mutex, 2 event, 3 semaphore.
-    pub(crate) kind: AtomicU32,
+    pub kind: AtomicU32,
     /// Open handles (handle records) of all processes.
-    pub(crate) refs: AtomicU32,
+    pub refs: AtomicU32,
     /// Bumped at each allocation of the slot, so stale handles are detected.
-    pub(crate) generation: AtomicU32,
-    pub(crate) manual_reset: AtomicU32,
-    pub(crate) signaled: AtomicU32,
-    pub(crate) count: AtomicI32,
-    pub(crate) maximum: AtomicI32,
-    pub(crate) name_len: AtomicU32,
+    pub generation: AtomicU32,
+    pub manual_reset: AtomicU32,
+    pub signaled: AtomicU32,
+    pub count: AtomicI32,
+    pub maximum: AtomicI32,
+    pub name_len: AtomicU32,
     _pad: u32,
-    pub(crate) name: UnsafeCell<[u8; NAME_BYTES_MAX]>,
+    pub name: UnsafeCell<[u8; NAME_BYTES_MAX]>,
 }
 
 /// The lock-free part of an object, on its own cache lines.
 #[repr(C, align(64))]
-pub(crate) struct ObjSync {
+pub struct ObjSync {
     /// The robust process-shared mutex (mutex objects only).
-    pub(crate) mutex: UnsafeCell<libc::pthread_mutex_t>,
+    pub mutex: UnsafeCell<libc::pthread_mutex_t>,
     /// Registered waits naming this object (changed under the namespace lock, read by releasers).
-    pub(crate) waiters: AtomicU32,
+    pub waiters: AtomicU32,
     /// Bumped on every change that may satisfy a waiter; waiters sleep on it.
-    pub(crate) seq: AtomicU32,
+    pub seq: AtomicU32,
     /// Mutex recursion count, written only by the owner thread.
-    pub(crate) recursion: AtomicU32,
+    pub recursion: AtomicU32,
     _pad: u32,
     /// Mutex acquisitions from unowned: the fencing token of the current hold.
-    pub(crate) fencing: AtomicU64,
+    pub fencing: AtomicU64,
 }
 
 /// One open handle.
 #[repr(C)]
-pub(crate) struct HandleRec {
+pub struct HandleRec {
     /// Holder's process slot + 1; 0 when free.
-    pub(crate) proc: AtomicU32,
-    pub(crate) obj: AtomicU32,
+    pub proc: AtomicU32,
+    pub obj: AtomicU32,
 }
 
 /// One blocked wait.
 #[repr(C)]
-pub(crate) struct WaiterSlot {
+pub struct WaiterSlot {
     /// Waiting process slot + 1; 0 when free.
-    pub(crate) proc: AtomicU32,
-    pub(crate) tid: AtomicU32,
-    pub(crate) count: AtomicU32,
-    pub(crate) wait_all: AtomicU32,
+    pub proc: AtomicU32,
+    pub tid: AtomicU32,
+    pub count: AtomicU32,
+    pub wait_all: AtomicU32,
     /// Bit i: a `PulseEvent` released the event at index i for this wait.
-    pub(crate) pulsed: AtomicU64,
-    pub(crate) objs: [AtomicU32; WAIT_OBJECTS_MAX],
+    pub pulsed: AtomicU64,
+    pub objs: [AtomicU32; WAIT_OBJECTS_MAX],
 }
 
 impl WaiterSlot {
     /// The object slots this wait names (its count clamped, so a damaged count cannot index
     /// past the array).
-    pub(crate) fn objects(&self) -> impl Iterator<Item = usize> + '_ {
+    pub fn objects(&self) -> impl Iterator<Item = usize> + '_ {
         let n = (self.count.load(Ordering::Relaxed) as usize).min(WAIT_OBJECTS_MAX);
         self.objs[..n]
             .iter()
@@ -291,7 +291,7 @@ impl WaiterSlot {
 }
 
 /// One attached namespace (process-wide; never unmapped).
-pub(crate) struct Segment {
+pub struct Segment {
     base: *mut u8,
     /// Kept open for the life of the process: it carries this process's liveness lock.
     file: File,
@@ -309,7 +309,7 @@ unsafe impl Sync for Segment {}
 impl Segment {
     /// Opens the namespace file of `settings`, creating it if missing, validates it, and
     /// registers this process in it.
-    pub(crate) fn attach(settings: &Settings) -> Result<Segment, LocalError> {
+    pub fn attach(settings: &Settings) -> Result<Segment, LocalError> {
         sys::check_glibc_layout().map_err(LocalError::Unsupported)?;
         sys::check_futex_waitv().map_err(LocalError::Unsupported)?;
         sys::install_fork_handler();
@@ -396,12 +396,12 @@ impl Segment {
     }
 
     /// The file's path (for messages).
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// This process's slot.
-    pub(crate) fn proc_slot(&self) -> u32 {
+    pub fn proc_slot(&self) -> u32 {
         self.proc_slot
     }
 
@@ -412,32 +412,32 @@ impl Segment {
     }
 
     #[inline]
-    pub(crate) fn procs(&self) -> &[ProcSlot] {
+    pub fn procs(&self) -> &[ProcSlot] {
         self.array(LAYOUT.off_procs, PROCS_MAX)
     }
 
     #[inline]
-    pub(crate) fn hashes(&self) -> &[AtomicU64] {
+    pub fn hashes(&self) -> &[AtomicU64] {
         self.array(LAYOUT.off_hashes, OBJECTS_MAX)
     }
 
     #[inline]
-    pub(crate) fn metas(&self) -> &[ObjMeta] {
+    pub fn metas(&self) -> &[ObjMeta] {
         self.array(LAYOUT.off_meta, OBJECTS_MAX)
     }
 
     #[inline]
-    pub(crate) fn syncs(&self) -> &[ObjSync] {
+    pub fn syncs(&self) -> &[ObjSync] {
         self.array(LAYOUT.off_sync, OBJECTS_MAX)
     }
 
     #[inline]
-    pub(crate) fn handles(&self) -> &[HandleRec] {
+    pub fn handles(&self) -> &[HandleRec] {
         self.array(LAYOUT.off_handles, HANDLES_MAX)
     }
 
     #[inline]
-    pub(crate) fn waiters(&self) -> &[WaiterSlot] {
+    pub fn waiters(&self) -> &[WaiterSlot] {
         self.array(LAYOUT.off_waiters, WAITERS_MAX)
     }
 
@@ -447,7 +447,7 @@ impl Segment {
     ///
     /// `ERROR_FILE_CORRUPT` if the lock is unusable (`ENOTRECOVERABLE` or another error from
     /// glibc, which dlock's own use can never cause).
-    pub(crate) fn lock(&self) -> Result<Guard<'_>, Win32Error> {
+    pub fn lock(&self) -> Result<Guard<'_>, Win32Error> {
         let m = self.header().ns_lock.0.get();
         // SAFETY: initialised by the creator; the mapping lives forever.
         match unsafe { sys::robust_lock(m) } {
@@ -539,7 +539,7 @@ impl Segment {
 
     /// Number of journal recoveries so far.
     #[cfg(test)]
-    pub(crate) fn recoveries(&self) -> u64 {
+    pub fn recoveries(&self) -> u64 {
         self.header().recoveries.load(Ordering::Relaxed)
     }
 
@@ -581,7 +581,7 @@ impl Segment {
     }
 
     /// Whether process slot `slot` belongs to a process that is gone.
-    pub(crate) fn is_dead(&self, slot: u32) -> bool {
+    pub fn is_dead(&self, slot: u32) -> bool {
         if slot == self.proc_slot {
             return false;
         }
@@ -598,15 +598,15 @@ impl Segment {
 /// The namespace lock, held. Every change to journaled memory goes through [`Guard::touch`]
 /// first; [`Guard::commit`] makes it permanent. Dropping the guard with a change still open
 /// (an early error return, a panic) undoes it, as a crash would be undone.
-pub(crate) struct Guard<'a> {
-    pub(crate) seg: &'a Segment,
+pub struct Guard<'a> {
+    pub seg: &'a Segment,
     open: bool,
 }
 
 impl Guard<'_> {
     /// Saves `region`'s current bytes in the journal (once per change) so a crash before
     /// [`Guard::commit`] restores them.
-    pub(crate) fn touch<T>(&mut self, region: &T) {
+    pub fn touch<T>(&mut self, region: &T) {
         let j = &self.seg.header().journal;
         let ptr = (region as *const T).cast::<u8>();
         let offset = ptr as u64 - self.seg.base as u64;
@@ -647,7 +647,7 @@ impl Guard<'_> {
     }
 
     /// Ends the current change: from here on it is permanent.
-    pub(crate) fn commit(&mut self) {
+    pub fn commit(&mut self) {
         if !self.open {
             return;
         }
@@ -660,7 +660,7 @@ impl Guard<'_> {
 
     /// Test hook: leaves the change open and the lock held, as a process killed mid-change would.
     #[cfg(test)]
-    pub(crate) fn abandon_for_test(self) {
+    pub fn abandon_for_test(self) {
         std::mem::forget(self);
     }
 }

@@ -1,4 +1,16 @@
-//! The host-local backend: `Local\` names served from shared memory, with no server.
+//! # dlock-local: the `Local\` engine
+//!
+//! `Local\` names served from shared memory to the processes of one host, with no server. The
+//! client library (`dlock`) routes `Local\` names here; this crate knows nothing of the cluster
+//! and speaks only the shared vocabulary of `dlock_proto::vocab`. It holds all of the
+//! workspace's product `unsafe` code (robust mutexes, futexes, the mapped segment), each block
+//! with its `SAFETY:` comment (`clippy::undocumented_unsafe_blocks` is denied workspace-wide);
+//! every other crate forbids unsafe code.
+//!
+//! Configuration: from the environment ([`Settings::from_env`]), or from a value given once
+//! before first use ([`configure`]); [`Segment::attach`] opens any namespace without touching
+//! the process-wide one.
+//!
 //!
 //! One file per namespace (default `/dev/shm/dlock-local-u<uid>`, mode 0600) holds the name
 //! table and every object; processes of one user on one host map it and meet on its futex
@@ -14,7 +26,7 @@
 //!   held mutex, so the kernel's owner-died wake reaches them): any or all of up to 64 objects,
 //!   lowest signaled index first, deadlines on `CLOCK_MONOTONIC`, never polling.
 //! * **Crash safety**: changes under the namespace lock are undo-journaled
-//!   ([`segment`](self::segment) docs); a process killed mid-change is rolled back by the next
+//!   (the `segment` module's docs); a process killed mid-change is rolled back by the next
 //!   locker. Handles of dead processes are reclaimed (their liveness is an OFD lock that the
 //!   kernel drops when they die) whenever any process attaches, creates or opens.
 //! * **Versioning**: a segment with another layout version, a bad magic, size or checksum is
@@ -43,17 +55,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex as StdMutex, OnceLock};
 
 pub use inspect::{LocalObjectInfo, LocalProcess, LocalSnapshot};
-pub(crate) use objects::{
-    CANCELLABLE_WAIT_OBJECTS_MAX, LocalObj, Taken, create, give_back, open, signal_and_wait, wait,
-    wait_cancellable,
+pub use objects::{
+    CANCELLABLE_WAIT_OBJECTS_MAX, LocalObj, Taken, cancel, create, give_back, open,
+    signal_and_wait, wait, wait_cancellable,
 };
-pub(crate) use segment::Segment;
+pub use segment::Segment;
 
 use dlock_proto::vocab::Win32Error;
 
 /// Why the local namespace cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum LocalError {
+pub enum LocalError {
     /// The platform lacks what the backend needs (not glibc, or an unexpected mutex layout).
     #[error("the local backend cannot run here: {0}")]
     Unsupported(String),
@@ -91,7 +103,7 @@ impl LocalError {
     }
 
     /// The Win32 last-error code the facade reports.
-    pub(crate) fn code(&self) -> Win32Error {
+    pub fn code(&self) -> Win32Error {
         match self {
             LocalError::Unsupported(_) => Win32Error::NOT_SUPPORTED,
             LocalError::Io { source, .. } => match source.raw_os_error() {
@@ -109,18 +121,21 @@ impl LocalError {
     }
 }
 
-/// Where the namespace lives, from the environment (read once).
+/// Where a namespace lives. [`Settings::from_env`] reads them from the environment:
 ///
 /// | variable | meaning | default |
 /// |---|---|---|
 /// | `DLOCK_LOCAL_DIR` | directory of the segment file (created with the mode below plus search rights) | `/dev/shm` |
 /// | `DLOCK_LOCAL_NAMESPACE` | name of the namespace: processes meet only within one | `u<uid>` |
 /// | `DLOCK_LOCAL_MODE` | octal file mode of a new segment; `660` shares it with the group | `600` |
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) dir: PathBuf,
-    pub(crate) namespace: String,
-    pub(crate) mode: u32,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Directory of the segment file.
+    pub dir: PathBuf,
+    /// Name of the namespace (1-64 of `[A-Za-z0-9._-]`): processes meet only within one.
+    pub namespace: String,
+    /// Octal file mode of a new segment (within `0o666`, including `0o600`).
+    pub mode: u32,
 }
 
 /// Default `DLOCK_LOCAL_DIR`.
@@ -129,7 +144,9 @@ const DIR_DEFAULT: &str = "/dev/shm";
 const MODE_DEFAULT: u32 = 0o600;
 
 impl Settings {
-    pub(crate) fn from_env() -> Settings {
+    /// The settings the environment names, with the defaults above for what it leaves out
+    /// (an invalid value is logged and replaced by the default).
+    pub fn from_env() -> Settings {
         let dir = std::env::var_os("DLOCK_LOCAL_DIR")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
@@ -168,7 +185,7 @@ impl Settings {
     }
 
     /// The segment file these settings name.
-    pub(crate) fn segment_path(&self) -> PathBuf {
+    pub fn segment_path(&self) -> PathBuf {
         self.dir.join(format!("dlock-local-{}", self.namespace))
     }
 }
@@ -183,16 +200,38 @@ fn valid_namespace(ns: &str) -> bool {
 }
 
 static SEGMENT: OnceLock<Segment> = OnceLock::new();
+/// Settings given by [`configure`]; the environment's otherwise.
+static CONFIGURED: OnceLock<Settings> = OnceLock::new();
+
+/// Makes the process's namespace ([`namespace`]) use `settings` instead of the environment.
+/// Call it before the first `Local\` call.
+///
+/// # Errors
+///
+/// Gives `settings` back if settings were configured already, or if the namespace is attached
+/// already (with whatever settings it was attached with).
+pub fn configure(settings: Settings) -> Result<(), Settings> {
+    let _serial = ATTACH.lock().unwrap_or_else(|e| e.into_inner());
+    if SEGMENT.get().is_some() {
+        return Err(settings);
+    }
+    CONFIGURED.set(settings)
+}
+
+/// The settings the process's namespace attaches with: [`configure`]'s, else the environment's.
+pub fn settings() -> Settings {
+    CONFIGURED.get().cloned().unwrap_or_else(Settings::from_env)
+}
 /// Serialises attach attempts; a failed attach is retried at the next call.
 static ATTACH: StdMutex<()> = StdMutex::new(());
 
-/// The segment file the environment names (whether it exists or not).
-pub(crate) fn configured_path() -> PathBuf {
-    Settings::from_env().segment_path()
+/// The segment file of the process's namespace (whether it exists or not).
+pub fn configured_path() -> PathBuf {
+    settings().segment_path()
 }
 
 /// The process's namespace, attached at first use.
-pub(crate) fn namespace() -> Result<&'static Segment, Win32Error> {
+pub fn namespace() -> Result<&'static Segment, Win32Error> {
     if let Some(seg) = SEGMENT.get() {
         return Ok(seg);
     }
@@ -200,7 +239,7 @@ pub(crate) fn namespace() -> Result<&'static Segment, Win32Error> {
     if let Some(seg) = SEGMENT.get() {
         return Ok(seg);
     }
-    match Segment::attach(&Settings::from_env()) {
+    match Segment::attach(&settings()) {
         Ok(seg) => Ok(SEGMENT.get_or_init(|| seg)),
         Err(err) => {
             tracing::error!(error = %err, "cannot use the local namespace");
@@ -211,7 +250,7 @@ pub(crate) fn namespace() -> Result<&'static Segment, Win32Error> {
 
 /// The attached namespace, if any (for paths that must not attach, like a thread's exit).
 #[inline]
-pub(crate) fn attached() -> Option<&'static Segment> {
+pub fn attached() -> Option<&'static Segment> {
     SEGMENT.get()
 }
 

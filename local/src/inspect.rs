@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::segment::{OBJ_FREE, OBJ_LIVE, Segment};
 use super::sys::{FUTEX_OWNER_DIED, FUTEX_TID_MASK};
-use crate::ObjectKind;
+use dlock_proto::vocab::ObjectKind;
 
 /// What a local namespace holds at one moment (read under its lock).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub struct LocalObjectInfo {
 
 impl Segment {
     /// Reads the namespace under its lock.
-    pub(crate) fn snapshot(&self) -> Result<LocalSnapshot, Win32Error> {
+    pub fn snapshot(&self) -> Result<LocalSnapshot, Win32Error> {
         let _g = self.lock()?;
         let processes = self
             .procs()

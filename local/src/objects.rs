@@ -26,24 +26,23 @@ fn kind_code(kind: ObjectKind) -> u32 {
 
 /// A process's handle to a local object (the facade keeps it in its handle table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LocalObj {
+pub struct LocalObj {
     /// Object slot.
-    pub(crate) index: u32,
+    pub index: u32,
     /// The slot's generation when the handle was opened.
     generation: u32,
     /// This handle's record in the handle table.
     rec: u32,
     /// The object's type.
-    pub(crate) kind: ObjectKind,
+    pub kind: ObjectKind,
     /// Granted access.
-    pub(crate) access: u32,
+    pub access: u32,
 }
 
 // ---- names and access (docs/win32-semantics.md §3, §1.3) ----
 
-/// The key of a `Local\` name: what follows the prefix (the rules of
-/// [`dlock_proto::vocab::names::local_name_key`]).
-pub(crate) use dlock_proto::vocab::names::local_name_key as name_key;
+// The key of a `Local\` name (what follows the prefix): the rules of the shared vocabulary.
+pub use dlock_proto::vocab::names::local_name_key as name_key;
 
 /// The access a handle to an existing object gets (the cluster's rule, §2.1).
 fn existing_access(kind: ObjectKind, mask: u32) -> Result<u32, Win32Error> {
@@ -230,7 +229,7 @@ impl Guard<'_> {
 
     /// If the process in `slot` is dead, closes its handles, removes its waits and frees the
     /// slot, one journaled step at a time. `skip` is a slot known to be alive.
-    pub(crate) fn reap_if_dead(&mut self, slot: u32, skip: u32) {
+    pub fn reap_if_dead(&mut self, slot: u32, skip: u32) {
         if slot == skip || !self.seg.is_dead(slot) {
             return;
         }
@@ -310,7 +309,7 @@ impl Guard<'_> {
 
 /// Creates or opens the local object `key` (a name after `Local\`, checked by [`name_key`]).
 /// Returns the handle and whether it already existed.
-pub(crate) fn create(
+pub fn create(
     seg: &Segment,
     key: &str,
     params: &CreateParams,
@@ -415,7 +414,7 @@ pub(crate) fn create(
 }
 
 /// Opens the existing local object `key`.
-pub(crate) fn open(
+pub fn open(
     seg: &Segment,
     kind: ObjectKind,
     key: &str,
@@ -443,7 +442,7 @@ pub(crate) fn open(
 
 impl LocalObj {
     /// A placeholder value (never in a handle table).
-    pub(crate) const EMPTY: LocalObj = LocalObj {
+    pub const EMPTY: LocalObj = LocalObj {
         index: 0,
         generation: 0,
         rec: 0,
@@ -455,7 +454,7 @@ impl LocalObj {
     /// `WAIT_ABANDONED` it completed with, or `None` if the general path must decide (another
     /// type, no access, a held mutex, the recursion limit).
     #[inline]
-    pub(crate) fn try_lock(&self, seg: &Segment) -> Option<u32> {
+    pub fn try_lock(&self, seg: &Segment) -> Option<u32> {
         if self.kind != ObjectKind::Mutex || self.access & SYNCHRONIZE == 0 {
             return None;
         }
@@ -506,7 +505,7 @@ impl LocalObj {
     }
 
     /// Closes the handle. Does not release a mutex the thread owns.
-    pub(crate) fn close(&self, seg: &Segment) -> Result<(), Win32Error> {
+    pub fn close(&self, seg: &Segment) -> Result<(), Win32Error> {
         let mut g = seg.lock()?;
         self.check(&g)?;
         g.drop_handle(self.rec as usize);
@@ -516,7 +515,7 @@ impl LocalObj {
 
     /// `ReleaseMutex`: no system call unless somebody waits.
     #[inline]
-    pub(crate) fn release_mutex(&self, seg: &Segment) -> Result<(), Win32Error> {
+    pub fn release_mutex(&self, seg: &Segment) -> Result<(), Win32Error> {
         let sync = self.sync(seg);
         if !sync.owned_by(sys::tid()) {
             return Err(Win32Error::NOT_OWNER);
@@ -534,7 +533,7 @@ impl LocalObj {
     }
 
     /// The fencing token of the calling thread's hold, or 0.
-    pub(crate) fn fencing_token(&self, seg: &Segment) -> u64 {
+    pub fn fencing_token(&self, seg: &Segment) -> u64 {
         let sync = self.sync(seg);
         if sync.owned_by(sys::tid()) {
             sync.fencing.load(Ordering::Relaxed)
@@ -553,7 +552,7 @@ impl LocalObj {
 
     /// The object's state, as `QueryObject` on the cluster reports it (the owner's session id
     /// is 0 and its thread id the owner's kernel thread id).
-    pub(crate) fn query(&self, seg: &Segment) -> Result<ObjectState, Win32Error> {
+    pub fn query(&self, seg: &Segment) -> Result<ObjectState, Win32Error> {
         let g = seg.lock()?;
         self.check(&g)?;
         let meta = self.meta(seg);
@@ -584,14 +583,14 @@ impl LocalObj {
     }
 
     /// `SetEvent`.
-    pub(crate) fn set_event(&self, seg: &Segment) -> Result<(), Win32Error> {
+    pub fn set_event(&self, seg: &Segment) -> Result<(), Win32Error> {
         self.store_signaled(seg, true)?;
         self.sync(seg).notify();
         Ok(())
     }
 
     /// `ResetEvent`.
-    pub(crate) fn reset_event(&self, seg: &Segment) -> Result<(), Win32Error> {
+    pub fn reset_event(&self, seg: &Segment) -> Result<(), Win32Error> {
         self.store_signaled(seg, false)
     }
 
@@ -609,7 +608,7 @@ impl LocalObj {
 
     /// `PulseEvent`: releases the waits registered now (all of them for a manual-reset event,
     /// one for auto-reset, preferring a wait-any) and leaves the event non-signaled.
-    pub(crate) fn pulse_event(&self, seg: &Segment) -> Result<(), Win32Error> {
+    pub fn pulse_event(&self, seg: &Segment) -> Result<(), Win32Error> {
         self.need(EVENT_MODIFY_STATE)?;
         {
             let mut g = seg.lock()?;
@@ -657,7 +656,7 @@ impl LocalObj {
     }
 
     /// `ReleaseSemaphore`: returns the previous count.
-    pub(crate) fn release_semaphore(&self, seg: &Segment, count: i32) -> Result<i32, Win32Error> {
+    pub fn release_semaphore(&self, seg: &Segment, count: i32) -> Result<i32, Win32Error> {
         if count <= 0 {
             return Err(Win32Error::INVALID_PARAMETER);
         }
@@ -694,13 +693,13 @@ impl LocalObj {
 
 /// What a completed wait took, in enough detail to give it back exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Taken {
+pub struct Taken {
     /// The Win32 outcome.
-    pub(crate) outcome: WaitOutcome,
+    pub outcome: WaitOutcome,
     /// Bit i: the mutex at index i was acquired abandoned.
-    pub(crate) abandoned: u64,
+    pub abandoned: u64,
     /// Bit i: the event at index i released the wait through a pulse (it consumed nothing).
-    pub(crate) pulsed: u64,
+    pub pulsed: u64,
 }
 
 impl Taken {
@@ -919,11 +918,18 @@ const OWNER_DEATH_RECHECK: std::time::Duration = std::time::Duration::from_secs(
 
 /// The most objects a cancellable wait may name: each may need two futex words, and the
 /// cancel word takes one of `futex_waitv`'s 128.
-pub(crate) const CANCELLABLE_WAIT_OBJECTS_MAX: usize = 63;
+pub const CANCELLABLE_WAIT_OBJECTS_MAX: usize = 63;
+
+/// Ends the cancellable wait sleeping on `word` (see [`wait_cancellable`]): sets the word and
+/// wakes the waiter. Idempotent.
+pub fn cancel(word: &AtomicU32) {
+    word.store(1, Ordering::SeqCst);
+    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
+}
 
 /// `WaitForMultipleObjects` over local handles (1..=64, checked by the caller, with
 /// `SYNCHRONIZE` access and, for wait-all, no object twice).
-pub(crate) fn wait(
+pub fn wait(
     seg: &Segment,
     objs: &[LocalObj],
     wait_all: bool,
@@ -934,7 +940,7 @@ pub(crate) fn wait(
 
 /// [`wait`] that also ends, with [`Win32Error::OPERATION_ABORTED`], once `cancel` is non-zero and
 /// woken (at most [`CANCELLABLE_WAIT_OBJECTS_MAX`] objects when given).
-pub(crate) fn wait_cancellable(
+pub fn wait_cancellable(
     seg: &Segment,
     objs: &[LocalObj],
     wait_all: bool,
@@ -979,7 +985,7 @@ pub(crate) fn wait_cancellable(
 /// taken abandoned), a semaphore unit returned, an auto-reset event set again unless a pulse
 /// released the wait. For waits whose caller went away (a cancelled async wait); must run on
 /// the thread that waited, which owns the mutexes taken.
-pub(crate) fn give_back(seg: &Segment, objs: &[LocalObj], wait_all: bool, taken: Taken) {
+pub fn give_back(seg: &Segment, objs: &[LocalObj], wait_all: bool, taken: Taken) {
     let indexes: Vec<usize> = match taken.outcome {
         WaitOutcome::TimedOut => return,
         _ if wait_all => (0..objs.len()).collect(),
@@ -1016,7 +1022,7 @@ pub(crate) fn give_back(seg: &Segment, objs: &[LocalObj], wait_all: bool, taken:
 ///
 /// Atomic in the sense that matters: the wait is registered before the signal, so a
 /// `PulseEvent` or a release that the signal provokes cannot slip between the two.
-pub(crate) fn signal_and_wait(
+pub fn signal_and_wait(
     seg: &Segment,
     signal: &LocalObj,
     wait_on: &LocalObj,

@@ -13,13 +13,13 @@ use std::time::Instant;
 use rustix::thread::futex;
 
 /// `FUTEX_TID_MASK`: the owner's kernel thread id in a robust mutex word.
-pub(crate) const FUTEX_TID_MASK: u32 = 0x3FFF_FFFF;
+pub const FUTEX_TID_MASK: u32 = 0x3FFF_FFFF;
 /// `FUTEX_WAITERS`: somebody sleeps (or may sleep) on the word; the unlocker must wake.
-pub(crate) const FUTEX_WAITERS: u32 = 0x8000_0000;
+pub const FUTEX_WAITERS: u32 = 0x8000_0000;
 /// `FUTEX_OWNER_DIED`: the kernel sets this when the owner exited holding the lock.
-pub(crate) const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+pub const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
 /// The most futexes one `futex_waitv` call takes (`FUTEX_WAITV_MAX`).
-pub(crate) const FUTEX_WAITV_MAX: usize = 128;
+pub const FUTEX_WAITV_MAX: usize = 128;
 
 thread_local! {
     /// The calling thread's kernel id, cached: `gettid` is a system call, and the fast path
@@ -29,7 +29,7 @@ thread_local! {
 
 /// The calling thread's kernel thread id (the value a robust mutex word holds for its owner).
 #[inline]
-pub(crate) fn tid() -> u32 {
+pub fn tid() -> u32 {
     TID.try_with(|t| {
         let v = t.get();
         if v != 0 {
@@ -52,7 +52,7 @@ extern "C" fn reset_tid_in_child() {
 }
 
 /// Makes a forked child re-read its thread id (the child's only thread has a new one).
-pub(crate) fn install_fork_handler() {
+pub fn install_fork_handler() {
     // SAFETY: registers a handler that only writes a thread-local Cell.
     unsafe {
         libc::pthread_atfork(None, None, Some(reset_tid_in_child));
@@ -60,20 +60,20 @@ pub(crate) fn install_fork_handler() {
 }
 
 /// Wakes up to `count` waiters of a shared (non-private) futex word.
-pub(crate) fn futex_wake(word: &AtomicU32, count: u32) {
+pub fn futex_wake(word: &AtomicU32, count: u32) {
     // The only failure is EFAULT on a bad address, impossible for a reference.
     let _ = futex::wake(word, futex::Flags::empty(), count);
 }
 
 /// One word and the value it must still hold for `futex_waitv` to sleep.
-pub(crate) struct WaitOn<'a> {
-    pub(crate) word: &'a AtomicU32,
-    pub(crate) expected: u32,
+pub struct WaitOn<'a> {
+    pub word: &'a AtomicU32,
+    pub expected: u32,
 }
 
 /// How a `futex_waitv` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Woke {
+pub enum Woke {
     /// Woken through the word at this index (of the slice passed in).
     Index(usize),
     /// A word already differed from its expected value, or a signal interrupted the sleep.
@@ -86,7 +86,7 @@ pub(crate) enum Woke {
 
 /// Sleeps until one of `words` is woken, one differs from its expected value, or `deadline`
 /// passes (`None`: never). At most [`FUTEX_WAITV_MAX`] words.
-pub(crate) fn futex_waitv(words: &[WaitOn<'_>], deadline: Option<Instant>) -> Woke {
+pub fn futex_waitv(words: &[WaitOn<'_>], deadline: Option<Instant>) -> Woke {
     debug_assert!(!words.is_empty() && words.len() <= FUTEX_WAITV_MAX);
     let mut waits = [futex::Wait::new(); FUTEX_WAITV_MAX];
     for (slot, w) in waits.iter_mut().zip(words) {
@@ -133,7 +133,7 @@ fn monotonic_after(after: std::time::Duration) -> rustix::time::Timespec {
 
 /// Checks that the kernel has `futex_waitv` (Linux 5.16+): a call whose word already differs
 /// must fail with `EAGAIN`, not `ENOSYS`.
-pub(crate) fn check_futex_waitv() -> Result<(), String> {
+pub fn check_futex_waitv() -> Result<(), String> {
     let word = AtomicU32::new(1);
     let mut w = futex::Wait::new();
     w.val = 0;
@@ -160,7 +160,7 @@ pub(crate) fn check_futex_waitv() -> Result<(), String> {
 ///
 /// `m` must point to writable memory for a `pthread_mutex_t` that no thread holds, waits on
 /// or is linked into a robust list (a fresh or a free object slot).
-pub(crate) unsafe fn robust_mutex_init(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
+pub unsafe fn robust_mutex_init(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
     // SAFETY: attr is initialised before use and destroyed after; m is valid per the contract.
     unsafe {
         let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
@@ -191,7 +191,7 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 
 /// The outcome of locking a robust mutex.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Locked {
+pub enum Locked {
     /// Acquired; the previous owner released it.
     Clean,
     /// Acquired; the previous owner died holding it (made consistent again already).
@@ -206,7 +206,7 @@ pub(crate) enum Locked {
 ///
 /// `m` must point to a mutex initialised by [`robust_mutex_init`] in memory that stays mapped.
 #[inline]
-pub(crate) unsafe fn robust_trylock(m: *mut libc::pthread_mutex_t) -> Locked {
+pub unsafe fn robust_trylock(m: *mut libc::pthread_mutex_t) -> Locked {
     // SAFETY: per the contract.
     match unsafe { libc::pthread_mutex_trylock(m) } {
         0 => Locked::Clean,
@@ -227,7 +227,7 @@ pub(crate) unsafe fn robust_trylock(m: *mut libc::pthread_mutex_t) -> Locked {
 /// # Safety
 ///
 /// As [`robust_trylock`].
-pub(crate) unsafe fn robust_lock(m: *mut libc::pthread_mutex_t) -> Result<Locked, i32> {
+pub unsafe fn robust_lock(m: *mut libc::pthread_mutex_t) -> Result<Locked, i32> {
     // SAFETY: per the contract.
     match unsafe { libc::pthread_mutex_lock(m) } {
         0 => Ok(Locked::Clean),
@@ -241,7 +241,7 @@ pub(crate) unsafe fn robust_lock(m: *mut libc::pthread_mutex_t) -> Result<Locked
 /// # Safety
 ///
 /// The calling thread must hold `m`.
-pub(crate) unsafe fn robust_consistent(m: *mut libc::pthread_mutex_t) {
+pub unsafe fn robust_consistent(m: *mut libc::pthread_mutex_t) {
     // SAFETY: per the contract.
     unsafe { libc::pthread_mutex_consistent(m) };
 }
@@ -252,7 +252,7 @@ pub(crate) unsafe fn robust_consistent(m: *mut libc::pthread_mutex_t) {
 ///
 /// The calling thread must hold `m`.
 #[inline]
-pub(crate) unsafe fn robust_unlock(m: *mut libc::pthread_mutex_t) {
+pub unsafe fn robust_unlock(m: *mut libc::pthread_mutex_t) {
     // SAFETY: per the contract.
     unsafe { libc::pthread_mutex_unlock(m) };
 }
@@ -265,7 +265,7 @@ pub(crate) unsafe fn robust_unlock(m: *mut libc::pthread_mutex_t) {
 ///
 /// `m` must point to a live, mapped `pthread_mutex_t`.
 #[inline]
-pub(crate) unsafe fn lock_word<'a>(m: *mut libc::pthread_mutex_t) -> &'a AtomicU32 {
+pub unsafe fn lock_word<'a>(m: *mut libc::pthread_mutex_t) -> &'a AtomicU32 {
     // SAFETY: the word is 4-aligned (the struct is 8-aligned) and lives as long as the mapping,
     // which is never unmapped.
     unsafe { AtomicU32::from_ptr(m.cast::<u32>()) }
@@ -274,7 +274,7 @@ pub(crate) unsafe fn lock_word<'a>(m: *mut libc::pthread_mutex_t) -> &'a AtomicU
 /// Checks that glibc's robust mutex word is where and what [`lock_word`] assumes, on a private
 /// mutex: locked by this thread it must read exactly our TID. The local backend refuses to run
 /// otherwise (another libc, or a changed layout).
-pub(crate) fn check_glibc_layout() -> Result<(), String> {
+pub fn check_glibc_layout() -> Result<(), String> {
     // SAFETY: `pthread_mutex_t` is a plain C struct for which all-zero bytes are a valid value
     // (it is initialised properly by `robust_mutex_init` below before any use).
     let mut m: Box<libc::pthread_mutex_t> = Box::new(unsafe { std::mem::zeroed() });
@@ -302,7 +302,7 @@ pub(crate) fn check_glibc_layout() -> Result<(), String> {
 
 /// Takes an open-file-description write lock on byte `offset` of `fd` without blocking.
 /// Returns false if another open file description holds it.
-pub(crate) fn ofd_try_lock(fd: BorrowedFd<'_>, offset: u64) -> io::Result<bool> {
+pub fn ofd_try_lock(fd: BorrowedFd<'_>, offset: u64) -> io::Result<bool> {
     let mut fl = flock_at(offset, libc::F_WRLCK);
     // SAFETY: fcntl with a valid fd and a pointer to an initialised flock.
     let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
@@ -319,7 +319,7 @@ pub(crate) fn ofd_try_lock(fd: BorrowedFd<'_>, offset: u64) -> io::Result<bool> 
 /// Whether some open file description other than `fd`'s holds a lock on byte `offset`.
 /// OFD locks vanish when the last descriptor of their owner is closed, which the kernel does
 /// when a process dies: that is the liveness test of attached processes.
-pub(crate) fn ofd_is_locked(fd: BorrowedFd<'_>, offset: u64) -> io::Result<bool> {
+pub fn ofd_is_locked(fd: BorrowedFd<'_>, offset: u64) -> io::Result<bool> {
     let mut fl = flock_at(offset, libc::F_WRLCK);
     // SAFETY: as above.
     let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };

@@ -298,7 +298,7 @@ fn child_stall_mid_change() {
 fn a_holder_killed_mid_change_is_rolled_back() {
     let dir = tempfile::tempdir().unwrap();
     let seg = attach(dir.path());
-    let (mut child, rx) = spawn_child("local::tests::child_stall_mid_change", dir.path());
+    let (mut child, rx) = spawn_child("tests::child_stall_mid_change", dir.path());
     expect_line(&rx, "stalled");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -363,7 +363,7 @@ fn random_kills_never_corrupt_the_segment() {
     let seg = attach(dir.path());
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     for _ in 0..KILL_ROUNDS {
-        let (mut child, rx) = spawn_child("local::tests::child_churn", dir.path());
+        let (mut child, rx) = spawn_child("tests::child_churn", dir.path());
         expect_line(&rx, "started");
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -422,7 +422,7 @@ fn child_hold() {
 fn a_killed_owner_is_seen_through_the_robust_list() {
     let dir = tempfile::tempdir().unwrap();
     let seg = attach(dir.path());
-    let (mut child, rx) = spawn_child("local::tests::child_hold", dir.path());
+    let (mut child, rx) = spawn_child("tests::child_hold", dir.path());
     expect_line(&rx, "owned");
     let m = objects::open(&seg, ObjectKind::Mutex, "owned", MUTEX_ALL_ACCESS).unwrap();
     let word = seg.syncs()[m.index as usize].mutex.get();
@@ -592,7 +592,7 @@ fn a_segment_planted_by_another_user_is_refused() {
 #[test]
 fn attaching_reclaims_every_dead_process_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, rx) = spawn_child("local::tests::child_hold", dir.path());
+    let (mut child, rx) = spawn_child("tests::child_hold", dir.path());
     expect_line(&rx, "owned");
     child.kill().unwrap();
     child.wait().unwrap();
