@@ -53,7 +53,7 @@ check_node() {
 }
 
 build() {
-    local args=(build --manifest-path "${repo_root}/Cargo.toml" -p dlock-server
+    local args=(build --manifest-path "${repo_root}/Cargo.toml" -p dlock-server -p dlock-ctl
         --bin dlockd --bin dlockctl)
     if [[ "${profile}" == release ]]; then
         args+=(--release)

@@ -465,11 +465,28 @@ impl Client {
         }
     }
 
-    /// Runs one request with retries (see the module docs). `f` builds and sends one attempt
-    /// on the given connection; it is called again, unchanged, for each retry.
+    /// Runs one request of the `Dlock` service with retries (see the module docs). `f` builds
+    /// and sends one attempt on the given connection; it is called again, unchanged, for each
+    /// retry.
     pub(crate) async fn call<T, F, Fut>(&self, policy: CallPolicy<'_>, mut f: F) -> Result<T, Error>
     where
         F: FnMut(DlockClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_on(policy, |channel| f(DlockClient::new(channel)))
+            .await
+    }
+
+    /// Runs one request of any service the nodes serve (`Dlock`, `Admin`) with the retries,
+    /// leader hints and node switching of [`Client::call`]: `f` sends one attempt on a channel
+    /// to the current node.
+    pub(crate) async fn call_on<T, F, Fut>(
+        &self,
+        policy: CallPolicy<'_>,
+        mut f: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut backoff = Backoff::new();
@@ -490,7 +507,7 @@ impl Client {
                 (r, a) => r.or(a),
             };
             let (node, channel) = self.pick();
-            let attempt = f(DlockClient::new(channel));
+            let attempt = f(channel);
             let attempt = async {
                 match limit {
                     Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),

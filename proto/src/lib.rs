@@ -22,3 +22,8 @@ pub mod v1 {
 /// gRPC metadata key carrying the client address of the leader when a follower answers
 /// `UNAVAILABLE`.
 pub const LEADER_HINT_METADATA: &str = "dlock-leader-hint";
+
+/// gRPC metadata key set (to `1`) on every `UNAVAILABLE` a node answers because it is not the
+/// leader: the request was refused before the log, so it was not applied. Any other
+/// `UNAVAILABLE` (or a broken connection, or a timeout) leaves the outcome unknown.
+pub const NOT_LEADER_METADATA: &str = "dlock-not-leader";

@@ -361,8 +361,11 @@ impl ProcCluster {
                 .filter_map(|v| v.node.as_ref())
                 .map(|n| {
                     format!(
-                        "{}:{} term {} leader {}",
-                        n.node_id, n.role, n.term, n.leader_id
+                        "{}:{:?} term {} leader {}",
+                        n.node_id,
+                        n.role(),
+                        n.term,
+                        n.leader_id
                     )
                 })
                 .collect();
@@ -390,7 +393,7 @@ impl ProcCluster {
                 if node.applied >= target {
                     return node.applied;
                 }
-                last = Some((node.role, node.term, node.commit, node.applied));
+                last = Some((node.role(), node.term, node.commit, node.applied));
             }
             assert!(
                 Instant::now() < deadline,
@@ -672,7 +675,7 @@ impl Drop for ProcCluster {
 fn agreed_leader(views: &BTreeMap<u64, pb::ClusterStatusReply>) -> Option<pb::ClusterStatusReply> {
     views.values().find_map(|reply| {
         let own = reply.node.as_ref()?;
-        if own.role != "LEADER" {
+        if own.role() != pb::Role::Leader {
             return None;
         }
         let voters: Vec<u64> = reply

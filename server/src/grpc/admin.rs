@@ -174,7 +174,7 @@ impl Admin for AdminService {
                     }
                     ask_peer(&m.peer_addr).await.unwrap_or(pb::NodeStatus {
                         node_id: m.node_id,
-                        role: "UNKNOWN".into(),
+                        role: pb::Role::Unspecified.into(),
                         reachable: false,
                         ..pb::NodeStatus::default()
                     })

@@ -17,13 +17,13 @@ use crate::machine::lock;
 /// How long one `Info` call to a peer may take.
 pub const PEER_INFO_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The Raft role as the admin API spells it.
-pub fn role_name(role: dlock_cluster::Role) -> &'static str {
+/// The Raft role as the admin API carries it.
+pub fn role_to_wire(role: dlock_cluster::Role) -> pb::Role {
     match role {
-        dlock_cluster::Role::Follower => "FOLLOWER",
-        dlock_cluster::Role::PreCandidate => "PRE_CANDIDATE",
-        dlock_cluster::Role::Candidate => "CANDIDATE",
-        dlock_cluster::Role::Leader => "LEADER",
+        dlock_cluster::Role::Follower => pb::Role::Follower,
+        dlock_cluster::Role::PreCandidate => pb::Role::PreCandidate,
+        dlock_cluster::Role::Candidate => pb::Role::Candidate,
+        dlock_cluster::Role::Leader => pb::Role::Leader,
     }
 }
 
@@ -32,7 +32,7 @@ pub fn own_status(node: &dlock_cluster::Node, client_addr: SocketAddr) -> pb::No
     let status = node.status();
     pb::NodeStatus {
         node_id: status.id,
-        role: role_name(status.role).into(),
+        role: role_to_wire(status.role).into(),
         term: status.term,
         commit: status.commit,
         applied: status.applied,

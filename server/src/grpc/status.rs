@@ -15,7 +15,15 @@ pub fn to_status(err: Error) -> Status {
         Error::ChangePending => Code::FailedPrecondition,
         Error::Internal(_) | Error::Io { .. } => Code::Internal,
     };
-    Status::new(code, err.to_string())
+    let not_leader = matches!(err, Error::NotLeader { .. });
+    let mut status = Status::new(code, err.to_string());
+    if not_leader {
+        status.metadata_mut().insert(
+            dlock_proto::NOT_LEADER_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    status
 }
 
 #[cfg(test)]

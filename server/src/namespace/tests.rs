@@ -43,7 +43,6 @@
 //! set_recursion OBJNAME N                     test hook: force a mutex's recursion count
 //! ```
 
-use dlock::Win32Error;
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt::Write as _;

@@ -1,0 +1,354 @@
+//! `dlockctl`: a small admin CLI for a dlock cluster, over the `dlock.v1.Admin` service that
+//! every dlockd node serves on its client port.
+//!
+//! ```text
+//! dlockctl [--endpoint HOST:PORT]... status [--all]
+//! dlockctl add-learner ID PEER_ADDR
+//! dlockctl add-voter ID PEER_ADDR
+//! dlockctl promote ID
+//! dlockctl remove ID
+//! dlockctl local [--dir DIR] [--namespace NAME]
+//! ```
+//!
+//! `local` needs no cluster: it prints this host's `Local\` namespace (the shared-memory
+//! segment of `DLOCK_LOCAL_DIR` / `DLOCK_LOCAL_NAMESPACE`): attached processes, objects with
+//! their handles, owners and waiters, and blocked waits. It also reclaims dead processes'
+//! handles, as any attach does.
+//!
+//! The endpoints (client addresses of any members, default `DLOCK_ENDPOINTS`, else
+//! `127.0.0.1:7700`) are used as the client library uses them (`dlock::Client`): a node that
+//! is not the leader answers with a hint naming the leader, which is followed; calls are
+//! retried across the endpoints on `UNAVAILABLE` and connection errors until `--timeout-ms`
+//! has passed; any other error ends the command at once. The exit status is 0 on success, 1 on
+//! a failed call, 2 on bad usage.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dlock::admin::{Member, MembershipReply, NodeStatus, Role};
+use dlock::{Client, ClientConfig};
+
+/// Command line of `dlockctl`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dlockctl",
+    version,
+    about = "Administer a dlock cluster: status and membership (dlock.v1.Admin)."
+)]
+struct Cli {
+    /// Client address of a cluster member (repeat, or comma-separate); any member will do,
+    /// followers point to the leader.
+    #[arg(
+        long = "endpoint",
+        env = "DLOCK_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7700"
+    )]
+    endpoints: Vec<String>,
+    /// Give up after this many milliseconds of retrying (leader changes, nodes down).
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Shows the answering node's Raft state and the members; with `--all`, every member's own
+    /// state (asked by the answering node) and the leader's replication progress.
+    Status {
+        /// Ask every member for its own state.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Adds a non-voting member that catches up (from a snapshot) before it is promoted.
+    AddLearner {
+        /// The new node's id (> 0, not a member yet).
+        id: u64,
+        /// Its peer (Raft transport) address, HOST:PORT.
+        peer_addr: String,
+    },
+    /// Adds a voting member (prefer add-learner + promote for a node that must catch up).
+    AddVoter {
+        /// The new node's id (> 0, not a member yet).
+        id: u64,
+        /// Its peer (Raft transport) address, HOST:PORT.
+        peer_addr: String,
+    },
+    /// Makes a learner a voter.
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Removes a member (voter or learner); removing the leader hands leadership over first.
+    Remove {
+        /// The member's id.
+        id: u64,
+    },
+    /// Shows this host's `Local\` namespace (no cluster involved).
+    Local {
+        /// Directory of the segment file.
+        #[arg(long, env = "DLOCK_LOCAL_DIR", default_value = "/dev/shm")]
+        dir: std::path::PathBuf,
+        /// Namespace name (default: `u<uid>`, as the client library's).
+        #[arg(long, env = "DLOCK_LOCAL_NAMESPACE")]
+        namespace: Option<String>,
+    },
+}
+
+/// Why a command failed, as printed before exiting.
+#[derive(Debug)]
+struct Failure(String);
+
+/// The role as the status lines print it.
+fn role_label(role: Role) -> &'static str {
+    match role {
+        Role::Unspecified => "UNKNOWN",
+        Role::Follower => "FOLLOWER",
+        Role::PreCandidate => "PRE_CANDIDATE",
+        Role::Candidate => "CANDIDATE",
+        Role::Leader => "LEADER",
+    }
+}
+
+/// A client for the configured endpoints that retries for `timeout`.
+async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
+    let mut config = ClientConfig::new(endpoints);
+    config.request_timeout = timeout;
+    config.attempt_timeout = config.attempt_timeout.min(timeout);
+    config.client_name = "dlockctl".into();
+    Client::connect_with_config(config)
+        .await
+        .map_err(|e| Failure(format!("bad endpoints: {e}")))
+}
+
+/// One line describing a node's own Raft state.
+fn node_line(n: &NodeStatus) -> String {
+    if !n.reachable {
+        return format!("node {:<3} unreachable", n.node_id);
+    }
+    let leader = if n.leader_id == 0 {
+        "none".to_owned()
+    } else {
+        n.leader_id.to_string()
+    };
+    format!(
+        "node {:<3} {:<13} term {:<5} commit {:<8} applied {:<8} leader {:<4} client {:<21} reachable",
+        n.node_id,
+        role_label(n.role()),
+        n.term,
+        n.commit,
+        n.applied,
+        leader,
+        n.client_addr
+    )
+}
+
+/// One line describing a member.
+fn member_line(m: &Member) -> String {
+    let kind = if m.voter { "voter" } else { "learner" };
+    let matched = if m.matched == 0 {
+        "-".to_owned()
+    } else {
+        m.matched.to_string()
+    };
+    format!(
+        "member {:<3} {:<7} peer {:<21} matched {matched}",
+        m.node_id, kind, m.peer_addr
+    )
+}
+
+/// Prints the member list of a membership change's reply.
+fn print_members(members: &[Member]) {
+    println!("members:");
+    for m in members {
+        println!("  {}", member_line(m));
+    }
+}
+
+/// `status [--all]`.
+async fn status(endpoints: &[String], timeout: Duration, all: bool) -> Result<(), Failure> {
+    let client = connect(endpoints, timeout).await?;
+    let failed = |e: dlock::Error| Failure(format!("status: {e}"));
+    let mut reply = client.admin().status(all).await.map_err(failed)?;
+    // Only the leader knows the replication progress (`matched`): ask it when it is another
+    // node and its client address is known.
+    if all
+        && let Some(own) = &reply.node
+        && own.role() != Role::Leader
+        && let Some(leader) = reply
+            .nodes
+            .iter()
+            .find(|n| n.reachable && n.node_id == own.leader_id && n.role() == Role::Leader)
+        && !leader.client_addr.is_empty()
+        && let Ok(leader_client) = connect(
+            std::slice::from_ref(&leader.client_addr),
+            timeout.min(Duration::from_secs(2)),
+        )
+        .await
+        && let Ok(from_leader) = leader_client.admin().status(all).await
+    {
+        reply = from_leader;
+    }
+    let own = reply
+        .node
+        .as_ref()
+        .ok_or_else(|| Failure("status: reply without a node".into()))?;
+    println!(
+        "answered by node {} at {}",
+        own.node_id,
+        if own.client_addr.is_empty() {
+            "?"
+        } else {
+            &own.client_addr
+        }
+    );
+    if all {
+        println!("nodes:");
+        for n in &reply.nodes {
+            println!("  {}", node_line(n));
+        }
+    } else {
+        println!("  {}", node_line(own));
+    }
+    print_members(&reply.members);
+    Ok(())
+}
+
+/// Runs the parsed command.
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let endpoints = &cli.endpoints;
+    let (what, result): (String, Result<MembershipReply, dlock::admin::AdminError>) =
+        match cli.command {
+            Command::Local { .. } => unreachable!("handled before the runtime starts"),
+            Command::Status { all } => return status(endpoints, timeout, all).await,
+            Command::AddLearner { id, peer_addr } => {
+                let client = connect(endpoints, timeout).await?;
+                let r = client.admin().add_learner(id, &peer_addr).await;
+                (format!("added node {id} as a learner"), r)
+            }
+            Command::AddVoter { id, peer_addr } => {
+                let client = connect(endpoints, timeout).await?;
+                let r = client.admin().add_voter(id, &peer_addr).await;
+                (format!("added node {id} as a voter"), r)
+            }
+            Command::Promote { id } => {
+                let client = connect(endpoints, timeout).await?;
+                let r = client.admin().promote(id).await;
+                (format!("promoted node {id} to voter"), r)
+            }
+            Command::Remove { id } => {
+                let client = connect(endpoints, timeout).await?;
+                let r = client.admin().remove(id).await;
+                (format!("removed node {id}"), r)
+            }
+        };
+    match result {
+        Ok(reply) => {
+            println!("{what}");
+            print_members(&reply.members);
+            Ok(())
+        }
+        Err(e) => {
+            // The server's message names the problem ("node 9 is not a learner").
+            let mut message = match &e.error {
+                dlock::Error::InvalidArgument(why) => why.clone(),
+                other => other.to_string(),
+            };
+            if e.maybe_applied {
+                message.push_str(
+                    " (an earlier attempt may have applied the change: \
+                     check `dlockctl status --all`)",
+                );
+            }
+            Err(Failure(message))
+        }
+    }
+}
+
+/// Prints the local namespace named by `dir` and `namespace`.
+fn local(dir: std::path::PathBuf, namespace: Option<String>) -> Result<(), Failure> {
+    let mut settings = dlock_local::Settings::from_env();
+    settings.dir = dir;
+    if let Some(ns) = namespace {
+        settings.namespace = ns;
+    }
+    let path = settings.segment_path();
+    if !path.exists() {
+        return Err(Failure(format!(
+            "no local namespace at {} (it is created by the first process that uses a Local\\ name)",
+            path.display()
+        )));
+    }
+    let snapshot = dlock_local::Segment::attach(&settings)
+        .map_err(|e| Failure(e.to_string()))?
+        .snapshot()
+        .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+    println!(
+        "namespace {}: {} processes, {} objects, {} blocked waits",
+        snapshot.path.display(),
+        snapshot.processes.len(),
+        snapshot.objects.len(),
+        snapshot.blocked_waits
+    );
+    for p in &snapshot.processes {
+        let state = if p.alive {
+            "alive"
+        } else {
+            "dead (not yet reclaimed)"
+        };
+        println!("  process slot {} pid {} {state}", p.slot, p.pid);
+    }
+    for o in &snapshot.objects {
+        let name = o
+            .name
+            .as_deref()
+            .map(|n| format!("Local\\{n}"))
+            .unwrap_or_else(|| "(closed, held)".into());
+        let state = match o.kind {
+            dlock::ObjectKind::Mutex if o.owner_tid != 0 => format!("owned by tid {}", o.owner_tid),
+            dlock::ObjectKind::Mutex if o.abandoned => "abandoned".into(),
+            dlock::ObjectKind::Mutex => "free".into(),
+            dlock::ObjectKind::Event => format!(
+                "{} {}",
+                if o.manual_reset { "manual" } else { "auto" },
+                if o.signaled { "signaled" } else { "unsignaled" }
+            ),
+            dlock::ObjectKind::Semaphore => format!("count {}/{}", o.count, o.maximum),
+        };
+        println!(
+            "  {:<9} {name} handles {} waiters {} {state}",
+            o.kind.to_string(),
+            o.handles,
+            o.waiters
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Local { dir, namespace } => local(dir, namespace),
+        _ => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(run(cli)),
+            Err(e) => Err(Failure(format!("cannot start the runtime: {e}"))),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            eprintln!("dlockctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
