@@ -50,16 +50,17 @@ mod inspect;
 mod objects;
 mod segment;
 mod sys;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex as StdMutex, OnceLock};
 
 pub use inspect::{LocalObjectInfo, LocalProcess, LocalSnapshot};
-pub use objects::{
-    CANCELLABLE_WAIT_OBJECTS_MAX, LocalObj, Taken, cancel, create, give_back, open,
-    signal_and_wait, wait, wait_cancellable,
-};
+pub use objects::{LocalObj, create, open};
 pub use segment::Segment;
+pub use wait::{
+    CANCELLABLE_WAIT_OBJECTS_MAX, Taken, cancel, give_back, signal_and_wait, wait, wait_cancellable,
+};
 
 use dlock_proto::vocab::Win32Error;
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::objects::{self, LocalObj};
 use super::segment::{Layout, OBJ_FREE, OBJ_LIVE, OBJECTS_MAX, Segment};
 use super::sys::{self, FUTEX_OWNER_DIED, FUTEX_TID_MASK};
+use super::wait;
 use super::{LocalError, Settings};
 use dlock_proto::vocab::{
     CreateParams, EVENT_ALL_ACCESS, MUTEX_ALL_ACCESS, ObjectKind, SEMAPHORE_ALL_ACCESS, Timeout,
@@ -199,7 +200,7 @@ fn a_closed_mutex_that_is_still_owned_keeps_its_slot_but_not_its_name() {
     let seg = attach(dir.path());
     let m = mutex(&seg, "held");
     assert!(matches!(
-        objects::wait(&seg, &[m], false, Timeout::Millis(0)),
+        wait::wait(&seg, &[m], false, Timeout::Millis(0)),
         Ok(WaitOutcome::Signaled { .. })
     ));
     m.close(&seg).unwrap();
@@ -342,8 +343,8 @@ fn child_churn() {
         .unwrap();
         let m = mutex(&seg, "churn-mutex");
         let _ = e.set_event(&seg);
-        let _ = objects::wait(&seg, &[m, e, s], true, Timeout::Millis(0));
-        let _ = objects::wait(&seg, &[e, s], false, Timeout::Millis(1));
+        let _ = wait::wait(&seg, &[m, e, s], true, Timeout::Millis(0));
+        let _ = wait::wait(&seg, &[e, s], false, Timeout::Millis(1));
         let _ = s.release_semaphore(&seg, 1);
         let _ = e.pulse_event(&seg);
         while m.release_mutex(&seg).is_ok() {}
@@ -393,7 +394,7 @@ fn random_kills_never_corrupt_the_segment() {
         probe.close(&seg).unwrap();
         // The churn mutex is usable: abandoned or free, never wedged.
         let m = mutex(&seg, "churn-mutex");
-        let got = objects::wait(&seg, &[m], false, Timeout::Millis(5_000)).unwrap();
+        let got = wait::wait(&seg, &[m], false, Timeout::Millis(5_000)).unwrap();
         assert!(got.is_acquired(), "{got:?}");
         m.release_mutex(&seg).unwrap();
         m.close(&seg).unwrap();
@@ -408,7 +409,7 @@ fn child_hold() {
     let seg = attach(&dir);
     let m = mutex(&seg, "owned");
     assert!(
-        objects::wait(&seg, &[m], false, Timeout::Millis(0))
+        wait::wait(&seg, &[m], false, Timeout::Millis(0))
             .unwrap()
             .is_acquired()
     );
@@ -444,7 +445,7 @@ fn a_killed_owner_is_seen_through_the_robust_list() {
             std::thread::spawn(move || {
                 let both = [m, ev];
                 let objs: &[LocalObj] = if i == 0 { &both } else { &both[..1] };
-                let r = objects::wait(seg, objs, i == 0, Timeout::Millis(20_000));
+                let r = wait::wait(seg, objs, i == 0, Timeout::Millis(20_000));
                 if matches!(r, Ok(ref o) if o.is_acquired()) {
                     m.release_mutex(seg).unwrap();
                 }
@@ -524,7 +525,7 @@ fn big_changes_fit_the_journal() {
             .0
         })
         .collect();
-    let got = objects::wait(&seg, &objs, true, Timeout::Millis(0)).unwrap();
+    let got = wait::wait(&seg, &objs, true, Timeout::Millis(0)).unwrap();
     assert_eq!(
         got,
         WaitOutcome::Signaled {
@@ -533,7 +534,7 @@ fn big_changes_fit_the_journal() {
         }
     );
     assert_eq!(
-        objects::wait(&seg, &objs, false, Timeout::Millis(0)).unwrap(),
+        wait::wait(&seg, &objs, false, Timeout::Millis(0)).unwrap(),
         WaitOutcome::TimedOut,
         "all consumed"
     );
@@ -547,9 +548,7 @@ fn big_changes_fit_the_journal() {
     .unwrap();
     let seg: &'static Segment = Box::leak(Box::new(seg));
     let waiters: Vec<_> = (0..40)
-        .map(|_| {
-            std::thread::spawn(move || objects::wait(seg, &[ev], false, Timeout::Millis(20_000)))
-        })
+        .map(|_| std::thread::spawn(move || wait::wait(seg, &[ev], false, Timeout::Millis(20_000))))
         .collect();
     let deadline = Instant::now() + CHILD_DEADLINE;
     while seg.syncs()[ev.index as usize]
@@ -565,7 +564,7 @@ fn big_changes_fit_the_journal() {
         assert!(w.join().unwrap().unwrap().is_acquired());
     }
     assert_eq!(
-        objects::wait(seg, &[ev], false, Timeout::Millis(0)).unwrap(),
+        wait::wait(seg, &[ev], false, Timeout::Millis(0)).unwrap(),
         WaitOutcome::TimedOut,
         "a pulse leaves the event non-signaled"
     );

@@ -1,0 +1,526 @@
+//! The wait engine of the local namespace: `WaitForSingleObject`, `WaitForMultipleObjects`
+//! (any and all), `SignalObjectAndWait`, cancellable waits for the async API, and giving back
+//! what a wait took. A wait evaluates its objects under the namespace lock ([`Guard`]), and
+//! sleeps in `futex_waitv` on their wake sequences and held mutexes' lock words, never polling.
+//!
+//! Every function returns Win32 outcomes: `Ok` values, or `Err(code)` with the last-error code.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use super::objects::LocalObj;
+use super::segment::{Guard, ObjSync, Segment};
+use super::sys::{self, FUTEX_TID_MASK, Locked, WaitOn, Woke};
+use dlock_proto::vocab::{
+    MUTEX_RECURSION_MAX, ObjectKind, SYNCHRONIZE, Timeout, WaitOutcome, Win32Error,
+};
+
+/// What a completed wait took, in enough detail to give it back exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// The Win32 outcome.
+    pub outcome: WaitOutcome,
+    /// Bit i: the mutex at index i was acquired abandoned.
+    pub abandoned: u64,
+    /// Bit i: the event at index i released the wait through a pulse (it consumed nothing).
+    pub pulsed: u64,
+}
+
+impl Taken {
+    /// An outcome with no pulse involved.
+    fn plain(outcome: WaitOutcome) -> Taken {
+        let abandoned = match outcome {
+            WaitOutcome::Abandoned { index, .. } => 1 << index,
+            _ => 0,
+        };
+        Taken {
+            outcome,
+            abandoned,
+            pulsed: 0,
+        }
+    }
+}
+
+/// The result of one attempt to satisfy a wait.
+enum Attempt {
+    Done(Taken),
+    Failed(Win32Error),
+    NotYet,
+}
+
+/// Tries to take a mutex for the calling thread (recursively if it owns it already).
+#[inline]
+fn take_mutex(sync: &ObjSync, tid: u32, index: usize) -> Attempt {
+    if sync.owned_by(tid) {
+        let r = sync.recursion.load(Ordering::Relaxed);
+        if r >= MUTEX_RECURSION_MAX {
+            return Attempt::Failed(Win32Error::MUTANT_LIMIT_EXCEEDED);
+        }
+        sync.recursion.store(r + 1, Ordering::Relaxed);
+        return Attempt::Done(Taken::plain(WaitOutcome::Signaled {
+            index,
+            fencing_token: sync.fencing.load(Ordering::Relaxed),
+        }));
+    }
+    // SAFETY: the mutex of a live object slot, initialised at creation.
+    match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
+        Locked::Clean => Attempt::Done(Taken::plain(WaitOutcome::Signaled {
+            index,
+            fencing_token: sync.acquired(),
+        })),
+        Locked::OwnerDied => Attempt::Done(Taken::plain(WaitOutcome::Abandoned {
+            index,
+            fencing_token: sync.acquired(),
+        })),
+        Locked::Busy => Attempt::NotYet,
+    }
+}
+
+/// Undoes one acquisition of a mutex (a wait-all that could not complete). An acquisition
+/// that found the mutex abandoned leaves it abandoned again for the next owner.
+fn untake_mutex(seg: &Segment, index: usize, was_abandoned: bool) {
+    let sync = &seg.syncs()[index];
+    let r = sync.recursion.load(Ordering::Relaxed);
+    if r > 1 {
+        sync.recursion.store(r - 1, Ordering::Relaxed);
+    } else {
+        sync.recursion.store(0, Ordering::Relaxed);
+        // SAFETY: acquired by this thread a moment ago.
+        unsafe { sys::robust_unlock(sync.mutex_ptr()) };
+        if was_abandoned {
+            // glibc's next try-lock of a free word with OWNER_DIED reports EOWNERDEAD again.
+            let _ = sync.word().compare_exchange(
+                0,
+                sys::FUTEX_OWNER_DIED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+        sync.notify();
+    }
+}
+
+/// One attempt at a wait on `objs` under the namespace lock. `pulsed` marks indexes whose
+/// event a `PulseEvent` released for this wait.
+fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) -> Attempt {
+    let seg = g.seg;
+    let tid = sys::tid();
+    let event_ready = |k: usize, o: &LocalObj| {
+        pulsed & (1 << k) != 0 || o.meta(seg).signaled.load(Ordering::Relaxed) != 0
+    };
+    if !wait_all {
+        for (k, o) in objs.iter().enumerate() {
+            let meta = o.meta(seg);
+            match o.kind {
+                ObjectKind::Mutex => match take_mutex(o.sync(seg), tid, k) {
+                    Attempt::NotYet => {}
+                    done => return done,
+                },
+                ObjectKind::Event => {
+                    if event_ready(k, o) {
+                        if pulsed & (1 << k) == 0 && meta.manual_reset.load(Ordering::Relaxed) == 0
+                        {
+                            g.touch(&meta.signaled);
+                            meta.signaled.store(0, Ordering::Relaxed);
+                        }
+                        return Attempt::Done(Taken {
+                            outcome: WaitOutcome::Signaled {
+                                index: k,
+                                fencing_token: 0,
+                            },
+                            abandoned: 0,
+                            pulsed: pulsed & (1 << k),
+                        });
+                    }
+                }
+                ObjectKind::Semaphore => {
+                    let c = meta.count.load(Ordering::Relaxed);
+                    if c > 0 {
+                        g.touch(&meta.count);
+                        meta.count.store(c - 1, Ordering::Relaxed);
+                        return Attempt::Done(Taken::plain(WaitOutcome::Signaled {
+                            index: k,
+                            fencing_token: 0,
+                        }));
+                    }
+                }
+            }
+        }
+        return Attempt::NotYet;
+    }
+    // Wait-all: check everything first, then take the mutexes, then consume the rest.
+    for (k, o) in objs.iter().enumerate() {
+        let ready = match o.kind {
+            ObjectKind::Mutex => {
+                let s = o.sync(seg);
+                if s.owned_by(tid) {
+                    if s.recursion.load(Ordering::Relaxed) >= MUTEX_RECURSION_MAX {
+                        return Attempt::Failed(Win32Error::MUTANT_LIMIT_EXCEEDED);
+                    }
+                    true
+                } else {
+                    !s.is_held()
+                }
+            }
+            ObjectKind::Event => event_ready(k, o),
+            ObjectKind::Semaphore => o.meta(seg).count.load(Ordering::Relaxed) > 0,
+        };
+        if !ready {
+            return Attempt::NotYet;
+        }
+    }
+    let mut taken: Vec<(usize, bool)> = Vec::new();
+    let mut abandoned_mask = 0u64;
+    let mut token = 0;
+    for (k, o) in objs.iter().enumerate() {
+        if o.kind != ObjectKind::Mutex {
+            continue;
+        }
+        match take_mutex(o.sync(seg), tid, k) {
+            Attempt::Done(t) => {
+                let was_abandoned = matches!(t.outcome, WaitOutcome::Abandoned { .. });
+                if was_abandoned {
+                    abandoned_mask |= 1 << k;
+                }
+                if token == 0 {
+                    token = t.outcome.fencing_token().unwrap_or(0);
+                }
+                taken.push((o.index as usize, was_abandoned));
+            }
+            _ => {
+                // A thread outside the namespace lock took it between check and take.
+                for &(i, was_abandoned) in taken.iter().rev() {
+                    untake_mutex(seg, i, was_abandoned);
+                }
+                return Attempt::NotYet;
+            }
+        }
+    }
+    for (k, o) in objs.iter().enumerate() {
+        let meta = o.meta(seg);
+        match o.kind {
+            ObjectKind::Event => {
+                if pulsed & (1 << k) == 0 && meta.manual_reset.load(Ordering::Relaxed) == 0 {
+                    g.touch(&meta.signaled);
+                    meta.signaled.store(0, Ordering::Relaxed);
+                }
+            }
+            ObjectKind::Semaphore => {
+                g.touch(&meta.count);
+                meta.count
+                    .store(meta.count.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            }
+            ObjectKind::Mutex => {}
+        }
+    }
+    let events = objs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.kind == ObjectKind::Event)
+        .fold(0u64, |m, (k, _)| m | 1 << k);
+    Attempt::Done(Taken {
+        outcome: if abandoned_mask != 0 {
+            WaitOutcome::Abandoned {
+                index: 0,
+                fencing_token: token,
+            }
+        } else {
+            WaitOutcome::Signaled {
+                index: 0,
+                fencing_token: token,
+            }
+        },
+        abandoned: abandoned_mask,
+        pulsed: pulsed & events,
+    })
+}
+
+/// How long a wait sleeps at most while another thread holds one of its mutexes: a safety net
+/// for the one case the kernel's single owner-died wake can be lost (the sleeper it picks dies
+/// too). Not a poll: a wait on free or unowned objects sleeps until woken or its deadline.
+const OWNER_DEATH_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The most objects a cancellable wait may name: each may need two futex words, and the
+/// cancel word takes one of `futex_waitv`'s 128.
+pub const CANCELLABLE_WAIT_OBJECTS_MAX: usize = 63;
+
+/// Ends the cancellable wait sleeping on `word` (see [`wait_cancellable`]): sets the word and
+/// wakes the waiter. Idempotent.
+pub fn cancel(word: &AtomicU32) {
+    word.store(1, Ordering::SeqCst);
+    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
+}
+
+/// `WaitForMultipleObjects` over local handles (1..=64, checked by the caller, with
+/// `SYNCHRONIZE` access and, for wait-all, no object twice).
+pub fn wait(
+    seg: &Segment,
+    objs: &[LocalObj],
+    wait_all: bool,
+    timeout: Timeout,
+) -> Result<WaitOutcome, Win32Error> {
+    wait_cancellable(seg, objs, wait_all, timeout, None).map(|t| t.outcome)
+}
+
+/// [`wait`] that also ends, with [`Win32Error::OPERATION_ABORTED`], once `cancel` is non-zero and
+/// woken (at most [`CANCELLABLE_WAIT_OBJECTS_MAX`] objects when given).
+pub fn wait_cancellable(
+    seg: &Segment,
+    objs: &[LocalObj],
+    wait_all: bool,
+    timeout: Timeout,
+    cancel: Option<&AtomicU32>,
+) -> Result<Taken, Win32Error> {
+    if cancel.is_some() && objs.len() > CANCELLABLE_WAIT_OBJECTS_MAX {
+        return Err(Win32Error::INVALID_PARAMETER);
+    }
+    if cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0) {
+        // Cancelled while queued: take nothing.
+        return Err(Win32Error::OPERATION_ABORTED);
+    }
+    for o in objs {
+        o.need(SYNCHRONIZE)?;
+    }
+    if wait_all {
+        let mut seen: Vec<u32> = objs.iter().map(|o| o.index).collect();
+        seen.sort_unstable();
+        if seen.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Win32Error::INVALID_PARAMETER);
+        }
+    }
+    // The fast path: one mutex, no namespace lock, no system call unless contended.
+    if let [o] = objs
+        && o.kind == ObjectKind::Mutex
+    {
+        match take_mutex(o.sync(seg), sys::tid(), 0) {
+            Attempt::Done(taken) => return Ok(taken),
+            Attempt::Failed(code) => return Err(code),
+            Attempt::NotYet if timeout == Timeout::Millis(0) => {
+                return Ok(Taken::plain(WaitOutcome::TimedOut));
+            }
+            Attempt::NotYet => {}
+        }
+    }
+    let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+    blocking_wait(seg, objs, wait_all, deadline, cancel)
+}
+
+/// Gives back what a wait took, exactly: a mutex is released (abandoned again if it was
+/// taken abandoned), a semaphore unit returned, an auto-reset event set again unless a pulse
+/// released the wait. For waits whose caller went away (a cancelled async wait); must run on
+/// the thread that waited, which owns the mutexes taken.
+pub fn give_back(seg: &Segment, objs: &[LocalObj], wait_all: bool, taken: Taken) {
+    let indexes: Vec<usize> = match taken.outcome {
+        WaitOutcome::TimedOut => return,
+        _ if wait_all => (0..objs.len()).collect(),
+        WaitOutcome::Signaled { index, .. } | WaitOutcome::Abandoned { index, .. } => {
+            vec![index]
+        }
+    };
+    for k in indexes {
+        let Some(o) = objs.get(k) else { continue };
+        let result = match o.kind {
+            ObjectKind::Mutex => {
+                if o.sync(seg).owned_by(sys::tid()) {
+                    untake_mutex(seg, o.index as usize, taken.abandoned & (1 << k) != 0);
+                }
+                Ok(())
+            }
+            ObjectKind::Semaphore => o.release_semaphore(seg, 1).map(|_| ()),
+            ObjectKind::Event => {
+                let manual = o.meta(seg).manual_reset.load(Ordering::Relaxed) != 0;
+                if manual || taken.pulsed & (1 << k) != 0 {
+                    Ok(())
+                } else {
+                    o.set_event(seg)
+                }
+            }
+        };
+        if let Err(code) = result {
+            tracing::warn!(%code, "could not give back what a cancelled local wait took");
+        }
+    }
+}
+
+/// `SignalObjectAndWait` over two local handles.
+///
+/// Atomic in the sense that matters: the wait is registered before the signal, so a
+/// `PulseEvent` or a release that the signal provokes cannot slip between the two.
+pub fn signal_and_wait(
+    seg: &Segment,
+    signal: &LocalObj,
+    wait_on: &LocalObj,
+    timeout: Timeout,
+) -> Result<WaitOutcome, Win32Error> {
+    wait_on.need(SYNCHRONIZE)?;
+    let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+    let objs = std::slice::from_ref(wait_on);
+    let slot = {
+        let mut g = seg.lock()?;
+        signal.check(&g)?;
+        wait_on.check(&g)?;
+        g.reap_dead();
+        let slot = g.register(&[wait_on.index as usize], false)?;
+        g.commit();
+        slot
+    };
+    if let Err(code) = signal.signal(seg) {
+        let mut g = seg.lock()?;
+        g.unregister(slot);
+        g.commit();
+        return Err(code);
+    }
+    wait_loop(seg, objs, false, deadline, None, slot).map(|t| t.outcome)
+}
+
+fn blocking_wait(
+    seg: &Segment,
+    objs: &[LocalObj],
+    wait_all: bool,
+    deadline: Option<Instant>,
+    cancel: Option<&AtomicU32>,
+) -> Result<Taken, Win32Error> {
+    let indexes: Vec<usize> = objs.iter().map(|o| o.index as usize).collect();
+    let slot = {
+        let mut g = seg.lock()?;
+        for o in objs {
+            o.check(&g)?;
+        }
+        let first = attempt(&mut g, objs, wait_all, 0);
+        g.commit();
+        match first {
+            Attempt::Done(taken) => return Ok(taken),
+            Attempt::Failed(code) => return Err(code),
+            Attempt::NotYet => {}
+        }
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Ok(Taken::plain(WaitOutcome::TimedOut));
+        }
+        // Waits of dead processes inflate waiter counts (and so cost every releaser a
+        // system call) until reaped; a wait about to sleep is a good moment.
+        g.reap_dead();
+        let slot = g.register(&indexes, wait_all)?;
+        g.commit();
+        slot
+    };
+    wait_loop(seg, objs, wait_all, deadline, cancel, slot)
+}
+
+/// Sleeps and retries until the registered wait `slot` on `objs` completes, times out or is
+/// cancelled; it leaves the registry when it ends.
+fn wait_loop(
+    seg: &Segment,
+    objs: &[LocalObj],
+    wait_all: bool,
+    deadline: Option<Instant>,
+    cancel: Option<&AtomicU32>,
+    slot: usize,
+) -> Result<Taken, Win32Error> {
+    let tid = sys::tid();
+    let mut words: Vec<WaitOn<'_>> = Vec::with_capacity(2 * objs.len() + 1);
+    // (index into `words`, object) of each mutex's lock word.
+    let mut lock_entries: Vec<(usize, usize)> = Vec::with_capacity(objs.len());
+    let mut timed_out = false;
+    let mut failed: Option<Win32Error> = None;
+    loop {
+        // Snapshot the words first: any change after this wakes (or fails) the sleep below.
+        words.clear();
+        lock_entries.clear();
+        if let Some(cancel) = cancel {
+            words.push(WaitOn {
+                word: cancel,
+                expected: 0,
+            });
+        }
+        for o in objs {
+            let sync = o.sync(seg);
+            words.push(WaitOn {
+                word: &sync.seq,
+                expected: sync.seq.load(Ordering::SeqCst),
+            });
+            if o.kind == ObjectKind::Mutex {
+                lock_entries.push((words.len(), o.index as usize));
+                words.push(WaitOn {
+                    word: sync.word(),
+                    expected: sync.sleep_value(tid),
+                });
+            }
+        }
+        // Attempt, and leave the registry in the same critical section when done, so that a
+        // PulseEvent never picks a wait that no longer waits.
+        let outcome = {
+            let mut g = seg.lock()?;
+            let w = &seg.waiters()[slot];
+            let pulsed = w.pulsed.load(Ordering::Relaxed);
+            // A cancelled wait takes nothing more: its caller is gone.
+            let cancelled = cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0);
+            let mut r = if cancelled {
+                Attempt::Failed(Win32Error::OPERATION_ABORTED)
+            } else {
+                attempt(&mut g, objs, wait_all, pulsed)
+            };
+            if matches!(r, Attempt::NotYet) {
+                if let Some(code) = failed {
+                    r = Attempt::Failed(code);
+                } else if timed_out {
+                    r = Attempt::Done(Taken::plain(WaitOutcome::TimedOut));
+                }
+            }
+            if pulsed != 0 {
+                // A pulse releases a wait at that moment only: a wait-all whose other objects
+                // were not ready keeps waiting, without it.
+                g.touch(&w.pulsed);
+                w.pulsed.store(0, Ordering::Relaxed);
+            }
+            if !matches!(r, Attempt::NotYet) {
+                g.unregister(slot);
+            }
+            g.commit();
+            r
+        };
+        match outcome {
+            Attempt::Done(taken) => return Ok(taken),
+            Attempt::Failed(code) => return Err(code),
+            Attempt::NotYet => {}
+        }
+        // While another thread holds a mutex of the set, sleep at most OWNER_DEATH_RECHECK:
+        // the kernel hands an owner's death to one sleeper only, and if that sleeper dies
+        // too (its whole process exiting) nobody else would hear of it.
+        let held_elsewhere = lock_entries.iter().any(|&(at, _)| {
+            let owner = words[at].expected & FUTEX_TID_MASK;
+            owner != 0 && owner != tid
+        });
+        let recheck = held_elsewhere.then(|| Instant::now() + OWNER_DEATH_RECHECK);
+        let sleep_until = match (deadline, recheck) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        };
+        match sys::futex_waitv(&words, sleep_until) {
+            Woke::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
+                // One last attempt (honouring a pulse that raced the deadline), then leave.
+                timed_out = true;
+            }
+            Woke::Failed(code) => {
+                tracing::error!(code, "futex_waitv failed; ending the wait");
+                failed = Some(Win32Error::NOT_SUPPORTED);
+            }
+            _ => {}
+        }
+        // The kernel's owner-died wake reaches one sleeper on the lock word. Whoever sees a
+        // holder vanish (the word went from held to OWNER_DIED) wakes the others through the
+        // wake sequence; each waiter does so at most once per death, as its next snapshot
+        // holds the new value.
+        for &(at, obj) in &lock_entries {
+            let before = words[at].expected;
+            let now = words[at].word.load(Ordering::SeqCst);
+            if before & FUTEX_TID_MASK != 0
+                && now & FUTEX_TID_MASK == 0
+                && now & sys::FUTEX_OWNER_DIED != 0
+            {
+                let sync = &seg.syncs()[obj];
+                sync.seq.fetch_add(1, Ordering::SeqCst);
+                sys::futex_wake(&sync.seq, i32::MAX as u32);
+            }
+        }
+    }
+}
