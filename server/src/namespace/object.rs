@@ -1,6 +1,7 @@
 //! One synchronisation object: its type-specific state, its name, how many handles point at it
 //! and the FIFO queue of waits registered on it.
 
+use super::*;
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
@@ -238,5 +239,389 @@ impl Object {
             return Err("object with neither handles nor waiters is still alive".into());
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The namespace's verbs on objects and handles: create, open, close, and the signalling
+// operations (ReleaseMutex, SetEvent/ResetEvent/PulseEvent, ReleaseSemaphore, abandonment).
+// ---------------------------------------------------------------------------------------------
+
+impl Namespace {
+    pub(super) fn create(
+        &mut self,
+        index: u64,
+        session: SessionId,
+        thread: ThreadId,
+        name: Option<&str>,
+        params: &CreateParams,
+        access: u32,
+    ) -> Reply {
+        let key = match create_name_key(name) {
+            Ok(key) => key,
+            Err(code) => return Reply::Error(code),
+        };
+        let kind = params.kind();
+        if let Some(id) = key.and_then(|key| self.names.get(key)).copied() {
+            if self.object(id).kind() != kind {
+                return Reply::Error(Win32Error::INVALID_HANDLE);
+            }
+            let granted = match access::existing_object(kind, access) {
+                Ok(granted) => granted,
+                Err(code) => return Reply::Error(code),
+            };
+            if !self.has_handle_room(session) {
+                return Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
+            }
+            let handle = self.new_handle(session, id, granted);
+            return Reply::Created {
+                handle,
+                already_existed: true,
+                fencing_token: 0,
+            };
+        }
+        let granted = match access::new_object(kind, access) {
+            Ok(granted) => granted,
+            Err(code) => return Reply::Error(code),
+        };
+        if !self.has_handle_room(session) || self.objects.len() >= self.limits.objects_max {
+            return Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
+        }
+        let mut fencing_token = 0;
+        let data = match *params {
+            CreateParams::Mutex { initial_owner } => {
+                let mut mutex = MutexData {
+                    owner: None,
+                    recursion: 0,
+                    abandoned: false,
+                    fencing_token: 0,
+                };
+                if initial_owner {
+                    fencing_token = index;
+                    mutex = MutexData {
+                        owner: Some((session, thread)),
+                        recursion: 1,
+                        abandoned: false,
+                        fencing_token,
+                    };
+                }
+                ObjectData::Mutex(mutex)
+            }
+            CreateParams::Event {
+                manual_reset,
+                initial_state,
+            } => ObjectData::Event {
+                manual_reset,
+                signaled: initial_state,
+            },
+            CreateParams::Semaphore { initial, max } => ObjectData::Semaphore {
+                count: initial,
+                max,
+            },
+        };
+        self.last_object_id += 1;
+        let id = self.last_object_id;
+        let object = Object::new(key.map(str::to_string), data);
+        assert!(
+            self.objects.insert(id, object).is_none(),
+            "object id {id} reused"
+        );
+        if let Some(key) = key {
+            assert!(
+                self.names.insert(key.to_string(), id).is_none(),
+                "name {key:?} taken twice"
+            );
+        }
+        if fencing_token != 0 {
+            self.index_owner(id, (session, thread));
+        }
+        let handle = self.new_handle(session, id, granted);
+        Reply::Created {
+            handle,
+            already_existed: false,
+            fencing_token,
+        }
+    }
+
+    pub(super) fn open(
+        &mut self,
+        session: SessionId,
+        kind: ObjectKind,
+        name: Option<&str>,
+        access: u32,
+    ) -> Reply {
+        let key = match open_name_key(name) {
+            Ok(key) => key,
+            Err(code) => return Reply::Error(code),
+        };
+        let Some(&id) = self.names.get(key) else {
+            return Reply::Error(Win32Error::FILE_NOT_FOUND);
+        };
+        if self.object(id).kind() != kind {
+            return Reply::Error(Win32Error::INVALID_HANDLE);
+        }
+        let granted = match access::existing_object(kind, access) {
+            Ok(granted) => granted,
+            Err(code) => return Reply::Error(code),
+        };
+        if !self.has_handle_room(session) {
+            return Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
+        }
+        Reply::Opened {
+            handle: self.new_handle(session, id, granted),
+        }
+    }
+
+    pub(super) fn has_handle_room(&self, session: SessionId) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| s.handles.len() < self.limits.handles_per_session_max)
+            && self.handles.len() < self.limits.handles_max
+    }
+
+    pub(super) fn new_handle(
+        &mut self,
+        session: SessionId,
+        object: ObjectId,
+        access: u32,
+    ) -> HandleId {
+        self.last_handle_id += 1;
+        let id = self.last_handle_id;
+        self.handles.insert(
+            id,
+            Handle {
+                session,
+                object,
+                access,
+            },
+        );
+        let owner = self
+            .sessions
+            .get_mut(&session)
+            .expect("the handle's session exists");
+        owner.handles.insert(id);
+        self.objects
+            .get_mut(&object)
+            .expect("the handle's object exists")
+            .handle_count += 1;
+        id
+    }
+
+    /// Closes a handle known to exist. The last handle removes the object's name; an object with
+    /// neither handles nor waits is destroyed.
+    pub(super) fn close_handle(&mut self, id: HandleId) {
+        let handle = self.handles.remove(&id).expect("the closed handle exists");
+        let session = self
+            .sessions
+            .get_mut(&handle.session)
+            .expect("the handle's session exists");
+        assert!(
+            session.handles.remove(&id),
+            "handle {id} missing from its session"
+        );
+        let object = self
+            .objects
+            .get_mut(&handle.object)
+            .expect("the handle's object exists");
+        assert!(object.handle_count > 0, "object handle count underflow");
+        object.handle_count -= 1;
+        if object.handle_count == 0
+            && let Some(name) = object.name.take()
+        {
+            assert_eq!(
+                self.names.remove(&name),
+                Some(handle.object),
+                "name table out of sync"
+            );
+        }
+        self.maybe_destroy(handle.object);
+    }
+
+    /// Destroys the object if nothing keeps it alive any more (an owned mutex whose handles
+    /// all closed goes too, and leaves its owner's index).
+    pub(super) fn maybe_destroy(&mut self, id: ObjectId) {
+        let object = self.object(id);
+        if object.handle_count == 0 && object.waiters.is_empty() {
+            assert!(object.name.is_none(), "destroying a named object");
+            if let ObjectData::Mutex(MutexData {
+                owner: Some(owner), ..
+            }) = object.data
+            {
+                self.unindex_owner(id, owner);
+            }
+            self.objects.remove(&id);
+        }
+    }
+
+    /// Records that `owner` now owns mutex `id`.
+    pub(super) fn index_owner(&mut self, id: ObjectId, (session, thread): Owner) {
+        self.owned.entry(session).or_default().insert(id, thread);
+    }
+
+    /// Records that `owner` no longer owns mutex `id`.
+    pub(super) fn unindex_owner(&mut self, id: ObjectId, (session, _): Owner) {
+        if let Some(objects) = self.owned.get_mut(&session) {
+            objects.remove(&id);
+            if objects.is_empty() {
+                self.owned.remove(&session);
+            }
+        }
+    }
+
+    /// The owner index as the objects say it should be (for `restore` and `verify`).
+    pub(super) fn count_outcomes(&self) -> usize {
+        self.sessions.values().map(|s| s.outcomes.len()).sum()
+    }
+
+    pub(super) fn count_replies(&self) -> usize {
+        self.sessions.values().map(|s| s.replies.len()).sum()
+    }
+
+    pub(super) fn owner_index(&self) -> OrdMap<SessionId, BTreeMap<ObjectId, ThreadId>> {
+        let mut index: OrdMap<SessionId, BTreeMap<ObjectId, ThreadId>> = OrdMap::new();
+        for (id, object) in &self.objects {
+            if let ObjectData::Mutex(MutexData {
+                owner: Some((session, thread)),
+                ..
+            }) = object.data
+            {
+                index.entry(session).or_default().insert(*id, thread);
+            }
+        }
+        index
+    }
+
+    pub(super) fn release_mutex(
+        &mut self,
+        index: u64,
+        session: SessionId,
+        thread: ThreadId,
+        handle: HandleId,
+        resolved: &mut Vec<Resolved>,
+    ) -> Result<(), Win32Error> {
+        let (id, _) = self.typed_handle(session, handle, ObjectKind::Mutex, 0)?;
+        let ObjectData::Mutex(m) = &mut self.object_mut(id).data else {
+            unreachable!("typed_handle checked the type")
+        };
+        if m.owner != Some((session, thread)) {
+            return Err(Win32Error::NOT_OWNER);
+        }
+        m.recursion -= 1;
+        if m.recursion == 0 {
+            m.owner = None;
+            m.fencing_token = 0;
+            self.unindex_owner(id, (session, thread));
+            self.wake(index, &[id], resolved);
+        }
+        Ok(())
+    }
+
+    pub(super) fn event_op(
+        &mut self,
+        index: u64,
+        session: SessionId,
+        handle: HandleId,
+        resolved: &mut Vec<Resolved>,
+        op: Op,
+    ) -> Reply {
+        let id = match self.typed_handle(session, handle, ObjectKind::Event, EVENT_MODIFY_STATE) {
+            Ok((id, _)) => id,
+            Err(code) => return Reply::Error(code),
+        };
+        match op {
+            Op::Set => {
+                self.set_event_signaled(id, true);
+                self.wake(index, &[id], resolved);
+            }
+            Op::Reset => self.set_event_signaled(id, false),
+            Op::Pulse => {
+                // Every wait queued now was registered before this command, so waking with the
+                // event momentarily set releases exactly "the waiters registered at that moment".
+                self.set_event_signaled(id, true);
+                self.wake(index, &[id], resolved);
+                if self.objects.contains_key(&id) {
+                    self.set_event_signaled(id, false);
+                }
+            }
+        }
+        Reply::Done
+    }
+
+    pub(super) fn set_event_signaled(&mut self, id: ObjectId, value: bool) {
+        let object = self.object_mut(id);
+        object.event_epoch += 1;
+        let ObjectData::Event { signaled, .. } = &mut object.data else {
+            unreachable!("an event operation on a non-event")
+        };
+        *signaled = value;
+    }
+
+    pub(super) fn release_semaphore(
+        &mut self,
+        index: u64,
+        session: SessionId,
+        handle: HandleId,
+        release: i32,
+        resolved: &mut Vec<Resolved>,
+    ) -> Result<i32, Win32Error> {
+        if release <= 0 {
+            return Err(Win32Error::INVALID_PARAMETER);
+        }
+        let (id, _) = self.typed_handle(
+            session,
+            handle,
+            ObjectKind::Semaphore,
+            SEMAPHORE_MODIFY_STATE,
+        )?;
+        let ObjectData::Semaphore { count, max } = &mut self.object_mut(id).data else {
+            unreachable!("typed_handle checked the type")
+        };
+        let previous = *count;
+        match previous.checked_add(release) {
+            Some(new) if new <= *max => *count = new,
+            _ => return Err(Win32Error::TOO_MANY_POSTS),
+        }
+        self.wake(index, &[id], resolved);
+        Ok(previous)
+    }
+
+    /// Abandons every mutex owned by `session` (only by `thread` of it, if given), in object id
+    /// order (§4.4); returns them. Costs what the owner holds, through the owner index.
+    pub(super) fn abandon(
+        &mut self,
+        session: SessionId,
+        thread: Option<ThreadId>,
+    ) -> Vec<ObjectId> {
+        let owned: Vec<(ObjectId, ThreadId)> = self
+            .owned
+            .get(&session)
+            .map(|objects| {
+                objects
+                    .iter()
+                    .filter(|(_, t)| thread.is_none_or(|wanted| **t == wanted))
+                    .map(|(id, t)| (*id, *t))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut abandoned = Vec::with_capacity(owned.len());
+        for (id, t) in owned {
+            let Some(ObjectData::Mutex(m)) = self.objects.get_mut(&id).map(|o| &mut o.data) else {
+                tracing::error!(id, session, "owner index names a missing object; skipped");
+                continue;
+            };
+            if m.owner != Some((session, t)) {
+                tracing::error!(id, session, "owner index out of date; skipped");
+                continue;
+            }
+            *m = MutexData {
+                owner: None,
+                recursion: 0,
+                abandoned: true,
+                fencing_token: 0,
+            };
+            self.unindex_owner(id, (session, t));
+            abandoned.push(id);
+        }
+        abandoned
     }
 }
