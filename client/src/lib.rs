@@ -56,8 +56,9 @@ mod error;
 /// The `Local\` engine (crate `dlock-local`), which serves `Local\` names from shared memory.
 use dlock_local as local;
 pub use local::{LocalObjectInfo, LocalProcess, LocalSnapshot};
-mod objects;
+mod route;
 mod session;
+mod typed;
 mod types;
 pub mod win32;
 
@@ -68,8 +69,8 @@ pub use config::{
 };
 pub use dlock_proto::vocab::Win32Error;
 pub use error::Error;
-pub use objects::{Event, LocalNamespace, Mutex, Semaphore, Waitable};
 pub use session::{Session, THREAD_EXITS_QUEUED_MAX, TYPED_OWNER_THREAD_ID};
+pub use typed::{Event, LocalNamespace, Mutex, Semaphore, Waitable};
 pub use types::{
     CreateParams, Created, ObjectKind, ObjectState, SessionState, Timeout, WaitOutcome,
 };

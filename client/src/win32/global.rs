@@ -134,16 +134,51 @@ pub(crate) fn resolve(handle: isize, kind: Option<ObjectKind>) -> Result<Entry, 
     }
 }
 
-/// Settings read from the environment once, at first use.
-struct Settings {
-    /// The endpoint list, or why `DLOCK_ENDPOINTS` is unusable.
-    endpoints: Result<Vec<String>, String>,
-    session_ttl: Duration,
-    request_timeout: Duration,
+/// How the facade reaches the cluster: read from the environment at the first call
+/// ([`FacadeConfig::from_env`]), or given once before it ([`configure`]).
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = dlock::win32::FacadeConfig::from_env();
+/// config.endpoints = Ok(vec!["127.0.0.1:7711".into(), "127.0.0.1:7712".into()]);
+/// config.session_ttl = Duration::from_secs(5);
+/// // dlock::win32::configure(config) before the first facade call.
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FacadeConfig {
+    /// The cluster's client addresses (`host:port` or `http://host:port`), or why the
+    /// configured list is unusable (every call that needs the cluster then fails with
+    /// `ERROR_BAD_NET_NAME`, and the reason is logged).
+    pub endpoints: Result<Vec<String>, String>,
+    /// The session TTL asked for (the server clamps it).
+    pub session_ttl: Duration,
+    /// How long a call keeps retrying across nodes before failing with
+    /// `ERROR_NETWORK_UNREACHABLE`.
+    pub request_timeout: Duration,
 }
 
-impl Settings {
-    fn from_env() -> Settings {
+/// Makes the facade use `config` instead of the environment. Call it before the first facade
+/// call of the process.
+///
+/// # Errors
+///
+/// Gives `config` back if the facade was configured already or has started (its first call
+/// read the environment).
+pub fn configure(config: FacadeConfig) -> Result<(), FacadeConfig> {
+    if FACADE.get().is_some() {
+        return Err(config);
+    }
+    CONFIGURED.set(config)
+}
+
+/// The configuration given by [`configure`], if any.
+static CONFIGURED: OnceLock<FacadeConfig> = OnceLock::new();
+
+impl FacadeConfig {
+    /// The configuration the environment names (`DLOCK_ENDPOINTS`, `DLOCK_SESSION_TTL_MS`,
+    /// `DLOCK_REQUEST_TIMEOUT_MS`; see the module docs), with the defaults for what it leaves
+    /// out.
+    pub fn from_env() -> FacadeConfig {
         let endpoints = match std::env::var("DLOCK_ENDPOINTS") {
             Ok(list) => {
                 let list = split_endpoint_list(&list);
@@ -156,7 +191,7 @@ impl Settings {
             Err(std::env::VarError::NotPresent) => Ok(vec![crate::DEFAULT_ENDPOINT.to_owned()]),
             Err(err) => Err(format!("DLOCK_ENDPOINTS: {err}")),
         };
-        Settings {
+        FacadeConfig {
             endpoints,
             session_ttl: env_millis("DLOCK_SESSION_TTL_MS", SESSION_TTL_DEFAULT),
             request_timeout: env_millis("DLOCK_REQUEST_TIMEOUT_MS", crate::REQUEST_TIMEOUT_DEFAULT),
@@ -188,7 +223,7 @@ struct Conn {
 
 pub(crate) struct Facade {
     runtime: tokio::runtime::Runtime,
-    settings: Settings,
+    settings: FacadeConfig,
     /// A tokio mutex: held across `OpenSession` so that concurrent first calls open one
     /// session, not several.
     conn: tokio::sync::Mutex<Conn>,
@@ -207,7 +242,10 @@ fn facade() -> Option<&'static Facade> {
             match runtime {
                 Ok(runtime) => Some(Facade {
                     runtime,
-                    settings: Settings::from_env(),
+                    settings: CONFIGURED
+                        .get()
+                        .cloned()
+                        .unwrap_or_else(FacadeConfig::from_env),
                     conn: tokio::sync::Mutex::new(Conn::default()),
                 }),
                 Err(err) => {

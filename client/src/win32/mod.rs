@@ -30,6 +30,10 @@
 //! | `DLOCK_SESSION_TTL_MS` | the session TTL asked for, in milliseconds (the server clamps it) | `10000` |
 //! | `DLOCK_REQUEST_TIMEOUT_MS` | how long a call keeps retrying across nodes before failing with `ERROR_NETWORK_UNREACHABLE` | `10000` |
 //!
+//! A program can give the same settings as a value instead, before its first facade call:
+//! [`configure`] with a [`FacadeConfig`]. The `Local\` namespace has its own settings
+//! (`DLOCK_LOCAL_*`, or `dlock_local::configure`).
+//!
 //! The facade connects lazily at the first call that needs the cluster, and opens one session
 //! for the process.
 //!
@@ -130,9 +134,11 @@ use dlock_proto::vocab::Win32Error;
 use std::future::Future;
 
 use crate::local::{self, LocalObj, Segment};
+use crate::route::{Route, route};
 use crate::{CreateParams, Error, ObjectKind, Session, Timeout};
 use dlock_proto::vocab::names;
 use global::{Entry, HANDLES, Slot, block_on, resolve};
+pub use global::{FacadeConfig, configure};
 
 /// A handle value; 0 is NULL.
 pub type HANDLE = isize;
@@ -228,7 +234,7 @@ fn create(
         return fail(ERROR_NO_SYSTEM_RESOURCES, NULL);
     }
     let params = CreateParams::from_flags(kind, flags, initial_count, maximum_count);
-    if let Some(key) = name.as_deref().and_then(names::local_key) {
+    if let Ok(Route::Local(key)) = route(name.as_deref()) {
         let created = local::namespace().and_then(|seg| local::create(seg, key, &params, access));
         return match created {
             Ok((obj, existed)) => {
@@ -277,7 +283,7 @@ fn open(kind: ObjectKind, access: u32, name: Result<Option<String>, Win32Error>)
     if !HANDLES.lock().unwrap_or_else(|e| e.into_inner()).has_room() {
         return fail(ERROR_NO_SYSTEM_RESOURCES, NULL);
     }
-    if let Some(key) = names::local_key(&name) {
+    if let Ok(Route::Local(key)) = route(Some(&name)) {
         return match local::namespace().and_then(|seg| local::open(seg, kind, key, access)) {
             Ok(obj) => insert_slot(Slot::Local(obj)),
             Err(code) => fail(code, NULL),
