@@ -81,8 +81,10 @@ enum Input {
     Stall(Duration),
 }
 
-/// State shared between the handles and the raft thread.
-struct Shared {
+/// What the node's handles and its raft thread share: the status and the fatal error the
+/// thread publishes, the stop flag, and the occupancy and limits of the thread's input queue
+/// that handles check before queueing.
+struct NodeState {
     node_id: u64,
     status: Mutex<Status>,
     /// The error that stopped the raft thread, if it was not a plain shutdown.
@@ -97,7 +99,7 @@ struct Shared {
     command_bytes_max: usize,
 }
 
-impl Shared {
+impl NodeState {
     /// The error to report once the raft thread is gone.
     fn stopped_error(&self) -> Error {
         self.fatal
@@ -110,7 +112,7 @@ impl Shared {
 
 struct Inner {
     tx: SyncSender<Input>,
-    shared: Arc<Shared>,
+    shared: Arc<NodeState>,
     leadership: watch::Receiver<Leadership>,
     membership: watch::Receiver<Membership>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -274,7 +276,7 @@ impl Node {
             + config.message_queue_max
             + CONTROL_QUEUE_SLOTS;
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(NodeState {
             node_id: config.node_id,
             status: Mutex::new(Status {
                 id: config.node_id,

@@ -24,7 +24,7 @@ use crate::{Error, Leadership, MemberKind, Membership, PeerStatus, Role, StateMa
 
 use super::read_index::PendingRead;
 use super::snapshot::SnapshotBuild;
-use super::{Input, ProposeReply, ReadReply, SNAPSHOT_MESSAGE_BYTES_MAX, Shared};
+use super::{Input, NodeState, ProposeReply, ReadReply, SNAPSHOT_MESSAGE_BYTES_MAX};
 
 /// Longest time one pass of the raft thread's loop spends stepping queued inputs before it
 /// handles the Ready they produced (and so sends heartbeats and appends).
@@ -56,7 +56,7 @@ pub(super) enum Outcome {
 }
 
 /// The raft thread's state. Owns the `RawNode` (storage inside), the state machine and all
-/// request bookkeeping; nothing here is shared except through `Shared`.
+/// request bookkeeping; nothing here is shared except through `NodeState`.
 pub(super) struct Worker {
     pub(super) id: u64,
     pub(super) tick_interval: Duration,
@@ -70,7 +70,7 @@ pub(super) struct Worker {
     pub(super) sm: Box<dyn StateMachine>,
     pub(super) transport: Arc<dyn Transport>,
     pub(super) rx: Receiver<Input>,
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<NodeState>,
     pub(super) leadership_tx: watch::Sender<Leadership>,
     pub(super) membership_tx: watch::Sender<Membership>,
     /// The peer registry as of `applied` (the addresses of `Config::initial_cluster` on a

@@ -63,9 +63,11 @@
 //! never lets raft read the storage between staging and writing, and if the write fails the
 //! node stops (fails closed), so caches that ran ahead of the disk are never observed.
 
+mod codec;
+mod open;
+mod snapshot_files;
+
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -76,6 +78,9 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::Error;
+
+pub use codec::{decode_peers, decode_snapshot_data, encode_peers, encode_snapshot_data};
+pub use snapshot_files::SnapshotFiles;
 
 /// Name of the sled tree that holds the Raft log and metadata.
 pub const TREE_NAME: &str = "raft";
@@ -90,80 +95,6 @@ const KEY_SNAP_PEERS: &[u8] = b"snap_peers";
 
 /// Index (and term) of the snapshot that [`SledStorage::bootstrap_cluster`] stores.
 pub const BOOTSTRAP_INDEX: u64 = 1;
-
-/// First bytes of a snapshot envelope ([`encode_snapshot_data`]), with a format version.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"dlksnap1";
-
-/// Peer addresses longer than this are refused when decoding (a corrupt length field).
-const ADDRESS_BYTES_MAX: usize = 4096;
-
-/// Encodes a peer address registry: `be_u32(count)`, then per peer `be_u64(id) ‖
-/// be_u32(len) ‖ utf8 address`, in id order. Also the format of a conf change's context.
-pub fn encode_peers(peers: &BTreeMap<u64, String>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + peers.len() * 32);
-    out.extend_from_slice(&(peers.len() as u32).to_be_bytes());
-    for (id, address) in peers {
-        out.extend_from_slice(&id.to_be_bytes());
-        out.extend_from_slice(&(address.len() as u32).to_be_bytes());
-        out.extend_from_slice(address.as_bytes());
-    }
-    out
-}
-
-/// Decodes the prefix of `data` written by [`encode_peers`]; returns the registry and the rest.
-///
-/// # Errors
-///
-/// A description of what is malformed.
-pub fn decode_peers(data: &[u8]) -> Result<(BTreeMap<u64, String>, &[u8]), String> {
-    fn take<'a>(data: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8], String> {
-        if data.len() < n {
-            return Err(format!("peer registry truncated in {what}"));
-        }
-        let (head, tail) = data.split_at(n);
-        *data = tail;
-        Ok(head)
-    }
-    let mut rest = data;
-    let count = u32::from_be_bytes(take(&mut rest, 4, "count")?.try_into().expect("4 bytes"));
-    let mut peers = BTreeMap::new();
-    for _ in 0..count {
-        let id = u64::from_be_bytes(take(&mut rest, 8, "id")?.try_into().expect("8 bytes"));
-        let len =
-            u32::from_be_bytes(take(&mut rest, 4, "length")?.try_into().expect("4 bytes")) as usize;
-        if len > ADDRESS_BYTES_MAX {
-            return Err(format!("peer {id} address of {len} bytes is too long"));
-        }
-        let address = std::str::from_utf8(take(&mut rest, len, "address")?)
-            .map_err(|e| format!("peer {id} address is not UTF-8: {e}"))?;
-        peers.insert(id, address.to_string());
-    }
-    Ok((peers, rest))
-}
-
-/// The `Snapshot.data` sent to other nodes: the magic `dlksnap1` ‖ [`encode_peers`] ‖ the state
-/// machine image.
-pub fn encode_snapshot_data(peers: &BTreeMap<u64, String>, image: &[u8]) -> Vec<u8> {
-    let registry = encode_peers(peers);
-    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + registry.len() + image.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&registry);
-    out.extend_from_slice(image);
-    out
-}
-
-/// Splits a `Snapshot.data` written by [`encode_snapshot_data`] into the peer registry and the
-/// state machine image.
-///
-/// # Errors
-///
-/// A description of what is malformed.
-pub fn decode_snapshot_data(data: &[u8]) -> Result<(BTreeMap<u64, String>, &[u8]), String> {
-    let Some(rest) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
-        return Err("snapshot data lacks the dlock envelope header".into());
-    };
-    decode_peers(rest)
-}
 
 /// The key of the entry at `index`.
 fn entry_key(index: u64) -> [u8; 9] {
@@ -226,320 +157,13 @@ pub struct SledStorage {
     obsolete: Vec<u64>,
 }
 
-/// The directory of snapshot files inside the store's directory.
-const SNAPSHOT_DIR: &str = "snapshots";
-
-/// The snapshot files of one store (see the module docs): cheap to clone, usable from any
-/// thread, so that a background thread can write a snapshot while the raft thread goes on.
-#[derive(Debug, Clone)]
-pub struct SnapshotFiles {
-    dir: PathBuf,
-}
-
-impl SnapshotFiles {
-    fn open(store_dir: &Path) -> Result<Self, Error> {
-        let dir = store_dir.join(SNAPSHOT_DIR);
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| storage_err(&format!("create {}", dir.display()), e))?;
-            // The new directory's entry must be durable before any file in it is relied on.
-            std::fs::File::open(store_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| storage_err(&format!("fsync {}", store_dir.display()), e))?;
-        }
-        Ok(SnapshotFiles { dir })
-    }
-
-    fn path(&self, index: u64) -> PathBuf {
-        self.dir.join(format!("{index:020}.snap"))
-    }
-
-    /// Writes `envelope` as the snapshot file for `index` and makes it durable: a temporary
-    /// file, fsync, rename, fsync of the directory. Replaces an existing file for `index`.
-    ///
-    /// # Errors
-    ///
-    /// `Error::Storage` for any I/O failure (the caller must not record the snapshot).
-    pub fn write(&self, index: u64, envelope: &[u8]) -> Result<(), Error> {
-        let path = self.path(index);
-        let tmp = path.with_extension("tmp");
-        let fail =
-            |what: &str, e: std::io::Error| storage_err(&format!("{what} {}", tmp.display()), e);
-        let mut file = std::fs::File::create(&tmp).map_err(|e| fail("create", e))?;
-        file.write_all(envelope).map_err(|e| fail("write", e))?;
-        file.sync_all().map_err(|e| fail("fsync", e))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(|e| fail("rename", e))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| storage_err(&format!("fsync {}", self.dir.display()), e))?;
-        Ok(())
-    }
-
-    /// Wraps `image` with the peer registry `peers` into the wire envelope
-    /// ([`encode_snapshot_data`]), writes it as the file for `index` ([`SnapshotFiles::write`])
-    /// and returns it.
-    ///
-    /// # Errors
-    ///
-    /// `Error::Storage` for any I/O failure.
-    pub fn write_image(
-        &self,
-        index: u64,
-        peers: &BTreeMap<u64, String>,
-        image: &[u8],
-    ) -> Result<Bytes, Error> {
-        let envelope = Bytes::from(encode_snapshot_data(peers, image));
-        self.write(index, &envelope)?;
-        Ok(envelope)
-    }
-
-    fn read(&self, index: u64) -> Result<Vec<u8>, Error> {
-        let path = self.path(index);
-        std::fs::read(&path).map_err(|e| storage_err(&format!("read {}", path.display()), e))
-    }
-
-    /// Removes the file for `index` (best effort: a leftover file is removed at the next open).
-    fn remove(&self, index: u64) {
-        let path = self.path(index);
-        if let Err(err) = std::fs::remove_file(&path)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), error = %err, "cannot remove an old snapshot file");
-        }
-    }
-
-    /// Removes the file for `index` unless it is `stored`, the one the metadata names.
-    pub fn remove_stale(&self, index: u64, stored: u64) {
-        if index != stored {
-            self.remove(index);
-        }
-    }
-
-    /// Removes every file but the one for `keep` (orphans of a crash, temporaries).
-    fn remove_all_but(&self, keep: u64) -> Result<(), Error> {
-        let keep = self.path(keep);
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| storage_err(&format!("list {}", self.dir.display()), e))?;
-        for entry in entries {
-            let path = entry
-                .map_err(|e| storage_err(&format!("list {}", self.dir.display()), e))?
-                .path();
-            if path != keep && path.is_file() {
-                tracing::info!(path = %path.display(), "removing a snapshot file no metadata names");
-                std::fs::remove_file(&path)
-                    .map_err(|e| storage_err(&format!("remove {}", path.display()), e))?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Most entries kept decoded in [`SledStorage`]'s cache of recent entries.
 pub const ENTRY_CACHE_MAX: usize = 8192;
 
-/// How long [`open_db`] keeps retrying a data directory whose lock is still held.
-const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Opens the sled database, waiting while another handle in this process still holds its file
-/// lock: sled releases the lock from a background thread some time after the last `Db` handle
-/// is dropped, so a restart in the same process (tests, an embedded node) can race it. A lock
-/// held by another *process* is still refused, after [`DB_LOCK_WAIT`].
-fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
-    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
-    loop {
-        match sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()
-        {
-            Ok(db) => return Ok(db),
-            // sled reports a held lock as ErrorKind::Other with this message (config.rs).
-            Err(sled::Error::Io(err))
-                if err.to_string().starts_with("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => {
-                return Err(storage_err(
-                    &format!("open sled db at {}", dir.display()),
-                    e,
-                ));
-            }
-        }
-    }
-}
-
 impl SledStorage {
-    /// Opens (or creates) the store in `dir` with a sled page cache of `cache_bytes`.
-    ///
-    /// # Errors
-    ///
-    /// `Error::Storage` if sled cannot open the directory or a stored record does not decode.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
-        let db = open_db(dir, cache_bytes)?;
-        let tree = db
-            .open_tree(TREE_NAME)
-            .map_err(|e| storage_err("open raft tree", e))?;
-        let get = |key: &[u8]| tree.get(key).map_err(|e| storage_err("read metadata", e));
-
-        let hard_state = match get(KEY_HARD_STATE)? {
-            Some(v) => decode("hard state", &v)?,
-            None => HardState::default(),
-        };
-        let conf_state: ConfState = match get(KEY_CONF_STATE)? {
-            Some(v) => decode("conf state", &v)?,
-            None => ConfState::default(),
-        };
-        let snapshot_meta: SnapshotMetadata = match get(KEY_SNAP_META)? {
-            Some(v) => decode("snapshot metadata", &v)?,
-            None => SnapshotMetadata::default(),
-        };
-        let snapshot_peers = match get(KEY_SNAP_PEERS)? {
-            Some(v) => {
-                let (peers, rest) =
-                    decode_peers(&v).map_err(|e| storage_err("decode peer registry", e))?;
-                if !rest.is_empty() {
-                    return Err(Error::Storage(
-                        "trailing bytes after the peer registry".into(),
-                    ));
-                }
-                peers
-            }
-            // Stores written before the registry existed.
-            None => BTreeMap::new(),
-        };
-        let (truncated_index, truncated_term) = match get(KEY_TRUNCATED)? {
-            Some(v) => {
-                if v.len() != 16 {
-                    return Err(Error::Storage(format!(
-                        "truncated state has {} bytes, expected 16",
-                        v.len()
-                    )));
-                }
-                let index = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-                let term = u64::from_be_bytes(v[8..].try_into().expect("8 bytes"));
-                (index, term)
-            }
-            None => (0, 0),
-        };
-        let (last_index, last_term) = match tree
-            .scan_prefix([ENTRY_PREFIX])
-            .next_back()
-            .transpose()
-            .map_err(|e| storage_err("read last entry", e))?
-        {
-            Some((_, v)) => {
-                let entry: Entry = decode("entry", &v)?;
-                (entry.index, entry.term)
-            }
-            None => (truncated_index, truncated_term),
-        };
-
-        // Paired assertions: these were checked before writing and must still hold after reading.
-        assert_eq!(
-            snapshot_meta.get_conf_state(),
-            &conf_state,
-            "stored conf state differs from the stored snapshot's"
-        );
-        assert!(
-            last_index >= snapshot_meta.index,
-            "last index {last_index} is behind the snapshot at {}",
-            snapshot_meta.index
-        );
-
-        let files = SnapshotFiles::open(dir)?;
-        if snapshot_meta.index > 0 && !files.path(snapshot_meta.index).is_file() {
-            return Err(Error::Storage(format!(
-                "the stored snapshot at index {} has no file {} (a store written by an older \
-                 dlock keeps it inside sled: start from an empty data directory)",
-                snapshot_meta.index,
-                files.path(snapshot_meta.index).display()
-            )));
-        }
-        files.remove_all_but(snapshot_meta.index)?;
-
-        Ok(SledStorage {
-            db,
-            tree,
-            hard_state,
-            conf_state,
-            snapshot_meta,
-            snapshot_peers,
-            truncated_index,
-            truncated_term,
-            last_index,
-            last_term,
-            snapshot_wanted: AtomicBool::new(false),
-            cache: std::collections::VecDeque::new(),
-            files,
-            envelope: Mutex::new(None),
-            obsolete: Vec::new(),
-        })
-    }
-
     /// True once the store has a configuration (it was bootstrapped or received a snapshot).
     pub fn is_initialized(&self) -> bool {
         !self.conf_state.voters.is_empty() || !self.conf_state.learners.is_empty()
-    }
-
-    /// Writes the initial configuration of a new cluster (a snapshot at index 0) and flushes.
-    ///
-    /// # Panics
-    ///
-    /// If the store is already initialized: a node must never be bootstrapped twice.
-    ///
-    /// # Errors
-    ///
-    /// `Error::Storage` if the write or flush fails.
-    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<(), Error> {
-        assert!(!self.is_initialized(), "bootstrapping an initialized store");
-        assert_eq!(self.last_index, 0, "bootstrapping a store with entries");
-        let mut snapshot = Snapshot::default();
-        snapshot.mut_metadata().set_conf_state(conf_state);
-        let mut batch = sled::Batch::default();
-        self.set_truncated(&mut batch, 0, 0);
-        self.stage_snapshot(&mut batch, &snapshot, &BTreeMap::new())?;
-        self.write(batch, true)
-    }
-
-    /// Writes the initial configuration of a new cluster as a snapshot at [`BOOTSTRAP_INDEX`]
-    /// (term 1) holding `conf_state`, the peer registry `peers` and `image` (the state machine
-    /// image of an empty state machine), then flushes. Every founding member writes the same
-    /// snapshot, so their logs agree; see the module docs for why not index 0.
-    ///
-    /// # Panics
-    ///
-    /// If the store is already initialized: a node must never be bootstrapped twice.
-    ///
-    /// # Errors
-    ///
-    /// `Error::Storage` if the write or flush fails.
-    pub fn bootstrap_cluster(
-        &mut self,
-        conf_state: ConfState,
-        peers: &BTreeMap<u64, String>,
-        image: Vec<u8>,
-    ) -> Result<(), Error> {
-        assert!(!self.is_initialized(), "bootstrapping an initialized store");
-        assert_eq!(self.last_index, 0, "bootstrapping a store with entries");
-        let mut snapshot = Snapshot::default();
-        snapshot.set_data(image.into());
-        let meta = snapshot.mut_metadata();
-        meta.index = BOOTSTRAP_INDEX;
-        meta.term = 1;
-        meta.set_conf_state(conf_state);
-        let mut batch = sled::Batch::default();
-        let mut hs = self.hard_state.clone();
-        hs.term = hs.term.max(1);
-        hs.commit = hs.commit.max(BOOTSTRAP_INDEX);
-        self.set_hard_state(&mut batch, hs)?;
-        self.set_truncated(&mut batch, BOOTSTRAP_INDEX, 1);
-        self.last_index = BOOTSTRAP_INDEX;
-        self.last_term = 1;
-        self.stage_snapshot(&mut batch, &snapshot, peers)?;
-        self.write(batch, true)
     }
 
     /// The cached hard state.

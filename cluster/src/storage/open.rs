@@ -1,0 +1,215 @@
+//! Opening a store (reading back and checking what is on disk, removing orphan snapshot
+//! files) and bootstrapping a new cluster.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+
+use super::{
+    BOOTSTRAP_INDEX, ENTRY_PREFIX, KEY_CONF_STATE, KEY_HARD_STATE, KEY_SNAP_META, KEY_SNAP_PEERS,
+    KEY_TRUNCATED, SledStorage, SnapshotFiles, TREE_NAME, decode, decode_peers, storage_err,
+};
+use crate::Error;
+
+/// How long [`open_db`] keeps retrying a data directory whose lock is still held.
+const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the sled database, waiting while another handle in this process still holds its file
+/// lock: sled releases the lock from a background thread some time after the last `Db` handle
+/// is dropped, so a restart in the same process (tests, an embedded node) can race it. A lock
+/// held by another *process* is still refused, after [`DB_LOCK_WAIT`].
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
+    let deadline = std::time::Instant::now() + DB_LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as ErrorKind::Other with this message (config.rs).
+            Err(sled::Error::Io(err))
+                if err.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(storage_err(
+                    &format!("open sled db at {}", dir.display()),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
+impl SledStorage {
+    /// Opens (or creates) the store in `dir` with a sled page cache of `cache_bytes`.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if sled cannot open the directory or a stored record does not decode.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
+        let db = open_db(dir, cache_bytes)?;
+        let tree = db
+            .open_tree(TREE_NAME)
+            .map_err(|e| storage_err("open raft tree", e))?;
+        let get = |key: &[u8]| tree.get(key).map_err(|e| storage_err("read metadata", e));
+
+        let hard_state = match get(KEY_HARD_STATE)? {
+            Some(v) => decode("hard state", &v)?,
+            None => HardState::default(),
+        };
+        let conf_state: ConfState = match get(KEY_CONF_STATE)? {
+            Some(v) => decode("conf state", &v)?,
+            None => ConfState::default(),
+        };
+        let snapshot_meta: SnapshotMetadata = match get(KEY_SNAP_META)? {
+            Some(v) => decode("snapshot metadata", &v)?,
+            None => SnapshotMetadata::default(),
+        };
+        let snapshot_peers = match get(KEY_SNAP_PEERS)? {
+            Some(v) => {
+                let (peers, rest) =
+                    decode_peers(&v).map_err(|e| storage_err("decode peer registry", e))?;
+                if !rest.is_empty() {
+                    return Err(Error::Storage(
+                        "trailing bytes after the peer registry".into(),
+                    ));
+                }
+                peers
+            }
+            // Stores written before the registry existed.
+            None => BTreeMap::new(),
+        };
+        let (truncated_index, truncated_term) = match get(KEY_TRUNCATED)? {
+            Some(v) => {
+                if v.len() != 16 {
+                    return Err(Error::Storage(format!(
+                        "truncated state has {} bytes, expected 16",
+                        v.len()
+                    )));
+                }
+                let index = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                let term = u64::from_be_bytes(v[8..].try_into().expect("8 bytes"));
+                (index, term)
+            }
+            None => (0, 0),
+        };
+        let (last_index, last_term) = match tree
+            .scan_prefix([ENTRY_PREFIX])
+            .next_back()
+            .transpose()
+            .map_err(|e| storage_err("read last entry", e))?
+        {
+            Some((_, v)) => {
+                let entry: Entry = decode("entry", &v)?;
+                (entry.index, entry.term)
+            }
+            None => (truncated_index, truncated_term),
+        };
+
+        // Paired assertions: these were checked before writing and must still hold after reading.
+        assert_eq!(
+            snapshot_meta.get_conf_state(),
+            &conf_state,
+            "stored conf state differs from the stored snapshot's"
+        );
+        assert!(
+            last_index >= snapshot_meta.index,
+            "last index {last_index} is behind the snapshot at {}",
+            snapshot_meta.index
+        );
+
+        let files = SnapshotFiles::open(dir)?;
+        if snapshot_meta.index > 0 && !files.path(snapshot_meta.index).is_file() {
+            return Err(Error::Storage(format!(
+                "the stored snapshot at index {} has no file {} (a store written by an older \
+                 dlock keeps it inside sled: start from an empty data directory)",
+                snapshot_meta.index,
+                files.path(snapshot_meta.index).display()
+            )));
+        }
+        files.remove_all_but(snapshot_meta.index)?;
+
+        Ok(SledStorage {
+            db,
+            tree,
+            hard_state,
+            conf_state,
+            snapshot_meta,
+            snapshot_peers,
+            truncated_index,
+            truncated_term,
+            last_index,
+            last_term,
+            snapshot_wanted: AtomicBool::new(false),
+            cache: std::collections::VecDeque::new(),
+            files,
+            envelope: Mutex::new(None),
+            obsolete: Vec::new(),
+        })
+    }
+
+    /// Writes the initial configuration of a new cluster (a snapshot at index 0) and flushes.
+    ///
+    /// # Panics
+    ///
+    /// If the store is already initialized: a node must never be bootstrapped twice.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if the write or flush fails.
+    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<(), Error> {
+        assert!(!self.is_initialized(), "bootstrapping an initialized store");
+        assert_eq!(self.last_index, 0, "bootstrapping a store with entries");
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().set_conf_state(conf_state);
+        let mut batch = sled::Batch::default();
+        self.set_truncated(&mut batch, 0, 0);
+        self.stage_snapshot(&mut batch, &snapshot, &BTreeMap::new())?;
+        self.write(batch, true)
+    }
+
+    /// Writes the initial configuration of a new cluster as a snapshot at [`BOOTSTRAP_INDEX`]
+    /// (term 1) holding `conf_state`, the peer registry `peers` and `image` (the state machine
+    /// image of an empty state machine), then flushes. Every founding member writes the same
+    /// snapshot, so their logs agree; see the module docs for why not index 0.
+    ///
+    /// # Panics
+    ///
+    /// If the store is already initialized: a node must never be bootstrapped twice.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if the write or flush fails.
+    pub fn bootstrap_cluster(
+        &mut self,
+        conf_state: ConfState,
+        peers: &BTreeMap<u64, String>,
+        image: Vec<u8>,
+    ) -> Result<(), Error> {
+        assert!(!self.is_initialized(), "bootstrapping an initialized store");
+        assert_eq!(self.last_index, 0, "bootstrapping a store with entries");
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(image.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = 1;
+        meta.set_conf_state(conf_state);
+        let mut batch = sled::Batch::default();
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(1);
+        hs.commit = hs.commit.max(BOOTSTRAP_INDEX);
+        self.set_hard_state(&mut batch, hs)?;
+        self.set_truncated(&mut batch, BOOTSTRAP_INDEX, 1);
+        self.last_index = BOOTSTRAP_INDEX;
+        self.last_term = 1;
+        self.stage_snapshot(&mut batch, &snapshot, peers)?;
+        self.write(batch, true)
+    }
+}

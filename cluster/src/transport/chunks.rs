@@ -1,0 +1,230 @@
+//! Chunking of peer messages (see the transport module docs, "Chunks"): the sender's split of
+//! one encoded message into envelopes, and the receiver's strict reassembly.
+
+use std::sync::Arc;
+
+use dlock_proto::v1::RaftEnvelope;
+use tonic::Status;
+
+/// One envelope to send: a range of a shared payload.
+pub(super) struct Chunk {
+    from: u64,
+    payload: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+    /// The whole message's size on the first chunk of a chunked message, else 0.
+    message_bytes: u64,
+}
+
+impl Chunk {
+    /// The envelopes that carry `payload` from node `from`: one if it fits `chunk_bytes`, else
+    /// one per chunk of `chunk_bytes`. Each
+    /// chunk is copied out only when it is about to be sent.
+    pub(super) fn split(from: u64, payload: Vec<u8>, chunk_bytes: usize) -> Vec<Chunk> {
+        let payload = Arc::new(payload);
+        let total = payload.len();
+        if total <= chunk_bytes {
+            return vec![Chunk {
+                from,
+                payload,
+                range: 0..total,
+                message_bytes: 0,
+            }];
+        }
+        (0..total)
+            .step_by(chunk_bytes)
+            .map(|start| Chunk {
+                from,
+                payload: payload.clone(),
+                range: start..(start + chunk_bytes).min(total),
+                message_bytes: if start == 0 { total as u64 } else { 0 },
+            })
+            .collect()
+    }
+
+    pub(super) fn build(self) -> RaftEnvelope {
+        let total = self.payload.len();
+        let more = self.range.end < total;
+        let payload = if self.range.start == 0 && !more {
+            // The only chunk: hand the buffer over without copying when nobody else holds it.
+            Arc::try_unwrap(self.payload).unwrap_or_else(|shared| shared.to_vec())
+        } else {
+            self.payload[self.range].to_vec()
+        };
+        RaftEnvelope {
+            from: self.from,
+            payload,
+            more,
+            message_bytes: self.message_bytes,
+        }
+    }
+}
+
+/// A chunked message being put back together on a stream.
+pub(super) struct Reassembly {
+    from: u64,
+    /// The size announced by the first chunk.
+    pub(super) expected: u64,
+    pub(super) buffer: Vec<u8>,
+    chunks: u64,
+}
+
+/// Chunk sequences are checked strictly: a violation ends the stream (the sender reconnects,
+/// raft resends). Returns a whole message once its last chunk is in.
+pub(super) fn reassemble(
+    partial: &mut Option<Reassembly>,
+    envelope: RaftEnvelope,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, Status> {
+    let RaftEnvelope {
+        from,
+        payload,
+        more,
+        message_bytes,
+    } = envelope;
+    let Some(mut current) = partial.take() else {
+        if !more {
+            if message_bytes != 0 && message_bytes != payload.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "unchunked message of {} bytes announces {message_bytes}",
+                    payload.len()
+                )));
+            }
+            return Ok(Some(payload));
+        }
+        if message_bytes > limit {
+            tracing::warn!(
+                from,
+                message_bytes,
+                limit,
+                "chunked raft message above the limit refused"
+            );
+            return Err(Status::resource_exhausted(format!(
+                "raft message of {message_bytes} bytes is above this node's limit of {limit}"
+            )));
+        }
+        if message_bytes <= payload.len() as u64 {
+            return Err(Status::invalid_argument(format!(
+                "first chunk of {} bytes, with more to come, announces a message of {message_bytes}",
+                payload.len()
+            )));
+        }
+        // Grow with the data rather than trusting the announcement with memory up front.
+        let mut buffer = Vec::with_capacity((message_bytes as usize).min(64 * 1024 * 1024));
+        buffer.extend_from_slice(&payload);
+        *partial = Some(Reassembly {
+            from,
+            expected: message_bytes,
+            buffer,
+            chunks: 1,
+        });
+        return Ok(None);
+    };
+    if from != current.from || message_bytes != 0 {
+        return Err(Status::invalid_argument(
+            "chunk does not continue the message in progress",
+        ));
+    }
+    let size = current.buffer.len() as u64 + payload.len() as u64;
+    if size > current.expected || (!more && size != current.expected) {
+        return Err(Status::invalid_argument(format!(
+            "chunks add up to {size} bytes{}, the message announced {}",
+            if more { " so far" } else { "" },
+            current.expected
+        )));
+    }
+    current.buffer.extend_from_slice(&payload);
+    current.chunks += 1;
+    if more {
+        *partial = Some(current);
+        return Ok(None);
+    }
+    tracing::debug!(
+        from,
+        bytes = current.buffer.len(),
+        chunks = current.chunks,
+        "chunked raft message reassembled"
+    );
+    Ok(Some(current.buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_larger_than_a_chunk_is_split_and_reassembled() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for chunk_bytes in [1, 7, 4096, 9_999, 10_000, 1 << 20] {
+            let envelopes: Vec<RaftEnvelope> = Chunk::split(7, payload.clone(), chunk_bytes)
+                .into_iter()
+                .map(Chunk::build)
+                .collect();
+            assert_eq!(envelopes.len(), payload.len().div_ceil(chunk_bytes));
+            let mut partial = None;
+            let mut out = Vec::new();
+            for (i, envelope) in envelopes.into_iter().enumerate() {
+                assert!(envelope.payload.len() <= chunk_bytes);
+                assert_eq!(envelope.from, 7);
+                if let Some(message) = reassemble(&mut partial, envelope, 10_000).unwrap() {
+                    out.push((i, message));
+                }
+            }
+            assert!(partial.is_none());
+            assert_eq!(out.len(), 1, "chunk_bytes {chunk_bytes}");
+            assert_eq!(out[0].1, payload, "chunk_bytes {chunk_bytes}");
+        }
+    }
+
+    #[test]
+    fn chunked_messages_above_the_limit_or_malformed_are_refused() {
+        let chunks = |n: usize| -> Vec<RaftEnvelope> {
+            Chunk::split(7, vec![1u8; n], 10)
+                .into_iter()
+                .map(Chunk::build)
+                .collect()
+        };
+        // Above the limit: refused at the first chunk, before anything is buffered.
+        let mut partial = None;
+        let first = chunks(101).remove(0);
+        let status = reassemble(&mut partial, first, 100).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(partial.is_none());
+        // At the limit: fine.
+        let mut partial = None;
+        let whole: Vec<_> = chunks(100)
+            .into_iter()
+            .filter_map(|e| reassemble(&mut partial, e, 100).unwrap())
+            .collect();
+        assert_eq!(whole, vec![vec![1u8; 100]]);
+        // A chunk missing: the sizes do not add up.
+        let mut partial = None;
+        let mut sequence = chunks(50);
+        sequence.remove(2);
+        let results: Vec<_> = sequence
+            .into_iter()
+            .map(|e| reassemble(&mut partial, e, 100))
+            .collect();
+        assert_eq!(
+            results.last().unwrap().as_ref().unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        // Another message's first chunk in the middle of one.
+        let mut partial = None;
+        let mut sequence = chunks(50);
+        assert!(
+            reassemble(&mut partial, sequence.remove(0), 100)
+                .unwrap()
+                .is_none()
+        );
+        let intruder = chunks(30).remove(0);
+        assert!(reassemble(&mut partial, intruder, 100).is_err());
+        // Too many bytes for the announcement.
+        let mut partial = None;
+        let mut first = chunks(50).remove(0);
+        first.message_bytes = 15;
+        assert!(reassemble(&mut partial, first, 100).unwrap().is_none());
+        let mut next = chunks(50).remove(1);
+        next.more = true;
+        assert!(reassemble(&mut partial, next, 100).is_err());
+    }
+}

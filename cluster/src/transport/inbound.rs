@@ -1,0 +1,121 @@
+//! The receiving side: [`RaftPeerService`], the `dlock.v1.RaftPeer` service that reassembles
+//! chunked messages and hands every whole message to the node.
+
+use dlock_proto::v1::raft_peer_server::{RaftPeer, RaftPeerServer};
+use dlock_proto::v1::{RaftEnvelope, StreamAck};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::chunks::reassemble;
+use super::{PEER_ENVELOPE_BYTES_MAX, PeerLimits, is_snapshot_message};
+use crate::{Error, Node};
+
+/// The receiving side of the peer transport (`dlock.v1.RaftPeer`): see the
+/// [module docs](super). It holds a strong [`Node`] handle: serve it only as long as the node.
+#[derive(Debug, Clone)]
+pub struct RaftPeerService {
+    node: Node,
+    limits: PeerLimits,
+}
+
+impl RaftPeerService {
+    /// The tonic service for `node` with the default [`PeerLimits`], its per-envelope size
+    /// limits set to [`PEER_ENVELOPE_BYTES_MAX`]. Add it to a `tonic::transport::Server` on
+    /// the peer address.
+    pub fn new(node: Node) -> RaftPeerServer<RaftPeerService> {
+        Self::with_limits(node, PeerLimits::default())
+    }
+
+    /// Like [`RaftPeerService::new`], refusing chunked messages above
+    /// `limits.message_bytes_max` (the chunk size does not apply to a receiver: it takes
+    /// whatever chunks fit an envelope).
+    pub fn with_limits(node: Node, limits: PeerLimits) -> RaftPeerServer<RaftPeerService> {
+        RaftPeerServer::new(RaftPeerService { node, limits })
+            .max_decoding_message_size(PEER_ENVELOPE_BYTES_MAX)
+            .max_encoding_message_size(PEER_ENVELOPE_BYTES_MAX)
+    }
+
+    /// Hands one whole message to the node. A snapshot that does not reach the node ends the
+    /// stream with an error, so that the sender reports it failed (raft then sends it again);
+    /// other messages are dropped quietly (raft retransmits).
+    fn deliver(&self, from: u64, payload: Vec<u8>) -> Result<(), Status> {
+        let bytes = payload.len();
+        let snapshot = is_snapshot_message(&payload);
+        match self.node.receive(payload) {
+            Ok(()) => {
+                if snapshot {
+                    tracing::info!(from, bytes, "snapshot received and queued for raft");
+                } else {
+                    tracing::debug!(from, bytes, "raft message received");
+                }
+                Ok(())
+            }
+            Err(err) if err.is_fatal() => Err(Status::unavailable(format!(
+                "node {} is not running: {err}",
+                self.node.id()
+            ))),
+            Err(Error::Overloaded) if snapshot => {
+                tracing::info!(
+                    from,
+                    bytes,
+                    "inbound raft queue full; snapshot dropped, telling the sender"
+                );
+                Err(Status::resource_exhausted(format!(
+                    "node {}: inbound raft queue full, snapshot of {bytes} bytes dropped",
+                    self.node.id()
+                )))
+            }
+            Err(Error::Overloaded) => {
+                tracing::debug!(from, bytes, "inbound raft queue full; message dropped");
+                Ok(())
+            }
+            Err(err) if snapshot => {
+                tracing::warn!(from, bytes, error = %err, "invalid snapshot message refused");
+                Err(Status::invalid_argument(format!(
+                    "node {}: snapshot message refused: {err}",
+                    self.node.id()
+                )))
+            }
+            Err(err) => {
+                tracing::warn!(from, bytes, error = %err, "invalid raft message dropped");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for RaftPeerService {
+    async fn stream(
+        &self,
+        request: Request<Streaming<RaftEnvelope>>,
+    ) -> Result<Response<StreamAck>, Status> {
+        let remote = request.remote_addr();
+        let mut stream = request.into_inner();
+        let mut from = None;
+        let mut partial = None;
+        while let Some(envelope) = stream.message().await.inspect_err(|status| {
+            tracing::debug!(?remote, ?from, error = %status, "peer stream broke");
+        })? {
+            if from != Some(envelope.from) {
+                from = Some(envelope.from);
+                tracing::debug!(?remote, from = envelope.from, "peer stream opened");
+            }
+            let sender = envelope.from;
+            let message = reassemble(&mut partial, envelope, self.limits.message_bytes_max)
+                .inspect_err(|status| {
+                    tracing::warn!(?remote, from = sender, error = %status, "bad chunk sequence; stream ended");
+                })?;
+            if let Some(payload) = message {
+                self.deliver(sender, payload)?;
+            }
+        }
+        if let Some(current) = partial {
+            return Err(Status::invalid_argument(format!(
+                "stream ended inside a chunked message ({} of {} bytes)",
+                current.buffer.len(),
+                current.expected
+            )));
+        }
+        Ok(Response::new(StreamAck {}))
+    }
+}
