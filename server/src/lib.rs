@@ -7,11 +7,11 @@
 //!
 //! * [`namespace`]: the deterministic state machine: objects, handles, sessions, waits. No I/O,
 //!   no clock; time enters only as data in commands.
-//! * [`machine`]: the glue between `dlock-cluster` (raft-rs over sled) and the namespace: the
+//! * [`replica`]: the glue between `dlock-cluster` (raft-rs over sled) and the namespace: the
 //!   `StateMachine` implementation, the leader's timers (session leases, wait timeouts,
 //!   keepalive checkpoints) and the registry through which blocked waits learn their outcome.
 //! * [`grpc`]: the `dlock.v1.Dlock` service and the one table mapping errors to gRPC statuses.
-//! * [`node`]: one running node ([`Server`], [`run`]).
+//! * [`daemon`]: one running node ([`Server`], [`run`]).
 //! * [`config`]: the typed configuration with its defaults and validation.
 //!
 //! # Life of a request
@@ -29,12 +29,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod grpc;
-pub mod machine;
 pub mod namespace;
-pub mod node;
+pub mod replica;
 
 pub use config::Config;
+pub use daemon::{Server, run};
 pub use error::Error;
-pub use node::{Server, run};

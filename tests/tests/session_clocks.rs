@@ -23,7 +23,7 @@ const ROUNDS: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skewed_clocks_and_many_elections_expire_no_live_session() {
-    let skew = dlock_server::machine::CLOCK_SKEW_ENV;
+    let skew = dlock_server::replica::CLOCK_SKEW_ENV;
     let mut cluster = ProcCluster::start_with_env(
         3,
         &[],

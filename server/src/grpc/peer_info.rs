@@ -12,7 +12,7 @@ use dlock_proto::v1::peer_info_server::PeerInfo;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
-use crate::machine::lock;
+use crate::replica::lock;
 
 /// How long one `Info` call to a peer may take.
 pub const PEER_INFO_TIMEOUT: Duration = Duration::from_millis(500);

@@ -47,8 +47,8 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt::Write as _;
 
-use super::*;
 use super::wait::{Outcome, Taken};
+use super::*;
 use dlock_proto::vocab::*;
 // The namespace's own outcome and state types, not the client-facing ones of the vocabulary.
 use super::{ObjectState, WaitOutcome};

@@ -1,6 +1,7 @@
 //! The glue between the replicated log and the namespace: the [`StateMachine`] that
 //! `dlock-cluster` drives, the leader's timers (session leases, wait timeouts, keepalive
-//! checkpoints) and the registry through which a blocked `AwaitWait` call learns its outcome.
+//! checkpoints), the registry through which a blocked `AwaitWait` call learns its outcome, and
+//! the [`Replica`] that holds them for the raft thread, the gRPC handlers and the timer task.
 //!
 //! Locking: the raft thread applies a command while holding `ns` and then `timers`; every other
 //! user takes them in the same order (`ns` before `timers`), or only one of them. Both are std
@@ -61,8 +62,9 @@ const _: () = assert!(CHECKPOINT_SESSIONS_MAX >= crate::namespace::SESSIONS_MAX)
 /// the first call is still open), so each key holds a list.
 type WaitRegistry = HashMap<(SessionId, Seq), Vec<oneshot::Sender<WaitOutcome>>>;
 
-/// State shared by the raft thread (through [`Machine`]), the gRPC handlers and the timer task.
-pub struct Shared {
+/// This node's replica: the namespace with its timers and wait registry, shared by the raft
+/// thread (through [`Machine`]), the gRPC handlers and the timer task.
+pub struct Replica {
     /// The namespace state machine.
     pub ns: Mutex<Namespace>,
     /// Session and wait deadlines (acted upon only while this node leads).
@@ -82,11 +84,11 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         .expect("a thread panicked while holding dlockd state")
 }
 
-impl Shared {
+impl Replica {
     /// Fresh state for a node that starts with an empty namespace (the cluster restores
     /// snapshots and replays the log into it).
-    pub fn new() -> Arc<Shared> {
-        Arc::new(Shared {
+    pub fn new() -> Arc<Replica> {
+        Arc::new(Replica {
             ns: Mutex::new(Namespace::new()),
             timers: Mutex::new(Timers::default()),
             timer_wake: Notify::new(),
@@ -126,7 +128,7 @@ impl Shared {
         }
         entry.push(tx);
         Some(Subscription {
-            shared: self.clone(),
+            replica: self.clone(),
             key: (session, seq),
             rx,
         })
@@ -143,7 +145,7 @@ impl Shared {
 
 /// A registered interest in one wait's outcome; dropping it unregisters.
 pub struct Subscription {
-    shared: Arc<Shared>,
+    replica: Arc<Replica>,
     key: (SessionId, Seq),
     rx: oneshot::Receiver<WaitOutcome>,
 }
@@ -161,7 +163,7 @@ impl Drop for Subscription {
         // Close our receiver first so our own sender counts as closed below; otherwise the
         // entry would never be removed for waits that resolved at once.
         self.rx.close();
-        let mut waiters = lock(&self.shared.waiters);
+        let mut waiters = lock(&self.replica.waiters);
         if let Some(senders) = waiters.get_mut(&self.key) {
             senders.retain(|tx| !tx.is_closed());
             if senders.is_empty() {
@@ -173,13 +175,13 @@ impl Drop for Subscription {
 
 /// The [`StateMachine`] the cluster applies committed commands to.
 pub struct Machine {
-    shared: Arc<Shared>,
+    replica: Arc<Replica>,
 }
 
 impl Machine {
-    /// Wraps the shared state.
-    pub fn new(shared: Arc<Shared>) -> Machine {
-        Machine { shared }
+    /// Wraps the node's [`Replica`].
+    pub fn new(replica: Arc<Replica>) -> Machine {
+        Machine { replica }
     }
 }
 
@@ -197,9 +199,9 @@ impl StateMachine for Machine {
                 ));
             }
         };
-        let mut ns = lock(&self.shared.ns);
+        let mut ns = lock(&self.replica.ns);
         let out = ns.apply(index, &command);
-        let mut timers = lock(&self.shared.timers);
+        let mut timers = lock(&self.replica.timers);
         let now = Instant::now();
         match (&command, &out.reply) {
             (Command::OpenSession { ttl_ms, .. }, Some(Reply::SessionOpened { session })) => {
@@ -238,29 +240,29 @@ impl StateMachine for Machine {
         drop(timers);
         drop(ns);
         for resolved in &out.resolved {
-            self.shared.notify(resolved);
+            self.replica.notify(resolved);
         }
-        self.shared.timer_wake.notify_one();
+        self.replica.timer_wake.notify_one();
         encode(&out.reply.unwrap_or(Reply::Done))
     }
 
     /// The namespace's maps are persistent (`imbl`): the clone is O(1) and shares structure
     /// with the live namespace, which copies what it changes from then on.
     fn snapshot(&mut self) -> dlock_cluster::SnapshotJob {
-        let frozen = lock(&self.shared.ns).clone();
+        let frozen = lock(&self.replica.ns).clone();
         Box::new(move || frozen.snapshot())
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
         let restored = Namespace::restore(data).map_err(|e| e.to_string())?;
-        let mut ns = lock(&self.shared.ns);
+        let mut ns = lock(&self.replica.ns);
         *ns = restored;
         // Deadlines of the restored sessions and waits are rebuilt when this node leads.
-        lock(&self.shared.timers).clear();
+        lock(&self.replica.timers).clear();
         // Waits blocked on this node may have been resolved inside the entries the snapshot
         // replaced: hand them their recorded outcome, or end the call if their session is gone
         // (the client retries and learns the session is unknown). Still-pending waits stay.
-        let mut waiters = lock(&self.shared.waiters);
+        let mut waiters = lock(&self.replica.waiters);
         waiters.retain(
             |&(session, seq), senders| match ns.wait_status(session, seq) {
                 WaitStatus::Resolved(outcome) => {

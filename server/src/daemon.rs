@@ -21,8 +21,8 @@ use crate::error::Error;
 use crate::grpc::DlockService;
 use crate::grpc::admin::AdminService;
 use crate::grpc::peer_info::{Directory, PeerInfoService};
-use crate::machine::{CHECKPOINT_SESSIONS_MAX, Machine, Shared, lock, now_unix_ms};
 use crate::namespace::{Command, Seq, SessionId};
+use crate::replica::{CHECKPOINT_SESSIONS_MAX, Machine, Replica, lock, now_unix_ms};
 
 /// How long a failed timer proposal (lost in a leader change, queue full) waits before retrying.
 const TIMER_RETRY_BACKOFF: Duration = Duration::from_millis(50);
@@ -89,7 +89,7 @@ impl Server {
             config.initial_cluster.clone()
         };
         let config = Arc::new(config);
-        let shared = Shared::new();
+        let replica = Replica::new();
         let cluster_config = dlock_cluster::Config {
             node_id: config.node_id,
             data_dir: config.data_dir.join("raft"),
@@ -104,14 +104,14 @@ impl Server {
         };
         let node = dlock_cluster::Node::start(
             cluster_config,
-            Box::new(Machine::new(shared.clone())),
+            Box::new(Machine::new(replica.clone())),
             transport,
         )?;
         let (stop, stopped) = watch::channel(false);
         let directory = Directory::new(config.node_id, local_addr);
 
         let service = DlockServer::new(DlockService::new(
-            shared.clone(),
+            replica.clone(),
             node.clone(),
             config.clone(),
             stopped.clone(),
@@ -153,7 +153,7 @@ impl Server {
         );
         let background = vec![
             tokio::spawn(timer_task(
-                shared,
+                replica,
                 node.clone(),
                 config.clone(),
                 stopped.clone(),
@@ -306,7 +306,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// keepalive times into the log. Followers keep their timers up to date (through apply) but act
 /// on none of them; a node that becomes leader rebuilds every deadline first.
 async fn timer_task(
-    shared: Arc<Shared>,
+    replica: Arc<Replica>,
     node: dlock_cluster::Node,
     config: Arc<Config>,
     mut stopped: watch::Receiver<bool>,
@@ -325,9 +325,9 @@ async fn timer_task(
         if !state.is_leader {
             if leading_term.take().is_some() {
                 // Stale leases must not answer keepalives (or expire anyone) any more.
-                lock(&shared.timers).clear();
+                lock(&replica.timers).clear();
             }
-            shared.timers_term.send_replace(None);
+            replica.timers_term.send_replace(None);
             tokio::select! {
                 changed = leadership.changed() => match changed {
                     Ok(()) => continue,
@@ -349,10 +349,10 @@ async fn timer_task(
                 }
             }
             leading_term = Some(state.term);
-            let ns = lock(&shared.ns);
-            lock(&shared.timers).rebuild(&ns, Instant::now(), checkpoint_interval);
+            let ns = lock(&replica.ns);
+            lock(&replica.timers).rebuild(&ns, Instant::now(), checkpoint_interval);
             drop(ns);
-            shared.timers_term.send_replace(Some(state.term));
+            replica.timers_term.send_replace(Some(state.term));
             info!(
                 term = state.term,
                 "leading: session and wait deadlines rebuilt"
@@ -368,23 +368,23 @@ async fn timer_task(
             spawn_bounded(&permits, propose_logged(node.clone(), command));
         }
         let now = Instant::now();
-        let (sessions, waits) = lock(&shared.timers).take_due(now);
+        let (sessions, waits) = lock(&replica.timers).take_due(now);
         for session in sessions {
             spawn_bounded(
                 &permits,
-                expire_session(shared.clone(), node.clone(), session),
+                expire_session(replica.clone(), node.clone(), session),
             );
         }
         for (session, seq) in waits {
             spawn_bounded(
                 &permits,
-                cancel_wait(shared.clone(), node.clone(), session, seq),
+                cancel_wait(replica.clone(), node.clone(), session, seq),
             );
         }
         if now >= next_checkpoint {
             next_checkpoint = now + checkpoint_interval;
             let (sessions, any) = {
-                let mut timers = lock(&shared.timers);
+                let mut timers = lock(&replica.timers);
                 let sessions = timers.take_checkpoint(now, CHECKPOINT_SESSIONS_MAX);
                 (sessions, timers.has_sessions())
             };
@@ -398,15 +398,15 @@ async fn timer_task(
                     elapsed_ms,
                     sessions,
                 };
-                spawn_bounded(&permits, checkpoint(shared.clone(), node.clone(), command));
+                spawn_bounded(&permits, checkpoint(replica.clone(), node.clone(), command));
             }
         }
-        let deadline = lock(&shared.timers)
+        let deadline = lock(&replica.timers)
             .next_deadline()
             .map_or(next_checkpoint, |d| d.min(next_checkpoint));
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = shared.timer_wake.notified() => {}
+            _ = replica.timer_wake.notified() => {}
             changed = leadership.changed() => {
                 if changed.is_err() {
                     return;
@@ -442,28 +442,33 @@ async fn propose_logged(node: dlock_cluster::Node, command: Command) {
 
 /// Proposes a periodic checkpoint; if it is not committed, its sessions go into the next one
 /// (otherwise a later leader would see them silent since before it).
-async fn checkpoint(shared: Arc<Shared>, node: dlock_cluster::Node, command: Command) {
+async fn checkpoint(replica: Arc<Replica>, node: dlock_cluster::Node, command: Command) {
     if let Err(err) = propose(&node, &command).await {
         warn!(error = %err, "checkpoint proposal failed; its sessions go into the next one");
         if let Command::Checkpoint { sessions, .. } = &command {
-            lock(&shared.timers).checkpoint_lost(sessions);
+            lock(&replica.timers).checkpoint_lost(sessions);
         }
     }
 }
 
-async fn expire_session(shared: Arc<Shared>, node: dlock_cluster::Node, session: SessionId) {
+async fn expire_session(replica: Arc<Replica>, node: dlock_cluster::Node, session: SessionId) {
     info!(session, "session lease ran out; expiring");
     if let Err(err) = propose(&node, &Command::ExpireSession { session }).await {
         warn!(session, error = %err, "expiry proposal failed; will retry");
-        lock(&shared.timers).retry_session(session, Instant::now() + TIMER_RETRY_BACKOFF);
-        shared.timer_wake.notify_one();
+        lock(&replica.timers).retry_session(session, Instant::now() + TIMER_RETRY_BACKOFF);
+        replica.timer_wake.notify_one();
     }
 }
 
-async fn cancel_wait(shared: Arc<Shared>, node: dlock_cluster::Node, session: SessionId, seq: Seq) {
+async fn cancel_wait(
+    replica: Arc<Replica>,
+    node: dlock_cluster::Node,
+    session: SessionId,
+    seq: Seq,
+) {
     if let Err(err) = propose(&node, &Command::TimeoutWait { session, seq }).await {
         warn!(session, seq, error = %err, "wait timeout proposal failed; will retry");
-        lock(&shared.timers).retry_wait(session, seq, Instant::now() + TIMER_RETRY_BACKOFF);
-        shared.timer_wake.notify_one();
+        lock(&replica.timers).retry_wait(session, seq, Instant::now() + TIMER_RETRY_BACKOFF);
+        replica.timer_wake.notify_one();
     }
 }
