@@ -31,7 +31,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::config::{parse_endpoint, truncate_client_name};
-use crate::session::{Session, Shared};
+use crate::session::{Session, SessionCore};
 use crate::{ClientConfig, Error};
 
 /// HTTP/2 keepalive ping interval: detects a dead or frozen node within about interval +
@@ -99,13 +99,14 @@ struct ClientInner {
 
 /// The known nodes and which one the next attempt goes to.
 struct Nodes {
-    list: Vec<Node>,
+    list: Vec<NodeConn>,
     /// How many of `list` came from the configuration (the rest came from hints).
     configured: usize,
     current: usize,
 }
 
-struct Node {
+/// The client's connection to one node of the cluster.
+struct NodeConn {
     /// Normalised `http://host:port`.
     addr: String,
     channel: Channel,
@@ -113,9 +114,9 @@ struct Node {
     suspect_until: Option<Instant>,
 }
 
-impl Node {
-    fn new(addr: String, channel: Channel) -> Node {
-        Node {
+impl NodeConn {
+    fn new(addr: String, channel: Channel) -> NodeConn {
+        NodeConn {
             addr,
             channel,
             suspect_until: None,
@@ -210,7 +211,7 @@ pub(crate) struct CallPolicy<'a> {
     /// Abandon one attempt after this long and move to the next node; `None` = let it run.
     pub(crate) attempt_timeout: Option<Duration>,
     /// Stop with [`Error::SessionLost`] as soon as this session is expired.
-    pub(crate) session: Option<&'a Shared>,
+    pub(crate) session: Option<&'a SessionCore>,
     /// For logs.
     pub(crate) what: &'static str,
 }
@@ -260,11 +261,11 @@ impl Client {
         let mut list = Vec::with_capacity(config.endpoints.len());
         for raw in &config.endpoints {
             let addr = parse_endpoint(raw)?;
-            if list.iter().any(|n: &Node| n.addr == addr) {
+            if list.iter().any(|n: &NodeConn| n.addr == addr) {
                 continue;
             }
             let channel = make_channel(&addr, &config)?;
-            list.push(Node::new(addr, channel));
+            list.push(NodeConn::new(addr, channel));
         }
         let configured = list.len();
         Ok(Client {
@@ -364,7 +365,7 @@ impl Client {
     pub(crate) fn unary_policy<'a>(
         &self,
         what: &'static str,
-        session: Option<&'a Shared>,
+        session: Option<&'a SessionCore>,
     ) -> CallPolicy<'a> {
         CallPolicy {
             deadline: Some(Instant::now() + self.inner.config.request_timeout),
@@ -457,7 +458,7 @@ impl Client {
         match make_channel(&addr, &self.inner.config) {
             Ok(channel) => {
                 tracing::debug!(node = %addr, "following leader hint to a new node");
-                nodes.list.push(Node::new(addr, channel));
+                nodes.list.push(NodeConn::new(addr, channel));
                 nodes.current = nodes.list.len() - 1;
                 true
             }
@@ -493,7 +494,7 @@ impl Client {
         let mut last_failure = Error::Unavailable;
         let mut immediate_hints = 0;
         loop {
-            if policy.session.is_some_and(Shared::is_expired) {
+            if policy.session.is_some_and(SessionCore::is_expired) {
                 return Err(Error::SessionLost);
             }
             let now = Instant::now();

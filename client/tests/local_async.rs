@@ -8,9 +8,11 @@ fn local() -> LocalNamespace {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        // SAFETY: once, before any use of the local backend in this test binary (every test
-        // calls this first); nothing else touches the environment concurrently.
-        unsafe { std::env::set_var("DLOCK_LOCAL_DIR", dir.path()) };
+        // Once, before any use of the local backend in this test binary (every test calls
+        // this first).
+        let mut settings = dlock_local::Settings::from_env();
+        settings.dir = dir.path().to_path_buf();
+        dlock_local::configure(settings).expect("configured before first use");
         dir
     });
     LocalNamespace::attach().expect("attach")

@@ -8,11 +8,10 @@ use dlock::win32::*;
 fn facade_end_to_end_against_the_mock() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (follower, leader, state) = rt.block_on(common::start_cluster());
-    // SAFETY: set before any facade call and before other threads read the environment.
-    unsafe {
-        std::env::set_var("DLOCK_ENDPOINTS", format!("{follower}, http://{leader}"));
-        std::env::set_var("DLOCK_SESSION_TTL_MS", "3000");
-    }
+    let mut config = FacadeConfig::from_env();
+    config.endpoints = Ok(vec![follower.to_string(), format!("http://{leader}")]);
+    config.session_ttl = std::time::Duration::from_millis(3000);
+    configure(config).expect("configured before the first facade call");
 
     SetLastError(0xDEAD_BEEF);
     let h = CreateMutexA(None, FALSE, Some("NameOfMutexObject"));

@@ -5,6 +5,8 @@
 //! directory (`cargo test --workspace` builds it before running any test). Children are tied to
 //! the test process with `PR_SET_PDEATHSIG`, so a failing test leaves no stray servers behind.
 
+#![deny(unsafe_code)]
+
 pub mod faults;
 pub mod history;
 pub mod net;
@@ -56,6 +58,7 @@ pub fn free_port() -> u16 {
 /// Makes a child die with the test process (`PR_SET_PDEATHSIG`). The signal fires when the
 /// *thread* that spawned the child exits, so long-lived servers are spawned from a thread that
 /// lives as long as the process (see [`Dlockd::start_detached`]).
+#[allow(unsafe_code)] // `pre_exec` is the only way to run prctl in the child before exec.
 pub fn die_with_parent(command: &mut Command) -> &mut Command {
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -226,12 +229,9 @@ pub fn shared_dlockd() -> &'static Dlockd {
     let (_dir, server) = SERVER.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temporary data directory");
         let server = Dlockd::start_detached(dir.path(), &[]);
-        // SAFETY: runs once, inside the OnceLock initialiser, before any test of this binary
-        // has used the facade (every such test calls this function first), and nothing else in
-        // the test process reads or writes the environment concurrently.
-        unsafe {
-            std::env::set_var("DLOCK_ENDPOINTS", server.endpoint());
-        }
+        // Once, before any test of this binary used the facade (every such test calls this
+        // function first).
+        configure_facade(&server.endpoint(), None, None);
         (dir, server)
     });
     server
@@ -245,10 +245,7 @@ pub fn restartable_dlockd() -> &'static std::sync::Mutex<Dlockd> {
     let (_dir, server) = SERVER.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temporary data directory");
         let server = Dlockd::start_detached(dir.path(), &[]);
-        // SAFETY: as in `shared_dlockd`: once, before any facade use in this test binary.
-        unsafe {
-            std::env::set_var("DLOCK_ENDPOINTS", server.endpoint());
-        }
+        configure_facade(&server.endpoint(), None, None);
         (dir, std::sync::Mutex::new(server))
     });
     server
@@ -265,19 +262,45 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A private local namespace for this test binary: points `DLOCK_LOCAL_DIR` (inherited by
-/// child processes) at a temporary directory, once, before any facade use. Returns it.
+/// A private local namespace for this test binary: configures the `Local\` engine with a
+/// temporary directory, once, before any use of it. Returns the directory; child processes
+/// that must meet in the same namespace get it as `DLOCK_LOCAL_DIR`.
 pub fn local_namespace() -> &'static Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temporary local namespace directory");
-        // SAFETY: once, inside the OnceLock initialiser, before any test of this binary used
-        // the local backend (every such test calls this function first); nothing else reads
-        // or writes the environment concurrently.
-        unsafe {
-            std::env::set_var("DLOCK_LOCAL_DIR", dir.path());
-        }
+        let mut settings = dlock_local::Settings::from_env();
+        settings.dir = dir.path().to_path_buf();
+        dlock_local::configure(settings)
+            .expect("the local namespace is configured before its first use");
         dir
     })
     .path()
+}
+
+/// Points the `dlock::win32` facade of this process at `endpoints` (comma-separated), with an
+/// optional session TTL and request timeout; the other settings come from the environment.
+///
+/// # Panics
+///
+/// If the facade was configured already or has been used: call it before the first facade
+/// call.
+pub fn configure_facade(
+    endpoints: &str,
+    session_ttl: Option<std::time::Duration>,
+    request_timeout: Option<std::time::Duration>,
+) {
+    let mut config = dlock::win32::FacadeConfig::from_env();
+    config.endpoints = Ok(endpoints
+        .split(',')
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect());
+    if let Some(ttl) = session_ttl {
+        config.session_ttl = ttl;
+    }
+    if let Some(timeout) = request_timeout {
+        config.request_timeout = timeout;
+    }
+    dlock::win32::configure(config).expect("the facade is configured before its first call");
 }

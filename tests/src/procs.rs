@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+use rustix::process::Signal;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -217,11 +218,8 @@ impl ProcCluster {
         let Some(mut child) = node.child.take() else {
             return;
         };
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY: plain kill(2) on our own child, which we have not reaped yet.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
+        // Our own child, not reaped yet, so the pid is still its.
+        let _ = kill(child.id(), Signal::TERM);
         let deadline = Instant::now() + STOP_DEADLINE;
         loop {
             match child.try_wait() {
@@ -247,25 +245,20 @@ impl ProcCluster {
     /// Freezes node `id` with `SIGSTOP` (a GC pause, a VM migration, a disk stall): its sockets
     /// stay open and nothing answers. [`ProcCluster::thaw`] continues it.
     pub fn freeze(&self, id: u64) {
-        self.signal(id, libc::SIGSTOP);
+        self.signal(id, Signal::STOP);
     }
 
     /// Continues a node frozen by [`ProcCluster::freeze`] (`SIGCONT`).
     pub fn thaw(&self, id: u64) {
-        self.signal(id, libc::SIGCONT);
+        self.signal(id, Signal::CONT);
     }
 
-    fn signal(&self, id: u64, signal: libc::c_int) {
+    fn signal(&self, id: u64, signal: Signal) {
+        // A pid this harness spawned and has not reaped.
         let pid = self.node(id).pid().expect("the node is running");
-        let pid = libc::pid_t::try_from(pid).expect("pids fit pid_t");
-        // SAFETY: kill(2) with a pid this harness spawned and has not reaped.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {signal}): {}",
-            std::io::Error::last_os_error()
-        );
+        if let Err(err) = kill(pid, signal) {
+            panic!("kill({pid}, {signal:?}): {err}");
+        }
     }
 
     /// Starts node `id` again with its data directory, addresses and flags (after
@@ -763,4 +756,13 @@ fn spawn_from_long_lived_thread(command: Command) -> Child {
         .recv()
         .expect("spawner answers")
         .expect("spawn dlockd")
+}
+
+/// Sends `signal` to process `pid` (kill(2)).
+fn kill(pid: u32, signal: Signal) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("not a pid: {pid}")))?;
+    rustix::process::kill_process(pid, signal).map_err(std::io::Error::from)
 }

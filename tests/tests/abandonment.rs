@@ -38,11 +38,11 @@ impl Backend {
 }
 
 fn child(args: &[&str]) -> (std::process::Child, Lines) {
-    // The child inherits DLOCK_LOCAL_DIR from this process.
     let server = shared_dlockd();
     let mut command = Command::new(env!("CARGO_BIN_EXE_dlock-child"));
     command
         .args(args)
+        .env("DLOCK_LOCAL_DIR", dlock_tests::local_namespace())
         .env("DLOCK_ENDPOINTS", server.endpoint())
         .env("DLOCK_SESSION_TTL_MS", CHILD_TTL_MS.to_string())
         .stdin(Stdio::piped())

@@ -33,11 +33,7 @@ fn a_frozen_leader_stalls_no_thread() {
         .unwrap();
     let cluster = rt.block_on(ProcCluster::start(3, &[]));
     rt.block_on(cluster.leader());
-    // SAFETY: before the facade's first use in this process (this binary has one test), and
-    // nothing else touches the environment concurrently.
-    unsafe {
-        std::env::set_var("DLOCK_ENDPOINTS", cluster.endpoints());
-    }
+    dlock_tests::configure_facade(&cluster.endpoints(), None, None);
     let workload = Workload::start(THREADS, &dlock_tests::unique("freeze"), true);
     std::thread::sleep(Duration::from_secs(2));
     let (mut freezes, mut thaws) = (Vec::new(), Vec::new());

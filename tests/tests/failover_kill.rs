@@ -30,11 +30,7 @@ fn leader_kills_under_64_threads_fail_no_call_and_stall_no_thread() {
         .unwrap();
     let mut cluster = rt.block_on(ProcCluster::start(3, &[]));
     rt.block_on(cluster.leader());
-    // SAFETY: before the facade's first use in this process (this binary has one test), and
-    // nothing else touches the environment concurrently.
-    unsafe {
-        std::env::set_var("DLOCK_ENDPOINTS", cluster.endpoints());
-    }
+    dlock_tests::configure_facade(&cluster.endpoints(), None, None);
     let workload = Workload::start(THREADS, &dlock_tests::unique("kill"), true);
     std::thread::sleep(Duration::from_secs(2));
     let mut kills = Vec::new();

@@ -18,13 +18,11 @@ use dlock_tests::{Dlockd, unique};
 fn a_thread_exit_that_failed_for_a_while_still_abandons_the_mutex() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Dlockd::start_detached(dir.path(), &[]);
-    // SAFETY: the only test of this binary, before any facade use; nothing else reads or
-    // writes the environment concurrently.
-    unsafe {
-        std::env::set_var("DLOCK_ENDPOINTS", server.endpoint());
-        std::env::set_var("DLOCK_REQUEST_TIMEOUT_MS", "1000");
-        std::env::set_var("DLOCK_SESSION_TTL_MS", "60000");
-    }
+    dlock_tests::configure_facade(
+        &server.endpoint(),
+        Some(Duration::from_millis(60_000)),
+        Some(Duration::from_millis(1_000)),
+    );
     let name = unique("exit-retry");
     let (held_tx, held_rx) = std::sync::mpsc::channel();
     let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();

@@ -91,7 +91,7 @@ impl LeaseClock {
 
 /// Publishes lease-state changes on time, and sends the best-effort `CloseSession` once the
 /// session is stopped or expired.
-pub(super) async fn clock_task(shared: Arc<Shared>) {
+pub(super) async fn clock_task(shared: Arc<SessionCore>) {
     let mut stop = shared.stop_tx.subscribe();
     loop {
         let now = Instant::now();

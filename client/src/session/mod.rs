@@ -104,7 +104,7 @@ use tasks::{keepalive_task, stopped, thread_exit_task, until_applied};
 
 /// What the background tasks and the calls share. The tasks hold an `Arc` of this, never of
 /// [`SessionInner`], so dropping the last [`Session`] is observable.
-pub(crate) struct Shared {
+pub(crate) struct SessionCore {
     id: u64,
     ttl: Duration,
     client: Client,
@@ -125,14 +125,14 @@ pub(crate) struct Shared {
 }
 
 /// Marks one sequence number in flight until dropped (also when the call is cancelled). `S`
-/// is `&Shared` for a call, `Arc<Shared>` when the number must outlive it (a wait whose
+/// is `&SessionCore` for a call, `Arc<SessionCore>` when the number must outlive it (a wait whose
 /// cancellation runs in the background).
-struct InFlight<S: std::ops::Deref<Target = Shared>> {
+struct InFlight<S: std::ops::Deref<Target = SessionCore>> {
     shared: S,
     header: v1::RequestHeader,
 }
 
-impl<S: std::ops::Deref<Target = Shared>> InFlight<S> {
+impl<S: std::ops::Deref<Target = SessionCore>> InFlight<S> {
     fn begin(shared: S) -> InFlight<S> {
         let header = {
             let mut seqs = shared.seqs.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,7 +148,7 @@ impl<S: std::ops::Deref<Target = Shared>> InFlight<S> {
     }
 }
 
-impl<S: std::ops::Deref<Target = Shared>> Drop for InFlight<S> {
+impl<S: std::ops::Deref<Target = SessionCore>> Drop for InFlight<S> {
     fn drop(&mut self) {
         self.shared
             .seqs
@@ -158,7 +158,7 @@ impl<S: std::ops::Deref<Target = Shared>> Drop for InFlight<S> {
     }
 }
 
-impl Shared {
+impl SessionCore {
     pub(crate) fn is_expired(&self) -> bool {
         self.refresh(Instant::now()) == SessionState::Expired
     }
@@ -292,7 +292,7 @@ impl Shared {
 
 /// Owns the background tasks: dropping it (with the last [`Session`] clone) stops them.
 struct SessionInner {
-    shared: Arc<Shared>,
+    shared: Arc<SessionCore>,
 }
 
 impl Drop for SessionInner {
@@ -360,7 +360,7 @@ impl Session {
         let (state_tx, _) = watch::channel(SessionState::Alive);
         let (stop_tx, _) = watch::channel(false);
         let (exits, exits_rx) = mpsc::channel(THREAD_EXITS_QUEUED_MAX);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(SessionCore {
             id,
             ttl,
             client,
@@ -382,7 +382,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &SessionCore {
         &self.inner.shared
     }
 

@@ -3,7 +3,10 @@
 use super::*;
 
 /// Delivers queued thread exits one at a time, each retried until applied or the session ends.
-pub(super) async fn thread_exit_task(shared: Arc<Shared>, mut jobs: mpsc::Receiver<ThreadExitJob>) {
+pub(super) async fn thread_exit_task(
+    shared: Arc<SessionCore>,
+    mut jobs: mpsc::Receiver<ThreadExitJob>,
+) {
     let mut stop = shared.stop_tx.subscribe();
     loop {
         let (thread, done) = tokio::select! {
@@ -39,7 +42,7 @@ pub(super) async fn thread_exit_task(shared: Arc<Shared>, mut jobs: mpsc::Receiv
 /// apart). `None` once the session has ended or is stopped (its end settles what the request
 /// was for), or on an error that retrying cannot fix (logged).
 pub(super) async fn until_applied<T, F, Fut>(
-    shared: &Shared,
+    shared: &SessionCore,
     what: &'static str,
     mut f: F,
 ) -> Option<T>
@@ -93,7 +96,7 @@ pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Keeps the session alive: a bidi `KeepAlive` stream with one request every third of the lease,
 /// reconnected on any node when it breaks.
-pub(super) async fn keepalive_task(shared: Arc<Shared>) {
+pub(super) async fn keepalive_task(shared: Arc<SessionCore>) {
     let mut stop = shared.stop_tx.subscribe();
     let interval = (lease_for(shared.ttl, shared.margin) / 3).max(KEEPALIVE_INTERVAL_MIN);
     let attempt_timeout = shared.client.config().attempt_timeout;

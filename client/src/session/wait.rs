@@ -173,11 +173,11 @@ impl Session {
 /// Cancels its wait in the background when dropped while armed: the caller stopped waiting
 /// (its future was dropped, or it gave up) before it received the outcome.
 pub(super) struct WaitGuard {
-    shared: Arc<Shared>,
+    shared: Arc<SessionCore>,
     seq: u64,
     /// The wait's own sequence number while its registration is unanswered: the cancellation
     /// keeps it in flight, so a registration still travelling is refused, not applied late.
-    in_flight: Option<InFlight<Arc<Shared>>>,
+    in_flight: Option<InFlight<Arc<SessionCore>>>,
     armed: bool,
 }
 
@@ -202,9 +202,9 @@ impl Drop for WaitGuard {
 /// Sends `CancelWait` for wait `seq` until it is applied, or the session ends (which ends the
 /// wait and abandons what it acquired anyway).
 pub(super) async fn cancel_wait(
-    shared: Arc<Shared>,
+    shared: Arc<SessionCore>,
     seq: u64,
-    in_flight: Option<InFlight<Arc<Shared>>>,
+    in_flight: Option<InFlight<Arc<SessionCore>>>,
 ) {
     let cancelled = until_applied(&shared, "CancelWait", |mut c, header| async move {
         c.cancel_wait(v1::CancelWaitRequest {

@@ -146,10 +146,7 @@ fn faults(fault: Fault, rounds: usize) {
         .expect("a runtime for the cluster harness");
     let mut cluster = rt.block_on(ProcCluster::start(3, &[]));
     rt.block_on(cluster.leader());
-    // SAFETY: before the facade's first use in this process; no other thread runs yet.
-    unsafe {
-        std::env::set_var("DLOCK_ENDPOINTS", cluster.endpoints());
-    }
+    dlock_tests::configure_facade(&cluster.endpoints(), None, None);
     let workload = Workload::start(
         THREADS,
         &format!("bench-faults-{}", std::process::id()),

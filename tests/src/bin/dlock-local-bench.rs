@@ -158,6 +158,7 @@ fn hand_off(kind: &str, rounds: usize) -> Vec<u64> {
     assert!(h != 0 && go != 0, "create: {}", GetLastError());
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["child", kind, &name, &go_name, &rounds.to_string()])
+        .env("DLOCK_LOCAL_DIR", dlock_local::settings().dir)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn the other process");
@@ -192,10 +193,12 @@ fn main() {
         child(&args[2], &args[3], &args[4], args[5].parse().unwrap());
         return;
     }
+    // A private namespace unless DLOCK_LOCAL_DIR names one; the child gets the same one.
     let _dir = if std::env::var_os("DLOCK_LOCAL_DIR").is_none() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        // SAFETY: single-threaded here, before any facade use.
-        unsafe { std::env::set_var("DLOCK_LOCAL_DIR", dir.path()) };
+        let mut settings = dlock_local::Settings::from_env();
+        settings.dir = dir.path().to_path_buf();
+        dlock_local::configure(settings).expect("configured before first use");
         Some(dir)
     } else {
         None
