@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use dlock_proto::v1::admin_client::AdminClient;
 pub use dlock_proto::v1::{ClusterStatusReply, Member, MembershipReply, NodeStatus, Role};
 
+use crate::client::{Disposition, classify};
 use crate::{Client, Error};
 
 /// A failed admin call.
@@ -134,8 +135,10 @@ impl Admin<'_> {
     }
 
     /// Runs one membership change, noting whether an attempt before the last one may have been
-    /// applied: one that timed out, lost its connection, or failed other than by a node's
-    /// refusal as not the leader ([`dlock_proto::NOT_LEADER_METADATA`]).
+    /// applied: one that timed out, or failed in a way the call retries other than a node's
+    /// refusal as not the leader ([`dlock_proto::NOT_LEADER_METADATA`]). A connection refused
+    /// counts too (the client cannot tell it from one lost mid-call), so `maybe_applied` can be
+    /// a false alarm, never a miss.
     async fn change<F, Fut>(
         &self,
         what: &'static str,
@@ -158,10 +161,14 @@ impl Admin<'_> {
                 let unknown = &unknown;
                 async move {
                     let result = attempt.await;
+                    // Known outcomes: a reply, a refusal the call does not retry (the
+                    // server decided), or a node's refusal as not the leader (never applied).
+                    // Anything else the call retries (a lost connection, an internal error
+                    // after a proposal) may have been applied.
                     let answered = match &result {
                         Ok(_) => true,
                         Err(status) => {
-                            status.code() != tonic::Code::Unavailable
+                            classify(status.code()) != Disposition::NextNode
                                 || status
                                     .metadata()
                                     .contains_key(dlock_proto::NOT_LEADER_METADATA)

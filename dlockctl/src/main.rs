@@ -120,7 +120,9 @@ fn role_label(role: Role) -> &'static str {
 async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
     let mut config = ClientConfig::new(endpoints);
     config.request_timeout = timeout;
-    config.attempt_timeout = config.attempt_timeout.min(timeout);
+    // A membership change waits for its commit and for the new configuration: give every
+    // attempt the whole budget, as a retry after a timed-out change may find it applied.
+    config.attempt_timeout = timeout;
     config.client_name = "dlockctl".into();
     Client::connect_with_config(config)
         .await
@@ -277,6 +279,11 @@ fn local(dir: std::path::PathBuf, namespace: Option<String>) -> Result<(), Failu
     let mut settings = dlock_local::Settings::from_env();
     settings.dir = dir;
     if let Some(ns) = namespace {
+        if !dlock_local::valid_namespace(&ns) {
+            return Err(Failure(format!(
+                "invalid namespace {ns:?}: use 1-64 of [A-Za-z0-9._-], not starting with '.'"
+            )));
+        }
         settings.namespace = ns;
     }
     let path = settings.segment_path();

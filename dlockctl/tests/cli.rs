@@ -77,6 +77,11 @@ fn local_prints_a_namespace_without_a_cluster() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("no local namespace"), "{stderr}");
 
+    // A namespace the library would refuse is refused here too, not read from elsewhere.
+    let (out, _, stderr) = dlockctl(&["local", "--dir", dir_arg, "--namespace", "../x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("invalid namespace"), "{stderr}");
+
     let settings = dlock_local::Settings {
         dir: dir.path().to_path_buf(),
         namespace: "cli".into(),

@@ -61,7 +61,7 @@ pub struct LocalObjectInfo {
 impl Segment {
     /// Reads the namespace under its lock.
     pub fn snapshot(&self) -> Result<LocalSnapshot, Win32Error> {
-        let _g = self.lock()?;
+        let g = self.lock()?;
         let processes = self
             .procs()
             .iter()
@@ -89,13 +89,7 @@ impl Segment {
             let word = unsafe { super::sys::lock_word(sync.mutex.get()) }.load(Ordering::SeqCst);
             let is_mutex = kind == ObjectKind::Mutex;
             let name = (state == OBJ_LIVE)
-                .then(|| {
-                    let len = (m.name_len.load(Ordering::Relaxed) as usize)
-                        .min(super::segment::NAME_BYTES_MAX);
-                    // SAFETY: read under the namespace lock.
-                    let bytes = unsafe { &(&*m.name.get())[..len] };
-                    String::from_utf8_lossy(bytes).into_owned()
-                })
+                .then(|| String::from_utf8_lossy(super::objects::name_of(&g.held, m)).into_owned())
                 .filter(|n| !n.is_empty());
             objects.push(LocalObjectInfo {
                 name,

@@ -191,7 +191,9 @@ impl Settings {
     }
 }
 
-fn valid_namespace(ns: &str) -> bool {
+/// Whether `ns` is a valid namespace name: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`
+/// (it becomes part of a file name).
+pub fn valid_namespace(ns: &str) -> bool {
     !ns.is_empty()
         && ns.len() <= 64
         && !ns.starts_with('.')

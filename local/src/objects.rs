@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicU32, Ordering, compiler_fence};
 
 use super::segment::{
-    Fnv, Guard, NAME_BYTES_MAX, OBJ_FREE, OBJ_LIVE, OBJ_ZOMBIE, OBJECTS_MAX, ObjMeta, ObjSync,
-    Segment,
+    Fnv, Guard, Held, NAME_BYTES_MAX, OBJ_FREE, OBJ_LIVE, OBJ_ZOMBIE, OBJECTS_MAX, ObjMeta,
+    ObjSync, Segment,
 };
 use super::sys::{self, FUTEX_TID_MASK, FUTEX_WAITERS, Locked};
 use dlock_proto::vocab::{
@@ -59,9 +59,25 @@ fn name_hash(key: &str) -> u64 {
     h.0 | 1
 }
 
-fn name_of(meta: &ObjMeta) -> &[u8] {
+/// Names a free object slot `key` (at most [`NAME_BYTES_MAX`] bytes, checked by `name_key`);
+/// `_held` proves the namespace lock is held.
+fn set_name(_held: &Held, meta: &ObjMeta, key: &str) {
+    let len = key.len().min(NAME_BYTES_MAX);
+    // SAFETY: the namespace lock is held (`_held`), the only way to name or read a slot's
+    // name; the slot is free, so no reader outside the lock looks at it either.
+    unsafe {
+        let name = &mut *meta.name.get();
+        name[..len].copy_from_slice(&key.as_bytes()[..len]);
+    }
+    meta.name_len.store(len as u32, Ordering::Relaxed);
+}
+
+/// The name bytes of an object slot; `_held` proves the namespace lock is held, so no writer
+/// can be changing them.
+pub(crate) fn name_of<'a>(_held: &'a Held, meta: &'a ObjMeta) -> &'a [u8] {
     let len = (meta.name_len.load(Ordering::Relaxed) as usize).min(NAME_BYTES_MAX);
-    // SAFETY: read under the namespace lock (callers hold a Guard); the bytes are plain data.
+    // SAFETY: the namespace lock is held (`_held`), and names are written only under it; the
+    // bytes are plain data within the slot.
     unsafe { &(&*meta.name.get())[..len] }
 }
 
@@ -145,7 +161,7 @@ impl Guard<'_> {
             .map(|(i, _)| i)
             .find(|&i| {
                 metas[i].state.load(Ordering::Relaxed) == OBJ_LIVE
-                    && name_of(&metas[i]) == key.as_bytes()
+                    && name_of(&self.held, &metas[i]) == key.as_bytes()
             })
     }
 
@@ -373,12 +389,7 @@ pub fn create(
         .store(u32::from(initial_state), Ordering::Relaxed);
     meta.count.store(initial_count, Ordering::Relaxed);
     meta.maximum.store(maximum_count, Ordering::Relaxed);
-    // SAFETY: the slot is free and we hold the namespace lock; nobody else reads it.
-    unsafe {
-        let name = &mut *meta.name.get();
-        name[..key.len()].copy_from_slice(key.as_bytes());
-    }
-    meta.name_len.store(key.len() as u32, Ordering::Relaxed);
+    set_name(&g.held, meta, key);
     // The mutex was initialised with the segment and is never re-initialised (a stale
     // handle's thread may be inside glibc on it). A free slot's mutex is unowned; forget an
     // abandonment or waiter flag its previous object left.

@@ -452,7 +452,7 @@ impl Segment {
         // SAFETY: initialised by the creator; the mapping lives forever.
         match unsafe { sys::robust_lock(m) } {
             Ok(sys::Locked::OwnerDied) => {
-                self.recover();
+                self.recover(&Held { _private: () });
                 // SAFETY: we hold it.
                 unsafe { sys::robust_consistent(m) };
             }
@@ -469,13 +469,14 @@ impl Segment {
         Ok(Guard {
             seg: self,
             open: false,
+            held: Held { _private: () },
         })
     }
 
     /// Undoes the change a dead holder left half done and recounts derived counters.
-    fn recover(&self) {
-        let restored = self.undo();
-        self.recount_waiters();
+    fn recover(&self, held: &Held) {
+        let restored = self.undo(held);
+        self.recount_waiters(held);
         let total = self.header().recoveries.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(
             path = %self.path.display(),
@@ -487,7 +488,7 @@ impl Segment {
 
     /// Copies the journal's saved regions back, newest first, and clears it. Returns how many
     /// regions were restored.
-    fn undo(&self) -> usize {
+    fn undo(&self, _held: &Held) -> usize {
         let j = &self.header().journal;
         let mut restored = 0;
         if j.active.load(Ordering::Acquire) == 1 {
@@ -501,7 +502,7 @@ impl Segment {
                     tracing::error!(offset, len, at, "skipping a corrupt journal entry");
                     continue;
                 }
-                // SAFETY: bounds checked above; we hold the namespace lock.
+                // SAFETY: bounds checked above; we hold the namespace lock (`_held`).
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         j.data.get().cast::<u8>().add(at),
@@ -519,7 +520,7 @@ impl Segment {
     }
 
     /// Recomputes every object's waiter count from the waiter table.
-    fn recount_waiters(&self) {
+    fn recount_waiters(&self, _held: &Held) {
         let syncs = self.syncs();
         let mut counts = vec![0u32; OBJECTS_MAX];
         for w in self.waiters() {
@@ -601,6 +602,16 @@ impl Segment {
 pub struct Guard<'a> {
     pub seg: &'a Segment,
     open: bool,
+    /// The proof that this thread holds the lock, for what reads lock-protected bytes.
+    pub held: Held,
+}
+
+/// Proof that the calling thread holds the namespace lock. Only [`Segment::lock`] makes one,
+/// once the lock is taken, and keeps it in the [`Guard`] it returns (borrowed from there, it
+/// cannot outlive the hold). Code that reads or writes bytes the lock protects takes a `&Held`
+/// (or a [`Guard`]), so that holding the lock is checked by the compiler, not by a comment.
+pub struct Held {
+    _private: (),
 }
 
 impl Guard<'_> {
@@ -668,8 +679,8 @@ impl Guard<'_> {
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         if self.open {
-            let restored = self.seg.undo();
-            self.seg.recount_waiters();
+            let restored = self.seg.undo(&self.held);
+            self.seg.recount_waiters(&self.held);
             tracing::debug!(restored, "rolled back an unfinished local namespace change");
             self.open = false;
         }

@@ -54,7 +54,7 @@ fn mutex(seg: &Segment, name: &str) -> LocalObj {
 /// the number of handle records naming it, only live named objects have a hash, no two live
 /// objects share a name, and every waiter count matches the registered waits.
 fn check_invariants(seg: &Segment) {
-    let _g = seg.lock().unwrap();
+    let g = seg.lock().unwrap();
     let mut refs = vec![0u32; OBJECTS_MAX];
     for h in seg.handles() {
         if h.proc.load(Ordering::Relaxed) != 0 {
@@ -84,9 +84,7 @@ fn check_invariants(seg: &Segment) {
         let hash = seg.hashes()[i].load(Ordering::Relaxed);
         if state == OBJ_LIVE {
             assert!(refs[i] > 0, "live object {i} without handles");
-            let len = m.name_len.load(Ordering::Relaxed) as usize;
-            // SAFETY: under the namespace lock.
-            let name = unsafe { (&*m.name.get())[..len].to_vec() };
+            let name = objects::name_of(&g.held, m).to_vec();
             assert_ne!(hash, 0, "live object {i} without its name hash");
             assert!(names.insert(name), "two live objects named alike");
         } else {

@@ -364,8 +364,8 @@ pub fn CreateSemaphoreW(
     )
 }
 
-/// [`CreateSemaphoreA`] with reserved flags (passed on, ignored by the server) and an access
-/// mask.
+/// [`CreateSemaphoreA`] with reserved flags (ignored: `CreateParams::from_flags` keeps only
+/// the counts for a semaphore) and an access mask.
 pub fn CreateSemaphoreExA(
     lpSemaphoreAttributes: Option<&SECURITY_ATTRIBUTES>,
     lInitialCount: LONG,

@@ -165,14 +165,36 @@ pub struct FacadeConfig {
 /// Gives `config` back if the facade was configured already or has started (its first call
 /// read the environment).
 pub fn configure(config: FacadeConfig) -> Result<(), FacadeConfig> {
-    if FACADE.get().is_some() {
-        return Err(config);
+    let mut configured = CONFIGURED.lock().unwrap_or_else(|e| e.into_inner());
+    match &*configured {
+        Configured::Unset => {
+            *configured = Configured::Given(config);
+            Ok(())
+        }
+        Configured::Given(_) | Configured::Started => Err(config),
     }
-    CONFIGURED.set(config)
 }
 
-/// The configuration given by [`configure`], if any.
-static CONFIGURED: OnceLock<FacadeConfig> = OnceLock::new();
+/// What [`configure`] gave, until the facade starts and takes it.
+enum Configured {
+    /// Nothing yet: the first call reads the environment.
+    Unset,
+    /// A configuration for the first call.
+    Given(FacadeConfig),
+    /// The facade started; configuring is too late.
+    Started,
+}
+
+static CONFIGURED: StdMutex<Configured> = StdMutex::new(Configured::Unset);
+
+/// The configuration the starting facade uses; configuring is refused from now on.
+fn take_config() -> FacadeConfig {
+    let mut configured = CONFIGURED.lock().unwrap_or_else(|e| e.into_inner());
+    match std::mem::replace(&mut *configured, Configured::Started) {
+        Configured::Given(config) => config,
+        Configured::Unset | Configured::Started => FacadeConfig::from_env(),
+    }
+}
 
 impl FacadeConfig {
     /// The configuration the environment names (`DLOCK_ENDPOINTS`, `DLOCK_SESSION_TTL_MS`,
@@ -242,10 +264,7 @@ fn facade() -> Option<&'static Facade> {
             match runtime {
                 Ok(runtime) => Some(Facade {
                     runtime,
-                    settings: CONFIGURED
-                        .get()
-                        .cloned()
-                        .unwrap_or_else(FacadeConfig::from_env),
+                    settings: take_config(),
                     conn: tokio::sync::Mutex::new(Conn::default()),
                 }),
                 Err(err) => {
