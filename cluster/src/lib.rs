@@ -108,6 +108,8 @@
 mod config;
 mod error;
 mod node;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod storage;
 pub mod transport;
 
