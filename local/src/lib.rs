@@ -46,6 +46,7 @@
 //! thread takes one of them first it gives back those it took: a `WaitForSingleObject(h, 0)`
 //! racing it may see a mutex held for that instant although the wait-all then takes nothing.
 
+pub mod baseline;
 mod inspect;
 mod objects;
 mod segment;

@@ -15,6 +15,8 @@
 //! hand-off round the bench sleeps 2 ms so the other process is certainly asleep in the kernel
 //! (the benchmark measures a wake-up from sleep, not a spin).
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,13 +28,9 @@ const BATCHES: usize = 5;
 /// Time given to the other process to fall asleep before each hand-off.
 const SETTLE: Duration = Duration::from_millis(2);
 
+/// `CLOCK_MONOTONIC` in nanoseconds: comparable between the two processes of a hand-off.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -64,48 +62,6 @@ fn local_pair(pairs: usize) -> f64 {
     }
     CloseHandle(h);
     median(batches)
-}
-
-fn pthread_pair(pairs: usize) -> f64 {
-    // SAFETY: a fresh memfd, sized and mapped shared; the mutex is initialised before use and
-    // used by this thread only.
-    unsafe {
-        let fd = libc::memfd_create(c"dlock-bench".as_ptr(), libc::MFD_CLOEXEC);
-        assert!(fd >= 0, "memfd_create");
-        assert_eq!(libc::ftruncate(fd, 4096), 0);
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED);
-        let m = p.cast::<libc::pthread_mutex_t>();
-        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-        libc::pthread_mutexattr_init(&mut attr);
-        libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
-        libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
-        assert_eq!(libc::pthread_mutex_init(m, &attr), 0);
-        for _ in 0..10_000 {
-            libc::pthread_mutex_lock(m);
-            libc::pthread_mutex_unlock(m);
-        }
-        let mut batches = Vec::new();
-        for _ in 0..BATCHES {
-            let start = Instant::now();
-            for _ in 0..pairs {
-                if libc::pthread_mutex_lock(m) != 0 || libc::pthread_mutex_unlock(m) != 0 {
-                    panic!("pthread lock/unlock failed");
-                }
-            }
-            batches.push(start.elapsed().as_nanos() as f64 / pairs as f64);
-        }
-        libc::munmap(p, 4096);
-        libc::close(fd);
-        median(batches)
-    }
 }
 
 /// Latency summary in microseconds.
@@ -211,7 +167,7 @@ fn main() {
     let pairs = num(1, 2_000_000);
     let rounds = num(2, 300);
     let local = local_pair(pairs);
-    let floor = pthread_pair(pairs);
+    let floor = dlock_local::baseline::robust_pthread_pair_ns(pairs, BATCHES);
     println!("uncontended pair, Local\\ mutex via dlock::win32: {local:.1} ns");
     println!("uncontended pair, glibc robust pshared pthread mutex: {floor:.1} ns");
     println!("ratio: {:.2}x the pthread floor", local / floor);
