@@ -8,8 +8,11 @@
 //! * [`namespace`]: the deterministic state machine: objects, handles, sessions, waits. No I/O,
 //!   no clock; time enters only as data in commands.
 //! * [`replica`]: the glue between `dlock-cluster` (raft-rs over sled) and the namespace: the
-//!   `StateMachine` implementation, the leader's timers (session leases, wait timeouts,
-//!   keepalive checkpoints) and the registry through which blocked waits learn their outcome.
+//!   `StateMachine` implementation and the registry through which blocked waits learn their
+//!   outcome.
+//! * [`lease`]: session leases, the whole protocol: the leader's in-memory timers (session
+//!   leases, wait timeouts), leadership confirmation for keepalives, and the timer task that
+//!   checkpoints, expires sessions and times out waits.
 //! * [`grpc`]: the `dlock.v1.Dlock` service and the one table mapping errors to gRPC statuses.
 //! * [`daemon`]: one running node ([`Server`], [`run`]).
 //! * [`config`]: the typed configuration with its defaults and validation.
@@ -32,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod grpc;
+pub mod lease;
 pub mod namespace;
 pub mod replica;
 

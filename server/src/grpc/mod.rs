@@ -5,7 +5,8 @@
 //!
 //! The service struct and its RPC methods live here; `waits.rs` answers `Wait`,
 //! `SignalAndWait`, `CancelWait` and `AwaitWait`, `keepalive.rs` renews leases only under
-//! confirmed leadership, and `convert.rs` maps between wire messages and the namespace's types.
+//! confirmed leadership (the lease machinery is [`crate::lease`]), and `convert.rs` maps between
+//! wire messages and the namespace's types.
 
 pub mod admin;
 mod convert;
@@ -27,11 +28,11 @@ use tracing::{debug, instrument, warn};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::lease::LeaseConfirmer;
 use crate::namespace::{Command, CreateParams, ObjectKind, Reply, Request, validate_request};
 use crate::replica::{Replica, lock, now_unix_ms};
 use convert::{kind_from_wire, query_reply, status_reply, unexpected};
 use dlock_proto::vocab::Win32Error;
-pub use keepalive::LeaseConfirmer;
 use keepalive::keep_alive;
 use peer_info::Directory;
 use status::to_status;
