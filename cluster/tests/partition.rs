@@ -1,6 +1,7 @@
 //! Three nodes on the simulated network (`dlock_cluster::sim`): a leader cut off from the other
-//! two loses its leadership to them, cannot commit on its own, and after the partition heals
-//! follows the new leader and applies exactly what the majority committed.
+//! two cannot commit what it is asked to alone, loses its leadership to them, and after the
+//! partition heals follows the new leader, applies exactly what the majority committed, and
+//! never applies what it was asked while isolated.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{ListSm, config};
 use dlock_cluster::sim::Network;
-use dlock_cluster::{Config, Node, Role};
+use dlock_cluster::{Config, Error, Node, Role};
 
 /// How long the cluster may take to elect a leader, or to agree again after healing.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -40,22 +41,35 @@ async fn leader_among(nodes: &[&Node]) -> u64 {
     }
 }
 
-/// Proposes `command` on node `id`, retrying while it is not ready; the node must lead.
-async fn propose_on(node: &Node, command: &[u8]) -> u64 {
+/// Proposes `command` on whichever of `nodes` leads, following leader hints and retrying
+/// retryable errors (leadership may move on a loaded machine).
+async fn propose(nodes: &[&Node], command: &[u8]) -> u64 {
     let deadline = Instant::now() + DEADLINE;
+    let mut target = leader_among(nodes).await;
     loop {
-        match node.propose(command.to_vec()).await {
+        let node = nodes.iter().find(|n| n.id() == target).copied();
+        let result = match node {
+            Some(node) => node.propose(command.to_vec()).await,
+            None => Err(Error::NotLeader { leader_hint: None }),
+        };
+        match result {
             Ok((index, _)) => return index,
             Err(err) if err.is_retryable() && Instant::now() < deadline => {
+                target = match err {
+                    Error::NotLeader {
+                        leader_hint: Some(hint),
+                    } => hint,
+                    _ => leader_among(nodes).await,
+                };
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Err(err) => panic!("propose on node {} failed: {err}", node.id()),
+            Err(err) => panic!("propose failed: {err}"),
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_isolated_leader_is_replaced_and_catches_up_after_healing() {
+async fn an_isolated_leader_commits_nothing_and_rejoins_the_majority() {
     let dir = tempfile::tempdir().unwrap();
     let net = Network::with_seed(7);
     let sms: Vec<ListSm> = (0..3).map(|_| ListSm::default()).collect();
@@ -66,25 +80,16 @@ async fn an_isolated_leader_is_replaced_and_catches_up_after_healing() {
         })
         .collect();
     let all: Vec<&Node> = nodes.iter().collect();
+    propose(&all, b"before").await;
     let old = leader_among(&all).await;
-    propose_on(&nodes[old as usize - 1], b"before").await;
+    let old_node = nodes[old as usize - 1].clone();
 
+    // Cut the leader off and, while it still believes it leads, ask it to commit something.
     net.isolate(old);
-    let others: Vec<&Node> = nodes.iter().filter(|n| n.id() != old).collect();
-    let new = leader_among(&others).await;
-    assert_ne!(new, old, "the majority side elects its own leader");
-    let committed = propose_on(&nodes[new as usize - 1], b"during").await;
+    let lonely = tokio::spawn(async move { old_node.propose(b"lost".to_vec()).await });
 
-    // The old leader cannot commit anything on its own side.
-    let lonely = tokio::time::timeout(
-        Duration::from_millis(500),
-        nodes[old as usize - 1].propose(b"lost".to_vec()),
-    )
-    .await;
-    assert!(
-        !matches!(lonely, Ok(Ok(_))),
-        "an isolated node committed a proposal: {lonely:?}"
-    );
+    let others: Vec<&Node> = nodes.iter().filter(|n| n.id() != old).collect();
+    let committed = propose(&others, b"during").await;
 
     net.heal();
     let deadline = Instant::now() + DEADLINE;
@@ -99,15 +104,32 @@ async fn an_isolated_leader_is_replaced_and_catches_up_after_healing() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let lonely = tokio::time::timeout(DEADLINE, lonely)
+        .await
+        .expect("the isolated proposal ends once the node learns it lost leadership")
+        .expect("the proposal task");
+    assert!(
+        lonely.is_err(),
+        "a proposal made to an isolated leader was committed: {lonely:?}"
+    );
+    let new = leader_among(&others).await;
     let reference = sms[new as usize - 1].state.lock().unwrap().commands.clone();
     let rejoined = sms[old as usize - 1].state.lock().unwrap().commands.clone();
+    let common = reference.len().min(rejoined.len());
+    assert!(
+        common >= 2,
+        "both applied 'before' and 'during': {reference:?}"
+    );
     assert_eq!(
-        rejoined[..reference.len().min(rejoined.len())],
-        reference[..reference.len().min(rejoined.len())],
+        rejoined[..common],
+        reference[..common],
         "the rejoined node applied the majority's log"
     );
-    assert!(
-        rejoined.iter().all(|(_, c)| c != b"lost"),
-        "nothing the isolated leader proposed was applied"
-    );
+    for sm in &sms {
+        let applied = sm.state.lock().unwrap().commands.clone();
+        assert!(
+            applied.iter().all(|(_, c)| c != b"lost"),
+            "nothing the isolated leader was asked was applied anywhere: {applied:?}"
+        );
+    }
 }

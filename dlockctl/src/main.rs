@@ -120,8 +120,9 @@ fn role_label(role: Role) -> &'static str {
 async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
     let mut config = ClientConfig::new(endpoints);
     config.request_timeout = timeout;
-    // A membership change waits for its commit and for the new configuration: give every
-    // attempt the whole budget, as a retry after a timed-out change may find it applied.
+    // A membership change waits for its commit and for the new configuration (seconds), so an
+    // attempt may use whatever is left of the budget, as dlockctl always allowed; a node that
+    // accepts and never answers then uses it all (errors, not hangs, move on to the next node).
     config.attempt_timeout = timeout;
     config.client_name = "dlockctl".into();
     Client::connect_with_config(config)

@@ -11,7 +11,8 @@ use std::time::Instant;
 ///
 /// # Panics
 ///
-/// If the mapping or the mutex cannot be set up, or a lock or unlock fails.
+/// If `batches` is 0, if the mapping or the mutex cannot be set up, or if a lock or unlock
+/// fails.
 pub fn robust_pthread_pair_ns(pairs: usize, batches: usize) -> f64 {
     // SAFETY: a fresh memfd, sized and mapped shared; the mutex is initialised before use and
     // used by this thread only.

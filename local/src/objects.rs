@@ -60,8 +60,9 @@ fn name_hash(key: &str) -> u64 {
 }
 
 /// Names a free object slot `key` (at most [`NAME_BYTES_MAX`] bytes, checked by `name_key`);
-/// `_held` proves the namespace lock is held.
-fn set_name(_held: &Held, meta: &ObjMeta, key: &str) {
+/// `_held` proves the namespace lock is held, and, borrowed mutably, that no name read under
+/// it is still alive.
+fn set_name(_held: &mut Held, meta: &ObjMeta, key: &str) {
     let len = key.len().min(NAME_BYTES_MAX);
     // SAFETY: the namespace lock is held (`_held`), the only way to name or read a slot's
     // name; the slot is free, so no reader outside the lock looks at it either.
@@ -389,7 +390,7 @@ pub fn create(
         .store(u32::from(initial_state), Ordering::Relaxed);
     meta.count.store(initial_count, Ordering::Relaxed);
     meta.maximum.store(maximum_count, Ordering::Relaxed);
-    set_name(&g.held, meta, key);
+    set_name(&mut g.held, meta, key);
     // The mutex was initialised with the segment and is never re-initialised (a stale
     // handle's thread may be inside glibc on it). A free slot's mutex is unowned; forget an
     // abandonment or waiter flag its previous object left.

@@ -452,7 +452,9 @@ impl Segment {
         // SAFETY: initialised by the creator; the mapping lives forever.
         match unsafe { sys::robust_lock(m) } {
             Ok(sys::Locked::OwnerDied) => {
-                self.recover(&Held { _private: () });
+                self.recover(&Held {
+                    _private: std::marker::PhantomData,
+                });
                 // SAFETY: we hold it.
                 unsafe { sys::robust_consistent(m) };
             }
@@ -469,7 +471,9 @@ impl Segment {
         Ok(Guard {
             seg: self,
             open: false,
-            held: Held { _private: () },
+            held: Held {
+                _private: std::marker::PhantomData,
+            },
         })
     }
 
@@ -608,10 +612,14 @@ pub struct Guard<'a> {
 
 /// Proof that the calling thread holds the namespace lock. Only [`Segment::lock`] makes one,
 /// once the lock is taken, and keeps it in the [`Guard`] it returns (borrowed from there, it
-/// cannot outlive the hold). Code that reads or writes bytes the lock protects takes a `&Held`
-/// (or a [`Guard`]), so that holding the lock is checked by the compiler, not by a comment.
+/// cannot outlive the hold, and it cannot leave the thread that took the lock). Code that reads
+/// bytes the lock protects takes a `&Held`, code that writes them a `&mut Held` (or a
+/// [`Guard`]), so that holding the lock, and no reader alive during a write, is checked by
+/// the compiler, not by a comment. It does not name the segment: a process with several
+/// namespaces must pass the one of the same segment (every call site does).
 pub struct Held {
-    _private: (),
+    /// Not `Send` or `Sync`: the proof belongs to the thread that took the lock.
+    _private: std::marker::PhantomData<*const ()>,
 }
 
 impl Guard<'_> {

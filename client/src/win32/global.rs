@@ -256,6 +256,8 @@ static FACADE: OnceLock<Option<Facade>> = OnceLock::new();
 fn facade() -> Option<&'static Facade> {
     FACADE
         .get_or_init(|| {
+            // Taken first: from now on `configure` is refused, whether the runtime starts or not.
+            let settings = take_config();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(RUNTIME_WORKER_THREADS)
                 .thread_name("dlock-worker")
@@ -264,7 +266,7 @@ fn facade() -> Option<&'static Facade> {
             match runtime {
                 Ok(runtime) => Some(Facade {
                     runtime,
-                    settings: take_config(),
+                    settings,
                     conn: tokio::sync::Mutex::new(Conn::default()),
                 }),
                 Err(err) => {
