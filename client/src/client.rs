@@ -20,6 +20,15 @@
 //! it, nor follow a leader hint naming it (the other nodes keep naming the frozen leader until
 //! they elect a new one), unless every node is suspect. So a frozen node costs a client about
 //! as much as a killed one.
+//!
+//! # Hints the client cannot use
+//!
+//! A leader hint is the leader's *advertised* client address (dlockd's
+//! `--advertise-client-addr`), which not every client can reach: a node in a container
+//! advertises its service name, which a client on the host cannot resolve, while the host
+//! reaches it through a published port in its endpoint list. A node known only from a hint that
+//! fails before it ever answered is therefore avoided for [`UNREACHABLE_HINT_FOR`], and the
+//! client goes round its configured endpoints instead, which reach the same leader.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -48,6 +57,12 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
 /// Largest retry backoff. Kept short: during a failover the client cycles through the nodes
 /// until one is leader again, and a long backoff would add directly to the outage.
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// How long a node known only from a leader hint, that failed before it ever answered, is
+/// avoided: its advertised address is likely not reachable from this client at all (a
+/// container's service name seen from the host, say), and the configured endpoints reach the
+/// same cluster. Much longer than [`SUSPECT_FOR`], so such a hint costs one failed connection
+/// now and then, not one per failover step.
+pub const UNREACHABLE_HINT_FOR: Duration = Duration::from_secs(60);
 /// Nodes learned from leader hints beyond the configured ones. Bounded so that a misbehaving
 /// server cannot grow the node list without limit; further hints are followed only if known.
 const HINTED_NODES_MAX: usize = 16;
@@ -112,6 +127,8 @@ struct NodeConn {
     channel: Channel,
     /// The connection failed at the transport level; avoid the node until then.
     suspect_until: Option<Instant>,
+    /// The node has answered at least once.
+    answered: bool,
 }
 
 impl NodeConn {
@@ -120,6 +137,7 @@ impl NodeConn {
             addr,
             channel,
             suspect_until: None,
+            answered: false,
         }
     }
 
@@ -402,10 +420,9 @@ impl Client {
     /// Node `node` answered: it is not suspect any more.
     fn answered(&self, node: usize) {
         let mut nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = nodes.list.get_mut(node)
-            && n.suspect_until.is_some()
-        {
+        if let Some(n) = nodes.list.get_mut(node) {
             n.suspect_until = None;
+            n.answered = true;
         }
     }
 
@@ -414,9 +431,21 @@ impl Client {
     pub(crate) fn suspect(&self, failed: usize) {
         {
             let mut nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let hinted = failed >= nodes.configured;
             if let Some(node) = nodes.list.get_mut(failed) {
-                node.suspect_until = Some(Instant::now() + SUSPECT_FOR);
-                tracing::debug!(node = %node.addr, "node unreachable; avoiding it for a while");
+                if hinted && !node.answered {
+                    node.suspect_until = Some(Instant::now() + UNREACHABLE_HINT_FOR);
+                    tracing::info!(
+                        node = %node.addr,
+                        avoid_for = ?UNREACHABLE_HINT_FOR,
+                        "a leader hint names an address this client cannot reach; using the \
+                         configured endpoints instead (the servers' advertise-client-addr \
+                         should be an address clients can reach)"
+                    );
+                } else {
+                    node.suspect_until = Some(Instant::now() + SUSPECT_FOR);
+                    tracing::debug!(node = %node.addr, "node unreachable; avoiding it for a while");
+                }
             }
         }
         self.advance(failed);

@@ -118,6 +118,15 @@ use std::time::Duration;
 
 pub use config::Config;
 pub use error::Error;
+
+/// Hooks through which the program embedding a [`Node`] observes its raft thread (for
+/// metrics); set once with [`Node::observe`]. Called on the raft thread: keep them cheap and
+/// never block.
+pub trait Observer: Send + Sync + 'static {
+    /// A flush of the log to disk (the fsync of one Raft `Ready`, or of a snapshot record)
+    /// took `took`.
+    fn flushed(&self, took: Duration);
+}
 pub use node::{Node, WeakNode};
 
 /// The replicated state: commands applied in log order on every node.
@@ -290,6 +299,11 @@ pub struct Status {
     pub entries_appended: u64,
     /// Snapshots stored since start (local ones and installed ones).
     pub snapshots: u64,
+    /// Size in bytes of the state-machine image of the last snapshot stored since start (0 if
+    /// none).
+    pub snapshot_bytes: u64,
+    /// Times this node saw the leader change (to another node or to none) since start.
+    pub leader_changes: u64,
     /// Set once the raft thread has stopped (shutdown or fatal error).
     pub stopped: bool,
     /// MsgSnapshots this node sent that the transport reported delivered.

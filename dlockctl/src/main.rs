@@ -3,12 +3,18 @@
 //!
 //! ```text
 //! dlockctl [--endpoint HOST:PORT]... status [--all]
+//! dlockctl [--endpoint HOST:PORT]... health
 //! dlockctl add-learner ID PEER_ADDR
 //! dlockctl add-voter ID PEER_ADDR
 //! dlockctl promote ID
 //! dlockctl remove ID
 //! dlockctl local [--dir DIR] [--namespace NAME]
 //! ```
+//!
+//! `health` asks each endpoint on its own for the standard `grpc.health.v1` status (no retries,
+//! no leader hints: it is about that node) and exits 0 only if every one is `SERVING`, which a
+//! node is while it is a member and knows a leader. It needs no shell, so a `FROM scratch`
+//! container can use it as its healthcheck.
 //!
 //! `local` needs no cluster: it prints this host's `Local\` namespace (the shared-memory
 //! segment of `DLOCK_LOCAL_DIR` / `DLOCK_LOCAL_NAMESPACE`): attached processes, objects with
@@ -89,6 +95,12 @@ enum Command {
     Remove {
         /// The member's id.
         id: u64,
+    },
+    /// Asks each endpoint for its gRPC health status; exits 0 only if all are SERVING.
+    Health {
+        /// The service to ask about (empty: the node as a whole).
+        #[arg(long, default_value = "")]
+        service: String,
     },
     /// Shows this host's `Local\` namespace (no cluster involved).
     Local {
@@ -223,6 +235,57 @@ async fn status(endpoints: &[String], timeout: Duration, all: bool) -> Result<()
     Ok(())
 }
 
+/// `health`: one `grpc.health.v1.Health/Check` per endpoint, each bounded by `timeout`.
+async fn health(endpoints: &[String], timeout: Duration, service: &str) -> Result<(), Failure> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut unhealthy = 0;
+    for endpoint in endpoints {
+        let uri = if endpoint.contains("://") {
+            endpoint.clone()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let check = async {
+            let channel = tonic::transport::Endpoint::from_shared(uri)
+                .map_err(|e| format!("bad endpoint: {e}"))?
+                .connect_timeout(timeout)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
+            Ok::<_, String>(reply.into_inner().status())
+        };
+        let answer = match tokio::time::timeout(timeout, check).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        match answer {
+            Ok(ServingStatus::Serving) => println!("{endpoint} SERVING"),
+            Ok(other) => {
+                unhealthy += 1;
+                println!("{endpoint} {}", other.as_str_name());
+            }
+            Err(why) => {
+                unhealthy += 1;
+                println!("{endpoint} UNREACHABLE ({why})");
+            }
+        }
+    }
+    match unhealthy {
+        0 => Ok(()),
+        n => Err(Failure(format!(
+            "{n} of {} endpoints not serving",
+            endpoints.len()
+        ))),
+    }
+}
+
 /// Runs the parsed command.
 async fn run(cli: Cli) -> Result<(), Failure> {
     let timeout = Duration::from_millis(cli.timeout_ms);
@@ -231,6 +294,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         match cli.command {
             Command::Local { .. } => unreachable!("handled before the runtime starts"),
             Command::Status { all } => return status(endpoints, timeout, all).await,
+            Command::Health { service } => return health(endpoints, timeout, &service).await,
             Command::AddLearner { id, peer_addr } => {
                 let client = connect(endpoints, timeout).await?;
                 let r = client.admin().add_learner(id, &peer_addr).await;

@@ -109,3 +109,54 @@ fn local_prints_a_namespace_without_a_cluster() {
         "{stdout}"
     );
 }
+
+/// Runs `dlockctl health` against one endpoint until its exit status is `want` (the node's view
+/// of leader and membership settles within a few election timeouts); returns the last output.
+async fn health_until(endpoint: &str, want: i32) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (out, stdout, stderr) =
+            dlockctl(&["--endpoint", endpoint, "--timeout-ms", "1000", "health"]);
+        if out.status.code() == Some(want) {
+            return format!("{stdout}{stderr}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health of {endpoint} never exited {want}: {stdout}{stderr}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_serving_only_for_members_that_know_a_leader() {
+    let mut cluster = ProcCluster::start(3, &[]).await;
+    cluster.leader().await;
+    for id in 1..=3 {
+        let out = health_until(&cluster.node(id).client_addr.to_string(), 0).await;
+        assert!(out.contains("SERVING"), "{out}");
+    }
+
+    // A node waiting to be added is not a member: it must not take traffic.
+    cluster.start_joining(4, &[1, 2, 3]).await;
+    let joining = cluster.node(4).client_addr.to_string();
+    let out = health_until(&joining, 1).await;
+    assert!(out.contains("NOT_SERVING"), "{out}");
+    cluster.add_learner(4).await.expect("add learner 4");
+    health_until(&joining, 0).await;
+
+    // Several endpoints: exit 0 only if all serve; an unreachable one is named.
+    let dead = format!("127.0.0.1:{}", dlock_tests::free_port());
+    let both = format!("{},{dead}", cluster.node(1).client_addr);
+    let (out, stdout, _) = dlockctl(&["--endpoint", &both, "--timeout-ms", "500", "health"]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("{dead} UNREACHABLE")), "{stdout}");
+
+    // A voter cut off from the quorum loses its leader and stops serving.
+    let lone = 1;
+    for id in [2, 3] {
+        cluster.kill9(id);
+    }
+    let out = health_until(&cluster.node(lone).client_addr.to_string(), 1).await;
+    assert!(out.contains("NOT_SERVING"), "{out}");
+}

@@ -81,6 +81,18 @@ pub struct Config {
     /// Most concurrent in-flight requests per client connection; further ones queue in HTTP/2
     /// flow control.
     pub requests_per_connection_max: usize,
+    /// The client address (`host:port`) this node tells others about: followers name it in
+    /// their leader hints (etcd's `--advertise-client-urls`). `None` means the bound client
+    /// address, unless that is unspecified (`0.0.0.0`), which no client can dial: then the node
+    /// advertises nothing and clients that reach a follower go round their endpoint list.
+    pub advertise_client_addr: Option<String>,
+    /// The peer address (`host:port`) this node records for itself when it founds a
+    /// one-member cluster (etcd's `--initial-advertise-peer-urls`). `None` means the bound peer
+    /// address. Ignored with `initial_cluster`, whose addresses are the advertised ones.
+    pub advertise_peer_addr: Option<String>,
+    /// Where the Prometheus text endpoint (`GET /metrics`) listens; `None` (the default) serves
+    /// no metrics.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -99,6 +111,9 @@ impl Default for Config {
             snapshot_interval_entries: 10_000,
             request_bytes_max: 64 * 1024,
             requests_per_connection_max: 1_024,
+            advertise_client_addr: None,
+            advertise_peer_addr: None,
+            metrics_addr: None,
         }
     }
 }
@@ -179,6 +194,26 @@ impl Config {
         if self.requests_per_connection_max == 0 {
             return fail("requests-per-connection-max must be greater than 0".into());
         }
+        for (what, addr) in [
+            ("advertise-client-addr", &self.advertise_client_addr),
+            ("advertise-peer-addr", &self.advertise_peer_addr),
+        ] {
+            if let Some(addr) = addr
+                && !is_host_port(addr)
+            {
+                return fail(format!(
+                    "{what} {addr:?} must be HOST:PORT with a port above 0"
+                ));
+            }
+        }
+        if let Some(metrics) = self.metrics_addr
+            && (metrics == self.client_addr || metrics == self.peer_addr)
+            && metrics.port() != 0
+        {
+            return fail(format!(
+                "metrics-addr ({metrics}) must differ from client-addr and peer-addr"
+            ));
+        }
         Ok(())
     }
 
@@ -203,14 +238,36 @@ impl Config {
         Duration::from_millis(self.tick_ms)
     }
 
-    /// The members of a new cluster: `initial_cluster`, or this node alone at `peer_addr`.
-    pub fn members(&self) -> BTreeMap<u64, String> {
+    /// The members of a new cluster: `initial_cluster`, or this node alone at its advertised
+    /// peer address (`peer_addr` is the address the peer port is bound to, which matters when
+    /// the configured port is 0).
+    pub fn members(&self, peer_addr: SocketAddr) -> BTreeMap<u64, String> {
         if self.initial_cluster.is_empty() {
-            BTreeMap::from([(self.node_id, self.peer_addr.to_string())])
+            let own = self
+                .advertise_peer_addr
+                .clone()
+                .unwrap_or_else(|| peer_addr.to_string());
+            BTreeMap::from([(self.node_id, own)])
         } else {
             self.initial_cluster.clone()
         }
     }
+
+    /// The client address to advertise, given the address the client port is bound to:
+    /// [`Config::advertise_client_addr`], else the bound address unless it is unspecified.
+    pub fn advertised_client_addr(&self, bound: SocketAddr) -> Option<String> {
+        match &self.advertise_client_addr {
+            Some(addr) => Some(addr.clone()),
+            None if bound.ip().is_unspecified() => None,
+            None => Some(bound.to_string()),
+        }
+    }
+}
+
+/// True for `host:port` with a non-empty host and a port above 0.
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 /// Parses `1=host:port,2=host:port,...` (the `initial-cluster` syntax).
@@ -232,10 +289,7 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, Error>
             ))
         })?;
         let addr = addr.trim();
-        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !port_ok {
+        if !is_host_port(addr) {
             return Err(Error::Config(format!(
                 "initial-cluster member {member:?}: the address must be HOST:PORT"
             )));
@@ -305,6 +359,17 @@ pub struct Settings {
     /// Largest client request in bytes [default: 65536].
     #[arg(long, env = "DLOCKD_REQUEST_BYTES_MAX")]
     pub request_bytes_max: Option<usize>,
+    /// The client address (HOST:PORT) followers name in leader hints; needed when client-addr
+    /// is 0.0.0.0 [default: client-addr, or none if it is unspecified].
+    #[arg(long, env = "DLOCKD_ADVERTISE_CLIENT_ADDR")]
+    pub advertise_client_addr: Option<String>,
+    /// The peer address (HOST:PORT) this node records for itself when it founds a one-member
+    /// cluster [default: peer-addr].
+    #[arg(long, env = "DLOCKD_ADVERTISE_PEER_ADDR")]
+    pub advertise_peer_addr: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, env = "DLOCKD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -358,6 +423,9 @@ impl Settings {
             tick_ms: pick!(tick_ms),
             snapshot_interval_entries: pick!(snapshot_interval_entries),
             request_bytes_max: pick!(request_bytes_max),
+            advertise_client_addr: self.advertise_client_addr.or(file.advertise_client_addr),
+            advertise_peer_addr: self.advertise_peer_addr.or(file.advertise_peer_addr),
+            metrics_addr: self.metrics_addr.or(file.metrics_addr),
             ..d
         };
         config.validate()?;

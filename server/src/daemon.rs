@@ -2,7 +2,6 @@
 //! (in [`crate::lease`]) and the gRPC server, wired together. `main.rs` only parses flags and
 //! calls [`run`]; tests embed [`Server`] directly.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use crate::grpc::DlockService;
 use crate::grpc::admin::AdminService;
 use crate::grpc::peer_info::{Directory, PeerInfoService};
 use crate::lease;
+use crate::metrics::{Metrics, RequestMetricsLayer};
 use crate::replica::{Machine, Replica};
 
 /// How long a shutdown waits for open connections to finish before closing them. Clients
@@ -76,12 +76,22 @@ impl Server {
         let local_addr = bound_addr(&client_listener)?;
         let peer_listener = bind(config.peer_addr, "peer").await?;
         let peer_addr = bound_addr(&peer_listener)?;
-        let members = if config.initial_cluster.is_empty() {
-            BTreeMap::from([(config.node_id, peer_addr.to_string())])
-        } else {
-            config.initial_cluster.clone()
+        let members = config.members(peer_addr);
+        let advertised = config.advertised_client_addr(local_addr);
+        if advertised.is_none() {
+            warn!(
+                client_addr = %local_addr,
+                "the client port listens on an unspecified address and advertise-client-addr is \
+                 not set: followers will send clients no leader hint"
+            );
+        }
+        let advertised = advertised.unwrap_or_default();
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
         };
         let config = Arc::new(config);
+        let metrics = Metrics::new();
         let replica = Replica::new();
         let cluster_config = dlock_cluster::Config {
             node_id: config.node_id,
@@ -100,8 +110,10 @@ impl Server {
             Box::new(Machine::new(replica.clone())),
             transport,
         )?;
+        node.observe(metrics.clone());
         let (stop, stopped) = watch::channel(false);
-        let directory = Directory::new(config.node_id, local_addr);
+        let directory = Directory::new(config.node_id, advertised.clone());
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
 
         let service = DlockServer::new(DlockService::new(
             replica.clone(),
@@ -109,11 +121,12 @@ impl Server {
             config.clone(),
             stopped.clone(),
             directory.clone(),
+            metrics.clone(),
         ))
         .max_decoding_message_size(config.request_bytes_max);
         let admin = AdminServer::new(AdminService::new(
             node.clone(),
-            local_addr,
+            advertised.clone(),
             directory.clone(),
         ));
         let serve = tokio::spawn(
@@ -122,8 +135,10 @@ impl Server {
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .tcp_nodelay(true)
+                .layer(RequestMetricsLayer::new(metrics.clone()))
                 .add_service(service)
                 .add_service(admin)
+                .add_service(health_service)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(client_listener),
                     stopped_signal(stopped.clone()),
@@ -137,25 +152,40 @@ impl Server {
                 .add_service(RaftPeerService::new(node.clone()))
                 .add_service(PeerInfoServer::new(PeerInfoService::new(
                     node.clone(),
-                    local_addr,
+                    advertised.clone(),
                 )))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
                     stopped_signal(stopped.clone()),
                 ),
         );
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(lease::clock::timer_task(
-                replica,
+                replica.clone(),
                 node.clone(),
                 config.clone(),
                 stopped.clone(),
             )),
-            tokio::spawn(directory_task(node.clone(), directory, stopped)),
+            tokio::spawn(directory_task(node.clone(), directory, stopped.clone())),
+            tokio::spawn(crate::health::health_task(
+                node.clone(),
+                health_reporter,
+                stopped.clone(),
+            )),
         ];
+        if let Some(listener) = metrics_listener {
+            background.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics,
+                node.clone(),
+                replica,
+                stopped,
+            )));
+        }
         info!(
             node_id = config.node_id,
             client_addr = %local_addr,
+            advertise_client_addr = %advertised,
             peer_addr = %peer_addr,
             data_dir = %config.data_dir.display(),
             "dlockd serving"
@@ -261,11 +291,11 @@ async fn directory_task(
     loop {
         let leader = leadership.borrow_and_update().leader_id;
         if let Some(id) = leader
-            && directory.client_addr(id).is_none()
+            && !directory.knows(id)
             && let Some(peer_addr) = node.peers().get(&id).cloned()
         {
             directory.learn(id, &peer_addr).await;
-            if directory.client_addr(id).is_none() {
+            if !directory.knows(id) {
                 // Not reachable yet: try again shortly unless something changes first.
                 tokio::select! {
                     _ = tokio::time::sleep(DIRECTORY_RETRY) => continue,

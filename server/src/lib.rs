@@ -35,7 +35,9 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod lease;
+pub mod metrics;
 pub mod namespace;
 pub mod replica;
 

@@ -18,7 +18,7 @@ mod worker;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +28,7 @@ use raft::{RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use crate::storage::{BOOTSTRAP_INDEX, SledStorage};
-use crate::{Config, Error, Leadership, Membership, StateMachine, Status, Transport};
+use crate::{Config, Error, Leadership, Membership, Observer, StateMachine, Status, Transport};
 
 use read_index::{READ_RETRY_DIVISOR, READ_TIMEOUT_ELECTIONS, new_incarnation};
 use worker::Worker;
@@ -97,6 +97,8 @@ struct NodeState {
     read_queue_max: usize,
     message_queue_max: usize,
     command_bytes_max: usize,
+    /// The embedding program's hooks, once set.
+    observer: OnceLock<Arc<dyn Observer>>,
 }
 
 impl NodeState {
@@ -291,6 +293,7 @@ impl Node {
             read_queue_max: config.read_queue_max,
             message_queue_max: config.message_queue_max,
             command_bytes_max: config.command_bytes_max,
+            observer: OnceLock::new(),
         });
         let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
         let (membership_tx, membership_rx) = watch::channel(Membership::default());
@@ -340,6 +343,8 @@ impl Node {
             flushes: 0,
             entries_appended: 0,
             snapshots: 0,
+            snapshot_bytes: 0,
+            leader_changes: 0,
             snapshots_sent: 0,
             snapshots_failed: 0,
             snapshot_build: None,
@@ -367,6 +372,12 @@ impl Node {
         WeakNode {
             inner: Arc::downgrade(&self.inner),
         }
+    }
+
+    /// Installs the hooks the raft thread reports to (see [`Observer`]). Only the first call
+    /// takes effect; events before it are not reported.
+    pub fn observe(&self, observer: Arc<dyn Observer>) {
+        let _ = self.inner.shared.observer.set(observer);
     }
 
     /// This node's id.

@@ -67,6 +67,7 @@ impl Worker {
         self.membership_index = meta.index;
         self.membership_dirty = true;
         self.snapshots += 1;
+        self.snapshot_bytes = image.len() as u64;
         // Anything proposed at or below the snapshot index was decided elsewhere.
         let later = self.proposals.split_off(&(meta.index + 1));
         for (_, proposal) in std::mem::replace(&mut self.proposals, later) {
@@ -170,9 +171,11 @@ impl Worker {
         let mut batch = sled::Batch::default();
         store.record_snapshot(&mut batch, index, conf_state, &peers, envelope)?;
         store.compact(&mut batch, compact_to)?;
+        let flushing = Instant::now();
         store.write(batch, true)?;
-        self.flushes += 1;
+        self.flushed(flushing);
         self.snapshots += 1;
+        self.snapshot_bytes = bytes as u64;
         tracing::info!(
             index,
             bytes,

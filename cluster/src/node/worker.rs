@@ -106,6 +106,8 @@ pub(super) struct Worker {
     pub(super) flushes: u64,
     pub(super) entries_appended: u64,
     pub(super) snapshots: u64,
+    pub(super) snapshot_bytes: u64,
+    pub(super) leader_changes: u64,
     pub(super) snapshots_sent: u64,
     pub(super) snapshots_failed: u64,
     /// The snapshot being serialised and written by a background thread, if any.
@@ -349,10 +351,21 @@ impl Worker {
         }
     }
 
+    /// Counts a flush that began at `started` and reports its duration to the observer.
+    pub(super) fn flushed(&mut self, started: Instant) {
+        self.flushes += 1;
+        if let Some(observer) = self.shared.observer.get() {
+            observer.flushed(started.elapsed());
+        }
+    }
+
     /// Reacts to a change of role or leader: pending work tied to the old leadership fails.
     fn on_soft_state(&mut self, leader_id: u64, role: StateRole) {
         let was_leader = self.role == StateRole::Leader;
         let leader_changed = leader_id != self.leader_id;
+        if leader_changed {
+            self.leader_changes += 1;
+        }
         self.role = role;
         self.leader_id = leader_id;
         tracing::info!(
@@ -466,9 +479,10 @@ impl Worker {
         // 7. One atomic batch, one flush.
         if wrote {
             let sync = rd.must_sync() || !rd.entries().is_empty();
+            let started = Instant::now();
             self.raw.mut_store().write(batch, sync)?;
             if sync {
-                self.flushes += 1;
+                self.flushed(started);
             }
         }
         // 8. Follower responses and votes: only once durable.
@@ -571,6 +585,8 @@ impl Worker {
             status.flushes = self.flushes;
             status.entries_appended = self.entries_appended;
             status.snapshots = self.snapshots;
+            status.snapshot_bytes = self.snapshot_bytes;
+            status.leader_changes = self.leader_changes;
             status.snapshots_sent = self.snapshots_sent;
             status.snapshots_failed = self.snapshots_failed;
             if self.membership_dirty {

@@ -1,7 +1,6 @@
 //! `dlock.v1.Admin`: run-time membership changes (Raft ConfChangeV2, one at a time, answered
 //! once applied) and status, on every node's client port.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dlock_proto::v1 as pb;
@@ -16,17 +15,14 @@ use crate::error::Error;
 /// The `dlock.v1.Admin` service of one node.
 pub struct AdminService {
     node: dlock_cluster::Node,
-    client_addr: SocketAddr,
+    client_addr: String,
     directory: Arc<Directory>,
 }
 
 impl AdminService {
-    /// The admin service of `node`, whose client API listens on `client_addr`.
-    pub fn new(
-        node: dlock_cluster::Node,
-        client_addr: SocketAddr,
-        directory: Arc<Directory>,
-    ) -> Self {
+    /// The admin service of `node`, whose advertised client address is `client_addr` (empty:
+    /// none).
+    pub fn new(node: dlock_cluster::Node, client_addr: String, directory: Arc<Directory>) -> Self {
         AdminService {
             node,
             client_addr,
@@ -162,7 +158,7 @@ impl Admin for AdminService {
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusReply>, Status> {
         let all = request.into_inner().all;
-        let node = own_status(&self.node, self.client_addr);
+        let node = own_status(&self.node, &self.client_addr);
         let members = self.members();
         let mut nodes = Vec::new();
         if all {

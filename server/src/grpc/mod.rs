@@ -29,6 +29,7 @@ use tracing::{debug, instrument, warn};
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::LeaseConfirmer;
+use crate::metrics::Metrics;
 use crate::namespace::{Command, CreateParams, ObjectKind, Reply, Request, validate_request};
 use crate::replica::{Replica, lock, now_unix_ms};
 use convert::{kind_from_wire, query_reply, status_reply, unexpected};
@@ -52,6 +53,8 @@ pub struct DlockService {
     directory: Arc<Directory>,
     /// Confirms leadership before a keepalive is answered `Renewed`.
     confirmer: Arc<LeaseConfirmer>,
+    /// Where proposals are counted and timed.
+    metrics: Arc<Metrics>,
 }
 
 impl DlockService {
@@ -62,6 +65,7 @@ impl DlockService {
         config: Arc<Config>,
         stopped: watch::Receiver<bool>,
         directory: Arc<Directory>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         DlockService {
             confirmer: LeaseConfirmer::new(
@@ -73,6 +77,7 @@ impl DlockService {
             config,
             stopped,
             directory,
+            metrics,
         }
     }
 
@@ -85,11 +90,10 @@ impl DlockService {
     async fn propose(&self, command: Command) -> Result<Reply, Status> {
         let bytes = postcard::to_stdvec(&command)
             .map_err(|e| to_status(Error::Internal(format!("encode command: {e}"))))?;
-        let (_index, reply) = self
-            .node
-            .propose(bytes)
-            .await
-            .map_err(|e| self.cluster_error(e))?;
+        let started = std::time::Instant::now();
+        let proposed = self.node.propose(bytes).await;
+        self.metrics.proposal(started.elapsed(), proposed.is_ok());
+        let (_index, reply) = proposed.map_err(|e| self.cluster_error(e))?;
         let reply: Reply = postcard::from_bytes(&reply)
             .map_err(|e| to_status(Error::Internal(format!("decode reply: {e}"))))?;
         Ok(reply)

@@ -2,7 +2,6 @@
 //! that turns a leader's node id into the client address followers put in their leader hints.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,8 +26,9 @@ pub fn role_to_wire(role: dlock_cluster::Role) -> pb::Role {
     }
 }
 
-/// This node's own status, as `Info` and the admin `Status` report it.
-pub fn own_status(node: &dlock_cluster::Node, client_addr: SocketAddr) -> pb::NodeStatus {
+/// This node's own status, as `Info` and the admin `Status` report it; `client_addr` is the
+/// advertised client address (empty if the node advertises none).
+pub fn own_status(node: &dlock_cluster::Node, client_addr: &str) -> pb::NodeStatus {
     let status = node.status();
     pb::NodeStatus {
         node_id: status.id,
@@ -45,12 +45,12 @@ pub fn own_status(node: &dlock_cluster::Node, client_addr: SocketAddr) -> pb::No
 /// The `dlock.v1.PeerInfo` service of one node.
 pub struct PeerInfoService {
     node: dlock_cluster::Node,
-    client_addr: SocketAddr,
+    client_addr: String,
 }
 
 impl PeerInfoService {
-    /// Answers for `node`, whose client API listens on `client_addr`.
-    pub fn new(node: dlock_cluster::Node, client_addr: SocketAddr) -> Self {
+    /// Answers for `node`, whose advertised client address is `client_addr` (empty: none).
+    pub fn new(node: dlock_cluster::Node, client_addr: String) -> Self {
         PeerInfoService { node, client_addr }
     }
 }
@@ -61,7 +61,7 @@ impl PeerInfo for PeerInfoService {
         &self,
         _request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        Ok(Response::new(own_status(&self.node, self.client_addr)))
+        Ok(Response::new(own_status(&self.node, &self.client_addr)))
     }
 }
 
@@ -85,24 +85,34 @@ pub async fn ask_peer(peer_addr: &str) -> Option<pb::NodeStatus> {
         .flatten()
 }
 
-/// Client addresses of the members, learned from their `Info` answers, so a follower can name
-/// the leader's client address in its `dlock-leader-hint`.
+/// Advertised client addresses of the members, learned from their `Info` answers, so a
+/// follower can name the leader's client address in its `dlock-leader-hint`. An empty address
+/// records a node that advertises none (it listens on `0.0.0.0` without
+/// `--advertise-client-addr`): followers then send no hint for it.
 #[derive(Default)]
 pub struct Directory {
     client_addrs: Mutex<HashMap<u64, String>>,
 }
 
 impl Directory {
-    /// A directory that already knows this node.
-    pub fn new(node_id: u64, client_addr: SocketAddr) -> Arc<Directory> {
+    /// A directory that already knows this node's advertised client address (empty: none).
+    pub fn new(node_id: u64, client_addr: String) -> Arc<Directory> {
         let directory = Directory::default();
-        lock(&directory.client_addrs).insert(node_id, client_addr.to_string());
+        lock(&directory.client_addrs).insert(node_id, client_addr);
         Arc::new(directory)
     }
 
-    /// The client address of node `id`, if known.
+    /// The advertised client address of node `id`, if it is known and the node has one.
     pub fn client_addr(&self, id: u64) -> Option<String> {
-        lock(&self.client_addrs).get(&id).cloned()
+        lock(&self.client_addrs)
+            .get(&id)
+            .filter(|addr| !addr.is_empty())
+            .cloned()
+    }
+
+    /// True once node `id` has told its advertised client address (or that it has none).
+    pub fn knows(&self, id: u64) -> bool {
+        lock(&self.client_addrs).contains_key(&id)
     }
 
     /// Learns node `id`'s client address by asking it at `peer_addr`.

@@ -298,6 +298,19 @@ enum Eval {
     Fail(Win32Error),
 }
 
+/// What [`Namespace::counts`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Open sessions.
+    pub sessions: usize,
+    /// Live objects (named and unnamed).
+    pub objects: usize,
+    /// Open handles, all sessions together.
+    pub handles: usize,
+    /// Pending (queued) waits.
+    pub waits: usize,
+}
+
 /// The namespace: every session, handle, object, name and pending wait. See the module docs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
@@ -482,6 +495,16 @@ impl Namespace {
     /// One session's summary.
     pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
         self.sessions.get(&id).map(|s| s.info(id, self.watched_ms))
+    }
+
+    /// How much the namespace holds (for metrics): O(1).
+    pub fn counts(&self) -> Counts {
+        Counts {
+            sessions: self.sessions.len(),
+            objects: self.objects.len(),
+            handles: self.handles.len(),
+            waits: self.waits.len(),
+        }
     }
 
     /// Every session's summary, in id order.
