@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod contention;
 pub mod faults;
 pub mod history;
 pub mod net;

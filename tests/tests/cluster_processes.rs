@@ -25,21 +25,16 @@ use std::time::{Duration, Instant};
 use dlock::{Client, Error, Session, Timeout, WaitOutcome};
 use dlock_proto::v1 as pb;
 use dlock_proto::v1::dlock_client::DlockClient;
-use dlock_tests::history::{self, ClientId, ObjectKind, Op, Outcome, Recorder, Report};
+use dlock_tests::contention::{Contention, Pin, Traffic, check_history, wait_until};
+use dlock_tests::history::{ClientId, Outcome, Recorder};
 use dlock_tests::procs::ProcCluster;
 use dlock_tests::unique;
 use tokio::task::JoinHandle;
 
 /// Flags of every node: a 50 ms tick (elections after 0.5-1 s of silence).
 const FLAGS: &[&str] = &["--tick-ms", "50"];
-/// TTL of the traffic's sessions: a few seconds, longer than a failover.
-const WORKER_TTL: Duration = Duration::from_secs(3);
 /// TTL of the sessions that pin objects and must survive every scenario.
 const PIN_TTL: Duration = Duration::from_secs(5);
-/// Timeout of one contended acquire.
-const ACQUIRE_TIMEOUT_MS: u32 = 500;
-/// How long a worker holds a mutex it acquired ("work").
-const HOLD: Duration = Duration::from_millis(3);
 /// Bound of every "wait until the traffic made progress" step.
 const PROGRESS_DEADLINE: Duration = Duration::from_secs(30);
 /// Bound of stopping the traffic (an acquire in flight takes its timeout plus, at worst, the
@@ -48,301 +43,6 @@ const STOP_DEADLINE: Duration = Duration::from_secs(20);
 
 /// One scenario at a time (see the module docs). A tokio mutex: it is held across awaits.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Polls `condition` every 10 ms until it holds; panics naming `what` after `deadline`.
-async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !condition() {
-        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Maps a failed call to its history outcome: a Win32 error reply changed nothing; everything
-/// else (unavailable, session lost, transport) is ambiguous.
-fn failed(err: &Error) -> Outcome {
-    match err {
-        Error::Win32(code) => Outcome::Failed(code.code()),
-        _ => Outcome::Unknown,
-    }
-}
-
-/// The client that pins the traffic's objects: one session that creates every object with
-/// `keep_open` and never closes a handle.
-struct Pin {
-    session: Session,
-    rec: Recorder,
-    id: ClientId,
-    /// The pinning handles: dropping a typed handle closes it, which would void the pin.
-    handles: std::sync::Mutex<Vec<dlock::Mutex>>,
-}
-
-impl Pin {
-    /// Opens the pinning session (client id 1 in the history).
-    async fn open(client: &Client, rec: &Recorder) -> Pin {
-        let session = client.open_session(PIN_TTL).await.expect("pin session");
-        Pin {
-            session,
-            rec: rec.clone(),
-            id: ClientId(1),
-            handles: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Creates (and pins) the mutex `name`, recording the create; the handle stays open.
-    async fn mutex(&self, name: &str) {
-        let op = self.rec.invoke(
-            self.id,
-            Op::Create {
-                name: name.into(),
-                kind: ObjectKind::Mutex,
-                keep_open: true,
-            },
-        );
-        let m = self
-            .session
-            .create_mutex(Some(name), false)
-            .await
-            .expect("pin create");
-        self.rec.complete(
-            op,
-            Outcome::Created {
-                already_existed: m.already_existed(),
-            },
-        );
-        self.handles.lock().unwrap().push(m);
-    }
-
-    /// At the end of a run: the pinning session must still be alive (else its pins would be
-    /// void; record that so the check stays sound, and fail).
-    fn confirm_alive(&self) {
-        let state = self.session.state();
-        if state != dlock::SessionState::Alive {
-            self.rec.lost_session(self.id);
-            panic!("the pinning session is {state:?} at the end of the run");
-        }
-    }
-}
-
-/// What one contending worker did.
-#[derive(Debug, Default)]
-struct WorkerStats {
-    grants: u64,
-    sessions: u64,
-    unknown: u64,
-}
-
-/// Clients contending on a few mutexes (acquire, hold a few ms, release), each op recorded.
-struct Contention {
-    stop: Arc<AtomicBool>,
-    grants: Arc<AtomicU64>,
-    tasks: Vec<JoinHandle<WorkerStats>>,
-}
-
-impl Contention {
-    /// Starts `workers` workers on `mutexes` (which the pin created first). Worker `w` records
-    /// as client `(w + 1) * 1000 + incarnation`; a worker whose session is lost or whose call
-    /// had an unknown outcome drops that session and continues under a new client id.
-    fn start(client: &Client, rec: &Recorder, mutexes: &[String], workers: u64) -> Contention {
-        let stop = Arc::new(AtomicBool::new(false));
-        let grants = Arc::new(AtomicU64::new(0));
-        let tasks = (0..workers)
-            .map(|w| {
-                let worker = Worker {
-                    client: client.clone(),
-                    rec: rec.clone(),
-                    mutexes: mutexes.to_vec(),
-                    base: (w + 1) * 1000,
-                    stop: stop.clone(),
-                    grants: grants.clone(),
-                    rng: 0x9E37_79B9_7F4A_7C15 ^ (w + 1),
-                };
-                tokio::spawn(worker.run())
-            })
-            .collect();
-        Contention {
-            stop,
-            grants,
-            tasks,
-        }
-    }
-
-    /// Grants so far, all workers.
-    fn grants(&self) -> u64 {
-        self.grants.load(Ordering::Acquire)
-    }
-
-    /// Waits until `more` further grants happened.
-    async fn progress(&self, more: u64, what: &str) {
-        let target = self.grants() + more;
-        let grants = self.grants.clone();
-        wait_until(what, PROGRESS_DEADLINE, || {
-            grants.load(Ordering::Acquire) >= target
-        })
-        .await;
-    }
-
-    /// Stops the workers and waits for them.
-    async fn stop(self) -> Vec<WorkerStats> {
-        self.stop.store(true, Ordering::Release);
-        let mut stats = Vec::new();
-        for task in self.tasks {
-            let joined = tokio::time::timeout(STOP_DEADLINE, task)
-                .await
-                .expect("a worker did not stop in time");
-            stats.push(joined.expect("worker task"));
-        }
-        stats
-    }
-}
-
-struct Worker {
-    client: Client,
-    rec: Recorder,
-    mutexes: Vec<String>,
-    base: u64,
-    stop: Arc<AtomicBool>,
-    grants: Arc<AtomicU64>,
-    rng: u64,
-}
-
-impl Worker {
-    fn next_index(&mut self) -> usize {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng % self.mutexes.len() as u64) as usize
-    }
-
-    /// Opens a session and a handle to every mutex (creates recorded, not pinning).
-    async fn open(&self, id: ClientId) -> Option<(Session, Vec<dlock::Mutex>)> {
-        let session = self.client.open_session(WORKER_TTL).await.ok()?;
-        let mut handles = Vec::new();
-        for name in &self.mutexes {
-            let op = self.rec.invoke(
-                id,
-                Op::Create {
-                    name: name.clone(),
-                    kind: ObjectKind::Mutex,
-                    keep_open: false,
-                },
-            );
-            match session.create_mutex(Some(name), false).await {
-                Ok(m) => {
-                    self.rec.complete(
-                        op,
-                        Outcome::Created {
-                            already_existed: m.already_existed(),
-                        },
-                    );
-                    handles.push(m);
-                }
-                Err(err) => {
-                    self.rec.complete(op, failed(&err));
-                    return None;
-                }
-            }
-        }
-        Some((session, handles))
-    }
-
-    async fn run(mut self) -> WorkerStats {
-        let mut stats = WorkerStats::default();
-        let mut incarnation = 0;
-        'sessions: while !self.stop.load(Ordering::Acquire) {
-            incarnation += 1;
-            let id = ClientId(self.base + incarnation);
-            stats.sessions += 1;
-            let Some((session, handles)) = self.open(id).await else {
-                self.rec.lost_session(id);
-                continue;
-            };
-            while !self.stop.load(Ordering::Acquire) {
-                let i = self.next_index();
-                let (name, mutex) = (&self.mutexes[i], &handles[i]);
-                let op = self.rec.invoke(
-                    id,
-                    Op::Acquire {
-                        mutex: name.clone(),
-                        timeout_ms: ACQUIRE_TIMEOUT_MS,
-                    },
-                );
-                let outcome = match mutex.lock(Timeout::Millis(ACQUIRE_TIMEOUT_MS)).await {
-                    Ok(o) => Outcome::from_mutex_wait(o),
-                    Err(err) => failed(&err),
-                };
-                self.rec.complete(op, outcome);
-                match outcome {
-                    Outcome::Acquired { .. } => {}
-                    Outcome::Unknown => {
-                        stats.unknown += 1;
-                        self.rec.lost_session(id);
-                        drop(session);
-                        continue 'sessions;
-                    }
-                    _ => continue,
-                }
-                stats.grants += 1;
-                self.grants.fetch_add(1, Ordering::AcqRel);
-                tokio::time::sleep(HOLD).await;
-                let op = self.rec.invoke(
-                    id,
-                    Op::Release {
-                        mutex: name.clone(),
-                    },
-                );
-                let outcome = match mutex.release().await {
-                    Ok(()) => Outcome::Ok,
-                    Err(err) => failed(&err),
-                };
-                self.rec.complete(op, outcome);
-                if outcome != Outcome::Ok {
-                    if outcome == Outcome::Unknown {
-                        stats.unknown += 1;
-                    }
-                    // Not released (or not known to be): this owner is done.
-                    self.rec.lost_session(id);
-                    drop(session);
-                    continue 'sessions;
-                }
-                if session.state() == dlock::SessionState::Expired {
-                    self.rec.lost_session(id);
-                    continue 'sessions;
-                }
-            }
-            // Stopping: end this owner cleanly.
-            let _ = session.close().await;
-            self.rec.lost_session(id);
-        }
-        stats
-    }
-}
-
-/// Checks the recorded history and that it examined something; prints the report.
-fn check_history(rec: &Recorder, min_grants: usize) -> Report {
-    let history = rec.history();
-    let report = match history::check(&history) {
-        Ok(report) => report,
-        Err(violations) => {
-            let lines: Vec<String> = violations.iter().take(10).map(|v| v.to_string()).collect();
-            let dump = std::env::temp_dir().join(format!("{}.history", unique("dlock")));
-            let records: Vec<String> = history.records.iter().map(|r| format!("{r:?}")).collect();
-            let _ = std::fs::write(&dump, records.join("\n"));
-            panic!(
-                "{} violations in a history of {} ops (all records in {}):\n{}",
-                violations.len(),
-                history.records.len(),
-                dump.display(),
-                lines.join("\n")
-            );
-        }
-    };
-    eprintln!("history: {report}");
-    let grants: usize = report.grants_per_mutex.values().sum();
-    assert!(grants >= min_grants, "only {grants} grants checked");
-    assert!(report.released_holds_checked > 0, "{report}");
-    report
-}
 
 /// Semaphore writers: each with its own session, `ReleaseSemaphore(1)` in a loop, counting
 /// acknowledgements and measuring the longest pause between two of them. Failures are
@@ -536,7 +236,7 @@ async fn kill_9_of_the_leader_under_contention_keeps_one_owner_and_fails_over() 
     let old_leader = cluster.leader().await;
     let client = Client::connect(cluster.endpoint_list()).await.unwrap();
     let rec = Recorder::new();
-    let pin = Pin::open(&client, &rec).await;
+    let pin = Pin::open(&client, &rec, PIN_TTL, ClientId(1)).await;
     let names = vec![unique("hot-a"), unique("hot-b")];
     for name in &names {
         pin.mutex(name).await;
@@ -548,7 +248,7 @@ async fn kill_9_of_the_leader_under_contention_keeps_one_owner_and_fails_over() 
         .await
         .unwrap();
 
-    let traffic = Contention::start(&client, &rec, &names, 4);
+    let traffic = Contention::start(&client, &rec, &names, 4, Traffic::default());
     traffic.progress(40, "grants before the kill").await;
 
     let killed_at = Instant::now();
@@ -594,7 +294,7 @@ async fn kill_9_of_the_leader_under_contention_keeps_one_owner_and_fails_over() 
         first_after(false)
     );
     eprintln!("workers: {stats:?}");
-    check_history(&rec, 100);
+    check_history(&rec.history(), 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -851,12 +551,12 @@ async fn a_fourth_node_is_added_promoted_and_an_old_one_removed_under_traffic() 
     cluster.leader().await;
     let client = Client::connect(cluster.endpoint_list()).await.unwrap();
     let rec = Recorder::new();
-    let pin = Pin::open(&client, &rec).await;
+    let pin = Pin::open(&client, &rec, PIN_TTL, ClientId(1)).await;
     let names = vec![unique("hot-a"), unique("hot-b")];
     for name in &names {
         pin.mutex(name).await;
     }
-    let traffic = Contention::start(&client, &rec, &names, 4);
+    let traffic = Contention::start(&client, &rec, &names, 4, Traffic::default());
     traffic.progress(30, "grants before the change").await;
 
     cluster.start_joining(4, &[1, 2, 3]).await;
@@ -900,7 +600,7 @@ async fn a_fourth_node_is_added_promoted_and_an_old_one_removed_under_traffic() 
     let stats = traffic.stop().await;
     pin.confirm_alive();
     eprintln!("workers: {stats:?}");
-    check_history(&rec, 80);
+    check_history(&rec.history(), 80);
 }
 
 /// `MembershipReply.members` is documented as "every member after the change".

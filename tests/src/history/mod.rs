@@ -146,7 +146,7 @@ mod recorder;
 mod tests;
 
 pub use checker::{Report, Violation, ViolationKind, check};
-pub use recorder::{History, Record, Recorder};
+pub use recorder::{History, Record, Recorder, monotonic_now};
 
 use std::fmt;
 
@@ -157,7 +157,9 @@ pub type Nanos = u64;
 pub use dlock_proto::vocab::ERROR_FILE_NOT_FOUND;
 
 /// One lock owner (one session and thread) issuing one operation at a time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ClientId(pub u64);
 
 impl fmt::Display for ClientId {
@@ -167,7 +169,9 @@ impl fmt::Display for ClientId {
 }
 
 /// Identifies one record: its index in [`History::records`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct OpId(pub usize);
 
 impl fmt::Display for OpId {
@@ -177,7 +181,7 @@ impl fmt::Display for OpId {
 }
 
 /// The kind of object a [`Op::Create`] asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ObjectKind {
     /// A named mutex.
     Mutex,
@@ -190,7 +194,7 @@ pub enum ObjectKind {
 }
 
 /// One operation a client sent to the cluster. Objects are identified by name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// `CreateMutex`/`CreateEvent`/`CreateSemaphore` (create-or-open; never with initial
     /// ownership). `keep_open` promises that this client never closes the handle it gets, which
@@ -306,7 +310,7 @@ impl Op {
 }
 
 /// What the client learned about an operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// Success with nothing to report (open, close, release, set, reset, pulse).
     Ok,

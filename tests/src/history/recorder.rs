@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{ClientId, Nanos, Op, OpId, Outcome};
 
 /// One operation of one client with its times and outcomes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// This record's id (its index in the history).
     pub id: OpId,
@@ -57,7 +57,7 @@ impl Record {
 }
 
 /// A recorded history: every operation of every client.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct History {
     /// The records; `records[i].id == OpId(i)`.
     pub records: Vec<Record>,
@@ -67,6 +67,18 @@ impl History {
     /// An empty history.
     pub fn new() -> History {
         History::default()
+    }
+
+    /// One history of the records of `parts`, recorded by different processes on one clock
+    /// (see [`Recorder::system_monotonic`]) with distinct client ids: records are renumbered in
+    /// order of invocation.
+    pub fn merge(parts: impl IntoIterator<Item = History>) -> History {
+        let mut records: Vec<Record> = parts.into_iter().flat_map(|h| h.records).collect();
+        records.sort_by_key(|r| (r.invoke, r.client));
+        for (i, record) in records.iter_mut().enumerate() {
+            record.id = OpId(i);
+        }
+        History { records }
     }
 
     /// Appends an invoked operation and returns its id.
@@ -131,7 +143,9 @@ impl History {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Recorder {
-    start: Instant,
+    /// Where the clock counts from: a moment of this process, or the system's monotonic clock
+    /// itself.
+    start: Option<Instant>,
     history: Arc<Mutex<History>>,
 }
 
@@ -145,14 +159,27 @@ impl Recorder {
     /// A recorder whose clock starts now.
     pub fn new() -> Recorder {
         Recorder {
-            start: Instant::now(),
+            start: Some(Instant::now()),
             history: Arc::new(Mutex::new(History::new())),
         }
     }
 
-    /// The recorder's clock: nanoseconds since it was created.
+    /// A recorder whose clock is the system's `CLOCK_MONOTONIC`, which every process on one
+    /// kernel shares (containers included: Docker does not give them time namespaces), so
+    /// histories recorded by several processes can be merged ([`History::merge`]).
+    pub fn system_monotonic() -> Recorder {
+        Recorder {
+            start: None,
+            history: Arc::new(Mutex::new(History::new())),
+        }
+    }
+
+    /// The recorder's clock: nanoseconds since it was created, or of `CLOCK_MONOTONIC`.
     pub fn now(&self) -> Nanos {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(Nanos::MAX)
+        match self.start {
+            Some(start) => u64::try_from(start.elapsed().as_nanos()).unwrap_or(Nanos::MAX),
+            None => monotonic_now(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, History> {
@@ -199,4 +226,10 @@ impl Recorder {
     pub fn history(&self) -> History {
         self.lock().clone()
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+pub fn monotonic_now() -> Nanos {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }

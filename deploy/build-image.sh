@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Builds the dlock container images, FROM scratch around static binaries (nothing is pulled):
+#
+#   dlock/dlockd:<version>    dlockd and dlockctl (also tagged :latest)
+#   dlock/examples:<version>  the example programs the compose file runs as microservices
+#                             (scheduler, worker, named_objects; also tagged :latest)
+#   dlock/fault-client:<version>  with --with-fault-client only: the client of the container
+#                             fault suite (tests/tests/docker_faults.rs)
+#
+# The binaries are glibc binaries linked with crt-static (docs/dependencies.md §5): they resolve
+# service names through the /etc/hosts and /etc/resolv.conf that Docker mounts into every
+# container, so peers and clients find each other by compose service name. No CA bundle is
+# shipped: nothing in the image speaks TLS to public endpoints.
+#
+# Usage: deploy/build-image.sh [--with-fault-client]
+# Environment:
+#   DLOCK_IMAGE_PROFILE  cargo profile of the build (default: image, release without debug info)
+#   CARGO_TARGET_DIR     as for cargo (default: target/)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+command -v docker >/dev/null || { echo "build-image.sh: docker is not installed" >&2; exit 1; }
+
+with_fault_client=false
+for arg in "$@"; do
+  case $arg in
+    --with-fault-client) with_fault_client=true ;;
+    *) echo "usage: $0 [--with-fault-client]" >&2; exit 2 ;;
+  esac
+done
+
+profile=${DLOCK_IMAGE_PROFILE:-image}
+host=$(rustc -vV | sed -n 's/^host: //p')
+version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+target_dir=${CARGO_TARGET_DIR:-target}
+out="$target_dir/$host/$profile"
+
+# --target keeps RUSTFLAGS off build scripts and proc macros, which cannot be crt-static. The
+# getrandom backend is pinned to the syscall: looking the libc symbol up fails in a static binary
+# and the fallback needs /dev/urandom.
+static_build() {
+  RUSTFLAGS="-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"" \
+    cargo build --locked --profile "$profile" --target "$host" "$@"
+}
+echo "build-image.sh: building static binaries ($profile profile, $host)"
+static_build \
+  -p dlock-server --bin dlockd \
+  -p dlock-ctl --bin dlockctl \
+  -p dlock-client --example scheduler --example worker --example named_objects
+if $with_fault_client; then
+  # A cargo run of its own: the test crate enables test-only features of dlock-cluster, which
+  # must not reach the dlockd of the image.
+  static_build -p dlock-tests --bin dlock-fault-client
+fi
+
+context=$(mktemp -d)
+trap 'rm -rf "$context" "$context.log"' EXIT
+
+# The data directory is created in the image owned by the unprivileged user, so that a fresh
+# named volume mounted there inherits that owner.
+build() { # build NAME DOCKERFILE BINARY...
+  local name=$1 dockerfile=$2; shift 2
+  rm -rf "${context:?}"/*
+  mkdir -p "$context/data"
+  for binary in "$@"; do
+    cp "$binary" "$context/"
+    if ldd "$binary" 2>&1 | grep -q '=>'; then
+      echo "build-image.sh: $binary is dynamically linked; a FROM scratch image cannot run it" >&2
+      exit 1
+    fi
+  done
+  printf '%s' "$dockerfile" > "$context/Dockerfile"
+  # The legacy builder warns that it is deprecated on every run: show its output only if it fails.
+  if ! docker build --quiet -t "$name:$version" -t "$name:latest" "$context" >"$context.log" 2>&1; then
+    cat "$context.log" >&2
+    exit 1
+  fi
+  echo "build-image.sh: built $name:$version ($(docker image inspect -f '{{.Size}}' "$name:$version" | awk '{printf "%.1f MB", $1/1e6}'))"
+}
+
+build dlock/dlockd '
+FROM scratch
+COPY --chown=65532:65532 data /data
+COPY dlockd dlockctl /
+USER 65532:65532
+ENV DLOCKD_DATA_DIR=/data DLOCKD_CLIENT_ADDR=0.0.0.0:7700 DLOCKD_PEER_ADDR=0.0.0.0:7701
+VOLUME /data
+EXPOSE 7700 7701
+HEALTHCHECK --interval=2s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["/dlockctl", "--endpoint", "127.0.0.1:7700", "--timeout-ms", "1000", "health"]
+ENTRYPOINT ["/dlockd"]
+' "$out/dlockd" "$out/dlockctl"
+
+build dlock/examples '
+FROM scratch
+COPY scheduler worker named_objects /
+USER 65532:65532
+ENTRYPOINT ["/worker"]
+' "$out/examples/scheduler" "$out/examples/worker" "$out/examples/named_objects"
+
+if $with_fault_client; then
+  build dlock/fault-client '
+FROM scratch
+COPY dlock-fault-client /
+USER 65532:65532
+ENTRYPOINT ["/dlock-fault-client"]
+' "$out/dlock-fault-client"
+fi
