@@ -2,7 +2,7 @@
 //! [`Contention`], workers that acquire, hold and release named mutexes and record every
 //! operation in a [`Recorder`] for the history checker ([`check_history`]). The in-process
 //! scenarios (`tests/tests/cluster_processes.rs`) and the container fault suite's client
-//! (`tests/src/bin/fault_client.rs`) run the same traffic.
+//! (`tests/src/bin/dlock-fault-client.rs`) run the same traffic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
