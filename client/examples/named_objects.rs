@@ -5,8 +5,11 @@
 //! ```
 //!
 //! * The first run creates the mutex (default name `NameOfMutexObject`, or the first argument),
-//!   prints `CreateMutex created new mutex`, and keeps its handle open **until its standard
-//!   input reaches EOF** (or it is killed); then it closes the handle and exits 0.
+//!   prints `CreateMutex created new mutex`, and keeps its handle open **until it is stopped by
+//!   SIGINT (Ctrl-C) or SIGTERM**; then it closes the handle and exits 0. Its standard input
+//!   plays no part, so it keeps the mutex alive under `&`, `nohup` or in a container too. (If
+//!   it is killed with SIGKILL instead, its session expires after the TTL and the name goes
+//!   with it.)
 //! * A run while another one holds the mutex prints `CreateMutex opened existing mutex`, opens
 //!   the mutex again with `OpenMutexA` (printing `OpenMutex succeeded`, or
 //!   `OpenMutex error: N`), closes its handles and exits.
@@ -14,13 +17,15 @@
 //! A failure prints `CreateMutex error: N` (N from `GetLastError`) and exits 1. The cluster is
 //! found through `DLOCK_ENDPOINTS` (default `127.0.0.1:7700`); see the `dlock::win32` docs.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use dlock::win32::{
     CloseHandle, CreateMutexA, ERROR_ALREADY_EXISTS, FALSE, GetLastError, MUTEX_ALL_ACCESS, NULL,
     OpenMutexA,
 };
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// Prints one line and flushes, so a test reading the pipe sees it at once.
 fn say(line: &str) {
@@ -40,10 +45,19 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if GetLastError() != ERROR_ALREADY_EXISTS {
+        // Catch the stop signals before saying so: a signal sent as soon as the line is read
+        // must find the handler in place.
+        let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+            Ok(signals) => signals,
+            Err(err) => {
+                say(&format!("cannot catch SIGINT/SIGTERM: {err}"));
+                CloseHandle(h_mutex);
+                return ExitCode::FAILURE;
+            }
+        };
         say("CreateMutex created new mutex");
-        // Hold the handle (and so the mutex's name) until stdin is closed.
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().lock().read_to_end(&mut sink);
+        // Hold the handle (and so the mutex's name) until SIGINT or SIGTERM.
+        let _ = signals.forever().next();
         CloseHandle(h_mutex);
         return ExitCode::SUCCESS;
     }
