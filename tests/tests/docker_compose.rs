@@ -170,7 +170,10 @@ fn the_compose_cluster_serves_the_seed_example_from_the_host() {
             "dlock_waits_blocked",
             "dlock_grpc_requests_total",
         ] {
-            assert!(body.contains(metric), "{metric} missing on :{port}:\n{body}");
+            assert!(
+                body.contains(metric),
+                "{metric} missing on :{port}:\n{body}"
+            );
         }
     }
     let leaders: usize = [9111, 9112, 9113]
