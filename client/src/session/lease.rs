@@ -110,7 +110,7 @@ pub(super) async fn clock_task(shared: Arc<SessionCore>) {
             () = tokio::time::sleep_until(next) => {}
         }
     }
-    shared.mark_expired("session stopped");
+    shared.mark_expired(super::DROPPED_BY_APPLICATION);
     if let Err(err) = shared.close_rpc().await {
         tracing::debug!(session = shared.id, error = %err, "best-effort CloseSession failed");
     }

@@ -57,6 +57,12 @@ use crate::{
     WaitOutcome,
 };
 
+/// The reason [`Session::close`] gives: an expiry the application asked for, not worth a
+/// warning.
+pub(crate) const CLOSED_BY_APPLICATION: &str = "closed by the application";
+/// The reason the lease task gives when it stops because the application dropped the session.
+pub(crate) const DROPPED_BY_APPLICATION: &str = "dropped by the application";
+
 /// The owner thread id that the typed handles ([`crate::Mutex`], [`crate::Event`],
 /// [`crate::Semaphore`]) use for every call: all typed handles of one [`Session`] act as a
 /// single owner, so a mutex locked through one typed handle is re-entered (recursively), not
@@ -181,6 +187,11 @@ impl SessionCore {
     }
 
     fn publish(&self, state: SessionState) {
+        self.publish_because(state, "the lease ran out without a renewal");
+    }
+
+    /// Publishes `state`; `why` says, in the log, why a session expired.
+    fn publish_because(&self, state: SessionState, why: &str) {
         let changed = self.state_tx.send_if_modified(|s| {
             if *s == state {
                 false
@@ -195,7 +206,14 @@ impl SessionCore {
                 SessionState::Jeopardy => {
                     tracing::warn!(session = self.id, "session in jeopardy: no lease renewal")
                 }
-                SessionState::Expired => tracing::warn!(session = self.id, "session expired"),
+                SessionState::Expired
+                    if why == CLOSED_BY_APPLICATION || why == DROPPED_BY_APPLICATION =>
+                {
+                    tracing::debug!(session = self.id, "session closed")
+                }
+                SessionState::Expired => {
+                    tracing::warn!(session = self.id, reason = why, "session expired")
+                }
             }
         }
         if state == SessionState::Expired {
@@ -210,7 +228,7 @@ impl SessionCore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .expire();
-        self.publish(SessionState::Expired);
+        self.publish_because(SessionState::Expired, reason);
     }
 
     /// The server says the session does not exist: no `CloseSession` needed.
@@ -445,7 +463,7 @@ impl Session {
     /// [`Error::Unavailable`] / [`Error::Overloaded`] if the cluster could not be told.
     pub async fn close(&self) -> Result<(), Error> {
         let shared = self.shared();
-        shared.mark_expired("closed by the application");
+        shared.mark_expired(CLOSED_BY_APPLICATION);
         shared.close_rpc().await
     }
 
