@@ -33,7 +33,18 @@ profile=${DLOCK_IMAGE_PROFILE:-image}
 host=$(rustc -vV | sed -n 's/^host: //p')
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 target_dir=${CARGO_TARGET_DIR:-target}
-out="$target_dir/$host/$profile"
+case $profile in
+  dev) out="$target_dir/$host/debug" ;;
+  *) out="$target_dir/$host/$profile" ;;
+esac
+
+# A static glibc resolves names without NSS modules (files, then DNS) only since 2.35
+# (docs/dependencies.md §5); an older one would build images whose nodes cannot find each other.
+glibc=$(getconf GNU_LIBC_VERSION | awk '{print $2}')
+if [ "$(printf '%s\n2.35\n' "$glibc" | sort -V | head -n1)" != 2.35 ]; then
+  echo "build-image.sh: glibc $glibc is older than 2.35: static binaries would not resolve service names" >&2
+  exit 1
+fi
 
 # --target keeps RUSTFLAGS off build scripts and proc macros, which cannot be crt-static. The
 # getrandom backend is pinned to the syscall: looking the libc symbol up fails in a static binary
@@ -43,14 +54,15 @@ static_build() {
     cargo build --locked --profile "$profile" --target "$host" "$@"
 }
 echo "build-image.sh: building static binaries ($profile profile, $host)"
-static_build \
-  -p dlock-server --bin dlockd \
-  -p dlock-ctl --bin dlockctl \
-  -p dlock-client --example scheduler --example worker --example named_objects
+# The server binaries in a cargo run of their own: examples and test programs bring the
+# dev-dependencies' features (tokio's test-util, dlock-cluster's simulated network), which
+# cargo would otherwise unify into dlockd too.
+static_build -p dlock-server --bin dlockd -p dlock-ctl --bin dlockctl
 if $with_fault_client; then
-  # A cargo run of its own: the test crate enables test-only features of dlock-cluster, which
-  # must not reach the dlockd of the image.
-  static_build -p dlock-tests --bin dlock-fault-client
+  static_build -p dlock-client --example scheduler --example worker --example named_objects \
+    -p dlock-tests --bin dlock-fault-client
+else
+  static_build -p dlock-client --example scheduler --example worker --example named_objects
 fi
 
 context=$(mktemp -d)
@@ -64,10 +76,12 @@ build() { # build NAME DOCKERFILE BINARY...
   mkdir -p "$context/data"
   for binary in "$@"; do
     cp "$binary" "$context/"
-    if ldd "$binary" 2>&1 | grep -q '=>'; then
-      echo "build-image.sh: $binary is dynamically linked; a FROM scratch image cannot run it" >&2
-      exit 1
-    fi
+    headers=$(readelf --program-headers "$binary")
+    case $headers in
+      *INTERP*)
+        echo "build-image.sh: $binary is dynamically linked; a FROM scratch image cannot run it" >&2
+        exit 1 ;;
+    esac
   done
   printf '%s' "$dockerfile" > "$context/Dockerfile"
   # The legacy builder warns that it is deprecated on every run: show its output only if it fails.

@@ -27,8 +27,10 @@
 //! `--advertise-client-addr`), which not every client can reach: a node in a container
 //! advertises its service name, which a client on the host cannot resolve, while the host
 //! reaches it through a published port in its endpoint list. A node known only from a hint that
-//! fails before it ever answered is therefore avoided for [`UNREACHABLE_HINT_FOR`], and the
-//! client goes round its configured endpoints instead, which reach the same leader.
+//! has never answered is avoided for longer after each failure in a row ([`SUSPECT_FOR`],
+//! doubling up to [`UNREACHABLE_HINT_FOR`]), and the client goes round its configured endpoints
+//! meanwhile, which reach the same leader. Any answer from the node (a reply, an error status
+//! its server sent, a keepalive reply) ends that: it is then avoided like any other node.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -57,11 +59,12 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
 /// Largest retry backoff. Kept short: during a failover the client cycles through the nodes
 /// until one is leader again, and a long backoff would add directly to the outage.
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
-/// How long a node known only from a leader hint, that failed before it ever answered, is
-/// avoided: its advertised address is likely not reachable from this client at all (a
-/// container's service name seen from the host, say), and the configured endpoints reach the
-/// same cluster. Much longer than [`SUSPECT_FOR`], so such a hint costs one failed connection
-/// now and then, not one per failover step.
+/// The longest a node known only from a leader hint, that has never answered, is avoided after
+/// failures in a row: its advertised address is likely not reachable from this client at all
+/// (a container's service name seen from the host, say), and the configured endpoints reach the
+/// same cluster. The avoidance starts at [`SUSPECT_FOR`] and doubles with each failure, so a
+/// node that was merely down when first hinted is tried again soon, and an address that never
+/// works costs one failed connection a minute.
 pub const UNREACHABLE_HINT_FOR: Duration = Duration::from_secs(60);
 /// Nodes learned from leader hints beyond the configured ones. Bounded so that a misbehaving
 /// server cannot grow the node list without limit; further hints are followed only if known.
@@ -129,6 +132,8 @@ struct NodeConn {
     suspect_until: Option<Instant>,
     /// The node has answered at least once.
     answered: bool,
+    /// Failures in a row since the node last answered (or since it was added).
+    failures: u32,
 }
 
 impl NodeConn {
@@ -138,6 +143,7 @@ impl NodeConn {
             channel,
             suspect_until: None,
             answered: false,
+            failures: 0,
         }
     }
 
@@ -417,13 +423,21 @@ impl Client {
         tracing::debug!(node = %nodes.list[next].addr, "switching node");
     }
 
-    /// Node `node` answered: it is not suspect any more.
-    fn answered(&self, node: usize) {
+    /// Node `node` answered (a reply, or an error status its server sent): it is not suspect
+    /// any more.
+    pub(crate) fn answered(&self, node: usize) {
         let mut nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.list.get_mut(node) {
             n.suspect_until = None;
             n.answered = true;
+            n.failures = 0;
         }
+    }
+
+    /// True if node `node` is known only from a leader hint and has never answered.
+    fn never_answered_hint(&self, node: usize) -> bool {
+        let nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        node >= nodes.configured && nodes.list.get(node).is_some_and(|n| !n.answered)
     }
 
     /// Node `failed`'s connection broke (refused, reset, or a keepalive ping unanswered):
@@ -433,13 +447,18 @@ impl Client {
             let mut nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
             let hinted = failed >= nodes.configured;
             if let Some(node) = nodes.list.get_mut(failed) {
+                node.failures = node.failures.saturating_add(1);
                 if hinted && !node.answered {
-                    node.suspect_until = Some(Instant::now() + UNREACHABLE_HINT_FOR);
+                    let avoid_for = SUSPECT_FOR
+                        .saturating_mul(1 << (node.failures - 1).min(8))
+                        .min(UNREACHABLE_HINT_FOR);
+                    node.suspect_until = Some(Instant::now() + avoid_for);
                     tracing::info!(
                         node = %node.addr,
-                        avoid_for = ?UNREACHABLE_HINT_FOR,
-                        "a leader hint names an address this client cannot reach; using the \
-                         configured endpoints instead (the servers' advertise-client-addr \
+                        failures = node.failures,
+                        ?avoid_for,
+                        "a leader hint names an address this client has not reached; using \
+                         the configured endpoints meanwhile (the servers' advertise-client-addr \
                          should be an address clients can reach)"
                     );
                 } else {
@@ -552,6 +571,12 @@ impl Client {
                 None => attempt.await,
             };
             let mut sleep = true;
+            if let Some(Err(status)) = &result
+                && !is_transport_failure(status)
+            {
+                // An error status its server sent: the node is reachable.
+                self.answered(node);
+            }
             match result {
                 Some(Ok(response)) => {
                     self.answered(node);
@@ -560,7 +585,13 @@ impl Client {
                 None => {
                     tracing::debug!(what = policy.what, node, "attempt timed out");
                     last_failure = Error::Unavailable;
-                    self.advance(node);
+                    if self.never_answered_hint(node) {
+                        // A hinted address that swallows connections: avoid it like one that
+                        // refuses them.
+                        self.suspect(node);
+                    } else {
+                        self.advance(node);
+                    }
                 }
                 Some(Err(status)) => match classify(status.code()) {
                     Disposition::NextNode => {
@@ -708,6 +739,48 @@ mod tests {
             c.follow_hint(&format!("127.0.0.1:{port}"));
         }
         assert!(!c.follow_hint("127.0.0.1:999"), "hinted nodes are bounded");
+    }
+
+    /// How long from now node `i` stays suspect (zero if it is not).
+    fn suspect_for(c: &Client, i: usize) -> Duration {
+        let nodes = c.inner.nodes.lock().unwrap();
+        nodes.list[i].suspect_until.map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(Instant::now())
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hinted_node_that_never_answers_is_avoided_longer_after_each_failure() {
+        let c = Client::connect(["127.0.0.1:1", "127.0.0.1:2"])
+            .await
+            .unwrap();
+        assert!(c.follow_hint("unreachable.invalid:7700"));
+        let hinted = c.pick().0;
+        assert_eq!(hinted, 2);
+        let mut expected = SUSPECT_FOR;
+        for _ in 0..10 {
+            c.suspect(hinted);
+            assert_eq!(suspect_for(&c, hinted), expected);
+            expected = (expected * 2).min(UNREACHABLE_HINT_FOR);
+        }
+        assert_eq!(suspect_for(&c, hinted), UNREACHABLE_HINT_FOR, "capped");
+        assert!(
+            !c.follow_hint("unreachable.invalid:7700"),
+            "not followed while avoided and other nodes are usable"
+        );
+
+        // Once it answers, it is an ordinary node: one failure costs SUSPECT_FOR.
+        c.answered(hinted);
+        assert_eq!(suspect_for(&c, hinted), Duration::ZERO);
+        c.suspect(hinted);
+        c.suspect(hinted);
+        assert_eq!(suspect_for(&c, hinted), SUSPECT_FOR);
+
+        // Configured endpoints never get more than SUSPECT_FOR.
+        for _ in 0..5 {
+            c.suspect(0);
+        }
+        assert_eq!(suspect_for(&c, 0), SUSPECT_FOR);
     }
 
     #[tokio::test]

@@ -239,10 +239,15 @@ async fn status(endpoints: &[String], timeout: Duration, all: bool) -> Result<()
 async fn health(endpoints: &[String], timeout: Duration, service: &str) -> Result<(), Failure> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let endpoints: Vec<&str> = endpoints
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .collect();
     let mut unhealthy = 0;
-    for endpoint in endpoints {
+    for &endpoint in &endpoints {
         let uri = if endpoint.contains("://") {
-            endpoint.clone()
+            endpoint.to_owned()
         } else {
             format!("http://{endpoint}")
         };
@@ -257,17 +262,25 @@ async fn health(endpoints: &[String], timeout: Duration, service: &str) -> Resul
                 .check(HealthCheckRequest {
                     service: service.to_owned(),
                 })
-                .await
-                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
-            Ok::<_, String>(reply.into_inner().status())
+                .await;
+            match reply {
+                Ok(reply) => Ok(Some(reply.into_inner().status())),
+                // The node answered: it knows no such service.
+                Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+                Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+            }
         };
         let answer = match tokio::time::timeout(timeout, check).await {
             Ok(answer) => answer,
             Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
         };
         match answer {
-            Ok(ServingStatus::Serving) => println!("{endpoint} SERVING"),
-            Ok(other) => {
+            Ok(Some(ServingStatus::Serving)) => println!("{endpoint} SERVING"),
+            Ok(None) => {
+                unhealthy += 1;
+                println!("{endpoint} SERVICE_UNKNOWN ({service:?})");
+            }
+            Ok(Some(other)) => {
                 unhealthy += 1;
                 println!("{endpoint} {}", other.as_str_name());
             }

@@ -75,8 +75,8 @@ pub struct Config {
     pub tick_ms: u64,
     /// Take a state-machine snapshot (and compact the log) every this many applied entries.
     pub snapshot_interval_entries: u64,
-    /// Largest client request the server decodes, in bytes; larger ones are refused with
-    /// `RESOURCE_EXHAUSTED` before they are parsed.
+    /// Largest client request the server decodes, in bytes; larger ones are refused before
+    /// they are parsed (tonic answers `OUT_OF_RANGE`).
     pub request_bytes_max: usize,
     /// Most concurrent in-flight requests per client connection; further ones queue in HTTP/2
     /// flow control.

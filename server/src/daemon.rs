@@ -13,6 +13,8 @@ use dlock_proto::v1::dlock_server::DlockServer;
 use dlock_proto::v1::peer_info_server::PeerInfoServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -42,6 +44,9 @@ pub struct Server {
     peer_addr: SocketAddr,
     node: dlock_cluster::Node,
     stop: watch::Sender<bool>,
+    /// Set first when stopping: the health service reports `NOT_SERVING` from then on.
+    draining: watch::Sender<bool>,
+    health: HealthReporter,
     serve: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -114,6 +119,9 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         let directory = Directory::new(config.node_id, advertised.clone());
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        // Not serving until the health task has seen a leader (the reporter starts SERVING).
+        crate::health::report(&health_reporter, ServingStatus::NotServing).await;
+        let (draining, draining_rx) = watch::channel(false);
 
         let service = DlockServer::new(DlockService::new(
             replica.clone(),
@@ -169,8 +177,8 @@ impl Server {
             tokio::spawn(directory_task(node.clone(), directory, stopped.clone())),
             tokio::spawn(crate::health::health_task(
                 node.clone(),
-                health_reporter,
-                stopped.clone(),
+                health_reporter.clone(),
+                draining_rx,
             )),
         ];
         if let Some(listener) = metrics_listener {
@@ -195,6 +203,8 @@ impl Server {
             peer_addr,
             node,
             stop,
+            draining,
+            health: health_reporter,
             serve: vec![serve, peer_serve],
             background,
         })
@@ -235,6 +245,9 @@ impl Server {
 
     /// Stops serving, stops the timers and the Raft thread, and waits for all of them.
     pub async fn shutdown(self) {
+        // Load balancers and orchestrators hear first that this node is going.
+        let _ = self.draining.send(true);
+        crate::health::report(&self.health, ServingStatus::NotServing).await;
         self.hand_over_leadership().await;
         let _ = self.stop.send(true);
         // Long calls end on the stop signal; a client that keeps a connection open without
@@ -250,8 +263,16 @@ impl Server {
                 }
             }
         }
-        for task in self.background {
-            let _ = task.await;
+        for mut task in self.background {
+            // The tasks end on the stop signal; the metrics endpoint may still be serving a
+            // scrape, which must not hold the shutdown hostage either.
+            if tokio::time::timeout(SHUTDOWN_DRAIN, &mut task)
+                .await
+                .is_err()
+            {
+                warn!(drain = ?SHUTDOWN_DRAIN, "a background task did not stop; aborting it");
+                task.abort();
+            }
         }
         let node = self.node.clone();
         let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
@@ -280,8 +301,9 @@ async fn stopped_signal(mut stopped: watch::Receiver<bool>) {
 }
 
 /// Keeps the [`Directory`] knowing the current leader's client address, so that followers can
-/// send clients a leader hint: whenever the leader changes to a node whose address is unknown,
-/// ask it (over the peer port) until it answers or leadership moves on.
+/// send clients a leader hint: whenever the leader changes, ask the new one (over the peer
+/// port) for its advertised address, until it answers or leadership moves on. Asking on every
+/// change, not only for unknown nodes, picks up a node that restarted with another address.
 async fn directory_task(
     node: dlock_cluster::Node,
     directory: Arc<Directory>,
@@ -291,19 +313,17 @@ async fn directory_task(
     loop {
         let leader = leadership.borrow_and_update().leader_id;
         if let Some(id) = leader
-            && !directory.knows(id)
+            && id != node.id()
             && let Some(peer_addr) = node.peers().get(&id).cloned()
+            && !directory.learn(id, &peer_addr).await
         {
-            directory.learn(id, &peer_addr).await;
-            if !directory.knows(id) {
-                // Not reachable yet: try again shortly unless something changes first.
-                tokio::select! {
-                    _ = tokio::time::sleep(DIRECTORY_RETRY) => continue,
-                    changed = leadership.changed() => if changed.is_err() { return },
-                    _ = stopped.wait_for(|s| *s) => return,
-                }
-                continue;
+            // Not reachable yet: try again shortly unless something changes first.
+            tokio::select! {
+                _ = tokio::time::sleep(DIRECTORY_RETRY) => continue,
+                changed = leadership.changed() => if changed.is_err() { return },
+                _ = stopped.wait_for(|s| *s) => return,
             }
+            continue;
         }
         tokio::select! {
             changed = leadership.changed() => if changed.is_err() { return },

@@ -4,8 +4,9 @@
 //! A node reports `SERVING` (for the empty service name and for `dlock.v1.Dlock`) only while it
 //! is a member of the cluster (a voter or a learner) and knows a leader: then every request it
 //! receives is served, by itself or by the leader its hint names. A node that has not joined
-//! yet, was removed, or sits in a minority partition without a leader reports `NOT_SERVING`;
-//! one that is stopping reports `NOT_SERVING` before it closes its port.
+//! yet, was removed, or sits in a minority partition without a leader reports `NOT_SERVING`, and
+//! so does a node from the moment it starts shutting down (before it hands leadership over and
+//! closes its port) and one that has just started and not yet seen a leader.
 
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
@@ -27,18 +28,19 @@ fn serving(
     known_leader && member
 }
 
-async fn report(reporter: &HealthReporter, status: ServingStatus) {
+/// Reports `status` for every service name the node answers for.
+pub async fn report(reporter: &HealthReporter, status: ServingStatus) {
     for service in SERVICES {
         reporter.set_service_status(*service, status).await;
     }
 }
 
-/// Keeps `reporter` in step with the node's leadership and membership until `stopped` turns
-/// true, then reports `NOT_SERVING`.
+/// Keeps `reporter` in step with the node's leadership and membership until `draining` turns
+/// true (the node is stopping), then reports `NOT_SERVING`.
 pub async fn health_task(
     node: dlock_cluster::Node,
     reporter: HealthReporter,
-    mut stopped: watch::Receiver<bool>,
+    mut draining: watch::Receiver<bool>,
 ) {
     let mut leadership = node.leadership();
     let mut membership = node.membership();
@@ -58,7 +60,7 @@ pub async fn health_task(
         tokio::select! {
             changed = leadership.changed() => if changed.is_err() { break },
             changed = membership.changed() => if changed.is_err() { break },
-            _ = stopped.wait_for(|s| *s) => break,
+            _ = draining.wait_for(|s| *s) => break,
         }
     }
     report(&reporter, ServingStatus::NotServing).await;

@@ -39,6 +39,9 @@ const UNKNOWN_METHOD: &str = "unknown";
 /// One node's metrics. Cheap to update from any thread.
 pub struct Metrics {
     registry: Registry,
+    /// One scrape at a time: mirroring the raft thread's totals into counters reads and then
+    /// adds, which two concurrent scrapes would both do.
+    rendering: std::sync::Mutex<()>,
     term: IntGauge,
     role: IntGaugeVec,
     has_leader: IntGauge,
@@ -169,6 +172,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry: r,
+            rendering: std::sync::Mutex::new(()),
         };
         // Series that exist from the start, so that dashboards and alerts see zeros, not gaps.
         for outcome in ["ok", "error"] {
@@ -198,6 +202,7 @@ impl Metrics {
     /// Reads the mirrored gauges from the node and the replica, and renders every metric in
     /// the Prometheus text format.
     pub fn render(&self, node: &dlock_cluster::Node, replica: &Replica) -> String {
+        let _one_at_a_time = lock(&self.rendering);
         let status = node.status();
         self.term.set(clamp(status.term));
         for role in ["follower", "pre_candidate", "candidate", "leader"] {

@@ -13,6 +13,10 @@ use tokio::task::JoinHandle;
 
 use crate::history::{self, ClientId, History, ObjectKind, Op, Outcome, Recorder, Report};
 
+/// Client ids a worker may use: worker `w`'s incarnations are `(w + 1) * CLIENT_ID_STRIDE + 1`
+/// onwards, so a worker would need a million sessions to reach the next one's.
+pub const CLIENT_ID_STRIDE: u64 = 1_000_000;
+
 /// How the traffic behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct Traffic {
@@ -28,7 +32,7 @@ pub struct Traffic {
     /// the client's request timeout).
     pub stop_deadline: Duration,
     /// Added to every worker's client ids, so that several processes can record into one
-    /// history (worker `w` records as `base + (w + 1) * 1000 + incarnation`).
+    /// history (worker `w` records as `base + (w + 1) * CLIENT_ID_STRIDE + incarnation`).
     pub client_id_base: u64,
 }
 
@@ -141,7 +145,7 @@ pub struct Contention {
 
 impl Contention {
     /// Starts `workers` workers on `mutexes` (which the pin created first). Worker `w` records
-    /// as client `traffic.client_id_base + (w + 1) * 1000 + incarnation`; a worker whose
+    /// as client `traffic.client_id_base + (w + 1) * CLIENT_ID_STRIDE + incarnation`; a worker whose
     /// session is lost or whose call had an unknown outcome drops that session and continues
     /// under a new client id.
     pub fn start(
@@ -159,7 +163,7 @@ impl Contention {
                     client: client.clone(),
                     rec: rec.clone(),
                     mutexes: mutexes.to_vec(),
-                    base: traffic.client_id_base + (w + 1) * 1000,
+                    base: traffic.client_id_base + (w + 1) * CLIENT_ID_STRIDE,
                     traffic,
                     stop: stop.clone(),
                     grants: grants.clone(),

@@ -274,6 +274,14 @@ impl ProcCluster {
         self.wait_listening(id).await;
     }
 
+    /// Sets the environment variable `name` of node `id` for its next incarnations (a restart
+    /// with another configuration).
+    pub fn set_env(&mut self, id: u64, name: &str, value: &str) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.env.retain(|(k, _)| k != name);
+        node.env.push((name.to_owned(), value.to_owned()));
+    }
+
     /// Kills node `id` if it runs and deletes its data directory: it starts from nothing next
     /// time.
     pub fn wipe(&mut self, id: u64) {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use dlock_tests::{Lines, target_binary};
+use dlock_tests::{Lines, die_with_parent, target_binary};
 
 /// The compose project: its own name, so it never touches a user's `deploy` project.
 const PROJECT: &str = "dlockci";
@@ -42,6 +42,16 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Kills the child when dropped (a failed check must not leave the first run holding on).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `down -v` when dropped, also when a check fails.
@@ -112,15 +122,15 @@ fn the_compose_cluster_serves_the_seed_example_from_the_host() {
     // (with its standard input closed, as under `&`), the second opens it.
     let example = target_binary("examples/named_objects");
     let name = format!("compose-seed-{}", std::process::id());
-    let mut first = Command::new(&example)
+    let mut command = Command::new(&example);
+    command
         .arg(&name)
         .env("DLOCK_ENDPOINTS", ENDPOINTS)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("first run");
-    let lines = Lines::new(&mut first);
+        .stderr(Stdio::inherit());
+    let mut first = KillOnDrop(die_with_parent(&mut command).spawn().expect("first run"));
+    let lines = Lines::new(&mut first.0);
     lines.expect("CreateMutex created new mutex", Duration::from_secs(30));
     let second = Command::new(&example)
         .arg(&name)
@@ -135,11 +145,11 @@ fn the_compose_cluster_serves_the_seed_example_from_the_host() {
         "{second_out}"
     );
     rustix::process::kill_process(
-        rustix::process::Pid::from_child(&first),
+        rustix::process::Pid::from_child(&first.0),
         rustix::process::Signal::TERM,
     )
     .expect("stop the first run");
-    assert!(first.wait().expect("first run exits").success());
+    assert!(first.0.wait().expect("first run exits").success());
 
     // The services log who holds what.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -29,7 +29,7 @@ use std::time::Duration;
 use dlock::{Client, ClientConfig};
 use dlock_proto::v1 as pb;
 use dlock_proto::v1::admin_client::AdminClient;
-use dlock_tests::contention::{Pin, check_history};
+use dlock_tests::contention::{CLIENT_ID_STRIDE, Pin, check_history};
 use dlock_tests::free_port;
 use dlock_tests::history::{ClientId, History, Nanos, Op, Outcome, Recorder, monotonic_now};
 
@@ -139,6 +139,8 @@ impl Cluster {
             docker_ok(&[
                 "run",
                 "-d",
+                "--pull",
+                "never",
                 "--name",
                 &container,
                 "--label",
@@ -198,6 +200,33 @@ impl Cluster {
                 panic!("node {id} not healthy within {HEALTHY_DEADLINE:?} ({health}):\n{logs}");
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until node `id` is back in the cluster after a fault: it answers through its
+    /// published port, knows a leader, and has applied what that leader had committed when
+    /// first asked. (Its container's health status may still be a stale "healthy" from before
+    /// the fault: Docker needs a few failed checks to notice.)
+    async fn wait_rejoined(&self, id: u64) {
+        let deadline = tokio::time::Instant::now() + HEALTHY_DEADLINE;
+        let mut target = None;
+        loop {
+            if let Some(own) = status(&self.nodes[&id].host_addr).await
+                && own.leader_id != 0
+                && let Some(leader) = self.nodes.get(&own.leader_id)
+                && let Some(lead) = status(&leader.host_addr).await
+                && lead.node_id == own.leader_id
+            {
+                let target = *target.get_or_insert(lead.commit);
+                if own.applied >= target {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} did not rejoin within {HEALTHY_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -294,8 +323,8 @@ async fn inject_faults(cluster: &Cluster) -> Vec<Fault> {
             }
         };
         let undone = monotonic_now();
-        cluster.wait_healthy(victim).await;
-        eprintln!("fault: {name} (node {victim}) for {FAULT_FOR:?}, healthy again");
+        cluster.wait_rejoined(victim).await;
+        eprintln!("fault: {name} (node {victim}) for {FAULT_FOR:?}, rejoined");
         faults.push(Fault {
             name: format!("{name} (node {victim})"),
             began,
@@ -306,6 +335,7 @@ async fn inject_faults(cluster: &Cluster) -> Vec<Fault> {
     let began = monotonic_now();
     for id in 1..=3 {
         docker_ok(&["restart", "-t", "10", &cluster.nodes[&id].container]).await;
+        cluster.wait_rejoined(id).await;
         cluster.wait_healthy(id).await;
     }
     faults.push(Fault {
@@ -331,10 +361,11 @@ fn grants(history: &History) -> (Vec<Nanos>, WorkerGrants) {
             && let Some(at) = record.returned()
         {
             all.push(at);
-            // Client ids are base + (worker + 1) * 1000 + incarnation, base a multiple of 2^32.
+            // Client ids are base + (worker + 1) * CLIENT_ID_STRIDE + incarnation, base a
+            // multiple of 2^32 (dlock_tests::contention).
             let worker = (
                 record.client.0 >> 32,
-                (record.client.0 & 0xFFFF_FFFF) / 1000,
+                (record.client.0 & 0xFFFF_FFFF) / CLIENT_ID_STRIDE,
             );
             per_worker
                 .entry(worker)
@@ -452,6 +483,8 @@ async fn faults_between_containers_keep_the_lock_service_correct() {
         docker_ok(&[
             "run",
             "-d",
+            "--pull",
+            "never",
             "--name",
             &container,
             "--label",
@@ -471,6 +504,8 @@ async fn faults_between_containers_keep_the_lock_service_correct() {
             &WORKERS_PER_CLIENT.to_string(),
             "--mutexes",
             &MUTEXES.join(","),
+            "--client-index",
+            &j.to_string(),
         ])
         .await;
         clients.push(container);

@@ -103,6 +103,61 @@ async fn followers_hint_the_advertised_address_and_clients_that_cannot_reach_it_
     }
 }
 
+/// The hint node `via` gives now (polled until it names `want`, for up to 10 s).
+async fn wait_for_hint(cluster: &ProcCluster, via: u64, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hint = hint_from(&cluster.node(via).endpoint()).await;
+        if hint.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {via} hints {hint:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_another_address_is_hinted_by_its_new_one() {
+    let old = |id: u64| format!("old-{id}.invalid:7700");
+    let env: Vec<(u64, String)> = (1..=3).map(|id| (id, old(id))).collect();
+    let env: Vec<(u64, &str, &str)> = env
+        .iter()
+        .map(|(id, addr)| (*id, "DLOCKD_ADVERTISE_CLIENT_ADDR", addr.as_str()))
+        .collect();
+    let mut cluster = ProcCluster::start_with_env(3, &[], &env).await;
+    let moved = cluster.leader().await;
+    let others: Vec<u64> = (1..=3).filter(|&id| id != moved).collect();
+    for &id in &others {
+        wait_for_hint(&cluster, id, &old(moved)).await;
+    }
+
+    // The leader comes back under another address (a container with a new name, a new host).
+    let new = format!("new-{moved}.invalid:7700");
+    cluster.stop(moved).await;
+    cluster.set_env(moved, "DLOCKD_ADVERTISE_CLIENT_ADDR", &new);
+    cluster.restart(moved).await;
+
+    // Make it lead again without restarting the others (their directories knew the old
+    // address): freeze whoever leads until the election falls on it.
+    for attempt in 0.. {
+        let leader = cluster.leader().await;
+        if leader == moved {
+            break;
+        }
+        assert!(attempt < 30, "node {moved} never led again");
+        cluster.freeze(leader);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cluster.thaw(leader);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for &id in &others {
+        wait_for_hint(&cluster, id, &new).await;
+    }
+}
+
 /// `GET /metrics` from `addr`, the body as text.
 fn scrape(addr: &str) -> String {
     let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");

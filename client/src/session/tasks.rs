@@ -150,6 +150,7 @@ pub(super) async fn keepalive_task(shared: Arc<SessionCore>) {
                                 if let Some(sent_at) = sent_at {
                                     shared.renew(sent_at, reply.ttl_ms);
                                 }
+                                shared.client.answered(node);
                                 backoff.reset();
                             }
                             Ok(None) => break StreamEnd::Broken(None),

@@ -92,7 +92,10 @@ impl DlockService {
             .map_err(|e| to_status(Error::Internal(format!("encode command: {e}"))))?;
         let started = std::time::Instant::now();
         let proposed = self.node.propose(bytes).await;
-        self.metrics.proposal(started.elapsed(), proposed.is_ok());
+        if !matches!(proposed, Err(dlock_cluster::Error::NotLeader { .. })) {
+            // A follower's refusal is no proposal (the leader hint sends it elsewhere).
+            self.metrics.proposal(started.elapsed(), proposed.is_ok());
+        }
         let (_index, reply) = proposed.map_err(|e| self.cluster_error(e))?;
         let reply: Reply = postcard::from_bytes(&reply)
             .map_err(|e| to_status(Error::Internal(format!("decode reply: {e}"))))?;

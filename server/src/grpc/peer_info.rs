@@ -115,20 +115,28 @@ impl Directory {
         lock(&self.client_addrs).contains_key(&id)
     }
 
-    /// Learns node `id`'s client address by asking it at `peer_addr`.
-    pub async fn learn(&self, id: u64, peer_addr: &str) {
+    /// Learns node `id`'s advertised client address by asking it at `peer_addr`, replacing
+    /// what was known (the node may have restarted with another). True if it answered.
+    pub async fn learn(&self, id: u64, peer_addr: &str) -> bool {
         match ask_peer(peer_addr).await {
             Some(status) if status.node_id == id => {
                 debug!(node_id = id, client_addr = %status.client_addr, "learned client address");
                 lock(&self.client_addrs).insert(id, status.client_addr);
+                true
             }
-            Some(status) => warn!(
-                expected = id,
-                answered = status.node_id,
-                peer_addr,
-                "a peer answered with another node id"
-            ),
-            None => debug!(node_id = id, peer_addr, "peer did not answer Info"),
+            Some(status) => {
+                warn!(
+                    expected = id,
+                    answered = status.node_id,
+                    peer_addr,
+                    "a peer answered with another node id"
+                );
+                false
+            }
+            None => {
+                debug!(node_id = id, peer_addr, "peer did not answer Info");
+                false
+            }
         }
     }
 }

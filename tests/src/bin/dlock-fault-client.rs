@@ -3,16 +3,17 @@
 //! fixed time, then writes its recorded history as JSON to `OUT_DIR/<hostname>.json` and exits.
 //!
 //! ```text
-//! dlock-fault-client --out DIR --duration-ms MS [--workers N] [--mutexes a,b]
+//! dlock-fault-client --out DIR --duration-ms MS [--workers N] [--mutexes a,b] [--client-index I]
 //! ```
 //!
 //! It stops after `--duration-ms`, or earlier once a file named `STOP` appears in `DIR` (the
 //! suite's signal that its faults are over).
 //!
 //! Times are `CLOCK_MONOTONIC`, which containers share with the host, so the suite merges the
-//! histories of every client container with its own and checks them as one. Client ids are
-//! offset by a hash of the hostname (the container id), so that replicas do not collide. The
-//! mutexes must exist (pinned by the suite) before the traffic starts.
+//! histories of every client container with its own and checks them as one. Client ids start at
+//! `(I + 1) << 32` for `--client-index I`, which the suite gives each container, so that no two
+//! collide (nor with the suite's own, below 2^32). The mutexes must exist (pinned by the suite)
+//! before the traffic starts.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,6 +28,7 @@ struct Args {
     duration: Duration,
     workers: u64,
     mutexes: Vec<String>,
+    client_index: u64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -35,6 +37,7 @@ fn parse() -> Result<Args, String> {
         duration: Duration::from_secs(60),
         workers: 4,
         mutexes: vec!["fault.a".into(), "fault.b".into()],
+        client_index: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,21 +54,21 @@ fn parse() -> Result<Args, String> {
                 args.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?
             }
             "--mutexes" => args.mutexes = value()?.split(',').map(str::to_owned).collect(),
+            "--client-index" => {
+                args.client_index = value()?
+                    .parse()
+                    .map_err(|e| format!("--client-index: {e}"))?;
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     if args.workers == 0 || args.workers > 64 || args.mutexes.is_empty() {
         return Err("--workers must be 1..=64 and --mutexes non-empty".into());
     }
+    if args.client_index >= 1 << 20 {
+        return Err("--client-index must be below 2^20".into());
+    }
     Ok(args)
-}
-
-/// FNV-1a of the hostname, cut to 24 bits: this process's client ids start at that << 32.
-fn client_id_base(hostname: &str) -> u64 {
-    let hash = hostname.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    ((hash & 0xFF_FFFF) + 1) << 32
 }
 
 #[tokio::main]
@@ -100,7 +103,7 @@ async fn main() -> ExitCode {
         worker_ttl: Duration::from_secs(5),
         acquire_timeout_ms: 1_000,
         hold: Duration::from_millis(5),
-        client_id_base: client_id_base(&hostname),
+        client_id_base: (args.client_index + 1) << 32,
         ..Traffic::default()
     };
     println!(
