@@ -19,7 +19,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-command -v docker >/dev/null || { echo "build-image.sh: docker is not installed" >&2; exit 1; }
+for tool in docker readelf getconf; do
+  command -v "$tool" >/dev/null || { echo "build-image.sh: $tool is not installed" >&2; exit 1; }
+done
 
 with_fault_client=false
 for arg in "$@"; do
@@ -40,7 +42,11 @@ esac
 
 # A static glibc resolves names without NSS modules (files, then DNS) only since 2.35
 # (docs/dependencies.md §5); an older one would build images whose nodes cannot find each other.
-glibc=$(getconf GNU_LIBC_VERSION | awk '{print $2}')
+glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}') || true
+if [ -z "$glibc" ]; then
+  echo "build-image.sh: this host has no glibc; static binaries are built against glibc (crt-static)" >&2
+  exit 1
+fi
 if [ "$(printf '%s\n2.35\n' "$glibc" | sort -V | head -n1)" != 2.35 ]; then
   echo "build-image.sh: glibc $glibc is older than 2.35: static binaries would not resolve service names" >&2
   exit 1

@@ -435,24 +435,29 @@ impl Client {
     }
 
     /// True if node `node` is known only from a leader hint and has never answered.
-    fn never_answered_hint(&self, node: usize) -> bool {
+    pub(crate) fn never_answered_hint(&self, node: usize) -> bool {
         let nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
         node >= nodes.configured && nodes.list.get(node).is_some_and(|n| !n.answered)
     }
 
     /// Node `failed`'s connection broke (refused, reset, or a keepalive ping unanswered):
-    /// avoid it for [`SUSPECT_FOR`] and move on.
+    /// avoid it for [`SUSPECT_FOR`] and move on. A node known only from a hint that has never
+    /// answered is avoided for longer after each outage in a row (see the module docs); the
+    /// calls that fail together when its connection breaks count as one.
     pub(crate) fn suspect(&self, failed: usize) {
         {
             let mut nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
             let hinted = failed >= nodes.configured;
             if let Some(node) = nodes.list.get_mut(failed) {
-                node.failures = node.failures.saturating_add(1);
-                if hinted && !node.answered {
+                let now = Instant::now();
+                if hinted && !node.answered && node.is_suspect(now) {
+                    // Another call that was on it when it failed: already counted.
+                } else if hinted && !node.answered {
+                    node.failures = node.failures.saturating_add(1);
                     let avoid_for = SUSPECT_FOR
                         .saturating_mul(1 << (node.failures - 1).min(8))
                         .min(UNREACHABLE_HINT_FOR);
-                    node.suspect_until = Some(Instant::now() + avoid_for);
+                    node.suspect_until = Some(now + avoid_for);
                     tracing::info!(
                         node = %node.addr,
                         failures = node.failures,
@@ -462,7 +467,7 @@ impl Client {
                          should be an address clients can reach)"
                     );
                 } else {
-                    node.suspect_until = Some(Instant::now() + SUSPECT_FOR);
+                    node.suspect_until = Some(now + SUSPECT_FOR);
                     tracing::debug!(node = %node.addr, "node unreachable; avoiding it for a while");
                 }
             }
@@ -585,7 +590,12 @@ impl Client {
                 None => {
                     tracing::debug!(what = policy.what, node, "attempt timed out");
                     last_failure = Error::Unavailable;
-                    if self.never_answered_hint(node) {
+                    // Only a full attempt says something about the node, not one the call's
+                    // own deadline cut short.
+                    let full_attempt = policy
+                        .attempt_timeout
+                        .is_some_and(|a| remaining.is_none_or(|r| a <= r));
+                    if full_attempt && self.never_answered_hint(node) {
                         // A hinted address that swallows connections: avoid it like one that
                         // refuses them.
                         self.suspect(node);
@@ -761,8 +771,13 @@ mod tests {
         for _ in 0..10 {
             c.suspect(hinted);
             assert_eq!(suspect_for(&c, hinted), expected);
+            // The other calls that were on it when it failed do not count again.
+            c.suspect(hinted);
+            assert_eq!(suspect_for(&c, hinted), expected);
+            tokio::time::advance(expected).await;
             expected = (expected * 2).min(UNREACHABLE_HINT_FOR);
         }
+        c.suspect(hinted);
         assert_eq!(suspect_for(&c, hinted), UNREACHABLE_HINT_FOR, "capped");
         assert!(
             !c.follow_hint("unreachable.invalid:7700"),

@@ -244,6 +244,9 @@ async fn health(endpoints: &[String], timeout: Duration, service: &str) -> Resul
         .map(|e| e.trim())
         .filter(|e| !e.is_empty())
         .collect();
+    if endpoints.is_empty() {
+        return Err(Failure("health: no endpoints to check".into()));
+    }
     let mut unhealthy = 0;
     for &endpoint in &endpoints {
         let uri = if endpoint.contains("://") {

@@ -46,6 +46,9 @@ pub async fn health_task(
     let mut membership = node.membership();
     let mut last = None;
     loop {
+        if *draining.borrow() {
+            break;
+        }
         let now = serving(node.id(), &mut leadership, &mut membership);
         if last != Some(now) {
             info!(serving = now, "health status changed");

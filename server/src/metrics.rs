@@ -202,7 +202,8 @@ impl Metrics {
     /// Reads the mirrored gauges from the node and the replica, and renders every metric in
     /// the Prometheus text format.
     pub fn render(&self, node: &dlock_cluster::Node, replica: &Replica) -> String {
-        let _one_at_a_time = lock(&self.rendering);
+        // Guards nothing but the order of scrapes: a panic in one leaves nothing to repair.
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
         let status = node.status();
         self.term.set(clamp(status.term));
         for role in ["follower", "pre_candidate", "candidate", "leader"] {

@@ -114,7 +114,6 @@ impl Drop for Cleanup {
 
 /// One dlockd container.
 struct Node {
-    id: u64,
     container: String,
     /// Its client port as published on the host.
     host_addr: String,
@@ -169,7 +168,6 @@ impl Cluster {
             nodes.insert(
                 id,
                 Node {
-                    id,
                     container,
                     host_addr,
                 },
@@ -211,11 +209,12 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + HEALTHY_DEADLINE;
         let mut target = None;
         loop {
+            // The leader of the highest term: a thawed old leader still believes it leads in
+            // its old term until it hears the new one.
+            let (leader, lead) = self.leader_status().await;
             if let Some(own) = status(&self.nodes[&id].host_addr).await
-                && own.leader_id != 0
-                && let Some(leader) = self.nodes.get(&own.leader_id)
-                && let Some(lead) = status(&leader.host_addr).await
-                && lead.node_id == own.leader_id
+                && own.leader_id == leader
+                && own.term == lead.term
             {
                 let target = *target.get_or_insert(lead.commit);
                 if own.applied >= target {
@@ -232,19 +231,24 @@ impl Cluster {
 
     /// The node that says it leads, in the highest term any node reports.
     async fn leader(&self) -> u64 {
+        self.leader_status().await.0
+    }
+
+    /// [`Cluster::leader`] with that leader's own status.
+    async fn leader_status(&self) -> (u64, pb::NodeStatus) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let mut best: Option<(u64, u64)> = None;
+            let mut best: Option<pb::NodeStatus> = None;
             for node in self.nodes.values() {
                 if let Some(status) = status(&node.host_addr).await
                     && status.role() == pb::Role::Leader
-                    && best.is_none_or(|(term, _)| status.term > term)
+                    && best.as_ref().is_none_or(|b| status.term > b.term)
                 {
-                    best = Some((status.term, node.id));
+                    best = Some(status);
                 }
             }
-            if let Some((_, id)) = best {
-                return id;
+            if let Some(best) = best {
+                return (best.node_id, best);
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

@@ -29,7 +29,8 @@ async fn hint_from(node: &str) -> Option<String> {
             client_name: "hint-probe".into(),
         })
         .await
-        .expect_err("a follower does not open sessions");
+        // It may lead by now: then there is no hint (and the session expires on its own).
+        .err()?;
     status
         .metadata()
         .get(dlock_proto::LEADER_HINT_METADATA)

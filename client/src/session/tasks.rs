@@ -160,6 +160,11 @@ pub(super) async fn keepalive_task(shared: Arc<SessionCore>) {
                 }
             }
             Ok(Err(status)) => StreamEnd::Broken(Some(status)),
+            Err(_) if shared.client.never_answered_hint(node) => {
+                // A hinted address that swallows connections: avoid it like one that refuses
+                // them, or an idle session would keep following the hint and never renew.
+                StreamEnd::Unresponsive
+            }
             Err(_) => StreamEnd::Broken(None),
         };
         let status = match end {
@@ -175,6 +180,12 @@ pub(super) async fn keepalive_task(shared: Arc<SessionCore>) {
                 continue;
             }
         };
+        if let Some(status) = &status
+            && !is_transport_failure(status)
+        {
+            // An error status its server sent: the node is reachable.
+            shared.client.answered(node);
+        }
         if let Some(status) = &status {
             tracing::debug!(
                 session = shared.id,
