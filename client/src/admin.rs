@@ -21,7 +21,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use dlock_proto::v1::admin_client::AdminClient;
-pub use dlock_proto::v1::{ClusterStatusReply, Member, MembershipReply, NodeStatus, Role};
+pub use dlock_proto::v1::{
+    ClusterStatusReply, ListObjectsReply, ListSessionsReply, Member, MembershipReply, NodeStatus,
+    ObjectSummary, QueryReply, Role, SessionSummary,
+};
 
 use crate::client::{Disposition, classify};
 use crate::{Client, Error};
@@ -64,6 +67,58 @@ impl Admin<'_> {
         self.client
             .call_on(policy, |channel| async move {
                 AdminClient::new(channel).status(request).await
+            })
+            .await
+    }
+
+    /// One page of the cluster's named objects whose names start with `prefix`, after
+    /// `page_token` (empty: from the start), at most `page_size` (0: 100; at most 1000). Read
+    /// on any node, linearizably. The reply's `next_page_token` is empty on the last page.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a page size above 1000; [`Error::Unavailable`] when no
+    /// node answered within the request timeout.
+    pub async fn list_objects(
+        &self,
+        prefix: &str,
+        page_token: &str,
+        page_size: u32,
+    ) -> Result<ListObjectsReply, Error> {
+        let request = dlock_proto::v1::ListObjectsRequest {
+            prefix: prefix.to_owned(),
+            page_token: page_token.to_owned(),
+            page_size,
+        };
+        let policy = self.client.unary_policy("ListObjects", None);
+        self.client
+            .call_on(policy, |channel| {
+                let request = request.clone();
+                async move { AdminClient::new(channel).list_objects(request).await }
+            })
+            .await
+    }
+
+    /// One page of the open sessions with an id above `page_token` (0: from the start), at
+    /// most `page_size` (0: 100; at most 1000). Read on any node, linearizably. The reply's
+    /// `next_page_token` is 0 on the last page.
+    ///
+    /// # Errors
+    ///
+    /// As [`Admin::list_objects`].
+    pub async fn list_sessions(
+        &self,
+        page_token: u64,
+        page_size: u32,
+    ) -> Result<ListSessionsReply, Error> {
+        let request = dlock_proto::v1::ListSessionsRequest {
+            page_token,
+            page_size,
+        };
+        let policy = self.client.unary_policy("ListSessions", None);
+        self.client
+            .call_on(policy, |channel| async move {
+                AdminClient::new(channel).list_sessions(request).await
             })
             .await
     }

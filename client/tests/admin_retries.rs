@@ -58,6 +58,18 @@ impl Admin for Scripted {
     ) -> Result<Response<ClusterStatusReply>, Status> {
         Err(Status::unimplemented("not scripted"))
     }
+    async fn list_objects(
+        &self,
+        _: Request<dlock_proto::v1::ListObjectsRequest>,
+    ) -> Result<Response<dlock_proto::v1::ListObjectsReply>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+    async fn list_sessions(
+        &self,
+        _: Request<dlock_proto::v1::ListSessionsRequest>,
+    ) -> Result<Response<dlock_proto::v1::ListSessionsReply>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
 }
 
 /// Runs `add_learner` against a node whose attempts fail with `first`, then refuse.

@@ -4,6 +4,8 @@
 //! ```text
 //! dlockctl [--endpoint HOST:PORT]... status [--all]
 //! dlockctl [--endpoint HOST:PORT]... health
+//! dlockctl [--endpoint HOST:PORT]... list [--prefix P] [--after NAME] [--limit N] [-o json]
+//! dlockctl [--endpoint HOST:PORT]... sessions [-o json]
 //! dlockctl add-learner ID PEER_ADDR
 //! dlockctl add-voter ID PEER_ADDR
 //! dlockctl promote ID
@@ -15,6 +17,11 @@
 //! no leader hints: it is about that node) and exits 0 only if every one is `SERVING`, which a
 //! node is while it is a member and knows a leader. It needs no shell, so a `FROM scratch`
 //! container can use it as its healthcheck.
+//!
+//! `list` prints the cluster's named objects (type, name, state, owner session/thread, handle
+//! and waiter counts, fencing token) in name order, `sessions` the open sessions (client name,
+//! TTL, silence, handles, pending waits, the mutexes each owns); both read linearizably from
+//! any node, as a table or, with `-o json`, as one JSON document.
 //!
 //! `local` needs no cluster: it prints this host's `Local\` namespace (the shared-memory
 //! segment of `DLOCK_LOCAL_DIR` / `DLOCK_LOCAL_NAMESPACE`): attached processes, objects with
@@ -34,6 +41,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+mod objects;
 use dlock::admin::{Member, MembershipReply, NodeStatus, Role};
 use dlock::{Client, ClientConfig};
 
@@ -57,6 +66,9 @@ struct Cli {
     /// Give up after this many milliseconds of retrying (leader changes, nodes down).
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Output format of `list` and `sessions`.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    output: objects::Output,
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -102,6 +114,20 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Lists the cluster's named objects in name order, with their state.
+    List {
+        /// Only names starting with this (`Global\` is ignored, as in names).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start after this name (what a previous `list` printed to continue).
+        #[arg(long, default_value = "")]
+        after: String,
+        /// Print at most this many objects.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Lists the open sessions: client name, TTL, silence, handles, waits, mutexes owned.
+    Sessions,
     /// Shows this host's `Local\` namespace (no cluster involved).
     Local {
         /// Directory of the segment file.
@@ -115,7 +141,7 @@ enum Command {
 
 /// Why a command failed, as printed before exiting.
 #[derive(Debug)]
-struct Failure(String);
+pub(crate) struct Failure(pub(crate) String);
 
 /// The role as the status lines print it.
 fn role_label(role: Role) -> &'static str {
@@ -311,6 +337,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Command::Local { .. } => unreachable!("handled before the runtime starts"),
             Command::Status { all } => return status(endpoints, timeout, all).await,
             Command::Health { service } => return health(endpoints, timeout, &service).await,
+            Command::List {
+                prefix,
+                after,
+                limit,
+            } => {
+                let client = connect(endpoints, timeout).await?;
+                return objects::list(&client, &prefix, &after, limit, cli.output).await;
+            }
+            Command::Sessions => {
+                let client = connect(endpoints, timeout).await?;
+                return objects::sessions(&client, cli.output).await;
+            }
             Command::AddLearner { id, peer_addr } => {
                 let client = connect(endpoints, timeout).await?;
                 let r = client.admin().add_learner(id, &peer_addr).await;

@@ -160,3 +160,114 @@ async fn health_is_serving_only_for_members_that_know_a_leader() {
     let out = health_until(&cluster.node(lone).client_addr.to_string(), 1).await;
     assert!(out.contains("NOT_SERVING"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_sessions_show_objects_owners_and_pages() {
+    let cluster = ProcCluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let endpoint = cluster.node(follower).client_addr.to_string();
+
+    let mut config = dlock::ClientConfig::new(cluster.endpoint_list());
+    config.client_name = "cli-list-test".into();
+    let client = dlock::Client::connect_with_config(config)
+        .await
+        .expect("client");
+    let session = client
+        .open_session(std::time::Duration::from_secs(10))
+        .await
+        .expect("session");
+    let owned = session
+        .create_mutex(Some("jobs.a"), true)
+        .await
+        .expect("jobs.a");
+    let _event = session
+        .create_event(Some("Global\\jobs.e"), true, true)
+        .await
+        .expect("jobs.e");
+    let _sem = session
+        .create_semaphore(Some("jobs.s"), 1, 3)
+        .await
+        .expect("jobs.s");
+    let _other = session
+        .create_mutex(Some("other.x"), false)
+        .await
+        .expect("other.x");
+
+    // Read through a follower: linearizable, so every create above shows.
+    let (out, stdout, stderr) = dlockctl(&["--endpoint", &endpoint, "list", "--prefix", "jobs."]);
+    assert!(out.status.success(), "list: {stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three objects:\n{stdout}");
+    let token = owned.fencing_token().expect("owned at creation");
+    assert!(
+        lines[1].starts_with("mutex")
+            && lines[1].contains("jobs.a")
+            && lines[1].contains("owned x1")
+            && lines[1].contains(&token.to_string()),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].contains("jobs.e") && lines[2].contains("manual signaled"),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].contains("jobs.s") && lines[3].contains("count 1/3"),
+        "{stdout}"
+    );
+
+    // Pages: two at a time, continuing after the last one printed.
+    let (_, stdout, _) = dlockctl(&["--endpoint", &endpoint, "list", "--limit", "2"]);
+    assert!(
+        stdout.contains("jobs.a")
+            && stdout.contains("jobs.e")
+            && stdout.contains("continue with --after \"jobs.e\""),
+        "{stdout}"
+    );
+    let (_, stdout, _) = dlockctl(&["--endpoint", &endpoint, "list", "--after", "jobs.e"]);
+    assert!(
+        !stdout.contains("jobs.a") && stdout.contains("jobs.s") && stdout.contains("other.x"),
+        "{stdout}"
+    );
+
+    // JSON for scripts.
+    let (out, stdout, stderr) = dlockctl(&["--endpoint", &endpoint, "-o", "json", "list"]);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let objects = doc["objects"].as_array().expect("objects");
+    assert_eq!(objects.len(), 4);
+    assert_eq!(objects[0]["name"], "jobs.a");
+    assert_eq!(objects[0]["type"], "mutex");
+    assert_eq!(objects[0]["owner_session"], session.id());
+    assert_eq!(objects[0]["fencing_token"], token);
+    assert_eq!(objects[2]["count"], 1);
+    assert!(doc["next"].is_null());
+
+    let (out, stdout, stderr) = dlockctl(&["--endpoint", &endpoint, "sessions"]);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&session.id().to_string())
+                && l.contains("cli-list-test")
+                && l.ends_with("jobs.a")),
+        "{stdout}"
+    );
+    let (_, stdout, _) = dlockctl(&["--endpoint", &endpoint, "-o", "json", "sessions"]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let mine = doc["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|s| s["session"] == session.id())
+        .expect("our session");
+    assert_eq!(mine["owned_mutexes"], serde_json::json!(["jobs.a"]));
+    assert_eq!(mine["handles"], 4);
+
+    // A page larger than the server allows is refused, not truncated silently.
+    let refused = client.admin().list_objects("", "", 1001).await;
+    assert!(
+        matches!(refused, Err(dlock::Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
+}

@@ -134,6 +134,7 @@ impl Server {
         .max_decoding_message_size(config.request_bytes_max);
         let admin = AdminServer::new(AdminService::new(
             node.clone(),
+            replica.clone(),
             advertised.clone(),
             directory.clone(),
         ));

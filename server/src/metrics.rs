@@ -396,6 +396,8 @@ fn method_label(path: &str) -> &'static str {
         "Admin/PromoteLearner",
         "Admin/RemoveNode",
         "Admin/Status",
+        "Admin/ListObjects",
+        "Admin/ListSessions",
         "Health/Check",
         "Health/Watch",
     ];

@@ -48,12 +48,23 @@ pub fn target_binary(relative: &str) -> PathBuf {
     path
 }
 
-/// A free port on 127.0.0.1 (bound and released; the small race is harmless in tests).
+/// A free port on 127.0.0.1 (bound and released), never one this process was given before:
+/// the kernel readily hands the port it just released to the next bind, and two nodes of one
+/// cluster given the same port fail to start (seen in CI). Another process may still take it
+/// in between; that race is rare and fails loudly.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Makes a child die with the test process (`PR_SET_PDEATHSIG`). The signal fires when the

@@ -8,25 +8,50 @@ use dlock_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
+use super::convert::query_reply;
 use super::not_leader_hint;
 use super::peer_info::{Directory, ask_peer, own_status};
 use crate::error::Error;
+use crate::replica::{Replica, lock};
+
+/// Objects or sessions per `ListObjects` / `ListSessions` page when the request says 0.
+pub const LIST_PAGE_DEFAULT: usize = 100;
+/// The largest page a `ListObjects` / `ListSessions` request may ask for.
+pub const LIST_PAGE_MAX: usize = 1000;
 
 /// The `dlock.v1.Admin` service of one node.
 pub struct AdminService {
     node: dlock_cluster::Node,
+    replica: Arc<Replica>,
     client_addr: String,
     directory: Arc<Directory>,
 }
 
 impl AdminService {
-    /// The admin service of `node`, whose advertised client address is `client_addr` (empty:
-    /// none).
-    pub fn new(node: dlock_cluster::Node, client_addr: String, directory: Arc<Directory>) -> Self {
+    /// The admin service of `node` and its `replica`, whose advertised client address is
+    /// `client_addr` (empty: none).
+    pub fn new(
+        node: dlock_cluster::Node,
+        replica: Arc<Replica>,
+        client_addr: String,
+        directory: Arc<Directory>,
+    ) -> Self {
         AdminService {
             node,
+            replica,
             client_addr,
             directory,
+        }
+    }
+
+    /// The page size a list request asks for.
+    fn page_size(requested: u32) -> Result<usize, Status> {
+        match requested as usize {
+            0 => Ok(LIST_PAGE_DEFAULT),
+            n if n <= LIST_PAGE_MAX => Ok(n),
+            n => Err(Status::invalid_argument(format!(
+                "page_size {n} is above {LIST_PAGE_MAX}"
+            ))),
         }
     }
 
@@ -151,6 +176,69 @@ impl Admin for AdminService {
         let id = request.into_inner().node_id;
         let index = self.node.remove_node(id).await.map_err(|e| self.fail(e))?;
         Ok(self.changed(index, "remove node", id).await)
+    }
+
+    async fn list_objects(
+        &self,
+        request: Request<pb::ListObjectsRequest>,
+    ) -> Result<Response<pb::ListObjectsReply>, Status> {
+        let req = request.into_inner();
+        let limit = Self::page_size(req.page_size)?;
+        // `Global\jobs` and `jobs` are one name; the namespace keys it without the prefix.
+        let prefix = req
+            .prefix
+            .strip_prefix(dlock_proto::vocab::names::GLOBAL_PREFIX)
+            .unwrap_or(&req.prefix);
+        let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+        self.node.read_index().await.map_err(|e| self.fail(e))?;
+        let (objects, more) = lock(&self.replica.ns).list_objects(prefix, after, limit);
+        let next_page_token = match objects.last() {
+            Some(last) if more => last.name.clone(),
+            _ => String::new(),
+        };
+        let objects = objects
+            .into_iter()
+            .map(|o| pb::ObjectSummary {
+                name: o.name,
+                state: Some(query_reply(Ok(o.state))),
+                handles: o.handles as u64,
+                waiters: o.waiters as u64,
+            })
+            .collect();
+        Ok(Response::new(pb::ListObjectsReply {
+            objects,
+            next_page_token,
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsReply>, Status> {
+        let req = request.into_inner();
+        let limit = Self::page_size(req.page_size)?;
+        self.node.read_index().await.map_err(|e| self.fail(e))?;
+        let (sessions, more) = lock(&self.replica.ns).list_sessions(req.page_token, limit);
+        let next_page_token = match sessions.last() {
+            Some(last) if more => last.info.id,
+            _ => 0,
+        };
+        let sessions = sessions
+            .into_iter()
+            .map(|s| pb::SessionSummary {
+                session_id: s.info.id,
+                client_name: s.info.client_name,
+                ttl_ms: s.info.ttl_ms,
+                silence_ms: s.info.silence_ms,
+                handles: s.info.handles as u64,
+                pending_waits: s.info.pending_waits as u64,
+                owned_mutexes: s.owned_mutexes,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSessionsReply {
+            sessions,
+            next_page_token,
+        }))
     }
 
     async fn status(

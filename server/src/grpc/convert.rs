@@ -93,7 +93,7 @@ pub(super) fn kind_to_wire(kind: ObjectKind) -> pb::ObjectKind {
 }
 
 /// The `Query` reply for an object's state (or the Win32 error that refused the query).
-pub(super) fn query_reply(state: Result<ObjectState, Win32Error>) -> pb::QueryReply {
+pub(crate) fn query_reply(state: Result<ObjectState, Win32Error>) -> pb::QueryReply {
     let mut reply = pb::QueryReply::default();
     match state {
         Err(code) => reply.error = code.code(),

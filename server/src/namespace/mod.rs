@@ -298,6 +298,28 @@ enum Eval {
     Fail(Win32Error),
 }
 
+/// One named object, as [`Namespace::list_objects`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSummary {
+    /// Its namespace key (the name without `Global\`).
+    pub name: String,
+    /// Its type and state.
+    pub state: ObjectState,
+    /// Open handles to it.
+    pub handles: usize,
+    /// Waits queued on it.
+    pub waiters: usize,
+}
+
+/// One session, as [`Namespace::list_sessions`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// Its summary.
+    pub info: SessionInfo,
+    /// Names of the mutexes it owns (unnamed ones left out), sorted.
+    pub owned_mutexes: Vec<String>,
+}
+
 /// What [`Namespace::counts`] reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -490,6 +512,69 @@ impl Namespace {
     pub fn object_state_by_name(&self, name: &str) -> Option<ObjectState> {
         let key = name_key(name).ok()?;
         self.names.get(key).map(|id| self.object(*id).state())
+    }
+
+    /// Up to `limit` named objects whose namespace key starts with `prefix` and sorts after
+    /// `after` (exclusive; `None` from the start), in key order; and whether more follow.
+    pub fn list_objects(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ObjectSummary>, bool) {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_owned()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        let mut matching = self
+            .names
+            .range((start, Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix));
+        let objects: Vec<ObjectSummary> = matching
+            .by_ref()
+            .take(limit)
+            .map(|(name, id)| {
+                let object = self.object(*id);
+                ObjectSummary {
+                    name: name.clone(),
+                    state: object.state(),
+                    handles: object.handle_count,
+                    waiters: object.waiters.len(),
+                }
+            })
+            .collect();
+        let more = matching.next().is_some();
+        (objects, more)
+    }
+
+    /// Up to `limit` sessions with an id above `after`, in id order, each with the names of the
+    /// mutexes it owns; and whether more follow.
+    pub fn list_sessions(&self, after: SessionId, limit: usize) -> (Vec<SessionSummary>, bool) {
+        use std::ops::Bound;
+        let mut sessions = self
+            .sessions
+            .range((Bound::Excluded(after), Bound::Unbounded));
+        let page: Vec<SessionSummary> = sessions
+            .by_ref()
+            .take(limit)
+            .map(|(id, session)| {
+                let mut owned_mutexes: Vec<String> = self
+                    .owned
+                    .get(id)
+                    .into_iter()
+                    .flat_map(|owned| owned.keys())
+                    .filter_map(|object| self.object(*object).name.clone())
+                    .collect();
+                owned_mutexes.sort();
+                SessionSummary {
+                    info: session.info(*id, self.watched_ms),
+                    owned_mutexes,
+                }
+            })
+            .collect();
+        let more = sessions.next().is_some();
+        (page, more)
     }
 
     /// One session's summary.
