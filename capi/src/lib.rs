@@ -22,7 +22,9 @@
 use std::ffi::{c_char, c_void};
 
 use dlock_client::win32::{self as w, BOOL, DWORD, LONG};
-use dlock_proto::vocab::{ERROR_FILENAME_EXCED_RANGE, ERROR_INVALID_NAME, MAX_PATH};
+use dlock_proto::vocab::{
+    ERROR_FILENAME_EXCED_RANGE, ERROR_INTERNAL_ERROR, ERROR_INVALID_NAME, MAX_PATH,
+};
 
 /// `HANDLE`: an opaque pointer-sized value (the facade's handle number).
 pub type HANDLE = *mut c_void;
@@ -48,6 +50,15 @@ fn from_handle(h: HANDLE) -> w::HANDLE {
 
 fn to_handle(h: w::HANDLE) -> HANDLE {
     std::ptr::without_provenance_mut(h as usize)
+}
+
+/// Runs `body`; a panic (a bug) must not unwind into C, where it would abort the process:
+/// the call fails instead, with `failure` and `ERROR_INTERNAL_ERROR`.
+fn guard<T>(failure: T, body: impl FnOnce() -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|_| {
+        w::SetLastError(ERROR_INTERNAL_ERROR);
+        failure
+    })
 }
 
 /// Why a C name could not be read.
@@ -123,7 +134,7 @@ macro_rules! with_name {
         // SAFETY: the caller of the exported function passes a name as its Win32 contract
         // says (see `name_a` / `name_w`).
         match unsafe { $reader($name) } {
-            Ok($n) => to_handle($call),
+            Ok($n) => guard(std::ptr::null_mut(), || to_handle($call)),
             Err(bad) => bad.fail(),
         }
     };
@@ -236,7 +247,7 @@ pub unsafe extern "C" fn OpenMutexW(
 /// `ReleaseMutex`.
 #[unsafe(no_mangle)]
 pub extern "C" fn ReleaseMutex(hMutex: HANDLE) -> BOOL {
-    w::ReleaseMutex(from_handle(hMutex))
+    guard(w::FALSE, || w::ReleaseMutex(from_handle(hMutex)))
 }
 
 /// `CreateEventA`.
@@ -358,19 +369,19 @@ pub unsafe extern "C" fn OpenEventW(
 /// `SetEvent`.
 #[unsafe(no_mangle)]
 pub extern "C" fn SetEvent(hEvent: HANDLE) -> BOOL {
-    w::SetEvent(from_handle(hEvent))
+    guard(w::FALSE, || w::SetEvent(from_handle(hEvent)))
 }
 
 /// `ResetEvent`.
 #[unsafe(no_mangle)]
 pub extern "C" fn ResetEvent(hEvent: HANDLE) -> BOOL {
-    w::ResetEvent(from_handle(hEvent))
+    guard(w::FALSE, || w::ResetEvent(from_handle(hEvent)))
 }
 
 /// `PulseEvent`.
 #[unsafe(no_mangle)]
 pub extern "C" fn PulseEvent(hEvent: HANDLE) -> BOOL {
-    w::PulseEvent(from_handle(hEvent))
+    guard(w::FALSE, || w::PulseEvent(from_handle(hEvent)))
 }
 
 /// `CreateSemaphoreA`.
@@ -508,15 +519,19 @@ pub unsafe extern "C" fn ReleaseSemaphore(
     lReleaseCount: LONG,
     lpPreviousCount: *mut LONG,
 ) -> BOOL {
-    // SAFETY: NULL or a writable LONG, per the contract.
-    let previous = unsafe { lpPreviousCount.as_mut() };
-    w::ReleaseSemaphore(from_handle(hSemaphore), lReleaseCount, previous)
+    guard(w::FALSE, || {
+        // SAFETY: NULL or a writable LONG, per the contract.
+        let previous = unsafe { lpPreviousCount.as_mut() };
+        w::ReleaseSemaphore(from_handle(hSemaphore), lReleaseCount, previous)
+    })
 }
 
 /// `WaitForSingleObject`.
 #[unsafe(no_mangle)]
 pub extern "C" fn WaitForSingleObject(hHandle: HANDLE, dwMilliseconds: DWORD) -> DWORD {
-    w::WaitForSingleObject(from_handle(hHandle), dwMilliseconds)
+    guard(w::WAIT_FAILED, || {
+        w::WaitForSingleObject(from_handle(hHandle), dwMilliseconds)
+    })
 }
 
 /// `WaitForMultipleObjects`.
@@ -532,18 +547,20 @@ pub unsafe extern "C" fn WaitForMultipleObjects(
     bWaitAll: BOOL,
     dwMilliseconds: DWORD,
 ) -> DWORD {
-    let handles: Vec<w::HANDLE> =
-        if lpHandles.is_null() || nCount == 0 || nCount > w::MAXIMUM_WAIT_OBJECTS {
-            // The facade refuses an empty or oversized list with 87; do not read the pointer.
-            Vec::new()
-        } else {
-            // SAFETY: `nCount` (at most 64) handles are readable at `lpHandles`, per the contract.
-            unsafe { std::slice::from_raw_parts(lpHandles, nCount as usize) }
-                .iter()
-                .map(|&h| from_handle(h))
-                .collect()
-        };
-    w::WaitForMultipleObjects(&handles, bWaitAll, dwMilliseconds)
+    guard(w::WAIT_FAILED, || {
+        let handles: Vec<w::HANDLE> =
+            if lpHandles.is_null() || nCount == 0 || nCount > w::MAXIMUM_WAIT_OBJECTS {
+                // The facade refuses an empty or oversized list with 87; do not read the pointer.
+                Vec::new()
+            } else {
+                // SAFETY: `nCount` (at most 64) handles are readable at `lpHandles`, per the contract.
+                unsafe { std::slice::from_raw_parts(lpHandles, nCount as usize) }
+                    .iter()
+                    .map(|&h| from_handle(h))
+                    .collect()
+            };
+        w::WaitForMultipleObjects(&handles, bWaitAll, dwMilliseconds)
+    })
 }
 
 /// `SignalObjectAndWait`.
@@ -554,18 +571,20 @@ pub extern "C" fn SignalObjectAndWait(
     dwMilliseconds: DWORD,
     bAlertable: BOOL,
 ) -> DWORD {
-    w::SignalObjectAndWait(
-        from_handle(hObjectToSignal),
-        from_handle(hObjectToWaitOn),
-        dwMilliseconds,
-        bAlertable,
-    )
+    guard(w::WAIT_FAILED, || {
+        w::SignalObjectAndWait(
+            from_handle(hObjectToSignal),
+            from_handle(hObjectToWaitOn),
+            dwMilliseconds,
+            bAlertable,
+        )
+    })
 }
 
 /// `CloseHandle`.
 #[unsafe(no_mangle)]
 pub extern "C" fn CloseHandle(hObject: HANDLE) -> BOOL {
-    w::CloseHandle(from_handle(hObject))
+    guard(w::FALSE, || w::CloseHandle(from_handle(hObject)))
 }
 
 /// `GetLastError`: the calling thread's last-error code.
@@ -583,5 +602,5 @@ pub extern "C" fn SetLastError(dwErrCode: DWORD) {
 /// dlock's own: the fencing token of the calling thread's grant of a mutex (see the header).
 #[unsafe(no_mangle)]
 pub extern "C" fn DlockGetFencingToken(hMutex: HANDLE) -> u64 {
-    w::GetFencingToken(from_handle(hMutex))
+    guard(0, || w::GetFencingToken(from_handle(hMutex)))
 }

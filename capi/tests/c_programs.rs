@@ -6,6 +6,8 @@
 //! - `c/threads.c`: pthreads, per-thread last error and ownership, `WaitForMultipleObjects`,
 //!   abandonment by a thread that exits, semaphores, `W` names; linked with `libdlock.so` and,
 //!   once more, with `libdlock.a`;
+//! - `c/exit_paths.c`: calls from an `atexit` handler and a pthread key destructor (where the
+//!   calling thread's thread-locals are gone) and from a forked child;
 //! - `c/constants.c`: every constant of the header against the Rust vocabulary.
 
 use std::path::{Path, PathBuf};
@@ -166,6 +168,34 @@ async fn c_threads_wait_for_multiple_objects_and_abandon_what_they_owned() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_at_exit_in_key_destructors_and_after_fork_neither_abort_nor_hang() {
+    let dir = tempfile::tempdir().expect("build directory");
+    let program = compile("exit_paths", dir.path());
+    let cluster = ProcCluster::start(3, &[]).await;
+    cluster.leader().await;
+    let started = Instant::now();
+    let out = run(&program, &cluster.endpoints(), &["exit-paths"]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{:?}: {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The worker's exit is reported first (its thread-locals go before its key destructors),
+    // so the release may find the mutex abandoned already: either answer, but an answer.
+    assert!(text.contains("key destructor ReleaseMutex: "), "{text}");
+    // A forked child cannot use its parent's runtime: a clear error, and a prompt exit.
+    assert!(
+        text.contains(&format!("child: failed {}\n", v::ERROR_NOT_SUPPORTED)),
+        "{text}"
+    );
+    assert!(text.contains("child exited 0\n"), "{text}");
+    assert!(text.ends_with("atexit CloseHandle: ok\n"), "{text}");
+    eprintln!("exit_paths ran in {:?}", started.elapsed());
 }
 
 #[test]

@@ -208,10 +208,11 @@ BOOL CloseHandle(HANDLE hObject);
 DWORD GetLastError(void);
 void SetLastError(DWORD dwErrCode);
 
-/* dlock's own: the fencing token of the calling thread's current grant of a mutex (the Raft
- * log index of the grant, increasing across all grants of the cluster), 0 if the thread does
- * not own it (last error 288). Give it to the resources the mutex protects so that they can
- * refuse a stale owner. */
+/* dlock's own: the fencing token of the calling thread's current hold of a mutex (the Raft
+ * log index of the grant, increasing across all grants of the cluster), or 0 if the thread
+ * does not own it (the last error is then left alone). On failure it returns 0 and sets the
+ * last error (6 for a bad or non-mutex handle, or a cluster code). Give the token to the
+ * resources the mutex protects so that they can refuse a stale owner. */
 ULONGLONG DlockGetFencingToken(HANDLE hMutex);
 
 /* ---- Generic names, as windows.h defines them ---- */

@@ -249,6 +249,17 @@ pub(crate) struct Facade {
     /// A tokio mutex: held across `OpenSession` so that concurrent first calls open one
     /// session, not several.
     conn: tokio::sync::Mutex<Conn>,
+    /// The process that started the runtime. A child made by `fork` has the memory but not
+    /// the runtime's threads: it must not use the facade (see [`in_forked_child`]).
+    pid: u32,
+}
+
+/// True in a child made by `fork` after the facade started in its parent: the runtime's worker
+/// threads do not exist there, so any call would wait forever for them. Calls then fail with
+/// `ERROR_NOT_SUPPORTED`, and a thread exit is not reported (the parent's session is the
+/// parent's). One `getpid` per cluster call, never on the `Local\` fast path.
+fn in_forked_child(facade: &Facade) -> bool {
+    facade.pid != std::process::id()
 }
 
 static FACADE: OnceLock<Option<Facade>> = OnceLock::new();
@@ -268,6 +279,7 @@ fn facade() -> Option<&'static Facade> {
                     runtime,
                     settings,
                     conn: tokio::sync::Mutex::new(Conn::default()),
+                    pid: std::process::id(),
                 }),
                 Err(err) => {
                     tracing::error!(error = %err, "cannot start the dlock runtime");
@@ -281,19 +293,38 @@ fn facade() -> Option<&'static Facade> {
 /// Runs a facade operation to completion on the calling thread.
 ///
 /// Fails with `ERROR_NOT_SUPPORTED` when called from inside a tokio runtime (blocking there
-/// could deadlock it, and `block_on` would panic), and with `ERROR_NO_SYSTEM_RESOURCES` if the
-/// runtime cannot be started.
+/// could deadlock it, and `block_on` would panic) or in a forked child, and with
+/// `ERROR_NO_SYSTEM_RESOURCES` if the runtime cannot be started.
+///
+/// A thread whose thread-locals are being destroyed (an `atexit` handler or a C++ static
+/// destructor after `main` returned, a pthread key destructor) cannot enter the runtime, whose
+/// own thread-local is gone: the operation then runs on a helper thread while the caller waits.
 pub(crate) fn block_on<T, F, Fut>(op: F) -> Result<T, Win32Error>
 where
-    F: FnOnce(&'static Facade) -> Fut,
+    F: FnOnce(&'static Facade) -> Fut + Send,
     Fut: Future<Output = Result<T, Win32Error>>,
+    T: Send,
 {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        tracing::warn!("dlock::win32 called from inside a tokio runtime; use the async API");
+    let exiting = match tokio::runtime::Handle::try_current() {
+        Ok(_) => {
+            tracing::warn!("dlock::win32 called from inside a tokio runtime; use the async API");
+            return Err(Win32Error::NOT_SUPPORTED);
+        }
+        Err(err) => err.is_thread_local_destroyed(),
+    };
+    let facade = facade().ok_or(Win32Error::NO_SYSTEM_RESOURCES)?;
+    if in_forked_child(facade) {
         return Err(Win32Error::NOT_SUPPORTED);
     }
-    let facade = facade().ok_or(Win32Error::NO_SYSTEM_RESOURCES)?;
-    facade.runtime.block_on(op(facade))
+    if !exiting {
+        return facade.runtime.block_on(op(facade));
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| facade.runtime.block_on(op(facade)))
+            .join()
+            .unwrap_or(Err(Win32Error::INTERNAL_ERROR))
+    })
 }
 
 impl Facade {
@@ -360,6 +391,9 @@ pub(crate) fn thread_exited(thread: u64) {
     let Some(Some(facade)) = FACADE.get() else {
         return;
     };
+    if in_forked_child(facade) {
+        return;
+    }
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     facade.runtime.spawn(async move {
         let session = facade.conn.lock().await.session.clone();

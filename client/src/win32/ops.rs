@@ -16,8 +16,9 @@ pub(super) fn with_handle<T, F, Fut>(
     op: F,
 ) -> Result<T, Win32Error>
 where
-    F: FnOnce(Session, u64) -> Fut,
+    F: FnOnce(Session, u64) -> Fut + Send,
     Fut: Future<Output = Result<T, Error>>,
+    T: Send,
 {
     let entry = resolve(handle, kind)?;
     block_on(|_| async move {

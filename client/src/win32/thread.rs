@@ -4,8 +4,11 @@
 //! process-unique id (never reused) on first use. When a thread that may own mutexes (it made a
 //! wait, or created a mutex with initial ownership) exits, its thread-local guard reports
 //! `ThreadExit` to the cluster, so that the mutexes it still owns become abandoned, as on
-//! Windows. The main thread's thread-locals are not destroyed at process exit; its mutexes are
-//! abandoned when the process's session ends (close or TTL expiry).
+//! Windows. glibc destroys the main thread's thread-locals too when the process exits normally
+//! (`exit`, or `main` returning), before `atexit` handlers run: the main thread's exit is then
+//! reported like any other (waiting at most `THREAD_EXIT_WAIT`), and the mutexes it owned are
+//! abandoned at once. A killed process reports nothing: its mutexes are abandoned when its
+//! session expires.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
