@@ -67,7 +67,13 @@ struct Cli {
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
     /// Output format of `list` and `sessions`.
-    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
     output: objects::Output,
     /// What to do.
     #[command(subcommand)]

@@ -92,7 +92,7 @@ pub async fn list(
     let mut objects: Vec<ObjectSummary> = Vec::new();
     let mut token = after.to_owned();
     let next = loop {
-        let want = (limit - objects.len() as u32).min(PAGE_MAX);
+        let want = limit.saturating_sub(objects.len() as u32).min(PAGE_MAX);
         if want == 0 {
             break (!token.is_empty()).then_some(token);
         }
@@ -144,7 +144,10 @@ pub async fn list(
                 );
             }
             if let Some(next) = next {
-                println!("(more objects follow: continue with --after {next:?})");
+                println!(
+                    "(more objects follow: continue with --after '{}')",
+                    next.replace('\'', "'\\''")
+                );
             }
         }
     }
@@ -160,7 +163,18 @@ fn session_json(s: &SessionSummary) -> Value {
         "handles": s.handles,
         "pending_waits": s.pending_waits,
         "owned_mutexes": s.owned_mutexes,
+        "owned_count": s.owned_count,
     })
+}
+
+/// The mutexes a session owns, as the table prints them: the names listed, and how many more.
+fn owns(s: &SessionSummary) -> String {
+    let listed = s.owned_mutexes.join(",");
+    match s.owned_count.saturating_sub(s.owned_mutexes.len() as u64) {
+        0 => listed,
+        more if listed.is_empty() => format!("({more} unnamed or unlisted)"),
+        more => format!("{listed} (+{more})"),
+    }
 }
 
 /// `sessions`: every open session.
@@ -198,7 +212,7 @@ pub async fn sessions(client: &Client, output: Output) -> Result<(), Failure> {
                     s.silence_ms,
                     s.handles,
                     s.pending_waits,
-                    s.owned_mutexes.join(",")
+                    owns(s)
                 );
             }
         }

@@ -231,7 +231,8 @@ async fn list_and_sessions_show_objects_owners_and_pages() {
     );
 
     // JSON for scripts.
-    let (out, stdout, stderr) = dlockctl(&["--endpoint", &endpoint, "-o", "json", "list"]);
+    // -o goes before or after the subcommand.
+    let (out, stdout, stderr) = dlockctl(&["--endpoint", &endpoint, "list", "-o", "json"]);
     assert!(out.status.success(), "{stdout}{stderr}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
     let objects = doc["objects"].as_array().expect("objects");
@@ -262,6 +263,7 @@ async fn list_and_sessions_show_objects_owners_and_pages() {
         .find(|s| s["session"] == session.id())
         .expect("our session");
     assert_eq!(mine["owned_mutexes"], serde_json::json!(["jobs.a"]));
+    assert_eq!(mine["owned_count"], 1);
     assert_eq!(mine["handles"], 4);
 
     // A page larger than the server allows is refused, not truncated silently.

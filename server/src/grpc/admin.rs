@@ -189,7 +189,11 @@ impl Admin for AdminService {
             .prefix
             .strip_prefix(dlock_proto::vocab::names::GLOBAL_PREFIX)
             .unwrap_or(&req.prefix);
-        let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+        let token = req
+            .page_token
+            .strip_prefix(dlock_proto::vocab::names::GLOBAL_PREFIX)
+            .unwrap_or(&req.page_token);
+        let after = (!token.is_empty()).then_some(token);
         self.node.read_index().await.map_err(|e| self.fail(e))?;
         let (objects, more) = lock(&self.replica.ns).list_objects(prefix, after, limit);
         let next_page_token = match objects.last() {
@@ -233,6 +237,7 @@ impl Admin for AdminService {
                 handles: s.info.handles as u64,
                 pending_waits: s.info.pending_waits as u64,
                 owned_mutexes: s.owned_mutexes,
+                owned_count: s.owned_count as u64,
             })
             .collect();
         Ok(Response::new(pb::ListSessionsReply {

@@ -311,13 +311,22 @@ pub struct ObjectSummary {
     pub waiters: usize,
 }
 
+/// The most mutex names one session summary lists ([`SessionSummary::owned_count`] counts
+/// them all).
+pub const OWNED_NAMES_LISTED_MAX: usize = 32;
+/// A page of [`Namespace::list_sessions`] ends once its names reach this many bytes.
+pub const SESSION_PAGE_BYTES_MAX: usize = 1 << 20;
+
 /// One session, as [`Namespace::list_sessions`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSummary {
     /// Its summary.
     pub info: SessionInfo,
-    /// Names of the mutexes it owns (unnamed ones left out), sorted.
+    /// Names of the first [`OWNED_NAMES_LISTED_MAX`] mutexes it owns in name order (unnamed
+    /// ones left out).
     pub owned_mutexes: Vec<String>,
+    /// How many mutexes it owns, named or not.
+    pub owned_count: usize,
 }
 
 /// What [`Namespace::counts`] reports.
@@ -548,32 +557,39 @@ impl Namespace {
         (objects, more)
     }
 
-    /// Up to `limit` sessions with an id above `after`, in id order, each with the names of the
-    /// mutexes it owns; and whether more follow.
+    /// Up to `limit` sessions with an id above `after`, in id order, each with the names of up
+    /// to [`OWNED_NAMES_LISTED_MAX`] mutexes it owns; and whether more follow. A page also ends
+    /// once its names add up to [`SESSION_PAGE_BYTES_MAX`] (after at least one session), so that
+    /// a reply stays far below a gRPC message limit whatever the sessions hold.
     pub fn list_sessions(&self, after: SessionId, limit: usize) -> (Vec<SessionSummary>, bool) {
         use std::ops::Bound;
         let mut sessions = self
             .sessions
-            .range((Bound::Excluded(after), Bound::Unbounded));
-        let page: Vec<SessionSummary> = sessions
-            .by_ref()
-            .take(limit)
-            .map(|(id, session)| {
-                let mut owned_mutexes: Vec<String> = self
-                    .owned
-                    .get(id)
-                    .into_iter()
-                    .flat_map(|owned| owned.keys())
-                    .filter_map(|object| self.object(*object).name.clone())
-                    .collect();
-                owned_mutexes.sort();
-                SessionSummary {
-                    info: session.info(*id, self.watched_ms),
-                    owned_mutexes,
-                }
-            })
-            .collect();
-        let more = sessions.next().is_some();
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .peekable();
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        while page.len() < limit && (page.is_empty() || bytes < SESSION_PAGE_BYTES_MAX) {
+            let Some((id, session)) = sessions.next() else {
+                break;
+            };
+            let owned = self.owned.get(id);
+            let mut owned_mutexes: Vec<String> = owned
+                .into_iter()
+                .flat_map(|owned| owned.keys())
+                .filter_map(|object| self.object(*object).name.clone())
+                .collect();
+            owned_mutexes.sort();
+            owned_mutexes.truncate(OWNED_NAMES_LISTED_MAX);
+            let info = session.info(*id, self.watched_ms);
+            bytes += info.client_name.len() + owned_mutexes.iter().map(String::len).sum::<usize>();
+            page.push(SessionSummary {
+                info,
+                owned_count: owned.map_or(0, BTreeMap::len),
+                owned_mutexes,
+            });
+        }
+        let more = sessions.peek().is_some();
         (page, more)
     }
 

@@ -1211,3 +1211,56 @@ fn the_largest_state_fits_its_bound() {
         }
     }
 }
+
+#[test]
+fn objects_and_sessions_list_in_pages() {
+    let mut ns = Namespace::new();
+    // Two sessions; "m" owned by session 1 (session 2 opens it as "Global\m"), "e", "s".
+    for (i, command) in sample_commands().iter().take(7).enumerate() {
+        ns.apply(i as u64 + 1, command);
+    }
+    let names = |page: &[ObjectSummary]| page.iter().map(|o| o.name.clone()).collect::<Vec<_>>();
+
+    let (all, more) = ns.list_objects("", None, 10);
+    assert_eq!(
+        (names(&all), more),
+        (vec!["e".into(), "m".into(), "s".into()], false)
+    );
+    let m = &all[1];
+    assert_eq!(m.handles, 2);
+    assert!(matches!(
+        m.state,
+        ObjectState::Mutex {
+            owner: Some((1, _)),
+            ..
+        }
+    ));
+
+    let (first, more) = ns.list_objects("", None, 2);
+    assert_eq!((names(&first), more), (vec!["e".into(), "m".into()], true));
+    let (rest, more) = ns.list_objects("", Some("m"), 2);
+    assert_eq!((names(&rest), more), (vec!["s".into()], false));
+    assert_eq!(
+        names(&ns.list_objects("m", None, 10).0),
+        vec!["m".to_string()]
+    );
+    assert!(ns.list_objects("x", None, 10).0.is_empty());
+    // A token before the prefix starts at the prefix; one after every match ends the list.
+    assert_eq!(
+        names(&ns.list_objects("e", Some("a"), 10).0),
+        vec!["e".to_string()]
+    );
+    assert!(ns.list_objects("e", Some("f"), 10).0.is_empty());
+
+    let (sessions, more) = ns.list_sessions(0, 10);
+    assert!(!more);
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[0].info.client_name, "a");
+    assert_eq!(sessions[0].owned_mutexes, vec!["m".to_string()]);
+    assert_eq!(sessions[0].owned_count, 1);
+    assert!(sessions[1].owned_mutexes.is_empty());
+    let (first, more) = ns.list_sessions(0, 1);
+    assert!(more && first.len() == 1);
+    let (second, more) = ns.list_sessions(first[0].info.id, 1);
+    assert!(!more && second.len() == 1 && second[0].info.client_name == "b");
+}
