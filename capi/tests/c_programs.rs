@@ -21,17 +21,36 @@ use dlock_tests::procs::ProcCluster;
 /// keeps them until its session expires, as a killed one does.
 const TTL_MS: u64 = 3000;
 
-/// `target/<profile>`, where cargo puts `libdlock.so`.
+/// `target/<profile>`, where `cargo build` puts `libdlock.so`. `cargo test` builds this
+/// crate's integration tests but not its `cdylib` (nothing links it), so the first test to get
+/// here builds it, with the cargo running the tests, once per test process.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let deps = exe.parent().expect("target/<profile>/deps");
-    let dir = deps.parent().expect("target/<profile>").to_path_buf();
-    assert!(
-        dir.join("libdlock.so").exists(),
-        "{} has no libdlock.so: build the workspace (cargo test --workspace)",
-        dir.display()
-    );
-    dir
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable");
+            let deps = exe.parent().expect("target/<profile>/deps");
+            let dir = deps.parent().expect("target/<profile>").to_path_buf();
+            let release = dir.file_name().is_some_and(|n| n == "release");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "-p", "dlock-capi", "--lib"]);
+            if release {
+                build.arg("--release");
+            }
+            let out = build
+                .current_dir(crate_dir())
+                .output()
+                .expect("cargo runs");
+            assert!(
+                out.status.success() && dir.join("libdlock.so").exists(),
+                "cargo build -p dlock-capi did not give {}/libdlock.so:\n{}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            dir
+        })
+        .clone()
 }
 
 fn crate_dir() -> PathBuf {

@@ -221,7 +221,7 @@ async fn list_and_sessions_show_objects_owners_and_pages() {
     assert!(
         stdout.contains("jobs.a")
             && stdout.contains("jobs.e")
-            && stdout.contains("continue with --after \"jobs.e\""),
+            && stdout.contains("continue with --after 'jobs.e'"),
         "{stdout}"
     );
     let (_, stdout, _) = dlockctl(&["--endpoint", &endpoint, "list", "--after", "jobs.e"]);
