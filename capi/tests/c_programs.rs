@@ -38,10 +38,7 @@ fn lib_dir() -> PathBuf {
             if release {
                 build.arg("--release");
             }
-            let out = build
-                .current_dir(crate_dir())
-                .output()
-                .expect("cargo runs");
+            let out = build.current_dir(crate_dir()).output().expect("cargo runs");
             assert!(
                 out.status.success() && dir.join("libdlock.so").exists(),
                 "cargo build -p dlock-capi did not give {}/libdlock.so:\n{}",
