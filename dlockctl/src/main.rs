@@ -6,6 +6,14 @@
 //! dlockctl [--endpoint HOST:PORT]... health
 //! dlockctl [--endpoint HOST:PORT]... list [--prefix P] [--after NAME] [--limit N] [-o json]
 //! dlockctl [--endpoint HOST:PORT]... sessions [-o json]
+//! dlockctl create mutex|event|semaphore NAME [--initial-owner] [--manual-reset] [--signaled]
+//!          [--initial-count N] [--maximum-count M] [--hold]
+//! dlockctl open mutex|event|semaphore NAME [--hold]
+//! dlockctl wait mutex|event|semaphore NAME [--timeout MS] [--hold]
+//! dlockctl release NAME | set NAME | reset NAME | pulse NAME
+//! dlockctl release-semaphore NAME [--count N]
+//! dlockctl run --mutex NAME [--timeout MS] [--grace-ms MS] -- CMD ARGS...
+//! dlockctl run --semaphore NAME --limit N [--timeout MS] [--grace-ms MS] -- CMD ARGS...
 //! dlockctl add-learner ID PEER_ADDR
 //! dlockctl add-voter ID PEER_ADDR
 //! dlockctl promote ID
@@ -23,6 +31,11 @@
 //! TTL, silence, handles, pending waits, the mutexes each owns); both read linearizably from
 //! any node, as a table or, with `-o json`, as one JSON document.
 //!
+//! The object commands make the Win32 call of their name from a session of their own, which
+//! ends with the process (see handles.rs: `--hold` keeps the handle until a signal; exit 3 is
+//! `WAIT_TIMEOUT`, 4 `WAIT_ABANDONED`). `run` runs a command only while holding a mutex and
+//! exits with the command's status (see run.rs for its signals and exit statuses 124-127).
+//!
 //! `local` needs no cluster: it prints this host's `Local\` namespace (the shared-memory
 //! segment of `DLOCK_LOCAL_DIR` / `DLOCK_LOCAL_NAMESPACE`): attached processes, objects with
 //! their handles, owners and waiters, and blocked waits. It also reclaims dead processes'
@@ -33,16 +46,19 @@
 //! is not the leader answers with a hint naming the leader, which is followed; calls are
 //! retried across the endpoints on `UNAVAILABLE` and connection errors until `--timeout-ms`
 //! has passed; any other error ends the command at once. The exit status is 0 on success, 1 on
-//! a failed call, 2 on bad usage.
+//! a failed call, 2 on bad usage (and, for the object commands and `run`, the statuses above).
 
-#![forbid(unsafe_code)]
+// One `unsafe` block: `run`'s `pre_exec` (see run.rs, `die_with_parent`).
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod handles;
 mod objects;
+mod run;
 use dlock::admin::{Member, MembershipReply, NodeStatus, Role};
 use dlock::{Client, ClientConfig};
 
@@ -51,7 +67,7 @@ use dlock::{Client, ClientConfig};
 #[command(
     name = "dlockctl",
     version,
-    about = "Administer a dlock cluster: status and membership (dlock.v1.Admin)."
+    about = "Use and administer a dlock cluster: named objects, commands under a lock, status, membership."
 )]
 struct Cli {
     /// Client address of a cluster member (repeat, or comma-separate); any member will do,
@@ -66,7 +82,7 @@ struct Cli {
     /// Give up after this many milliseconds of retrying (leader changes, nodes down).
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
-    /// Output format of `list` and `sessions`.
+    /// Output format: lines and tables for people, or JSON documents for scripts.
     #[arg(
         short = 'o',
         long = "output",
@@ -134,6 +150,95 @@ enum Command {
     },
     /// Lists the open sessions: client name, TTL, silence, handles, waits, mutexes owned.
     Sessions,
+    /// Creates a named object, or opens the existing one of that name (`CreateMutex`,
+    /// `CreateEvent`, `CreateSemaphore`).
+    Create {
+        /// What to create.
+        #[command(flatten)]
+        args: handles::CreateArgs,
+        /// The session.
+        #[command(flatten)]
+        session: handles::SessionArgs,
+    },
+    /// Opens an existing named object (`OpenMutex`, `OpenEvent`, `OpenSemaphore`) and prints
+    /// its state.
+    Open {
+        /// The object's type.
+        kind: handles::Kind,
+        /// Its name.
+        name: String,
+        /// Keep the handle until SIGINT/SIGTERM.
+        #[arg(long)]
+        hold: bool,
+        /// The session.
+        #[command(flatten)]
+        session: handles::SessionArgs,
+    },
+    /// Waits for a named object (`WaitForSingleObject`): exit 0 signaled/acquired, 3 timed
+    /// out, 4 acquired an abandoned mutex. A mutex acquired is released at exit (with
+    /// `--hold`: at SIGINT/SIGTERM).
+    Wait {
+        /// The object's type.
+        kind: handles::Kind,
+        /// Its name.
+        name: String,
+        /// Give up after this many milliseconds (default: wait forever).
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u32>,
+        /// Keep the handle, and the mutex acquired, until SIGINT/SIGTERM.
+        #[arg(long)]
+        hold: bool,
+        /// The session.
+        #[command(flatten)]
+        session: handles::SessionArgs,
+    },
+    /// `ReleaseMutex`: only the owner may release, so from its own process this reports who
+    /// owns the mutex (ERROR_NOT_OWNER); stop the holding process to release it.
+    Release {
+        /// The mutex's name.
+        name: String,
+        /// The session.
+        #[command(flatten)]
+        session: handles::SessionArgs,
+    },
+    /// `SetEvent`.
+    Set {
+        /// The event's name.
+        name: String,
+        /// The session.
+        #[command(flatten)]
+        session: handles::SessionArgs,
+    },
+    /// `ResetEvent`.
+    Reset {
+        /// The event's name.
+        name: String,
+        /// The session.
+        #[command(flatten)]
+        session: handles::SessionArgs,
+    },
+    /// `PulseEvent`.
+    Pulse {
+        /// The event's name.
+        name: String,
+        /// The session.
+        #[command(flatten)]
+        session: handles::SessionArgs,
+    },
+    /// `ReleaseSemaphore`: raises the count, prints the previous one.
+    ReleaseSemaphore {
+        /// The semaphore's name.
+        name: String,
+        /// By how much.
+        #[arg(long, default_value_t = 1)]
+        count: i32,
+        /// The session.
+        #[command(flatten)]
+        session: handles::SessionArgs,
+    },
+    /// Runs a command only while holding a named mutex (or one of N slots), forwarding
+    /// signals, stopping it if the lease is in jeopardy, exiting with its status.
+    Run(run::RunArgs),
     /// Shows this host's `Local\` namespace (no cluster involved).
     Local {
         /// Directory of the segment file.
@@ -334,26 +439,77 @@ async fn health(endpoints: &[String], timeout: Duration, service: &str) -> Resul
     }
 }
 
-/// Runs the parsed command.
-async fn run(cli: Cli) -> Result<(), Failure> {
+/// Runs the parsed command; returns the exit status.
+async fn run(cli: Cli) -> Result<u8, Failure> {
     let timeout = Duration::from_millis(cli.timeout_ms);
     let endpoints = &cli.endpoints;
+    let object = |op: handles::Op, session: handles::SessionArgs| async move {
+        handles::run(endpoints, timeout, &session, cli.output, op).await
+    };
     let (what, result): (String, Result<MembershipReply, dlock::admin::AdminError>) =
         match cli.command {
             Command::Local { .. } => unreachable!("handled before the runtime starts"),
-            Command::Status { all } => return status(endpoints, timeout, all).await,
-            Command::Health { service } => return health(endpoints, timeout, &service).await,
+            Command::Create { args, session } => {
+                return object(handles::Op::Create(args), session).await;
+            }
+            Command::Open {
+                kind,
+                name,
+                hold,
+                session,
+            } => return object(handles::Op::Open { kind, name, hold }, session).await,
+            Command::Wait {
+                kind,
+                name,
+                timeout: wait_ms,
+                hold,
+                session,
+            } => {
+                let op = handles::Op::Wait {
+                    kind,
+                    name,
+                    timeout: wait_ms,
+                    hold,
+                };
+                return object(op, session).await;
+            }
+            Command::Release { name, session } => {
+                return object(handles::Op::Release { name }, session).await;
+            }
+            Command::Set { name, session } => {
+                return object(handles::Op::Set { name }, session).await;
+            }
+            Command::Reset { name, session } => {
+                return object(handles::Op::Reset { name }, session).await;
+            }
+            Command::Pulse { name, session } => {
+                return object(handles::Op::Pulse { name }, session).await;
+            }
+            Command::ReleaseSemaphore {
+                name,
+                count,
+                session,
+            } => {
+                return object(handles::Op::ReleaseSemaphore { name, count }, session).await;
+            }
+            Command::Run(args) => return Ok(run::run(endpoints, timeout, args).await),
+            Command::Status { all } => return status(endpoints, timeout, all).await.map(|()| 0),
+            Command::Health { service } => {
+                return health(endpoints, timeout, &service).await.map(|()| 0);
+            }
             Command::List {
                 prefix,
                 after,
                 limit,
             } => {
                 let client = connect(endpoints, timeout).await?;
-                return objects::list(&client, &prefix, &after, limit, cli.output).await;
+                return objects::list(&client, &prefix, &after, limit, cli.output)
+                    .await
+                    .map(|()| 0);
             }
             Command::Sessions => {
                 let client = connect(endpoints, timeout).await?;
-                return objects::sessions(&client, cli.output).await;
+                return objects::sessions(&client, cli.output).await.map(|()| 0);
             }
             Command::AddLearner { id, peer_addr } => {
                 let client = connect(endpoints, timeout).await?;
@@ -380,7 +536,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Ok(reply) => {
             println!("{what}");
             print_members(&reply.members);
-            Ok(())
+            Ok(0)
         }
         Err(e) => {
             // The server's message names the problem ("node 9 is not a learner").
@@ -467,7 +623,7 @@ fn local(dir: std::path::PathBuf, namespace: Option<String>) -> Result<(), Failu
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Local { dir, namespace } => local(dir, namespace),
+        Command::Local { dir, namespace } => local(dir, namespace).map(|()| 0),
         _ => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -477,7 +633,7 @@ fn main() -> ExitCode {
         },
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(Failure(message)) => {
             eprintln!("dlockctl: {message}");
             ExitCode::FAILURE
