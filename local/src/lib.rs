@@ -21,10 +21,16 @@
 //!   process dies) holding one, the kernel marks it `OWNER_DIED` and wakes a waiter: the next
 //!   acquisition reports `WAIT_ABANDONED`. Ownership is per OS thread and recursive.
 //! * **Events and semaphores** live under the namespace lock, itself a robust mutex (no system
-//!   call when uncontended either).
+//!   call when uncontended either). A signal is judged when it happens, as on the cluster: it
+//!   hands its units to the registered waits it satisfies at that instant and wakes them
+//!   before its change is committed (the `grant` module), so `SetEvent; ResetEvent` releases
+//!   the waits blocked at the set, a poll cannot take a unit from a thread already waiting,
+//!   and a signaller killed after its commit has woken its waiters already.
 //! * **Waits** sleep in `futex_waitv` on each object's wake sequence (and on the lock word of a
 //!   held mutex, so the kernel's owner-died wake reaches them): any or all of up to 64 objects,
-//!   lowest signaled index first, deadlines on `CLOCK_MONOTONIC`, never polling.
+//!   lowest signaled index first, deadlines on `CLOCK_MONOTONIC`. A blocked wait looks at
+//!   its objects again after a second without a wake, as a safety net for a wake that was
+//!   lost; no signal relies on it.
 //! * **Crash safety**: changes under the namespace lock are undo-journaled
 //!   (the `segment` module's docs); a process killed mid-change is rolled back by the next
 //!   locker. Handles of dead processes are reclaimed (their liveness is an OFD lock that the
@@ -47,6 +53,7 @@
 //! racing it may see a mutex held for that instant although the wait-all then takes nothing.
 
 pub mod baseline;
+mod grant;
 mod inspect;
 mod objects;
 mod segment;

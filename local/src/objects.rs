@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering, compiler_fence};
 
+use super::grant::Signal;
 use super::segment::{
     Fnv, Guard, Held, NAME_BYTES_MAX, OBJ_FREE, OBJ_LIVE, OBJ_ZOMBIE, OBJECTS_MAX, ObjMeta,
     ObjSync, Segment,
@@ -294,7 +295,8 @@ impl Guard<'_> {
         w.tid.store(sys::tid(), Ordering::Relaxed);
         w.count.store(objs.len() as u32, Ordering::Relaxed);
         w.wait_all.store(u32::from(wait_all), Ordering::Relaxed);
-        w.pulsed.store(0, Ordering::Relaxed);
+        w.grants.released.store(0, Ordering::Relaxed);
+        w.grants.granted.store(0, Ordering::Relaxed);
         for (slot, &o) in w.objs.iter().zip(objs) {
             slot.store(o as u32, Ordering::Relaxed);
         }
@@ -306,6 +308,8 @@ impl Guard<'_> {
         Ok(i)
     }
 
+    /// Removes wait `slot` from the registry; grants it still holds go back to their objects
+    /// (and on to the next waits).
     pub(crate) fn unregister(&mut self, slot: usize) {
         let w = &self.seg.waiters()[slot];
         let objs: Vec<usize> = w.objects().filter(|&o| o < OBJECTS_MAX).collect();
@@ -315,6 +319,8 @@ impl Guard<'_> {
             let s = &self.seg.syncs()[o].waiters;
             let _ = s.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
         }
+        // After the wait left the registry, so that nothing is granted back to it.
+        self.return_grants(slot, u64::MAX);
         for &o in &objs {
             self.retire_if_unused(o);
         }
@@ -593,100 +599,74 @@ impl LocalObj {
         })
     }
 
-    /// `SetEvent`.
+    /// `SetEvent`: the event is signaled, and handed at once to the waits it satisfies (see
+    /// the `grant` module); they are woken before the change is committed.
     pub fn set_event(&self, seg: &Segment) -> Result<(), Win32Error> {
-        self.store_signaled(seg, true)?;
-        self.sync(seg).notify();
+        self.need(EVENT_MODIFY_STATE)?;
+        let mut g = seg.lock()?;
+        self.check(&g)?;
+        let meta = self.meta(seg);
+        // Setting a signaled event changes nothing: its waits were judged when it was set.
+        if meta.signaled.load(Ordering::Relaxed) == 0 {
+            g.touch(&meta.signaled);
+            meta.signaled.store(1, Ordering::Relaxed);
+            if g.grant(self.index as usize, Signal::Set) {
+                self.sync(seg).notify();
+            }
+        }
+        g.commit();
         Ok(())
     }
 
     /// `ResetEvent`.
     pub fn reset_event(&self, seg: &Segment) -> Result<(), Win32Error> {
-        self.store_signaled(seg, false)
-    }
-
-    /// Sets an event's state under the namespace lock (the caller wakes waiters if needed).
-    fn store_signaled(&self, seg: &Segment, signaled: bool) -> Result<(), Win32Error> {
         self.need(EVENT_MODIFY_STATE)?;
         let mut g = seg.lock()?;
         self.check(&g)?;
         let meta = self.meta(seg);
         g.touch(&meta.signaled);
-        meta.signaled.store(u32::from(signaled), Ordering::Relaxed);
+        meta.signaled.store(0, Ordering::Relaxed);
         g.commit();
         Ok(())
     }
 
-    /// `PulseEvent`: releases the waits registered now (all of them for a manual-reset event,
-    /// one for auto-reset, preferring a wait-any) and leaves the event non-signaled.
+    /// `PulseEvent`: releases the waits it satisfies at this instant (all of them for a
+    /// manual-reset event, the first for auto-reset) and leaves the event non-signaled.
     pub fn pulse_event(&self, seg: &Segment) -> Result<(), Win32Error> {
         self.need(EVENT_MODIFY_STATE)?;
-        {
-            let mut g = seg.lock()?;
-            self.check(&g)?;
-            let meta = self.meta(seg);
-            let manual = meta.manual_reset.load(Ordering::Relaxed) != 0;
-            let mut chosen: Vec<(usize, u64)> = Vec::new();
-            for (i, w) in seg.waiters().iter().enumerate() {
-                if w.proc.load(Ordering::Relaxed) == 0 {
-                    continue;
-                }
-                let bits = w
-                    .objects()
-                    .enumerate()
-                    .filter(|&(_, o)| o == self.index as usize)
-                    .fold(0u64, |b, (k, _)| b | 1 << k);
-                if bits != 0 {
-                    chosen.push((i, bits));
-                }
-            }
-            if !manual {
-                // One waiter, alive (a dead process's wait, not reclaimed yet, would swallow
-                // the pulse): the first wait-any, else the first wait-all.
-                chosen.retain(|(i, _)| {
-                    let proc = seg.waiters()[*i].proc.load(Ordering::Relaxed);
-                    proc != 0 && !seg.is_dead(proc - 1)
-                });
-                let any = chosen
-                    .iter()
-                    .copied()
-                    .find(|(i, _)| seg.waiters()[*i].wait_all.load(Ordering::Relaxed) == 0);
-                chosen = any.or(chosen.first().copied()).into_iter().collect();
-            }
-            for (i, bits) in chosen {
-                let w = &seg.waiters()[i];
-                g.touch(&w.pulsed);
-                w.pulsed.fetch_or(bits, Ordering::Relaxed);
-            }
-            g.touch(&meta.signaled);
-            meta.signaled.store(0, Ordering::Relaxed);
-            g.commit();
+        let mut g = seg.lock()?;
+        self.check(&g)?;
+        let meta = self.meta(seg);
+        if g.grant(self.index as usize, Signal::Pulse) {
+            self.sync(seg).notify();
         }
-        self.sync(seg).notify();
+        g.touch(&meta.signaled);
+        meta.signaled.store(0, Ordering::Relaxed);
+        g.commit();
         Ok(())
     }
 
-    /// `ReleaseSemaphore`: returns the previous count.
+    /// `ReleaseSemaphore`: returns the previous count. The units go at once to the waits
+    /// they satisfy, woken before the change is committed.
     pub fn release_semaphore(&self, seg: &Segment, count: i32) -> Result<i32, Win32Error> {
         if count <= 0 {
             return Err(Win32Error::INVALID_PARAMETER);
         }
         self.need(SEMAPHORE_MODIFY_STATE)?;
-        let previous = {
-            let mut g = seg.lock()?;
-            self.check(&g)?;
-            let meta = self.meta(seg);
-            let previous = meta.count.load(Ordering::Relaxed);
-            let max = meta.maximum.load(Ordering::Relaxed);
-            if i64::from(previous) + i64::from(count) > i64::from(max) {
-                return Err(Win32Error::TOO_MANY_POSTS);
-            }
-            g.touch(&meta.count);
-            meta.count.store(previous + count, Ordering::Relaxed);
-            g.commit();
-            previous
-        };
-        self.sync(seg).notify();
+        let mut g = seg.lock()?;
+        self.check(&g)?;
+        let meta = self.meta(seg);
+        let previous = meta.count.load(Ordering::Relaxed);
+        let max = meta.maximum.load(Ordering::Relaxed);
+        if i64::from(previous) + i64::from(count) > i64::from(max) {
+            return Err(Win32Error::TOO_MANY_POSTS);
+        }
+        g.touch(&meta.count);
+        meta.count.store(previous + count, Ordering::Relaxed);
+        if g.grant(self.index as usize, Signal::Release) {
+            self.sync(seg).notify();
+        }
+        g.commit();
         Ok(previous)
     }
 

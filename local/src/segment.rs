@@ -1,7 +1,7 @@
 //! The shared-memory segment: its file, its layout, the versioned header, the namespace lock
 //! with its undo journal, and the table of attached processes.
 //!
-//! # Layout (version 1)
+//! # Layout (version 2)
 //!
 //! ```text
 //! Header      magic "DLOCKSHM", version, ready flag, Layout, checksum,
@@ -11,7 +11,7 @@
 //! ObjMeta     [OBJECTS_MAX]   state, kind, name, handle count, event and semaphore state
 //! ObjSync     [OBJECTS_MAX]   the lock-free part: robust mutex, waiter count, wake sequence
 //! HandleRec   [HANDLES_MAX]   one per open handle: which process holds which object
-//! WaiterSlot  [WAITERS_MAX]   one per blocked wait: its objects and pulses delivered to it
+//! WaiterSlot  [WAITERS_MAX]   one per blocked wait: its objects and what signals granted it
 //! ```
 //!
 //! # Crash safety
@@ -38,8 +38,8 @@ use super::{LocalError, Settings};
 
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"DLOCKSHM";
-/// The layout version this library reads and writes.
-pub const VERSION: u32 = 1;
+/// The layout version this library reads and writes (2: waits carry grants, `Grants`).
+pub const VERSION: u32 = 2;
 /// `Header::ready` once the creator finished initialising.
 const READY: u32 = 0x5245_4459; // "READY"
 
@@ -57,11 +57,12 @@ pub const NAME_BYTES_MAX: usize = dlock_proto::vocab::names::LOCAL_NAME_BYTES_MA
 pub const WAIT_OBJECTS_MAX: usize = dlock_proto::vocab::MAXIMUM_WAIT_OBJECTS as usize;
 /// Where the per-process liveness locks start (byte offsets of the file, past its end).
 const PROC_LOCK_BASE: u64 = 1 << 40;
-/// Regions one journaled change may save: the largest change is a `PulseEvent` of a
-/// manual-reset event, which marks every registered wait (one small field each).
-const JOURNAL_ENTRIES: usize = WAITERS_MAX + 2 * WAIT_OBJECTS_MAX + 64;
+/// Regions one journaled change may save: the largest change is a signal of a manual-reset
+/// event that grants every registered wait (one `Grants` each), each of them a wait-all that
+/// consumes other events and semaphores (one field per object, saved once per change).
+const JOURNAL_ENTRIES: usize = WAITERS_MAX + 2 * OBJECTS_MAX + 64;
 /// Bytes one journaled change may save (whole slots at creation, single fields elsewhere).
-const JOURNAL_BYTES: usize = 32 * 1024;
+const JOURNAL_BYTES: usize = 16 * WAITERS_MAX + 8 * OBJECTS_MAX + 32 * 1024;
 
 /// This library's layout, computed at compile time.
 const LAYOUT: Layout = Layout::current();
@@ -274,9 +275,28 @@ pub struct WaiterSlot {
     pub tid: AtomicU32,
     pub count: AtomicU32,
     pub wait_all: AtomicU32,
-    /// Bit i: a `PulseEvent` released the event at index i for this wait.
-    pub pulsed: AtomicU64,
+    /// What signals handed this wait (see the `grant` module).
+    pub grants: Grants,
     pub objs: [AtomicU32; WAIT_OBJECTS_MAX],
+}
+
+/// What signals handed one registered wait, by index into its objects. A wait-any holds at
+/// most one index; a wait-all holds every event and semaphore of its set at once.
+#[repr(C)]
+pub struct Grants {
+    /// Bit i: the event at index i released the wait without being consumed (a manual-reset
+    /// event set, or a pulse): nothing to give back.
+    pub released: AtomicU64,
+    /// Bit i: a unit of object i (an auto-reset event's signal, a semaphore count) was moved
+    /// from the object to this wait: given back to the object if the wait does not use it.
+    pub granted: AtomicU64,
+}
+
+impl Grants {
+    /// Every index granted or released.
+    pub fn any(&self) -> u64 {
+        self.released.load(Ordering::Relaxed) | self.granted.load(Ordering::Relaxed)
+    }
 }
 
 impl WaiterSlot {
@@ -600,6 +620,13 @@ impl Segment {
     }
 }
 
+/// Test hook: a process that sets it is SIGKILLed right after its next commit, still holding
+/// the namespace lock: the window between a change becoming permanent and everything that
+/// follows it (the unlock, a wake).
+#[cfg(test)]
+pub static DIE_AFTER_COMMIT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The namespace lock, held. Every change to journaled memory goes through [`Guard::touch`]
 /// first; [`Guard::commit`] makes it permanent. Dropping the guard with a change still open
 /// (an early error return, a panic) undoes it, as a crash would be undone.
@@ -675,6 +702,11 @@ impl Guard<'_> {
         j.count.store(0, Ordering::Relaxed);
         j.used.store(0, Ordering::Relaxed);
         self.open = false;
+        #[cfg(test)]
+        if DIE_AFTER_COMMIT.load(Ordering::SeqCst) {
+            // SAFETY: raise has no preconditions; SIGKILL ends the process here.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
     }
 
     /// Test hook: leaves the change open and the lock held, as a process killed mid-change would.

@@ -100,6 +100,15 @@ fn check_invariants(seg: &Segment) {
 
 /// Re-runs this test binary on the ignored test `name`, with `dir` as its namespace.
 fn spawn_child(name: &str, dir: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+    spawn_child_with(name, dir, &[])
+}
+
+/// [`spawn_child`] with extra environment variables.
+fn spawn_child_with(
+    name: &str,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -109,6 +118,7 @@ fn spawn_child(name: &str, dir: &Path) -> (Child, std::sync::mpsc::Receiver<Stri
             "--test-threads=1",
         ])
         .env(CHILD_DIR, dir)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()
@@ -620,4 +630,85 @@ fn a_segment_from_another_pid_namespace_is_refused() {
         matches!(&err, LocalError::Unsupported(why) if why.contains("PID namespace")),
         "{err}"
     );
+}
+
+/// Env var telling `child_signal_and_die` which signal to send.
+const CHILD_SIGNAL: &str = "DLOCK_LOCAL_TEST_SIGNAL";
+
+/// Child of the test below: signals an object and is SIGKILLed right after the change is
+/// committed, before anything else it would do.
+#[test]
+#[ignore = "child process of a_signaler_killed_after_its_change_still_wakes_the_waiters"]
+fn child_signal_and_die() {
+    let Some(dir) = child_dir() else { return };
+    let seg = attach(&dir);
+    let what = std::env::var(CHILD_SIGNAL).unwrap();
+    let kind = if what == "release" {
+        ObjectKind::Semaphore
+    } else {
+        ObjectKind::Event
+    };
+    let access = if what == "release" {
+        SEMAPHORE_ALL_ACCESS
+    } else {
+        EVENT_ALL_ACCESS
+    };
+    let o = objects::open(&seg, kind, "signaled", access).unwrap();
+    super::segment::DIE_AFTER_COMMIT.store(true, Ordering::SeqCst);
+    match what.as_str() {
+        "set" => o.set_event(&seg).unwrap(),
+        "pulse" => o.pulse_event(&seg).unwrap(),
+        _ => drop(o.release_semaphore(&seg, 1).unwrap()),
+    }
+    println!("survived");
+}
+
+#[test]
+fn a_signaler_killed_after_its_change_still_wakes_the_waiters() {
+    for what in ["set", "pulse", "release"] {
+        let dir = tempfile::tempdir().unwrap();
+        let seg: &'static Segment = Box::leak(Box::new(attach(dir.path())));
+        let params = if what == "release" {
+            CreateParams::Semaphore { initial: 0, max: 1 }
+        } else {
+            CreateParams::from_flags(ObjectKind::Event, 0, 0, 0)
+        };
+        let access = if what == "release" {
+            SEMAPHORE_ALL_ACCESS
+        } else {
+            EVENT_ALL_ACCESS
+        };
+        let (o, _) = objects::create(seg, "signaled", &params, access).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(wait::wait(seg, &[o], false, Timeout::Infinite));
+        });
+        let deadline = Instant::now() + CHILD_DEADLINE;
+        while seg.syncs()[o.index as usize].waiters.load(Ordering::SeqCst) < 1 {
+            assert!(Instant::now() < deadline, "the wait never registered");
+            std::thread::yield_now();
+        }
+        let (mut child, _rx) = spawn_child_with(
+            "tests::child_signal_and_die",
+            dir.path(),
+            &[(CHILD_SIGNAL, what)],
+        );
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "{what}: killed at commit"
+        );
+        // The change was committed before the signaler died: the waiter must see it.
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(
+            got,
+            Ok(Ok(WaitOutcome::Signaled {
+                index: 0,
+                fencing_token: 0
+            })),
+            "{what}: a committed signal reaches the blocked waiter"
+        );
+    }
 }

@@ -100,14 +100,88 @@ fn untake_mutex(seg: &Segment, index: usize, was_abandoned: bool) {
     }
 }
 
-/// One attempt at a wait on `objs` under the namespace lock. `pulsed` marks indexes whose
-/// event a `PulseEvent` released for this wait.
-fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) -> Attempt {
+/// What a registered wait was handed by signals (the `grant` module): bits by index.
+#[derive(Debug, Clone, Copy, Default)]
+struct Handed {
+    /// Released without consuming (manual-reset events, pulses).
+    released: u64,
+    /// Units moved to the wait (auto-reset events, semaphores).
+    granted: u64,
+}
+
+impl Handed {
+    fn any(self) -> u64 {
+        self.released | self.granted
+    }
+}
+
+/// Completes a wait with what signals handed it: a wait-any with its one index, a wait-all by
+/// taking its mutexes (its events and semaphores were consumed by the signal). `NotYet` if a
+/// mutex of the wait-all was taken by another thread first: the caller gives the grants back.
+fn complete_handed(seg: &Segment, objs: &[LocalObj], wait_all: bool, handed: Handed) -> Attempt {
+    if !wait_all {
+        let k = handed.any().trailing_zeros() as usize;
+        return Attempt::Done(Taken {
+            outcome: WaitOutcome::Signaled {
+                index: k,
+                fencing_token: 0,
+            },
+            abandoned: 0,
+            pulsed: handed.released & (1 << k),
+        });
+    }
+    let tid = sys::tid();
+    let mut taken: Vec<(usize, bool)> = Vec::new();
+    let mut abandoned_mask = 0u64;
+    let mut token = 0;
+    for (k, o) in objs.iter().enumerate() {
+        if o.kind != ObjectKind::Mutex {
+            continue;
+        }
+        match take_mutex(o.sync(seg), tid, k) {
+            Attempt::Done(t) => {
+                let was_abandoned = matches!(t.outcome, WaitOutcome::Abandoned { .. });
+                if was_abandoned {
+                    abandoned_mask |= 1 << k;
+                }
+                if token == 0 {
+                    token = t.outcome.fencing_token().unwrap_or(0);
+                }
+                taken.push((o.index as usize, was_abandoned));
+            }
+            other => {
+                for &(i, was_abandoned) in taken.iter().rev() {
+                    untake_mutex(seg, i, was_abandoned);
+                }
+                return match other {
+                    Attempt::Failed(code) => Attempt::Failed(code),
+                    _ => Attempt::NotYet,
+                };
+            }
+        }
+    }
+    Attempt::Done(Taken {
+        outcome: if abandoned_mask != 0 {
+            WaitOutcome::Abandoned {
+                index: 0,
+                fencing_token: token,
+            }
+        } else {
+            WaitOutcome::Signaled {
+                index: 0,
+                fencing_token: token,
+            }
+        },
+        abandoned: abandoned_mask,
+        pulsed: handed.released,
+    })
+}
+
+/// One attempt at a wait on `objs` under the namespace lock, with what the objects hold now.
+fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool) -> Attempt {
     let seg = g.seg;
     let tid = sys::tid();
-    let event_ready = |k: usize, o: &LocalObj| {
-        pulsed & (1 << k) != 0 || o.meta(seg).signaled.load(Ordering::Relaxed) != 0
-    };
+    let event_ready = |o: &LocalObj| o.meta(seg).signaled.load(Ordering::Relaxed) != 0;
     if !wait_all {
         for (k, o) in objs.iter().enumerate() {
             let meta = o.meta(seg);
@@ -117,20 +191,15 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
                     done => return done,
                 },
                 ObjectKind::Event => {
-                    if event_ready(k, o) {
-                        if pulsed & (1 << k) == 0 && meta.manual_reset.load(Ordering::Relaxed) == 0
-                        {
+                    if event_ready(o) {
+                        if meta.manual_reset.load(Ordering::Relaxed) == 0 {
                             g.touch(&meta.signaled);
                             meta.signaled.store(0, Ordering::Relaxed);
                         }
-                        return Attempt::Done(Taken {
-                            outcome: WaitOutcome::Signaled {
-                                index: k,
-                                fencing_token: 0,
-                            },
-                            abandoned: 0,
-                            pulsed: pulsed & (1 << k),
-                        });
+                        return Attempt::Done(Taken::plain(WaitOutcome::Signaled {
+                            index: k,
+                            fencing_token: 0,
+                        }));
                     }
                 }
                 ObjectKind::Semaphore => {
@@ -149,7 +218,7 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
         return Attempt::NotYet;
     }
     // Wait-all: check everything first, then take the mutexes, then consume the rest.
-    for (k, o) in objs.iter().enumerate() {
+    for o in objs {
         let ready = match o.kind {
             ObjectKind::Mutex => {
                 let s = o.sync(seg);
@@ -162,7 +231,7 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
                     !s.is_held()
                 }
             }
-            ObjectKind::Event => event_ready(k, o),
+            ObjectKind::Event => event_ready(o),
             ObjectKind::Semaphore => o.meta(seg).count.load(Ordering::Relaxed) > 0,
         };
         if !ready {
@@ -196,11 +265,11 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
             }
         }
     }
-    for (k, o) in objs.iter().enumerate() {
+    for o in objs {
         let meta = o.meta(seg);
         match o.kind {
             ObjectKind::Event => {
-                if pulsed & (1 << k) == 0 && meta.manual_reset.load(Ordering::Relaxed) == 0 {
+                if meta.manual_reset.load(Ordering::Relaxed) == 0 {
                     g.touch(&meta.signaled);
                     meta.signaled.store(0, Ordering::Relaxed);
                 }
@@ -213,11 +282,6 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
             ObjectKind::Mutex => {}
         }
     }
-    let events = objs
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.kind == ObjectKind::Event)
-        .fold(0u64, |m, (k, _)| m | 1 << k);
     Attempt::Done(Taken {
         outcome: if abandoned_mask != 0 {
             WaitOutcome::Abandoned {
@@ -231,14 +295,15 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool, pulsed: u64) ->
             }
         },
         abandoned: abandoned_mask,
-        pulsed: pulsed & events,
+        pulsed: 0,
     })
 }
 
-/// How long a wait sleeps at most while another thread holds one of its mutexes: a safety net
-/// for the one case the kernel's single owner-died wake can be lost (the sleeper it picks dies
-/// too). Not a poll: a wait on free or unowned objects sleeps until woken or its deadline.
-const OWNER_DEATH_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a blocked wait sleeps at most before it looks at its objects again: a safety net
+/// for a wake that was lost (the kernel hands a mutex owner's death to one sleeper only, and
+/// that sleeper may die too). Every wake this engine knows of is delivered; this is not how
+/// a wait learns of a signal.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The most objects a cancellable wait may name: each may need two futex words, and the
 /// cancel word takes one of `futex_waitv`'s 128.
@@ -386,7 +451,7 @@ fn blocking_wait(
         for o in objs {
             o.check(&g)?;
         }
-        let first = attempt(&mut g, objs, wait_all, 0);
+        let first = attempt(&mut g, objs, wait_all);
         g.commit();
         match first {
             Attempt::Done(taken) => return Ok(taken),
@@ -451,13 +516,19 @@ fn wait_loop(
         let outcome = {
             let mut g = seg.lock()?;
             let w = &seg.waiters()[slot];
-            let pulsed = w.pulsed.load(Ordering::Relaxed);
+            let handed = Handed {
+                released: w.grants.released.load(Ordering::Relaxed),
+                granted: w.grants.granted.load(Ordering::Relaxed),
+            };
             // A cancelled wait takes nothing more: its caller is gone.
             let cancelled = cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0);
             let mut r = if cancelled {
                 Attempt::Failed(Win32Error::OPERATION_ABORTED)
+            } else if handed.any() != 0 {
+                // Satisfied by a signal, even if its deadline has passed since.
+                complete_handed(seg, objs, wait_all, handed)
             } else {
-                attempt(&mut g, objs, wait_all, pulsed)
+                attempt(&mut g, objs, wait_all)
             };
             if matches!(r, Attempt::NotYet) {
                 if let Some(code) = failed {
@@ -466,13 +537,30 @@ fn wait_loop(
                     r = Attempt::Done(Taken::plain(WaitOutcome::TimedOut));
                 }
             }
-            if pulsed != 0 {
-                // A pulse releases a wait at that moment only: a wait-all whose other objects
-                // were not ready keeps waiting, without it.
-                g.touch(&w.pulsed);
-                w.pulsed.store(0, Ordering::Relaxed);
+            // The grants this outcome used; the others go back to their objects.
+            let used = match &r {
+                Attempt::Done(_) if handed.any() != 0 && wait_all => handed.any(),
+                Attempt::Done(_) if handed.any() != 0 => 1 << handed.any().trailing_zeros(),
+                _ => 0,
+            };
+            if used != 0 {
+                g.touch(&w.grants);
+                w.grants.released.store(0, Ordering::Relaxed);
+                w.grants.granted.store(0, Ordering::Relaxed);
             }
-            if !matches!(r, Attempt::NotYet) {
+            if matches!(r, Attempt::NotYet) {
+                // A wait-all whose mutex was taken first waits on, without its grants.
+                if handed.any() != 0 {
+                    g.return_grants(slot, u64::MAX);
+                }
+            } else {
+                // Anything still granted goes back when it leaves the registry.
+                if used != 0 && handed.granted & !used != 0 {
+                    g.touch(&w.grants);
+                    w.grants
+                        .granted
+                        .store(handed.granted & !used, Ordering::Relaxed);
+                }
                 g.unregister(slot);
             }
             g.commit();
@@ -483,18 +571,11 @@ fn wait_loop(
             Attempt::Failed(code) => return Err(code),
             Attempt::NotYet => {}
         }
-        // While another thread holds a mutex of the set, sleep at most OWNER_DEATH_RECHECK:
-        // the kernel hands an owner's death to one sleeper only, and if that sleeper dies
-        // too (its whole process exiting) nobody else would hear of it.
-        let held_elsewhere = lock_entries.iter().any(|&(at, _)| {
-            let owner = words[at].expected & FUTEX_TID_MASK;
-            owner != 0 && owner != tid
-        });
-        let recheck = held_elsewhere.then(|| Instant::now() + OWNER_DEATH_RECHECK);
-        let sleep_until = match (deadline, recheck) {
-            (Some(d), Some(r)) => Some(d.min(r)),
-            (d, r) => d.or(r),
-        };
+        // Sleep at most RECHECK: defence in depth against a wake that never comes (the
+        // kernel hands an owner's death to one sleeper only, and that sleeper may die too; a
+        // signaller may be killed at an instant no test found).
+        let recheck = Instant::now() + RECHECK;
+        let sleep_until = Some(deadline.map_or(recheck, |d| d.min(recheck)));
         match sys::futex_waitv(&words, sleep_until) {
             Woke::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
                 // One last attempt (honouring a pulse that raced the deadline), then leave.

@@ -246,6 +246,96 @@ fn s6_semaphore_release_wakes_blocked_waiters() {
     CloseHandle(s);
 }
 
+// ---- grants at signal time (§5, §6) ----------------------------------------------------------
+//
+// A signal is judged, and its units handed out, when it happens. The waiter below releases a
+// mutex and waits in one step (`SignalObjectAndWait`); the signaller needs that mutex first,
+// so when it signals, the wait is certainly registered.
+
+/// Runs `signal` on another thread once `waiter_on` has a registered wait, and returns
+/// (the waiter's result, what `signal` returned).
+fn with_registered_waiter<T: Send + 'static>(
+    waiter_on: HANDLE,
+    signal: impl FnOnce() -> T + Send + 'static,
+) -> (DWORD, T) {
+    let gate = CreateMutexA(None, TRUE, Some(&backend::name("gate")));
+    let signaller = std::thread::spawn(move || {
+        assert_eq!(WaitForSingleObject(gate, 10_000), WAIT_OBJECT_0);
+        let result = signal();
+        assert_eq!(ReleaseMutex(gate), TRUE);
+        result
+    });
+    let waited = SignalObjectAndWait(gate, waiter_on, 10_000, FALSE);
+    let result = signaller.join().unwrap();
+    CloseHandle(gate);
+    (waited, result)
+}
+
+#[test]
+fn s5_set_then_reset_releases_the_waits_blocked_at_the_set() {
+    backend::setup();
+    let ev = CreateEventA(None, TRUE, FALSE, Some(&backend::name("event")));
+    let (waited, ()) = with_registered_waiter(ev, move || {
+        assert_eq!(SetEvent(ev), TRUE);
+        assert_eq!(ResetEvent(ev), TRUE);
+    });
+    assert_eq!(waited, WAIT_OBJECT_0, "released at the set, before the reset");
+    assert_eq!(WaitForSingleObject(ev, 0), WAIT_TIMEOUT);
+    CloseHandle(ev);
+}
+
+#[test]
+fn s5_an_auto_reset_signal_goes_to_the_waiter_not_to_a_later_poll() {
+    backend::setup();
+    let ev = CreateEventA(None, FALSE, FALSE, Some(&backend::name("event")));
+    let (waited, polled) = with_registered_waiter(ev, move || {
+        assert_eq!(SetEvent(ev), TRUE);
+        WaitForSingleObject(ev, 0)
+    });
+    assert_eq!(waited, WAIT_OBJECT_0);
+    assert_eq!(polled, WAIT_TIMEOUT, "the signal belonged to the waiter already");
+    assert_eq!(WaitForSingleObject(ev, 0), WAIT_TIMEOUT, "consumed once");
+    CloseHandle(ev);
+}
+
+#[test]
+fn s6_a_released_unit_goes_to_the_waiter_not_to_a_later_poll() {
+    backend::setup();
+    let s = CreateSemaphoreA(None, 0, 5, Some(&backend::name("sem")));
+    let (waited, polled) = with_registered_waiter(s, move || {
+        assert_eq!(ReleaseSemaphore(s, 1, None), TRUE);
+        WaitForSingleObject(s, 0)
+    });
+    assert_eq!(waited, WAIT_OBJECT_0);
+    assert_eq!(polled, WAIT_TIMEOUT, "the unit belonged to the waiter already");
+    let mut previous = -1;
+    assert_eq!(ReleaseSemaphore(s, 1, Some(&mut previous)), TRUE);
+    assert_eq!(previous, 0, "one unit, consumed once");
+    CloseHandle(s);
+}
+
+#[test]
+fn s5_a_pulse_releases_a_wait_all_only_if_it_is_satisfied_at_the_pulse() {
+    backend::setup();
+    let pulsed = CreateEventA(None, TRUE, FALSE, Some(&backend::name("pulsed")));
+    let other = CreateEventA(None, TRUE, FALSE, Some(&backend::name("other")));
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        tx.send(()).unwrap();
+        WaitForMultipleObjects(&[pulsed, other], TRUE, 2_000)
+    });
+    rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // At the pulse `other` is not signaled: the wait-all is not satisfied then, and once
+    // `other` is set, `pulsed` is not signaled any more. Whether or not the wait was
+    // registered by the pulse, it must time out.
+    assert_eq!(PulseEvent(pulsed), TRUE);
+    assert_eq!(SetEvent(other), TRUE);
+    assert_eq!(waiter.join().unwrap(), WAIT_TIMEOUT);
+    CloseHandle(pulsed);
+    CloseHandle(other);
+}
+
 // ---- §3 names -------------------------------------------------------------------------------
 
 #[test]
