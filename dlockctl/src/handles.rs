@@ -9,8 +9,8 @@
 //!   `create --initial-owner`) is released first, never left to be abandoned, so `wait mutex`
 //!   without `--hold` only proves the mutex could be taken.
 //! - With `--hold` it keeps the handle, and the mutex it acquired, until SIGINT or SIGTERM
-//!   (then it releases the mutex and exits 0) or until the session is lost (exit 1: a lost
-//!   session abandons the mutex). This is `etcdctl lock NAME` without a command; for a command
+//!   (then it releases the mutex and exits with the call's status, 1 if the release failed)
+//!   or until the session is lost (exit 1: a lost session abandons the mutex). This is `etcdctl lock NAME` without a command; for a command
 //!   run under the lock use `dlockctl run`.
 //! - `release` is `ReleaseMutex`, which only the owning thread may call: a separate `dlockctl`
 //!   process never owns the mutex another one holds, so `release` fails with `ERROR_NOT_OWNER`
@@ -317,11 +317,19 @@ pub async fn run(
 ) -> Result<u8, Failure> {
     cluster_name(op.name())?;
     let mut stop = Stop::install()?;
-    let client = client(endpoints, timeout).await?;
-    let session = client
-        .open_session(Duration::from_millis(session_args.ttl_ms))
-        .await
-        .map_err(|e| Failure(format!("cannot open a session: {e}")))?;
+    let open = async {
+        let client = client(endpoints, timeout).await?;
+        client
+            .open_session(Duration::from_millis(session_args.ttl_ms))
+            .await
+            .map_err(|e| Failure(format!("cannot open a session: {e}")))
+    };
+    let session = tokio::select! {
+        session = open => session?,
+        signo = stop.recv() => return Ok(128 + signo as u8),
+    };
+    // Subscribed before anything is acquired: no state change can be missed.
+    let mut states = session.watch_state();
     // A stop signal before the call is done ends it (a wait is cancelled on the server).
     let done = tokio::select! {
         done = act(&session, &op) => done,
@@ -363,20 +371,27 @@ pub async fn run(
         if output == Output::Table {
             println!("holding the handle: stop with Ctrl-C or SIGTERM");
         }
-        let mut states = session.watch_state();
+        let mut warned = false;
         let lost = loop {
+            // The state now, also one reached before this loop (a call that retried until
+            // the lease ran out).
+            match *states.borrow_and_update() {
+                SessionState::Expired => break true,
+                SessionState::Jeopardy if !warned => {
+                    warned = true;
+                    eprintln!(
+                        "dlockctl: the session is in jeopardy: the cluster has not answered a \
+                         keepalive for 2/3 of its lease"
+                    );
+                }
+                SessionState::Alive => warned = false,
+                SessionState::Jeopardy => {}
+            }
             tokio::select! {
                 _ = stop.recv() => break false,
-                changed = states.changed() => {
-                    let state = *states.borrow_and_update();
-                    if changed.is_err() || state == SessionState::Expired {
-                        break true;
-                    }
-                    if state == SessionState::Jeopardy {
-                        eprintln!("dlockctl: the session is in jeopardy: the cluster has not \
-                                   answered a keepalive for 2/3 of its lease");
-                    }
-                }
+                changed = states.changed() => if changed.is_err() {
+                    break true;
+                },
             }
         };
         if lost {
@@ -390,12 +405,12 @@ pub async fn run(
                 }
             )));
         }
-        exit = 0;
     }
     if owned && let Some(handle) = handle {
         // Released, not abandoned: this process finished with it normally.
         if let Err(e) = session.release_mutex(THREAD, handle).await {
             eprintln!("dlockctl: releasing {:?}: {e}", op.name());
+            exit = 1;
         } else if op.hold() && output == Output::Table {
             println!("released mutex {:?}", op.name());
         }

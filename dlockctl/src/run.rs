@@ -7,22 +7,30 @@
 //! ```
 //!
 //! 1. It opens a session, create-or-opens the mutex and waits for it (forever, or `--timeout`
-//!    milliseconds). SIGINT, SIGTERM, SIGHUP or SIGQUIT during the wait cancel it.
-//! 2. It starts the command with `DLOCK_LOCK_NAME` (the mutex held), `DLOCK_FENCING_TOKEN` (the
-//!    grant's token, for the resource to check: docs/architecture.md "Fencing token"),
-//!    `DLOCK_ABANDONED` (`1` if the previous holder ended without releasing, as `WAIT_ABANDONED`
-//!    says: what it protects may be half-done) and `DLOCK_SESSION_ID` in its environment.
+//!    milliseconds). SIGINT, SIGTERM, SIGHUP or SIGQUIT while it connects or waits end it
+//!    (exit 128+N); other signals are ignored until the command runs.
+//! 2. It starts the command, in a process group of its own, with `DLOCK_LOCK_NAME` (the mutex
+//!    held), `DLOCK_FENCING_TOKEN` (the grant's token, for the resource to check:
+//!    docs/architecture.md "Fencing token"), `DLOCK_ABANDONED` (`1` if the previous holder
+//!    ended without releasing, as `WAIT_ABANDONED` says: what it protects may be half-done)
+//!    and `DLOCK_SESSION_ID` in its environment. It does not start it if the session's lease is
+//!    no longer `Alive` when the mutex is granted.
 //! 3. It forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the
-//!    command. (A Ctrl-C at a terminal reaches both processes, so the command sees SIGINT twice.)
+//!    command's process group. The group is not the terminal's foreground group: a Ctrl-C
+//!    reaches `dlockctl`, which passes it on once, and a command that reads from the terminal
+//!    is stopped by it (give it its input from a file or a pipe).
 //! 4. If the session leaves `Alive` (jeopardy: no keepalive answered for 2/3 of the lease, so
-//!    the cluster may soon expire it and give the mutex to someone else), it sends the command
-//!    SIGTERM, then SIGKILL after `--grace-ms` (default: a sixth of the session TTL, so the
-//!    command is gone well before the cluster can expire the session), and ends the session
-//!    without releasing: the next holder sees the mutex abandoned.
-//! 5. When the command exits, it releases the mutex and exits with the command's status.
+//!    the cluster may soon expire it and give the mutex to someone else), it sends the group
+//!    SIGTERM, then SIGKILL after `--grace-ms` (default and at most a sixth of the session TTL,
+//!    which always ends before the cluster can expire the session; at once if the lease has
+//!    run out), and ends the session without releasing: the next holder sees the mutex
+//!    abandoned.
+//! 5. When the command exits, whatever it left running in its group is killed, the mutex is
+//!    released, and `dlockctl` exits with the command's status.
 //!
-//! If `dlockctl` itself is killed (SIGKILL), the kernel kills the command at once
-//! (`PR_SET_PDEATHSIG`): nothing runs without the lock once its session may expire.
+//! If `dlockctl` itself is killed (SIGKILL), the kernel kills the command's first process at
+//! once (`PR_SET_PDEATHSIG`); processes it started are its own to stop (a command that
+//! starts long-lived children should stop them when it is terminated).
 //!
 //! `--semaphore NAME --limit N` holds one of the N mutexes `NAME.0` ... `NAME.<N-1>` (a wait
 //! for any of them), not a Win32 semaphore: a semaphore's count has no owner, so a holder
@@ -34,7 +42,7 @@
 //! acquired within `--timeout`; 125 if `dlockctl` failed (cluster unreachable, bad name, the
 //! lock lost while the command ran: the reason is printed); 126 if the command could not be
 //! started; 127 if it was not found; 128+N if signal N stopped `dlockctl` before the command
-//! started.
+//! started; 2 for a command line `dlockctl` cannot parse (nothing was run).
 
 use std::ffi::OsString;
 use std::process::ExitStatus;
@@ -57,6 +65,9 @@ pub const EXIT_CANNOT_RUN: u8 = 126;
 /// Exit status: the command was not found.
 pub const EXIT_NOT_FOUND: u8 = 127;
 
+/// Longest grace between SIGTERM and SIGKILL (also capped at a sixth of the session TTL).
+const GRACE_MAX: Duration = Duration::from_secs(60);
+
 /// How long `run` tries to end a session it lost before exiting anyway.
 const CLOSE_AFTER_LOSS_MAX: Duration = Duration::from_secs(2);
 
@@ -78,12 +89,17 @@ pub struct RunArgs {
     )]
     semaphore: Option<String>,
     /// How many commands may hold `--semaphore` at once (1-64).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=LIMIT_MAX as i64))]
+    #[arg(
+        long,
+        conflicts_with = "mutex",
+        value_parser = clap::value_parser!(u32).range(1..=LIMIT_MAX as i64)
+    )]
     limit: Option<u32>,
     /// Give up (exit 124) if the lock is not acquired within this many milliseconds.
     #[arg(long, value_name = "MS")]
     timeout: Option<u32>,
-    /// After SIGTERM for a lost lease, wait this long before SIGKILL (default: TTL / 6).
+    /// After SIGTERM for a lost lease, wait this long before SIGKILL (at most, and by
+    /// default, a sixth of the session TTL).
     #[arg(long, value_name = "MS")]
     grace_ms: Option<u64>,
     /// The session.
@@ -191,14 +207,35 @@ async fn run_inner(endpoints: &[String], timeout: Duration, args: RunArgs) -> Re
         cluster_name(name)?;
     }
     let mut signals = Signals::install()?;
-    let client = client(endpoints, timeout).await?;
-    let session = client
-        .open_session(Duration::from_millis(args.session.ttl_ms))
-        .await
-        .map_err(|e| Failure(format!("cannot open a session: {e}")))?;
+
+    // Connecting and opening the session can take the whole retry budget while the cluster is
+    // unreachable: a stop signal ends it.
+    let open = async {
+        let client = client(endpoints, timeout).await?;
+        client
+            .open_session(Duration::from_millis(args.session.ttl_ms))
+            .await
+            .map_err(|e| Failure(format!("cannot open a session: {e}")))
+    };
+    tokio::pin!(open);
+    let session = loop {
+        tokio::select! {
+            session = &mut open => break session?,
+            sig = signals.recv() => if stops_waiting(sig) {
+                return Ok(128 + sig as u8);
+            },
+        }
+    };
+    // Subscribed before anything is acquired: no state change can be missed.
+    let mut states = session.watch_state();
+
+    // One wait, however many signals arrive: other signals than the stopping ones are ignored
+    // until the command runs (a terminal resize must not restart the wait).
+    let acquiring = acquire(&session, &names, args.timeout);
+    tokio::pin!(acquiring);
     let acquired = loop {
         tokio::select! {
-            held = acquire(&session, &names, args.timeout) => break held,
+            held = &mut acquiring => break held,
             sig = signals.recv() => if stops_waiting(sig) {
                 let _ = session.close().await;
                 return Ok(128 + sig as u8);
@@ -210,7 +247,7 @@ async fn run_inner(endpoints: &[String], timeout: Duration, args: RunArgs) -> Re
         Ok(None) => {
             let _ = session.close().await;
             eprintln!(
-                "dlockctl: {} not acquired within {} ms",
+                "dlockctl: {} was not acquired within {} ms",
                 lock_words(&args),
                 args.timeout.unwrap_or(u32::MAX)
             );
@@ -221,6 +258,17 @@ async fn run_inner(endpoints: &[String], timeout: Duration, args: RunArgs) -> Re
             return Err(e);
         }
     };
+    // A grant that arrived while the lease was already in jeopardy (a long failover) is not
+    // worth starting the command for: the cluster may expire the session any moment.
+    let state = session.state();
+    if state != SessionState::Alive {
+        let _ = tokio::time::timeout(CLOSE_AFTER_LOSS_MAX, session.close()).await;
+        return Err(Failure(format!(
+            "acquired mutex {:?} but the session is {}: the command was not started",
+            held.name,
+            state_words(state)
+        )));
+    }
     if held.abandoned {
         eprintln!(
             "dlockctl: acquired mutex {:?} (fencing token {}) ABANDONED by its previous holder, \
@@ -240,7 +288,9 @@ async fn run_inner(endpoints: &[String], timeout: Duration, args: RunArgs) -> Re
         .env("DLOCK_LOCK_NAME", &held.name)
         .env("DLOCK_FENCING_TOKEN", held.fencing_token.to_string())
         .env("DLOCK_ABANDONED", if held.abandoned { "1" } else { "0" })
-        .env("DLOCK_SESSION_ID", session.id().to_string());
+        .env("DLOCK_SESSION_ID", session.id().to_string())
+        // Its own process group: signals and a lost lock reach everything it started.
+        .process_group(0);
     die_with_parent(&mut command);
     let mut child = match command.spawn() {
         Ok(child) => child,
@@ -256,60 +306,88 @@ async fn run_inner(endpoints: &[String], timeout: Duration, args: RunArgs) -> Re
             });
         }
     };
-    let pid = child
+    // The group's id is the command's pid; a negative pid signals the whole group.
+    let group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw)
+        .map(|id| Pid::from_raw(-id))
         .ok_or_else(|| Failure("the command has no process id".into()))?;
 
-    let mut states = session.watch_state();
     let ended = loop {
+        let state = *states.borrow_and_update();
+        if state != SessionState::Alive {
+            break Err(state);
+        }
         tokio::select! {
+            // The lease first: a command that ends as the lock is lost did not run under it.
+            biased;
+            changed = states.changed() => {
+                if changed.is_err() {
+                    break Err(SessionState::Expired);
+                }
+            }
             status = child.wait() => break Ok(status),
             sig = signals.recv() => {
-                let _ = kill(pid, sig);
-            }
-            changed = states.changed() => {
-                let state = *states.borrow_and_update();
-                if changed.is_err() || state != SessionState::Alive {
-                    break Err(state);
-                }
+                let _ = kill(group, sig);
             }
         }
     };
     match ended {
         Ok(status) => {
             let status = status.map_err(|e| Failure(format!("waiting for the command: {e}")))?;
+            // Whatever the command left running in its group must not outlive the lock.
+            let _ = kill(group, Signal::SIGKILL);
             release(&session, &held).await;
             let _ = session.close().await;
             Ok(exit_code(status))
         }
         Err(state) => {
+            // After jeopardy at least a sixth of the TTL is left before the cluster can expire
+            // the session (the lease is more than half the TTL): the grace fits in it.
             let grace = args
                 .grace_ms
-                .map_or(session.ttl() / 6, Duration::from_millis);
+                .map_or(GRACE_MAX, Duration::from_millis)
+                .min(session.ttl() / 6);
+            let grace = if state == SessionState::Expired {
+                Duration::ZERO
+            } else {
+                grace
+            };
             eprintln!(
-                "dlockctl: the session is {} (no keepalive answered for {}): the cluster may give \
-                 mutex {:?} to another holder; stopping the command (SIGTERM, SIGKILL after {} ms)",
-                match state {
-                    SessionState::Expired => "expired",
-                    _ => "in jeopardy",
-                },
-                match state {
-                    SessionState::Expired => "its whole lease",
-                    _ => "2/3 of its lease",
-                },
+                "dlockctl: the session is {}: the cluster may give mutex {:?} to another holder; \
+                 stopping the command (SIGTERM, SIGKILL after {} ms)",
+                state_words(state),
                 held.name,
                 grace.as_millis()
             );
-            let _ = kill(pid, Signal::SIGTERM);
-            let status = match tokio::time::timeout(grace, child.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    let _ = kill(pid, Signal::SIGKILL);
-                    child.wait().await
+            let status = if grace.is_zero() {
+                let _ = kill(group, Signal::SIGKILL);
+                child.wait().await
+            } else {
+                let _ = kill(group, Signal::SIGTERM);
+                let stopped = async {
+                    loop {
+                        if *states.borrow_and_update() == SessionState::Expired {
+                            return;
+                        }
+                        if states.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    status = child.wait() => status,
+                    _ = tokio::time::sleep(grace) => {
+                        let _ = kill(group, Signal::SIGKILL);
+                        child.wait().await
+                    }
+                    _ = stopped => {
+                        let _ = kill(group, Signal::SIGKILL);
+                        child.wait().await
+                    }
                 }
             };
+            let _ = kill(group, Signal::SIGKILL);
             // Not released: the command was cut short, so the next holder must see the
             // mutex abandoned. Closing abandons it at once if the cluster answers; if it does
             // not, the session expires on its own and dlockctl need not wait for that.
@@ -326,11 +404,20 @@ async fn run_inner(endpoints: &[String], timeout: Duration, args: RunArgs) -> Re
     }
 }
 
+/// A session state in words, for messages.
+fn state_words(state: SessionState) -> &'static str {
+    match state {
+        SessionState::Alive => "alive",
+        SessionState::Jeopardy => "in jeopardy (no keepalive answered for 2/3 of its lease)",
+        SessionState::Expired => "expired (no keepalive answered for its whole lease)",
+    }
+}
+
 /// `mutex "X"` or `one of N slots of "X"`, for messages.
 fn lock_words(args: &RunArgs) -> String {
     match (&args.mutex, &args.semaphore, args.limit) {
         (Some(name), _, _) => format!("mutex {name:?}"),
-        (_, Some(name), Some(limit)) => format!("none of the {limit} slots of {name:?} was"),
+        (_, Some(name), Some(limit)) => format!("any of the {limit} slots of {name:?}"),
         _ => "the lock".into(),
     }
 }

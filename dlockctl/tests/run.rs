@@ -17,15 +17,63 @@ use nix::unistd::Pid;
 /// How long a test waits for something that should happen within a second or two.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A `dlockctl` command line against `endpoints`, with a short session TTL so that abandonment
-/// shows within seconds.
+/// A short session TTL, for the processes a test kills: their mutexes are abandoned within
+/// seconds. Every other process keeps the default (10 s), so a slow keepalive on a loaded
+/// machine does not put it in jeopardy.
+const SHORT_TTL_MS: &str = "3000";
+
+/// A `dlockctl` command line against `endpoints`.
 fn dlockctl(endpoints: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dlockctl"));
     command
         .args(args)
         .env("DLOCK_ENDPOINTS", endpoints)
-        .env("DLOCK_SESSION_TTL_MS", "3000");
+        .env_remove("DLOCK_SESSION_TTL_MS");
     command
+}
+
+/// A background `dlockctl`, killed (and reaped) when dropped, also when a check fails.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How many waits are registered on the cluster object `name`.
+fn waiters(endpoints: &str, name: &str) -> u64 {
+    let (code, out, err) = output(endpoints, &["-o", "json", "list", "--prefix", name]);
+    assert_eq!(code, Some(0), "list: {err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("list JSON");
+    doc["objects"]
+        .as_array()
+        .and_then(|objects| objects.iter().find(|o| o["name"] == name))
+        .and_then(|o| o["waiters"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Waits until `name` has `n` registered waits.
+fn wait_for_waiters(endpoints: &str, name: &str, n: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    while waiters(endpoints, name) < n {
+        assert!(Instant::now() < deadline, "{name} never had {n} waiters");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs it to the end: (exit code, stdout, stderr).
@@ -43,14 +91,16 @@ fn output(endpoints: &str, args: &[&str]) -> (Option<i32>, String, String) {
 }
 
 /// Starts it in the background with stdout and stderr going to `log`.
-fn spawn(endpoints: &str, args: &[&str], log: &Path) -> Child {
+fn spawn(endpoints: &str, args: &[&str], log: &Path) -> Proc {
     let file = std::fs::File::create(log).expect("log file");
-    dlockctl(endpoints, args)
-        .stdout(file.try_clone().expect("log file"))
-        .stderr(file)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("dlockctl starts")
+    Proc(
+        dlockctl(endpoints, args)
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("dlockctl starts"),
+    )
 }
 
 /// Waits until `path` exists and contains `text`; returns its contents.
@@ -77,10 +127,10 @@ fn wait_exit(child: &mut Child, what: &str) -> Option<i32> {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return status.code();
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("{what} did not exit within {PATIENCE:?}");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not exit within {PATIENCE:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -225,7 +275,14 @@ async fn object_commands_behave_as_their_win32_calls() {
     wait_for_text(&s.path("mx-open.log"), "holding the handle");
     let mut holder = spawn(
         ep,
-        &["wait", "mutex", "ctl.mx", "--hold"],
+        &[
+            "wait",
+            "mutex",
+            "ctl.mx",
+            "--hold",
+            "--ttl-ms",
+            SHORT_TTL_MS,
+        ],
         &s.path("mx.log"),
     );
     let log = wait_for_text(&s.path("mx.log"), "holding the handle");
@@ -307,6 +364,8 @@ async fn a_killed_holders_successor_sees_the_abandonment() {
             "run",
             "--mutex",
             "ctl.crash",
+            "--ttl-ms",
+            SHORT_TTL_MS,
             "--",
             "sh",
             "-c",
@@ -334,7 +393,7 @@ async fn a_killed_holders_successor_sees_the_abandonment() {
         &s.path("successor.log"),
     );
     // The successor waits while the holder runs.
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_waiters(ep, "ctl.crash", 1);
     assert!(successor.try_wait().unwrap().is_none(), "it must wait");
 
     holder.kill().expect("SIGKILL the holder");
@@ -360,6 +419,13 @@ async fn a_killed_holders_successor_sees_the_abandonment() {
 async fn run_forwards_signals_exits_with_the_status_and_reports_failures() {
     let s = Setup::start().await;
     let ep = s.endpoints.as_str();
+    // Keeps the mutex in existence between the runs, to see how each one left it.
+    let mut opener = spawn(
+        ep,
+        &["create", "mutex", "ctl.sig", "--hold"],
+        &s.path("opener.log"),
+    );
+    wait_for_text(&s.path("opener.log"), "holding the handle");
     let got = s.path("got");
     let ready = s.path("ready");
     let script = format!(
@@ -377,7 +443,7 @@ async fn run_forwards_signals_exits_with_the_status_and_reports_failures() {
     signal(&run, Signal::SIGUSR1);
     wait_for_text(&got, "usr1");
     // While it runs, the lock is held.
-    let (code, _, _) = output(
+    let (code, _, err) = output(
         ep,
         &[
             "run",
@@ -390,9 +456,60 @@ async fn run_forwards_signals_exits_with_the_status_and_reports_failures() {
         ],
     );
     assert_eq!(code, Some(124), "not acquired within the timeout");
+    assert!(
+        err.contains("mutex \"ctl.sig\" was not acquired within 200 ms"),
+        "{err}"
+    );
+
+    // A signal that does not stop dlockctl leaves a waiting run waiting (one wait, not a new
+    // one); a stopping one ends it before its command starts.
+    let started = s.path("started");
+    let mut patient = spawn(
+        ep,
+        &[
+            "run",
+            "--mutex",
+            "ctl.sig",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo patient >> {}", path_str(&started)),
+        ],
+        &s.path("patient.log"),
+    );
+    let mut impatient = spawn(
+        ep,
+        &[
+            "run",
+            "--mutex",
+            "ctl.sig",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo impatient >> {}", path_str(&started)),
+        ],
+        &s.path("impatient.log"),
+    );
+    wait_for_waiters(ep, "ctl.sig", 2);
+    signal(&patient, Signal::SIGWINCH);
+    signal(&patient, Signal::SIGUSR1);
+    signal(&impatient, Signal::SIGINT);
+    assert_eq!(wait_exit(&mut impatient, "impatient"), Some(128 + 2));
+    assert_eq!(
+        waiters(ep, "ctl.sig"),
+        1,
+        "the patient one still waits, once"
+    );
+
     signal(&run, Signal::SIGTERM);
     assert_eq!(wait_exit(&mut run, "run"), Some(7), "the command's status");
     assert!(std::fs::read_to_string(&got).unwrap().contains("term"));
+    assert_eq!(wait_exit(&mut patient, "patient"), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&started).unwrap(),
+        "patient\n",
+        "only the patient run's command started"
+    );
 
     let (code, _, _) = output(
         ep,
@@ -401,11 +518,20 @@ async fn run_forwards_signals_exits_with_the_status_and_reports_failures() {
     assert_eq!(code, Some(128 + 9), "killed by a signal: 128+N");
     let (code, _, err) = output(ep, &["run", "--mutex", "ctl.sig", "--", "/no/such/cmd"]);
     assert_eq!(code, Some(127), "{err}");
+    let not_executable = s.path("not-executable");
+    std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+    let (code, _, err) = output(
+        ep,
+        &["run", "--mutex", "ctl.sig", "--", path_str(&not_executable)],
+    );
+    assert_eq!(code, Some(126), "{err}");
     let (code, _, err) = output(ep, &["run", "--mutex", "Local\\x", "--", "true"]);
     assert_eq!(code, Some(125), "{err}");
-    // The lock was given back after each run.
-    let (code, _, _) = output(ep, &["wait", "mutex", "ctl.sig", "--timeout", "0"]);
-    assert!(code == Some(0) || code == Some(1), "free or gone");
+    // Every run gave the mutex back released, never abandoned.
+    let (code, out, err) = output(ep, &["wait", "mutex", "ctl.sig", "--timeout", "0"]);
+    assert_eq!(code, Some(0), "free, not abandoned: {out}{err}");
+    signal(&opener, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut opener, "opener"), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,6 +580,10 @@ async fn run_with_a_limit_admits_that_many_at_once() {
         ],
     );
     assert_eq!(code, Some(124), "a third one waits: {err}");
+    assert!(
+        err.contains("any of the 2 slots of \"ctl.pool\" was not acquired within 300 ms"),
+        "{err}"
+    );
     std::fs::write(s.path("a"), "").unwrap();
     assert_eq!(wait_exit(&mut a, "a"), Some(0));
     let (code, _, err) = output(
@@ -473,6 +603,9 @@ async fn run_with_a_limit_admits_that_many_at_once() {
     assert_eq!(code, Some(0), "a slot is free again: {err}");
     std::fs::write(s.path("b"), "").unwrap();
     assert_eq!(wait_exit(&mut b, "b"), Some(0));
+    // --limit belongs to --semaphore.
+    let (code, _, _) = output(ep, &["run", "--mutex", "x", "--limit", "2", "--", "true"]);
+    assert_eq!(code, Some(2), "bad usage");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,20 +616,36 @@ async fn run_stops_the_command_when_the_session_falls_into_jeopardy() {
     let dir = tempfile::tempdir().unwrap();
     let got = dir.path().join("got");
     let ready = dir.path().join("ready");
+    let grandchild = dir.path().join("grandchild.pid");
+    // The command ignores SIGTERM (it only notes it), and leaves a process of its own behind.
     let script = format!(
-        "trap 'echo term >> {got}; exit 0' TERM; echo ready > {ready}; \
-         while :; do sleep 0.05; done",
+        "sleep 600 & echo $! > {grandchild}; trap 'echo term >> {got}' TERM; \
+         echo ready > {ready}; while :; do sleep 0.05; done",
         got = path_str(&got),
-        ready = path_str(&ready)
+        ready = path_str(&ready),
+        grandchild = path_str(&grandchild),
     );
     let log = dir.path().join("run.log");
     let mut run = spawn(
         &endpoints,
-        &["run", "--mutex", "ctl.jeopardy", "--", "sh", "-c", &script],
+        &[
+            "run",
+            "--mutex",
+            "ctl.jeopardy",
+            "--ttl-ms",
+            SHORT_TTL_MS,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
         &log,
     );
     wait_for_text(&ready, "ready");
-    // A successor waits, with a session long enough to outlive the outage below.
+    let grandchild_pid: i32 = wait_for_text(&grandchild, "\n").trim().parse().unwrap();
+    // A successor waits, with a session long enough to outlive the outage below; when it runs,
+    // the holder's command must have been told to stop already.
+    let successor_log = dir.path().join("successor.log");
     let mut successor = spawn(
         &endpoints,
         &[
@@ -508,12 +657,14 @@ async fn run_stops_the_command_when_the_session_falls_into_jeopardy() {
             "--",
             "sh",
             "-c",
-            "echo abandoned=$DLOCK_ABANDONED",
+            &format!(
+                "echo abandoned=$DLOCK_ABANDONED; grep -q term {} && echo holder-stopped",
+                path_str(&got)
+            ),
         ],
-        &dir.path().join("successor.log"),
+        &successor_log,
     );
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(successor.try_wait().unwrap().is_none(), "it must wait");
+    wait_for_waiters(&endpoints, "ctl.jeopardy", 1);
 
     // The whole cluster stops answering: no keepalive is answered, the lease runs down, and
     // the command is told to stop while the cluster may still count the holder as its owner.
@@ -528,11 +679,25 @@ async fn run_stops_the_command_when_the_session_falls_into_jeopardy() {
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, Some(125), "{log_text}");
     assert!(
-        log_text.contains("in jeopardy") && log_text.contains("lost while the command ran"),
-        "{log_text}"
+        (log_text.contains("in jeopardy") || log_text.contains("expired"))
+            && log_text.contains("lost while the command ran")
+            && log_text.contains("killed by SIGKILL"),
+        "SIGTERM ignored, then SIGKILL: {log_text}"
     );
+    // The whole group is gone, not only the command's first process.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(grandchild_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "a process of the command outlived the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Cut short, not released: the successor sees the abandonment.
     assert_eq!(wait_exit(&mut successor, "successor"), Some(0));
-    let out = std::fs::read_to_string(dir.path().join("successor.log")).unwrap();
-    assert!(out.contains("abandoned=1"), "{out}");
+    let out = std::fs::read_to_string(&successor_log).unwrap();
+    assert!(
+        out.contains("abandoned=1") && out.contains("holder-stopped"),
+        "{out}"
+    );
 }
