@@ -264,6 +264,7 @@ fn the_header_constants_are_the_rust_vocabulary() {
         ("ERROR_INTERNAL_ERROR", v::ERROR_INTERNAL_ERROR),
         ("ERROR_FILE_CORRUPT", v::ERROR_FILE_CORRUPT),
         ("ERROR_NO_SYSTEM_RESOURCES", v::ERROR_NO_SYSTEM_RESOURCES),
+        ("ERROR_TIMEOUT", v::ERROR_TIMEOUT),
         ("DELETE", v::DELETE),
         ("READ_CONTROL", v::READ_CONTROL),
         ("WRITE_DAC", v::WRITE_DAC),

@@ -250,6 +250,9 @@ enum Command {
     },
 }
 
+/// How long `dlockctl local` waits for the namespace lock before naming its holder.
+const LOCAL_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// Why a command failed, as printed before exiting.
 #[derive(Debug)]
 pub(crate) struct Failure(pub(crate) String);
@@ -574,10 +577,13 @@ fn local(dir: std::path::PathBuf, namespace: Option<String>) -> Result<(), Failu
             path.display()
         )));
     }
-    let snapshot = dlock_local::Segment::attach(&settings)
-        .map_err(|e| Failure(e.to_string()))?
+    // An operator's look must not hang behind a process that holds the namespace lock and
+    // does not run (stopped, frozen, in a debugger): it names that process instead.
+    settings.lock_timeout = LOCAL_LOCK_WAIT;
+    let seg = dlock_local::Segment::attach(&settings).map_err(|e| Failure(e.to_string()))?;
+    let snapshot = seg
         .snapshot()
-        .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Failure(seg.lock_error(e).to_string()))?;
     println!(
         "namespace {}: {} processes, {} objects, {} blocked waits",
         snapshot.path.display(),

@@ -80,7 +80,8 @@ pub struct RunArgs {
     /// Hold this named mutex while the command runs.
     #[arg(long, value_name = "NAME", required_unless_present = "semaphore")]
     mutex: Option<String>,
-    /// Hold one of `--limit` slots (mutexes NAME.0 .. NAME.<limit-1>) while the command runs.
+    /// Hold one of `--limit` slots (mutexes `NAME.0` .. `NAME.<limit-1>`) while the command
+    /// runs.
     #[arg(
         long,
         value_name = "NAME",

@@ -44,6 +44,19 @@
 //! moment its owning thread exits (no TTL). `SignalObjectAndWait` registers its wait before it
 //! signals, so nothing the signal provokes (a `PulseEvent`) can slip between the two.
 //!
+//! **A holder that does not run.** The namespace lock is a robust mutex: a holder that dies
+//! is recovered from, but one that is alive and stopped (SIGSTOP, Ctrl-Z, a debugger, a
+//! frozen cgroup) keeps it. Every wait for it is bounded: a timed wait returns
+//! `WAIT_TIMEOUT` at its own deadline (a wait registered before leaves the registry at the
+//! process's next call that gets the lock), an infinite wait keeps waiting and logs the holder
+//! every lock timeout, a cancelled async wait ends within a second, and every other call
+//! (create, open, close, set, reset, pulse, release-semaphore, query) fails with
+//! `ERROR_TIMEOUT` (1460) after `DLOCK_LOCAL_LOCK_TIMEOUT_MS` (30 s), changing nothing.
+//! Those calls still block their thread that long: the async API moves event and semaphore
+//! calls to tokio's blocking pool when the lock is held, but its create, open and handle
+//! drop run on the calling task. `dlockctl local` names the holder (thread, process, state)
+//! after 2 s. Mutex acquire and release never take the namespace lock.
+//!
 //! Known limits: events and semaphores share one namespace lock (fine for coordination, not
 //! for millions of operations per second across many processes); using a handle on one thread
 //! while another closes it may act on whatever object reuses the slot (Windows has the same
@@ -62,6 +75,7 @@ mod wait;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex as StdMutex, OnceLock};
+use std::time::Duration;
 
 pub use inspect::{LocalObjectInfo, LocalProcess, LocalSnapshot};
 pub use objects::{LocalObj, create, open};
@@ -101,6 +115,16 @@ pub enum LocalError {
     /// A fixed-size table is full.
     #[error("the local namespace has no free {0} slot")]
     Full(&'static str),
+    /// Another process held the namespace lock for longer than the lock timeout.
+    #[error(
+        "{path}: the namespace lock is held by {holder} and was not released within {waited_ms} \
+         ms; every Local\\ call on this host waits for it (continue or kill that process)"
+    )]
+    LockHeld {
+        path: PathBuf,
+        holder: String,
+        waited_ms: u64,
+    },
 }
 
 impl LocalError {
@@ -126,6 +150,7 @@ impl LocalError {
             LocalError::Untrusted { .. } => Win32Error::ACCESS_DENIED,
             LocalError::Version { .. } => Win32Error::REVISION_MISMATCH,
             LocalError::Full(_) => Win32Error::NO_SYSTEM_RESOURCES,
+            LocalError::LockHeld { .. } => Win32Error::TIMEOUT,
         }
     }
 }
@@ -137,6 +162,7 @@ impl LocalError {
 /// | `DLOCK_LOCAL_DIR` | directory of the segment file (created with the mode below plus search rights) | `/dev/shm` |
 /// | `DLOCK_LOCAL_NAMESPACE` | name of the namespace: processes meet only within one | `u<uid>` |
 /// | `DLOCK_LOCAL_MODE` | octal file mode of a new segment; `660` shares it with the group | `600` |
+/// | `DLOCK_LOCAL_LOCK_TIMEOUT_MS` | longest wait for the namespace lock before a call fails with `ERROR_TIMEOUT` (1460) | `30000` |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Directory of the segment file.
@@ -145,12 +171,19 @@ pub struct Settings {
     pub namespace: String,
     /// Octal file mode of a new segment (within `0o666`, including `0o600`).
     pub mode: u32,
+    /// The longest a call waits for the namespace lock (held by a process that does not run:
+    /// stopped, frozen, in a debugger) before it fails with `ERROR_TIMEOUT`. Timed waits wait
+    /// until their own deadline instead, and infinite waits for as long as it takes.
+    pub lock_timeout: Duration,
 }
 
 /// Default `DLOCK_LOCAL_DIR`.
 const DIR_DEFAULT: &str = "/dev/shm";
 /// Default `DLOCK_LOCAL_MODE`: owner only.
 const MODE_DEFAULT: u32 = 0o600;
+/// Default `DLOCK_LOCAL_LOCK_TIMEOUT_MS`: far beyond any real critical section (microseconds),
+/// short enough that a call does not hang for good behind a stopped process.
+pub const LOCK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 impl Settings {
     /// The settings the environment names, with the defaults above for what it leaves out
@@ -186,10 +219,24 @@ impl Settings {
             },
             Err(_) => MODE_DEFAULT,
         };
+        let lock_timeout = match std::env::var("DLOCK_LOCAL_LOCK_TIMEOUT_MS") {
+            Ok(raw) => match raw.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    tracing::warn!(
+                        value = raw,
+                        "ignoring DLOCK_LOCAL_LOCK_TIMEOUT_MS: a number of milliseconds above 0"
+                    );
+                    LOCK_TIMEOUT_DEFAULT
+                }
+            },
+            Err(_) => LOCK_TIMEOUT_DEFAULT,
+        };
         Settings {
             dir,
             namespace,
             mode,
+            lock_timeout,
         }
     }
 

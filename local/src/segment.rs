@@ -31,7 +31,9 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::sys;
 use super::{LocalError, Settings};
@@ -318,6 +320,14 @@ pub struct Segment {
     path: PathBuf,
     /// This process's slot in the process table.
     proc_slot: u32,
+    /// The longest [`Segment::lock`] waits for the namespace lock.
+    lock_timeout: Duration,
+    /// Waits of this process that ended (their deadline passed, they were cancelled) while the
+    /// namespace lock could not be taken: removed from the registry by the next locker of
+    /// this process.
+    deferred: StdMutex<Vec<usize>>,
+    /// Whether `deferred` may hold something (so lockers need not look).
+    has_deferred: AtomicBool,
 }
 
 // SAFETY: the mapping is shared memory designed for concurrent use; every access goes through
@@ -364,6 +374,9 @@ impl Segment {
             path,
             // No slot yet: every slot's liveness is tested while registering.
             proc_slot: u32::MAX,
+            lock_timeout: settings.lock_timeout,
+            deferred: StdMutex::new(Vec::new()),
+            has_deferred: AtomicBool::new(false),
         };
         seg.validate()?;
         seg.proc_slot = seg.register_process()?;
@@ -465,20 +478,46 @@ impl Segment {
     ///
     /// # Errors
     ///
-    /// `ERROR_FILE_CORRUPT` if the lock is unusable (`ENOTRECOVERABLE` or another error from
-    /// glibc, which dlock's own use can never cause).
+    /// `ERROR_TIMEOUT` if another thread held it for longer than the lock timeout
+    /// (`DLOCK_LOCAL_LOCK_TIMEOUT_MS`: a process that is stopped, frozen or in a debugger; the
+    /// holder is logged); `ERROR_FILE_CORRUPT` if the lock is unusable (`ENOTRECOVERABLE` or
+    /// another error from glibc, which dlock's own use can never cause).
     pub fn lock(&self) -> Result<Guard<'_>, Win32Error> {
+        match self.lock_until(Instant::now() + self.lock_timeout)? {
+            Some(g) => Ok(g),
+            None => {
+                tracing::error!(
+                    path = %self.path.display(),
+                    holder = %self.lock_holder_description(),
+                    timeout_ms = self.lock_timeout.as_millis() as u64,
+                    "the local namespace lock was held by another process for longer than \
+                     DLOCK_LOCAL_LOCK_TIMEOUT_MS; failing the call with ERROR_TIMEOUT"
+                );
+                Err(Win32Error::TIMEOUT)
+            }
+        }
+    }
+
+    /// Takes the namespace lock unless `deadline` passes first (`Ok(None)`), repairing the
+    /// segment first if the previous holder died, and finishing this process's deferred
+    /// removals of waits.
+    ///
+    /// # Errors
+    ///
+    /// As [`Segment::lock`], without the timeout.
+    pub fn lock_until(&self, deadline: Instant) -> Result<Option<Guard<'_>>, Win32Error> {
         let m = self.header().ns_lock.0.get();
         // SAFETY: initialised by the creator; the mapping lives forever.
-        match unsafe { sys::robust_lock(m) } {
-            Ok(sys::Locked::OwnerDied) => {
+        match unsafe { sys::robust_lock_until(m, deadline) } {
+            Ok(None) => return Ok(None),
+            Ok(Some(sys::Locked::OwnerDied)) => {
                 self.recover(&Held {
                     _private: std::marker::PhantomData,
                 });
                 // SAFETY: we hold it.
                 unsafe { sys::robust_consistent(m) };
             }
-            Ok(_) => {}
+            Ok(Some(_)) => {}
             Err(code) => {
                 tracing::error!(
                     path = %self.path.display(),
@@ -488,13 +527,78 @@ impl Segment {
                 return Err(Win32Error::FILE_CORRUPT);
             }
         }
-        Ok(Guard {
+        let mut g = Guard {
             seg: self,
             open: false,
             held: Held {
                 _private: std::marker::PhantomData,
             },
-        })
+        };
+        if self.has_deferred.load(Ordering::Acquire) {
+            let slots =
+                std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+            self.has_deferred.store(false, Ordering::Release);
+            let me = self.proc_slot + 1;
+            for slot in slots {
+                // Still this process's wait: nobody else frees a live process's slot.
+                if self
+                    .waiters()
+                    .get(slot)
+                    .is_some_and(|w| w.proc.load(Ordering::Relaxed) == me)
+                {
+                    g.unregister(slot);
+                    g.commit();
+                }
+            }
+        }
+        Ok(Some(g))
+    }
+
+    /// Leaves the removal of this process's wait `slot` from the registry (and the return of
+    /// anything granted to it) to the next call that takes the namespace lock.
+    pub(crate) fn defer_unregister(&self, slot: usize) {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot);
+        self.has_deferred.store(true, Ordering::Release);
+    }
+
+    /// The [`LocalError`] for a failure of [`Segment::lock`].
+    pub fn lock_error(&self, code: Win32Error) -> LocalError {
+        if code == Win32Error::TIMEOUT {
+            LocalError::LockHeld {
+                path: self.path.clone(),
+                holder: self.lock_holder_description(),
+                waited_ms: self.lock_timeout.as_millis() as u64,
+            }
+        } else {
+            LocalError::Corrupt {
+                path: self.path.clone(),
+                why: "its namespace lock is unusable".into(),
+            }
+        }
+    }
+
+    /// The kernel id of the thread holding the namespace lock now, 0 if none.
+    pub fn lock_holder(&self) -> u32 {
+        // SAFETY: the namespace lock lives in the mapping, which is never unmapped.
+        let word = unsafe { sys::lock_word(self.header().ns_lock.0.get()) };
+        word.load(Ordering::SeqCst) & sys::FUTEX_TID_MASK
+    }
+
+    /// The namespace lock's holder, as an operator can find it: thread, process, name and
+    /// state (`T (stopped)`, ...) from `/proc`.
+    pub fn lock_holder_description(&self) -> String {
+        match self.lock_holder() {
+            0 => "nobody (free now)".into(),
+            tid => describe_thread(tid),
+        }
+    }
+
+    /// The configured lock timeout.
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
     }
 
     /// Undoes the change a dead holder left half done and recounts derived counters.
@@ -575,10 +679,7 @@ impl Segment {
     /// Claims a process slot: reclaims dead processes first, then takes a free slot's liveness
     /// lock and marks it live.
     fn register_process(&self) -> Result<u32, LocalError> {
-        let mut g = self.lock().map_err(|_| LocalError::Corrupt {
-            path: self.path.clone(),
-            why: "its namespace lock is unusable".into(),
-        })?;
+        let mut g = self.lock().map_err(|e| self.lock_error(e))?;
         for slot in 0..PROCS_MAX {
             if self.procs()[slot].state.load(Ordering::Relaxed) != 0 {
                 g.reap_if_dead(slot as u32, u32::MAX);
@@ -727,6 +828,26 @@ impl Drop for Guard<'_> {
         // SAFETY: we hold the lock.
         unsafe { sys::robust_unlock(self.seg.header().ns_lock.0.get()) };
     }
+}
+
+/// Thread `tid` as `/proc` shows it: "thread 1234 of process 1230 (name), state T (stopped)".
+fn describe_thread(tid: u32) -> String {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return format!("thread {tid} (not visible in /proc: another PID namespace, or gone)");
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "thread {tid} of process {} ({}), state {}",
+        field("Tgid:"),
+        field("Name:"),
+        field("State:")
+    )
 }
 
 /// This process's PID namespace as (device, inode) of `/proc/self/ns/pid`; zeros if `/proc`

@@ -221,22 +221,44 @@ pub unsafe fn robust_trylock(m: *mut libc::pthread_mutex_t) -> Locked {
     }
 }
 
-/// Locks a robust mutex, sleeping in glibc if needed. `Err` carries glibc's error
-/// (`ENOTRECOVERABLE`, or `EINVAL` for a broken mutex): the lock is then not held.
+unsafe extern "C" {
+    /// glibc 2.30+: `pthread_mutex_timedlock` measured on a chosen clock (robust mutexes
+    /// included).
+    fn pthread_mutex_clocklock(
+        m: *mut libc::pthread_mutex_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// Locks a robust mutex unless `deadline` passes first (`Ok(None)`), sleeping in glibc.
+/// `Err` carries glibc's error (`ENOTRECOVERABLE`, or `EINVAL` for a broken mutex): the lock
+/// is then not held.
 ///
 /// # Safety
 ///
 /// As [`robust_trylock`].
-pub unsafe fn robust_lock(m: *mut libc::pthread_mutex_t) -> Result<Locked, i32> {
-    // SAFETY: per the contract.
-    match unsafe { libc::pthread_mutex_lock(m) } {
-        0 => Ok(Locked::Clean),
-        libc::EOWNERDEAD => Ok(Locked::OwnerDied),
+pub unsafe fn robust_lock_until(
+    m: *mut libc::pthread_mutex_t,
+    deadline: Instant,
+) -> Result<Option<Locked>, i32> {
+    let after = deadline.saturating_duration_since(Instant::now());
+    let at = monotonic_after(after);
+    let abstime = libc::timespec {
+        tv_sec: at.tv_sec as libc::time_t,
+        tv_nsec: at.tv_nsec as _,
+    };
+    // SAFETY: per the contract; abstime is a valid timespec on the stack.
+    match unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, &abstime) } {
+        0 => Ok(Some(Locked::Clean)),
+        libc::EOWNERDEAD => Ok(Some(Locked::OwnerDied)),
+        libc::ETIMEDOUT => Ok(None),
         err => Err(err),
     }
 }
 
-/// Marks a mutex acquired with [`Locked::OwnerDied`] from [`robust_lock`] consistent again.
+/// Marks a mutex acquired with [`Locked::OwnerDied`] from [`robust_lock_until`] consistent
+/// again.
 ///
 /// # Safety
 ///

@@ -30,6 +30,7 @@ fn settings(dir: &Path) -> Settings {
         dir: dir.to_path_buf(),
         namespace: "test".into(),
         mode: 0o600,
+        lock_timeout: super::LOCK_TIMEOUT_DEFAULT,
     }
 }
 
@@ -711,4 +712,107 @@ fn a_signaler_killed_after_its_change_still_wakes_the_waiters() {
             "{what}: a committed signal reaches the blocked waiter"
         );
     }
+}
+
+/// Holds the namespace lock of the namespace in `dir` on a thread of its own (as a process
+/// that took it and was then stopped would) until the returned sender is dropped or sent to.
+fn hold_namespace_lock(dir: &Path) -> std::sync::mpsc::Sender<()> {
+    let seg: &'static Segment = Box::leak(Box::new(attach(dir)));
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let g = seg.lock().unwrap();
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        drop(g);
+    });
+    held_rx.recv().unwrap();
+    release_tx
+}
+
+#[test]
+fn a_stuck_lock_holder_delays_calls_only_until_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut short = settings(dir.path());
+    short.lock_timeout = Duration::from_millis(300);
+    let seg: &'static Segment = Box::leak(Box::new(Segment::attach(&short).unwrap()));
+    let (ev, _) = objects::create(
+        seg,
+        "stuck",
+        &CreateParams::from_flags(ObjectKind::Event, 0, 0, 0),
+        EVENT_ALL_ACCESS,
+    )
+    .unwrap();
+    // A wait registered before the holder took the lock, whose deadline passes meanwhile.
+    let (tx, registered_wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = wait::wait(seg, &[ev], false, Timeout::Millis(600));
+        let _ = tx.send((r, started.elapsed()));
+    });
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    while seg.syncs()[ev.index as usize]
+        .waiters
+        .load(Ordering::SeqCst)
+        < 1
+    {
+        assert!(Instant::now() < deadline, "the wait never registered");
+        std::thread::yield_now();
+    }
+    let release = hold_namespace_lock(dir.path());
+
+    // Each call is bounded: run them on threads, so that a hang fails the test instead of
+    // hanging it.
+    let (tx, fresh_wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = wait::wait(seg, &[ev], false, Timeout::Millis(200));
+        let _ = tx.send((r, started.elapsed()));
+    });
+    let (tx, set) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = ev.set_event(seg);
+        let _ = tx.send((r, started.elapsed()));
+    });
+    let bound = Duration::from_secs(5);
+    let (r, took) = fresh_wait
+        .recv_timeout(bound)
+        .expect("a timed wait ends at its deadline");
+    assert_eq!(r, Ok(WaitOutcome::TimedOut));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let (r, took) = registered_wait
+        .recv_timeout(bound)
+        .expect("a registered wait ends at its deadline");
+    assert_eq!(r, Ok(WaitOutcome::TimedOut));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let (r, took) = set
+        .recv_timeout(bound)
+        .expect("a set ends at the lock timeout");
+    assert_eq!(
+        r,
+        Err(Win32Error::TIMEOUT),
+        "nothing changed, and it says why"
+    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(
+        seg.lock_holder_description().starts_with("thread "),
+        "{}",
+        seg.lock_holder_description()
+    );
+
+    release.send(()).unwrap();
+    // The waits that could not leave the registry do so at the next call, and the set that
+    // failed changed nothing.
+    assert_eq!(
+        wait::wait(seg, &[ev], false, Timeout::Millis(0)),
+        Ok(WaitOutcome::TimedOut)
+    );
+    check_invariants(seg);
+    assert_eq!(
+        seg.syncs()[ev.index as usize]
+            .waiters
+            .load(Ordering::SeqCst),
+        0
+    );
 }

@@ -305,6 +305,43 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool) -> Attempt {
 /// a wait learns of a signal.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long one attempt at the namespace lock sleeps at most inside a wait, so that a
+/// cancellation and an infinite wait's log line are not held up by a stopped holder.
+const LOCK_SLICE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Takes the namespace lock for a wait: `None` once its `deadline` passed first,
+/// `OPERATION_ABORTED` once it is cancelled. An infinite wait waits for as long as the lock is
+/// held, saying so in the log each lock timeout.
+fn lock_for_wait<'a>(
+    seg: &'a Segment,
+    deadline: Option<Instant>,
+    cancel: Option<&AtomicU32>,
+) -> Result<Option<Guard<'a>>, Win32Error> {
+    let mut warn_at = Instant::now() + seg.lock_timeout();
+    loop {
+        let slice_end = Instant::now() + LOCK_SLICE;
+        let until = deadline.map_or(slice_end, |d| d.min(slice_end));
+        if let Some(g) = seg.lock_until(until)? {
+            return Ok(Some(g));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
+        }
+        if cancel.is_some_and(|c| c.load(Ordering::SeqCst) != 0) {
+            return Err(Win32Error::OPERATION_ABORTED);
+        }
+        if Instant::now() >= warn_at {
+            tracing::warn!(
+                path = %seg.path().display(),
+                holder = %seg.lock_holder_description(),
+                "a local wait is still waiting for the namespace lock, which another process \
+                 holds without releasing it"
+            );
+            warn_at = Instant::now() + seg.lock_timeout();
+        }
+    }
+}
+
 /// The most objects a cancellable wait may name: each may need two futex words, and the
 /// cancel word takes one of `futex_waitv`'s 128.
 pub const CANCELLABLE_WAIT_OBJECTS_MAX: usize = 63;
@@ -421,7 +458,9 @@ pub fn signal_and_wait(
     let deadline = timeout.as_duration().map(|d| Instant::now() + d);
     let objs = std::slice::from_ref(wait_on);
     let slot = {
-        let mut g = seg.lock()?;
+        let Some(mut g) = lock_for_wait(seg, deadline, None)? else {
+            return Ok(WaitOutcome::TimedOut);
+        };
         signal.check(&g)?;
         wait_on.check(&g)?;
         g.reap_dead();
@@ -447,7 +486,9 @@ fn blocking_wait(
 ) -> Result<Taken, Win32Error> {
     let indexes: Vec<usize> = objs.iter().map(|o| o.index as usize).collect();
     let slot = {
-        let mut g = seg.lock()?;
+        let Some(mut g) = lock_for_wait(seg, deadline, cancel)? else {
+            return Ok(Taken::plain(WaitOutcome::TimedOut));
+        };
         for o in objs {
             o.check(&g)?;
         }
@@ -514,7 +555,19 @@ fn wait_loop(
         // Attempt, and leave the registry in the same critical section when done, so that a
         // PulseEvent never picks a wait that no longer waits.
         let outcome = {
-            let mut g = seg.lock()?;
+            let mut g = match lock_for_wait(seg, deadline, cancel) {
+                Ok(Some(g)) => g,
+                ended => {
+                    // The deadline passed (or the wait was cancelled) while another process
+                    // held the namespace lock: this wait leaves the registry (and gives back
+                    // anything granted to it) at this process's next call that gets the lock.
+                    seg.defer_unregister(slot);
+                    return match ended {
+                        Ok(_) => Ok(Taken::plain(WaitOutcome::TimedOut)),
+                        Err(code) => Err(code),
+                    };
+                }
+            };
             let w = &seg.waiters()[slot];
             let handed = Handed {
                 released: w.grants.released.load(Ordering::Relaxed),

@@ -39,6 +39,7 @@ MESSAGES = {
     1392: "The file or directory is corrupted and unreadable.",
     1450: "Insufficient system resources exist to complete the requested service.",
     1460: "This operation returned because the timeout period expired.",
+    1460: "This operation returned because the timeout period expired.",
 }
 
 # What pywin32 puts in an exception when the system has no text for the code.

@@ -56,3 +56,62 @@ fn dlockctl_local_says_when_there_is_no_namespace() {
         "nothing created"
     );
 }
+
+#[test]
+fn dlockctl_local_names_a_stuck_lock_holder_instead_of_hanging() {
+    // A namespace of its own: the lock held below must not stall this binary's other tests.
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = dlock_local::Settings::from_env();
+    settings.dir = dir.path().to_path_buf();
+    settings.namespace = "stuck".into();
+    let seg: &'static dlock_local::Segment = Box::leak(Box::new(
+        dlock_local::Segment::attach(&settings).expect("attach"),
+    ));
+    // Hold its lock on a thread of this process, as a process stopped (SIGSTOP, a debugger)
+    // while it held the lock would.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let g = seg.lock().expect("lock");
+        // /proc/thread-self is /proc/<pid>/task/<tid>.
+        let tid = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok())
+            .expect("this thread's id");
+        held_tx.send(tid).unwrap();
+        let _ = release_rx.recv();
+        drop(g);
+    });
+    let holder_tid = held_rx.recv().unwrap();
+    let mut child = Command::new(target_binary("dlockctl"))
+        .args(["local", "--namespace", "stuck"])
+        .env("DLOCK_LOCAL_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dlockctl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = release_tx.send(());
+            panic!("dlockctl local hung behind the held namespace lock");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the namespace lock is held by thread {holder_tid} of process {}",
+            std::process::id()
+        )),
+        "{stderr}"
+    );
+}

@@ -123,6 +123,7 @@ typedef struct _SECURITY_ATTRIBUTES {
 #define ERROR_INTERNAL_ERROR 1359L
 #define ERROR_FILE_CORRUPT 1392L
 #define ERROR_NO_SYSTEM_RESOURCES 1450L
+#define ERROR_TIMEOUT 1460L
 
 /* ---- Access rights ---- */
 

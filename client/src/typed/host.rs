@@ -20,6 +20,30 @@ impl std::fmt::Debug for LocalHandle {
     }
 }
 
+impl LocalHandle {
+    /// Runs `op` (a call that takes the namespace lock) for async code: on the calling task
+    /// when the lock is free (a few microseconds), on tokio's blocking pool when another
+    /// thread holds it, so a process that holds it and does not run (stopped, frozen) never
+    /// blocks a runtime worker; `op` then fails with `ERROR_TIMEOUT` after the lock timeout.
+    pub(super) async fn op<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&'static Segment, LocalObj) -> Result<T, Win32Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (seg, obj) = (self.seg, self.obj);
+        if seg.lock_holder() == 0 {
+            return op(seg, obj).map_err(Error::Win32);
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn_blocking(move || op(seg, obj))
+                .await
+                .map_err(|e| Error::Protocol(format!("a local call's thread failed: {e}")))?
+                .map_err(Error::Win32),
+            Err(_) => op(seg, obj).map_err(Error::Win32),
+        }
+    }
+}
+
 impl Drop for LocalHandle {
     fn drop(&mut self) {
         if let Err(code) = self.obj.close(self.seg) {

@@ -226,7 +226,7 @@ macro_rules! common_handle_methods {
         pub async fn query(&self) -> Result<ObjectState, Error> {
             match &self.backing {
                 Backing::Remote(base) => base.session.query(base.handle).await,
-                Backing::Local(l) => l.obj.query(l.seg).map_err(Error::Win32),
+                Backing::Local(l) => l.op(|seg, obj| obj.query(seg)).await,
             }
         }
     };
@@ -323,7 +323,7 @@ impl Event {
     pub async fn set(&self) -> Result<(), Error> {
         match &self.backing {
             Backing::Remote(base) => base.session.set_event(base.handle).await,
-            Backing::Local(l) => l.obj.set_event(l.seg).map_err(Error::Win32),
+            Backing::Local(l) => l.op(|seg, obj| obj.set_event(seg)).await,
         }
     }
 
@@ -335,7 +335,7 @@ impl Event {
     pub async fn reset(&self) -> Result<(), Error> {
         match &self.backing {
             Backing::Remote(base) => base.session.reset_event(base.handle).await,
-            Backing::Local(l) => l.obj.reset_event(l.seg).map_err(Error::Win32),
+            Backing::Local(l) => l.op(|seg, obj| obj.reset_event(seg)).await,
         }
     }
 
@@ -347,7 +347,7 @@ impl Event {
     pub async fn pulse(&self) -> Result<(), Error> {
         match &self.backing {
             Backing::Remote(base) => base.session.pulse_event(base.handle).await,
-            Backing::Local(l) => l.obj.pulse_event(l.seg).map_err(Error::Win32),
+            Backing::Local(l) => l.op(|seg, obj| obj.pulse_event(seg)).await,
         }
     }
 
@@ -381,7 +381,10 @@ impl Semaphore {
     pub async fn release(&self, count: i32) -> Result<i32, Error> {
         match &self.backing {
             Backing::Remote(base) => base.session.release_semaphore(base.handle, count).await,
-            Backing::Local(l) => l.obj.release_semaphore(l.seg, count).map_err(Error::Win32),
+            Backing::Local(l) => {
+                l.op(move |seg, obj| obj.release_semaphore(seg, count))
+                    .await
+            }
         }
     }
 }

@@ -110,6 +110,9 @@ pub const ERROR_FILE_CORRUPT: DWORD = 1392;
 /// 1450: a dlock resource limit (handles, waits, objects, sessions) was reached, or the cluster
 /// stayed overloaded; nothing changed.
 pub const ERROR_NO_SYSTEM_RESOURCES: DWORD = 1450;
+/// 1460: a `Local\` call could not take the host's namespace lock within its bound
+/// (`DLOCK_LOCAL_LOCK_TIMEOUT_MS`): a process holds it and does not run. Nothing changed.
+pub const ERROR_TIMEOUT: DWORD = 1460;
 
 // ---------------------------------------------------------------------------------------------
 // §1.3 Access rights.
@@ -242,6 +245,8 @@ impl Win32Error {
     pub const FILE_CORRUPT: Win32Error = Win32Error(ERROR_FILE_CORRUPT);
     /// [`ERROR_NO_SYSTEM_RESOURCES`].
     pub const NO_SYSTEM_RESOURCES: Win32Error = Win32Error(ERROR_NO_SYSTEM_RESOURCES);
+    /// [`ERROR_TIMEOUT`].
+    pub const TIMEOUT: Win32Error = Win32Error(ERROR_TIMEOUT);
 
     /// The error with this code (any value; a newer peer may send one this build does not name).
     pub const fn from_code(code: u32) -> Win32Error {
@@ -280,6 +285,7 @@ impl Win32Error {
             ERROR_INTERNAL_ERROR => "ERROR_INTERNAL_ERROR",
             ERROR_FILE_CORRUPT => "ERROR_FILE_CORRUPT",
             ERROR_NO_SYSTEM_RESOURCES => "ERROR_NO_SYSTEM_RESOURCES",
+            ERROR_TIMEOUT => "ERROR_TIMEOUT",
             _ => "UNKNOWN_ERROR",
         }
     }
