@@ -12,6 +12,9 @@
 //!   `released` (nothing to give back), then the event is left non-signaled.
 //! - `ReleaseSemaphore(n)` moves up to `n` units to the first waits it satisfies (`granted`).
 //!
+//! Waits are served oldest registration first (a ticket per registration), as the cluster
+//! serves its queue, so a thread that waits again at once cannot starve the others.
+//!
 //! A wait-any is satisfied by any one of its objects; it then holds exactly one grant. A
 //! wait-all is satisfied only if every other object of its set is available at that instant:
 //! its events and semaphores are consumed for it then and there, together; its mutexes are
@@ -65,7 +68,21 @@ impl Guard<'_> {
         let meta = &seg.metas()[obj];
         let manual = meta.manual_reset.load(Ordering::Relaxed) != 0;
         let mut granted_any = false;
-        for slot in 0..seg.waiters().len() {
+        // The waits naming the object that no signal satisfied yet, oldest first.
+        let mut candidates: Vec<(u64, usize)> = seg
+            .waiters()
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| {
+                w.proc.load(Ordering::Relaxed) != 0
+                    && w.ended.load(Ordering::Acquire) == 0
+                    && w.grants.any() == 0
+                    && w.objects().any(|o| o == obj)
+            })
+            .map(|(slot, w)| (w.ticket.load(Ordering::Relaxed), slot))
+            .collect();
+        candidates.sort_unstable();
+        for (_, slot) in candidates {
             let available = match signal {
                 Signal::Set => meta.signaled.load(Ordering::Relaxed) != 0,
                 // An auto-reset pulse releases one wait (the loop ends after it).
@@ -78,7 +95,7 @@ impl Guard<'_> {
             let w = &seg.waiters()[slot];
             let proc = w.proc.load(Ordering::Relaxed);
             if proc == 0 || w.grants.any() != 0 {
-                // Free, or satisfied already by an earlier signal.
+                // Satisfied already (a wait-all's grant consumed this object for it).
                 continue;
             }
             let Some(k) = w.objects().position(|o| o == obj) else {
@@ -178,6 +195,39 @@ impl Guard<'_> {
             }
         }
         (released, granted)
+    }
+
+    /// After a reset or pulse of event `obj`: the registered waits holding a granted signal
+    /// of it keep it (they were satisfied), but if one does not use it, it is not given back
+    /// to the event, whose state the reset decided since.
+    pub(crate) fn forget_give_back(&mut self, obj: usize) {
+        let seg = self.seg;
+        if seg
+            .syncs()
+            .get(obj)
+            .is_none_or(|s| s.waiters.load(Ordering::Relaxed) == 0)
+        {
+            return;
+        }
+        for w in seg.waiters() {
+            let granted = w.grants.granted.load(Ordering::Relaxed);
+            if w.proc.load(Ordering::Relaxed) == 0 || granted == 0 {
+                continue;
+            }
+            let bits = w
+                .objects()
+                .enumerate()
+                .filter(|&(j, o)| o == obj && granted & (1 << j) != 0)
+                .fold(0u64, |b, (j, _)| b | 1 << j);
+            if bits != 0 {
+                self.touch(&w.grants);
+                w.grants.granted.store(granted & !bits, Ordering::Relaxed);
+                w.grants.released.store(
+                    w.grants.released.load(Ordering::Relaxed) | bits,
+                    Ordering::Relaxed,
+                );
+            }
+        }
     }
 
     /// Takes wait `slot`'s grants away and gives the units of those in `mask` (bits of its

@@ -78,7 +78,7 @@ use std::sync::{Mutex as StdMutex, OnceLock};
 use std::time::Duration;
 
 pub use inspect::{LocalObjectInfo, LocalProcess, LocalSnapshot};
-pub use objects::{LocalObj, create, open};
+pub use objects::{LocalObj, create, create_unnamed, open};
 pub use segment::Segment;
 pub use wait::{
     CANCELLABLE_WAIT_OBJECTS_MAX, Taken, cancel, give_back, signal_and_wait, wait, wait_cancellable,
@@ -304,6 +304,14 @@ pub fn namespace() -> Result<&'static Segment, Win32Error> {
             Err(err.code())
         }
     }
+}
+
+/// Whether this process is a child made by `fork` after the namespace was attached in its
+/// parent: it shares the parent's process slot, so the facade refuses `Local\` calls there
+/// (`ERROR_NOT_SUPPORTED`) until it `exec`s. One relaxed load.
+#[inline]
+pub fn in_forked_child() -> bool {
+    sys::forked_child()
 }
 
 /// The attached namespace, if any (for paths that must not attach, like a thread's exit).

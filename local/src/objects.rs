@@ -297,6 +297,9 @@ impl Guard<'_> {
         w.wait_all.store(u32::from(wait_all), Ordering::Relaxed);
         w.grants.released.store(0, Ordering::Relaxed);
         w.grants.granted.store(0, Ordering::Relaxed);
+        w.ended.store(0, Ordering::Relaxed);
+        let ticket = self.seg.take_ticket(self);
+        w.ticket.store(ticket, Ordering::Relaxed);
         for (slot, &o) in w.objs.iter().zip(objs) {
             slot.store(o as u32, Ordering::Relaxed);
         }
@@ -337,6 +340,25 @@ pub fn create(
     params: &CreateParams,
     access: u32,
 ) -> Result<(LocalObj, bool), Win32Error> {
+    create_in(seg, Some(key), params, access)
+}
+
+/// Creates an unnamed object (`CreateEvent(NULL, ...)`): private to the handles this process
+/// holds (no other process can find it), with every semantic of a named one.
+pub fn create_unnamed(
+    seg: &Segment,
+    params: &CreateParams,
+    access: u32,
+) -> Result<LocalObj, Win32Error> {
+    create_in(seg, None, params, access).map(|(obj, _)| obj)
+}
+
+fn create_in(
+    seg: &Segment,
+    key: Option<&str>,
+    params: &CreateParams,
+    access: u32,
+) -> Result<(LocalObj, bool), Win32Error> {
     let kind = params.kind();
     let (manual_reset, initial_state) = match *params {
         CreateParams::Event {
@@ -354,10 +376,10 @@ pub fn create(
         }
         _ => (0, 0),
     };
-    let key = name_key(key)?;
+    let key = key.map(name_key).transpose()?;
     let mut g = seg.lock()?;
     g.reap_dead();
-    if let Some(i) = g.find(key) {
+    if let Some(i) = key.and_then(|key| g.find(key)) {
         let meta = &seg.metas()[i];
         if meta.kind.load(Ordering::Relaxed) != kind_code(kind) {
             return Err(Win32Error::INVALID_HANDLE);
@@ -396,7 +418,7 @@ pub fn create(
         .store(u32::from(initial_state), Ordering::Relaxed);
     meta.count.store(initial_count, Ordering::Relaxed);
     meta.maximum.store(maximum_count, Ordering::Relaxed);
-    set_name(&mut g.held, meta, key);
+    set_name(&mut g.held, meta, key.unwrap_or(""));
     // The mutex was initialised with the segment and is never re-initialised (a stale
     // handle's thread may be inside glibc on it). A free slot's mutex is unowned; forget an
     // abandonment or waiter flag its previous object left.
@@ -407,7 +429,8 @@ pub fn create(
     }
     sync.seq.fetch_add(1, Ordering::Relaxed);
     sync.recursion.store(0, Ordering::Relaxed);
-    seg.hashes()[i].store(name_hash(key), Ordering::Relaxed);
+    // An unnamed object has no hash: no lookup can find it.
+    seg.hashes()[i].store(key.map_or(0, name_hash), Ordering::Relaxed);
     meta.state.store(OBJ_LIVE, Ordering::Relaxed);
     let rec = g.new_handle(i)?;
     if params.initial_owner() {
@@ -618,7 +641,8 @@ impl LocalObj {
         Ok(())
     }
 
-    /// `ResetEvent`.
+    /// `ResetEvent`. Waits the event satisfied before keep their grant, but one they do not
+    /// use is no longer given back to it (the reset came after).
     pub fn reset_event(&self, seg: &Segment) -> Result<(), Win32Error> {
         self.need(EVENT_MODIFY_STATE)?;
         let mut g = seg.lock()?;
@@ -626,6 +650,7 @@ impl LocalObj {
         let meta = self.meta(seg);
         g.touch(&meta.signaled);
         meta.signaled.store(0, Ordering::Relaxed);
+        g.forget_give_back(self.index as usize);
         g.commit();
         Ok(())
     }
@@ -637,6 +662,7 @@ impl LocalObj {
         let mut g = seg.lock()?;
         self.check(&g)?;
         let meta = self.meta(seg);
+        g.forget_give_back(self.index as usize);
         if g.grant(self.index as usize, Signal::Pulse) {
             self.sync(seg).notify();
         }

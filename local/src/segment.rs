@@ -205,6 +205,8 @@ struct Header {
     ns_lock: LockCell,
     /// Changes rolled back after a holder died (diagnostics).
     recoveries: AtomicU64,
+    /// The next wait's ticket: signals grant registered waits oldest first.
+    next_ticket: AtomicU64,
     journal: Journal,
 }
 
@@ -277,6 +279,14 @@ pub struct WaiterSlot {
     pub tid: AtomicU32,
     pub count: AtomicU32,
     pub wait_all: AtomicU32,
+    /// Non-zero once the waiting thread has returned without being able to leave the registry
+    /// (its deadline passed, or it was cancelled, while the namespace lock was held for
+    /// long): signals skip it, and a locker of its process removes it. Set without the lock.
+    pub ended: AtomicU32,
+    _pad: u32,
+    /// The order of registration (from the header's counter): signals serve the oldest wait
+    /// first, so a thread that waits again at once cannot starve the others.
+    pub ticket: AtomicU64,
     /// What signals handed this wait (see the `grant` module).
     pub grants: Grants,
     pub objs: [AtomicU32; WAIT_OBJECTS_MAX],
@@ -554,9 +564,22 @@ impl Segment {
         Ok(Some(g))
     }
 
+    /// The next wait ticket (under the lock, journaled by the caller's change).
+    pub(crate) fn take_ticket(&self, g: &mut Guard<'_>) -> u64 {
+        let counter = &self.header().next_ticket;
+        g.touch(counter);
+        let ticket = counter.load(Ordering::Relaxed) + 1;
+        counter.store(ticket, Ordering::Relaxed);
+        ticket
+    }
+
     /// Leaves the removal of this process's wait `slot` from the registry (and the return of
-    /// anything granted to it) to the next call that takes the namespace lock.
+    /// anything granted to it) to the next call that takes the namespace lock; meanwhile no
+    /// signal grants it anything.
     pub(crate) fn defer_unregister(&self, slot: usize) {
+        if let Some(w) = self.waiters().get(slot) {
+            w.ended.store(1, Ordering::Release);
+        }
         self.deferred
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -47,8 +47,20 @@ fn gettid() -> u32 {
     (unsafe { libc::gettid() }) as u32
 }
 
+/// Set in a child made by `fork` after this process attached a namespace.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 extern "C" fn reset_tid_in_child() {
     let _ = TID.try_with(|t| t.set(0));
+    FORKED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this process is a child made by `fork` after its parent attached a namespace: it
+/// shares the parent's process slot (and so its liveness), so it must not use the namespace
+/// before it `exec`s.
+#[inline]
+pub fn forked_child() -> bool {
+    FORKED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Makes a forked child re-read its thread id (the child's only thread has a new one).

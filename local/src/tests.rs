@@ -68,6 +68,8 @@ fn check_invariants(seg: &Segment) {
             for o in w.objects() {
                 waits[o] += 1;
             }
+        } else {
+            assert_eq!(w.grants.any(), 0, "a free waiter slot holds grants");
         }
     }
     let mut names = std::collections::HashSet::new();
@@ -86,8 +88,12 @@ fn check_invariants(seg: &Segment) {
         if state == OBJ_LIVE {
             assert!(refs[i] > 0, "live object {i} without handles");
             let name = objects::name_of(&g.held, m).to_vec();
-            assert_ne!(hash, 0, "live object {i} without its name hash");
-            assert!(names.insert(name), "two live objects named alike");
+            if name.is_empty() {
+                assert_eq!(hash, 0, "unnamed object {i} findable");
+            } else {
+                assert_ne!(hash, 0, "live object {i} without its name hash");
+                assert!(names.insert(name), "two live objects named alike");
+            }
         } else {
             assert_eq!(hash, 0, "zombie {i} still findable");
         }
@@ -682,6 +688,8 @@ fn a_signaler_killed_after_its_change_still_wakes_the_waiters() {
         let (o, _) = objects::create(seg, "signaled", &params, access).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // Only the signaller's wake may end this wait, not the safety-net re-check.
+            wait::NO_RECHECK.with(|n| n.set(true));
             let _ = tx.send(wait::wait(seg, &[o], false, Timeout::Infinite));
         });
         let deadline = Instant::now() + CHILD_DEADLINE;
@@ -815,4 +823,118 @@ fn a_stuck_lock_holder_delays_calls_only_until_their_deadline() {
             .load(Ordering::SeqCst),
         0
     );
+}
+
+#[test]
+fn a_wait_all_that_times_out_gives_back_what_a_signal_granted_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg: &'static Segment = Box::leak(Box::new(attach(dir.path())));
+    let m = mutex(seg, "wa-m");
+    let (s, _) = objects::create(
+        seg,
+        "wa-s",
+        &CreateParams::Semaphore { initial: 0, max: 1 },
+        SEMAPHORE_ALL_ACCESS,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || wait::wait(seg, &[m, s], true, Timeout::Millis(300)));
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    while seg.syncs()[s.index as usize].waiters.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < deadline, "the wait never registered");
+        std::thread::yield_now();
+    }
+    // Hold the lock across the waiter's deadline; just after it, release one unit (granted to
+    // the wait-all, whose mutex is free) and take the mutex on the lock-free path, as a
+    // running thread would, before the waiter can look.
+    {
+        let mut g = seg.lock().unwrap();
+        std::thread::sleep(Duration::from_millis(340).saturating_sub(started.elapsed()));
+        let meta = &seg.metas()[s.index as usize];
+        g.touch(&meta.count);
+        meta.count.store(1, Ordering::Relaxed);
+        g.grant(s.index as usize, super::grant::Signal::Release);
+        assert!(m.try_lock(seg).is_some(), "the mutex was free");
+        g.commit();
+    }
+    assert_eq!(waiter.join().unwrap(), Ok(WaitOutcome::TimedOut));
+    m.release_mutex(seg).unwrap();
+    // The unit the wait-all could not use is the semaphore's again.
+    assert_eq!(s.query(seg).unwrap().count, 1, "the granted unit was lost");
+    check_invariants(seg);
+}
+
+#[test]
+fn signals_serve_the_oldest_wait_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg: &'static Segment = Box::leak(Box::new(attach(dir.path())));
+    let (s, _) = objects::create(
+        seg,
+        "fifo",
+        &CreateParams::Semaphore {
+            initial: 0,
+            max: 10,
+        },
+        SEMAPHORE_ALL_ACCESS,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::new();
+    // Three waits registered one after the other, the oldest in a higher slot than the next
+    // (slots are reused lowest first).
+    let blocker = {
+        let (s2, _) = objects::create(
+            seg,
+            "fifo-blocker",
+            &CreateParams::Semaphore { initial: 0, max: 1 },
+            SEMAPHORE_ALL_ACCESS,
+        )
+        .unwrap();
+        let t = std::thread::spawn(move || wait::wait(seg, &[s2], false, Timeout::Millis(500)));
+        let deadline = Instant::now() + CHILD_DEADLINE;
+        while seg.syncs()[s2.index as usize]
+            .waiters
+            .load(Ordering::SeqCst)
+            < 1
+        {
+            assert!(Instant::now() < deadline, "the blocker never registered");
+            std::thread::yield_now();
+        }
+        t
+    };
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    let registered = |n: u32| {
+        while seg.syncs()[s.index as usize].waiters.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "the waits never registered");
+            std::thread::yield_now();
+        }
+    };
+    let spawn_waiter = |i: u32| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let r = wait::wait(seg, &[s], false, Timeout::Millis(20_000));
+            tx.send(i).unwrap();
+            r
+        })
+    };
+    // Wait 0 takes the slot after the blocker's; once the blocker leaves, wait 1 takes the
+    // blocker's lower slot: slot order is 1, 0, 2, age order 0, 1, 2.
+    threads.push(spawn_waiter(0));
+    registered(1);
+    assert_eq!(blocker.join().unwrap(), Ok(WaitOutcome::TimedOut));
+    threads.push(spawn_waiter(1));
+    registered(2);
+    threads.push(spawn_waiter(2));
+    registered(3);
+    for expected in 0..3u32 {
+        s.release_semaphore(seg, 1).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Ok(expected),
+            "oldest wait first"
+        );
+    }
+    for t in threads {
+        assert!(t.join().unwrap().unwrap().is_acquired());
+    }
 }

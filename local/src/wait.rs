@@ -1,7 +1,8 @@
 //! The wait engine of the local namespace: `WaitForSingleObject`, `WaitForMultipleObjects`
 //! (any and all), `SignalObjectAndWait`, cancellable waits for the async API, and giving back
 //! what a wait took. A wait evaluates its objects under the namespace lock ([`Guard`]), and
-//! sleeps in `futex_waitv` on their wake sequences and held mutexes' lock words, never polling.
+//! sleeps in `futex_waitv` on their wake sequences and held mutexes' lock words until woken
+//! (with a re-check after a second without a wake, as a safety net: see `RECHECK`).
 //!
 //! Every function returns Win32 outcomes: `Ok` values, or `Err(code)` with the last-error code.
 
@@ -305,6 +306,27 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool) -> Attempt {
 /// a wait learns of a signal.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+#[cfg(test)]
+thread_local! {
+    /// Test hook: no re-check on this thread, so that a test sees whether a wake came.
+    pub static NO_RECHECK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn recheck_disabled() -> bool {
+    #[cfg(test)]
+    {
+        NO_RECHECK.with(|n| n.get())
+    }
+    #[cfg(not(test))]
+    {
+        false
+    }
+}
+
+/// How long a wait whose deadline has passed may still wait for the namespace lock for its
+/// last look (ordinary contention lasts microseconds; only a stuck holder costs this much).
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How long one attempt at the namespace lock sleeps at most inside a wait, so that a
 /// cancellation and an infinite wait's log line are not held up by a stopped holder.
 const LOCK_SLICE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -318,6 +340,9 @@ fn lock_for_wait<'a>(
     cancel: Option<&AtomicU32>,
 ) -> Result<Option<Guard<'a>>, Win32Error> {
     let mut warn_at = Instant::now() + seg.lock_timeout();
+    // A deadline that has just passed still allows a short wait for the lock, so that a wait
+    // that is ending takes its last look (and leaves the registry) rather than deferring.
+    let deadline = deadline.map(|d| d.max(Instant::now() + LOCK_GRACE));
     loop {
         let slice_end = Instant::now() + LOCK_SLICE;
         let until = deadline.map_or(slice_end, |d| d.min(slice_end));
@@ -469,9 +494,13 @@ pub fn signal_and_wait(
         slot
     };
     if let Err(code) = signal.signal(seg) {
-        let mut g = seg.lock()?;
-        g.unregister(slot);
-        g.commit();
+        match seg.lock() {
+            Ok(mut g) => {
+                g.unregister(slot);
+                g.commit();
+            }
+            Err(_) => seg.defer_unregister(slot),
+        }
         return Err(code);
     }
     wait_loop(seg, objs, false, deadline, None, slot).map(|t| t.outcome)
@@ -527,6 +556,7 @@ fn wait_loop(
     // (index into `words`, object) of each mutex's lock word.
     let mut lock_entries: Vec<(usize, usize)> = Vec::with_capacity(objs.len());
     let mut timed_out = false;
+    let mut recheck_due = false;
     let mut failed: Option<Win32Error> = None;
     loop {
         // Snapshot the words first: any change after this wakes (or fails) the sleep below.
@@ -581,8 +611,14 @@ fn wait_loop(
                 // Satisfied by a signal, even if its deadline has passed since.
                 complete_handed(seg, objs, wait_all, handed)
             } else {
+                if recheck_due {
+                    // A second without a wake: also reclaim dead processes, whose waits may
+                    // hold units a signal granted them as they died.
+                    g.reap_dead();
+                }
                 attempt(&mut g, objs, wait_all)
             };
+            let by_grants = handed.any() != 0 && matches!(r, Attempt::Done(_));
             if matches!(r, Attempt::NotYet) {
                 if let Some(code) = failed {
                     r = Attempt::Failed(code);
@@ -590,10 +626,14 @@ fn wait_loop(
                     r = Attempt::Done(Taken::plain(WaitOutcome::TimedOut));
                 }
             }
-            // The grants this outcome used; the others go back to their objects.
+            // The grants this outcome used (only an outcome made from them uses any); the
+            // others go back to their objects.
             let used = match &r {
-                Attempt::Done(_) if handed.any() != 0 && wait_all => handed.any(),
-                Attempt::Done(_) if handed.any() != 0 => 1 << handed.any().trailing_zeros(),
+                Attempt::Done(t) if by_grants && wait_all => {
+                    debug_assert!(t.outcome != WaitOutcome::TimedOut);
+                    handed.any()
+                }
+                Attempt::Done(_) if by_grants => 1 << handed.any().trailing_zeros(),
                 _ => 0,
             };
             if used != 0 {
@@ -627,13 +667,18 @@ fn wait_loop(
         // Sleep at most RECHECK: defence in depth against a wake that never comes (the
         // kernel hands an owner's death to one sleeper only, and that sleeper may die too; a
         // signaller may be killed at an instant no test found).
-        let recheck = Instant::now() + RECHECK;
-        let sleep_until = Some(deadline.map_or(recheck, |d| d.min(recheck)));
+        let recheck = (!recheck_disabled()).then(|| Instant::now() + RECHECK);
+        let sleep_until = match (deadline, recheck) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        };
+        recheck_due = false;
         match sys::futex_waitv(&words, sleep_until) {
             Woke::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
-                // One last attempt (honouring a pulse that raced the deadline), then leave.
+                // One last attempt (honouring a grant that raced the deadline), then leave.
                 timed_out = true;
             }
+            Woke::TimedOut => recheck_due = true,
             Woke::Failed(code) => {
                 tracing::error!(code, "futex_waitv failed; ending the wait");
                 failed = Some(Win32Error::NOT_SUPPORTED);
