@@ -1,7 +1,12 @@
 //! The client's one routing rule: which backend serves a name. `Local\` names go to the host's
-//! `Local\` engine (crate `dlock-local`), every other name (and an unnamed object) to the
-//! cluster. The typed API ([`crate::Session`]'s constructors, [`crate::LocalNamespace`]) and
-//! the blocking facade ([`crate::win32`]) all ask here, so the rule lives in one place.
+//! `Local\` engine (crate `dlock-local`), every other name to the cluster. The typed API
+//! ([`crate::Session`]'s constructors, [`crate::LocalNamespace`]) and the blocking facade
+//! ([`crate::win32`]) all ask here, so the rule lives in one place.
+//!
+//! Unnamed objects are private to one process, so no other host needs them: the facade
+//! serves them from the local engine (no cluster needed, `win32::create`), while a typed
+//! [`crate::Session`] keeps them on the cluster, where its async waits can combine them with
+//! named cluster objects (the async API does not mix backends in one wait).
 
 use dlock_proto::vocab::names::local_key;
 use dlock_proto::vocab::{MAX_PATH, Win32Error};

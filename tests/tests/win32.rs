@@ -21,7 +21,7 @@ mod backend {
         dlock_tests::unique(prefix)
     }
 
-    /// Cluster objects may be unnamed.
+    /// Unnamed objects (served by the local engine).
     pub fn anon() -> Option<String> {
         None
     }
@@ -45,7 +45,7 @@ fn s3_4_a_leading_backslash_is_a_bad_pathname() {
 }
 
 #[test]
-fn s3_4_local_and_cluster_names_are_different_objects_and_do_not_mix_in_waits() {
+fn s3_4_local_and_cluster_names_are_different_objects_and_mix_only_in_wait_any() {
     setup();
     let name = unique("split");
     let cluster = CreateEventA(None, TRUE, TRUE, Some(&name));
@@ -54,15 +54,130 @@ fn s3_4_local_and_cluster_names_are_different_objects_and_do_not_mix_in_waits() 
     assert_eq!(GetLastError(), 0, "a new object: Local\\X is not X");
     assert_eq!(WaitForSingleObject(cluster, 0), WAIT_OBJECT_0);
     assert_eq!(WaitForSingleObject(local, 0), WAIT_TIMEOUT);
+    // A wait-any spans both backends; a wait-all cannot be atomic across them.
     assert_eq!(
-        WaitForMultipleObjects(&[cluster, local], FALSE, 0),
+        WaitForMultipleObjects(&[local, cluster], FALSE, 0),
+        WAIT_OBJECT_0 + 1
+    );
+    assert_eq!(
+        WaitForMultipleObjects(&[cluster, local], TRUE, 0),
         WAIT_FAILED
     );
     assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
-    assert_eq!(SignalObjectAndWait(local, cluster, 0, FALSE), WAIT_FAILED);
-    assert_eq!(GetLastError(), ERROR_INVALID_PARAMETER);
     assert_eq!(CloseHandle(local), TRUE);
     assert_eq!(CloseHandle(cluster), TRUE);
+}
+
+// ---- one wait across both backends ------------------------------------------------------------
+
+#[test]
+fn the_service_loop_waits_on_a_private_shutdown_event_and_a_shared_mutex() {
+    setup();
+    // The most common Win32 service loop: an unnamed (private, local) shutdown event and a
+    // named (cluster) work mutex in one WaitForMultipleObjects.
+    let shutdown = CreateEventA(None, TRUE, FALSE, None);
+    let work = CreateMutexA(None, FALSE, Some(&unique("work")));
+    assert_ne!(shutdown, 0);
+    assert_ne!(work, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let mut rounds = 0;
+        loop {
+            match WaitForMultipleObjects(&[shutdown, work], FALSE, INFINITE) {
+                WAIT_OBJECT_0 => return rounds,
+                r if r == WAIT_OBJECT_0 + 1 => {
+                    rounds += 1;
+                    assert_eq!(ReleaseMutex(work), TRUE, "the loop owns the mutex");
+                    if rounds == 3 {
+                        tx.send(()).unwrap();
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("wait returned {other:#x}, error {}", GetLastError()),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the loop took the shared mutex");
+    // While another thread holds the mutex, the loop blocks in both backends at once; the
+    // private event ends it.
+    assert_eq!(WaitForSingleObject(work, 10_000), WAIT_OBJECT_0);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(SetEvent(shutdown), TRUE);
+    let rounds = worker.join().unwrap();
+    assert!(rounds >= 3, "{rounds}");
+    assert_eq!(ReleaseMutex(work), TRUE);
+    CloseHandle(shutdown);
+    CloseHandle(work);
+}
+
+#[test]
+fn a_mixed_wait_any_returns_the_lowest_signaled_index_and_gives_back_the_rest() {
+    setup();
+    let local = CreateSemaphoreA(None, 1, 1, None);
+    let cluster = CreateMutexA(None, FALSE, Some(&unique("mixed")));
+    // Both signaled at the call: index 0 (the local semaphore) wins, the cluster mutex is not
+    // kept.
+    assert_eq!(
+        WaitForMultipleObjects(&[local, cluster], FALSE, 0),
+        WAIT_OBJECT_0
+    );
+    let other = std::thread::spawn(move || {
+        let r = WaitForSingleObject(cluster, 0);
+        ReleaseMutex(cluster);
+        r
+    })
+    .join()
+    .unwrap();
+    assert_eq!(other, WAIT_OBJECT_0, "the cluster mutex was given back");
+    // Now only the cluster side is available (the semaphore is at 0): index 1.
+    assert_eq!(
+        WaitForMultipleObjects(&[local, cluster], FALSE, 0),
+        WAIT_OBJECT_0 + 1
+    );
+    assert_eq!(ReleaseMutex(cluster), TRUE);
+    // Blocking on both: whichever is signaled first ends the wait, and only it is taken.
+    let cluster_ev = CreateEventA(None, FALSE, FALSE, Some(&unique("mixed-ev")));
+    let local_ev = CreateEventA(None, FALSE, FALSE, None);
+    let t =
+        std::thread::spawn(move || WaitForMultipleObjects(&[local_ev, cluster_ev], FALSE, 10_000));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(SetEvent(cluster_ev), TRUE);
+    assert_eq!(t.join().unwrap(), WAIT_OBJECT_0 + 1);
+    let t =
+        std::thread::spawn(move || WaitForMultipleObjects(&[local_ev, cluster_ev], FALSE, 10_000));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(SetEvent(local_ev), TRUE);
+    assert_eq!(t.join().unwrap(), WAIT_OBJECT_0);
+    assert_eq!(
+        WaitForMultipleObjects(&[local_ev, cluster_ev], FALSE, 0),
+        WAIT_TIMEOUT,
+        "each signal was consumed once"
+    );
+    let start = Instant::now();
+    assert_eq!(
+        WaitForMultipleObjects(&[local_ev, cluster_ev], FALSE, 300),
+        WAIT_TIMEOUT
+    );
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    // Across backends SignalObjectAndWait signals, then waits.
+    assert_eq!(WaitForSingleObject(cluster, 0), WAIT_OBJECT_0);
+    assert_eq!(SetEvent(local_ev), TRUE);
+    assert_eq!(
+        SignalObjectAndWait(cluster, local_ev, 1_000, FALSE),
+        WAIT_OBJECT_0
+    );
+    let other = std::thread::spawn(move || {
+        let r = WaitForSingleObject(cluster, 0);
+        ReleaseMutex(cluster);
+        r
+    })
+    .join()
+    .unwrap();
+    assert_eq!(other, WAIT_OBJECT_0, "the signal half released the mutex");
+    for h in [local, cluster, cluster_ev, local_ev] {
+        CloseHandle(h);
+    }
 }
 
 #[test]

@@ -20,6 +20,25 @@ pub(super) fn create(
         return fail(ERROR_NO_SYSTEM_RESOURCES, NULL);
     }
     let params = CreateParams::from_flags(kind, flags, initial_count, maximum_count);
+    let local_route = name.as_deref().is_none_or(str::is_empty)
+        || matches!(route(name.as_deref()), Ok(Route::Local(_)));
+    if local_route && local::in_forked_child() {
+        return fail(ERROR_NOT_SUPPORTED, NULL);
+    }
+    // An unnamed object (`NULL` or `""`) is private to this process: the local engine serves
+    // it, with no network and no cluster needed (docs/win32-semantics.md §3.3).
+    if name.as_deref().is_none_or(str::is_empty) {
+        let created =
+            local::namespace().and_then(|seg| local::create_unnamed(seg, &params, access));
+        return match created {
+            Ok(obj) => {
+                let handle = insert_slot(Slot::Local(obj));
+                thread::set_last_error(ERROR_SUCCESS);
+                handle
+            }
+            Err(code) => fail(code, NULL),
+        };
+    }
     if let Ok(Route::Local(key)) = route(name.as_deref()) {
         let created = local::namespace().and_then(|seg| local::create(seg, key, &params, access));
         return match created {
@@ -74,6 +93,9 @@ pub(super) fn open(
         return fail(ERROR_NO_SYSTEM_RESOURCES, NULL);
     }
     if let Ok(Route::Local(key)) = route(Some(&name)) {
+        if local::in_forked_child() {
+            return fail(ERROR_NOT_SUPPORTED, NULL);
+        }
         return match local::namespace().and_then(|seg| local::open(seg, kind, key, access)) {
             Ok(obj) => insert_slot(Slot::Local(obj)),
             Err(code) => fail(code, NULL),
@@ -118,6 +140,9 @@ pub(super) fn on_local<T>(
     };
     if kind.is_some_and(|k| k != obj.kind) {
         return Some(Err(Win32Error::INVALID_HANDLE));
+    }
+    if local::in_forked_child() {
+        return Some(Err(Win32Error::NOT_SUPPORTED));
     }
     Some(with_segment(|seg| op(seg, obj)))
 }

@@ -88,9 +88,15 @@
 //!   thread): the calls block. They fail with `ERROR_NOT_SUPPORTED` there; use the async API
 //!   ([`crate::Session`]) instead. The facade runs its own runtime (2 worker threads named
 //!   `dlock-worker`).
-//! * A wait (or `SignalObjectAndWait`) cannot mix `Local\` handles with cluster handles: it
-//!   fails with `ERROR_INVALID_PARAMETER` (87), because one wait cannot block in the kernel on
-//!   shared memory and on a server's reply at once. Wait on each side from its own thread.
+//! * A wait-all cannot mix `Local\` (or unnamed) handles with cluster handles: it fails with
+//!   `ERROR_INVALID_PARAMETER` (87), because taking objects of two independent systems in one
+//!   atomic step would need a commit protocol between them. A wait-any across both backends
+//!   works (the lowest signaled index wins; a cluster grant that lost the race is given back),
+//!   and so does `SignalObjectAndWait`, which then signals and waits in two steps (not
+//!   atomic across backends). See `mixed.rs`.
+//! * A child made by `fork` must not call the facade before it `exec`s: calls fail there with
+//!   `ERROR_NOT_SUPPORTED` (the parent's runtime threads and local process record are not
+//!   the child's).
 //!
 //! # `Local\` names: the host-local backend
 //!
@@ -98,20 +104,22 @@
 //! a shared-memory segment on this machine, is shared by the processes of this host that use
 //! the same namespace, and never involves dlockd (no cluster, session or network is needed).
 //! Every other name, `Global\X` and plain `X` alike, is cluster-wide. `Local\X` and `X` are
-//! different objects. Unnamed objects belong to the cluster.
+//! different objects. Unnamed objects (`NULL` or `""` names) are private to the process, so
+//! the local engine serves them too: they need no cluster at all.
 //!
 //! Local objects have the cluster objects' semantics (create-or-open, 183, cross-type 6,
 //! access rights, recursive per-thread mutex ownership, 288, 298, wait-any and atomic
 //! wait-all, `PulseEvent`), with these differences: a mutex whose owning thread exits, or
 //! whose process dies, is abandoned **at once** (the kernel's robust futex list reports it; no
-//! TTL); waiters are not served in FIFO order; a fencing token counts the acquisitions of
-//! that mutex. An uncontended acquire and release makes no system call.
+//! TTL); a thread on the lock-free path may take a free mutex before a woken waiter; a
+//! fencing token counts the acquisitions of that mutex. An uncontended acquire and release makes no system call.
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `DLOCK_LOCAL_DIR` | directory of the segment file (created if missing) | `/dev/shm` |
 //! | `DLOCK_LOCAL_NAMESPACE` | namespace name (`[A-Za-z0-9._-]`, 1-64): processes meet only within one | `u<uid>` |
 //! | `DLOCK_LOCAL_MODE` | octal mode of a new segment file; `660` shares it with the group | `600` |
+//! | `DLOCK_LOCAL_LOCK_TIMEOUT_MS` | longest wait for the namespace lock before a call fails with `ERROR_TIMEOUT` (1460); timed waits use their own deadline | `30000` |
 //!
 //! The segment is `DLOCK_LOCAL_DIR/dlock-local-<namespace>`. Its failures:
 //!
@@ -130,6 +138,7 @@
 mod create;
 mod global;
 mod handles;
+mod mixed;
 mod ops;
 mod thread;
 

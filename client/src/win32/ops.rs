@@ -215,6 +215,9 @@ pub(super) fn local_wait_set(handles: &[HANDLE]) -> Result<Option<Vec<LocalObj>>
             Slot::Remote(_) => remote += 1,
         }
     }
+    if !local.is_empty() && local::in_forked_child() {
+        return Err(Win32Error::NOT_SUPPORTED);
+    }
     match (local.len(), remote) {
         (_, 0) => Ok(Some(local)),
         (0, _) => Ok(None),
@@ -243,6 +246,10 @@ pub fn WaitForMultipleObjects(
             }));
         }
         Ok(None) => {}
+        // Both backends: a wait-any waits on both (a wait-all stays 87, see `mixed`).
+        Err(Win32Error::INVALID_PARAMETER) if !is_true(bWaitAll) => {
+            return wait_result(super::mixed::wait_any(lpHandles, timeout));
+        }
         Err(code) => return fail(code, WAIT_FAILED),
     }
     let (session, ids) = match resolve_all(lpHandles) {
@@ -277,6 +284,14 @@ pub fn SignalObjectAndWait(
             }));
         }
         Ok(None) => {}
+        // One handle in each backend: signal, then wait (see `mixed`).
+        Err(Win32Error::INVALID_PARAMETER) => {
+            return wait_result(super::mixed::signal_and_wait(
+                hObjectToSignal,
+                hObjectToWaitOn,
+                timeout,
+            ));
+        }
         Err(code) => return fail(code, WAIT_FAILED),
     }
     let (session, ids) = match resolve_all(&[hObjectToSignal, hObjectToWaitOn]) {

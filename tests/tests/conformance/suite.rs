@@ -2,8 +2,7 @@
 // defines a module `backend` with `PREFIX` (its names' prefix), `EMPTY_COMPONENT` (a name
 // whose first component is empty), `setup()` (run first in every test), `name(prefix)` (a unique
 // object name in that backend's namespace) and `anon()` (a name for an object the test could
-// leave unnamed: `None` on the cluster, a unique `Local\` name locally, since unnamed objects
-// belong to the cluster). One test per behaviour, named for the section of win32-semantics.md
+// leave unnamed; unnamed objects are served by the local engine, with no cluster). One test per behaviour, named for the section of win32-semantics.md
 // it checks.
 
 use std::sync::Arc;
@@ -635,7 +634,9 @@ fn s7_4_wait_needs_synchronize() {
 fn s2_5_signal_object_and_wait_hands_over_atomically() {
     backend::setup();
     let m = CreateMutexA(None, TRUE, Some(&backend::name("mutex")));
-    let ev = CreateEventA(None, FALSE, FALSE, backend::anon().as_deref());
+    // Named, so that both objects are in the backend under test (an unnamed object is
+    // always local).
+    let ev = CreateEventA(None, FALSE, FALSE, Some(&backend::name("event")));
     let waiter = Arc::new(std::sync::Barrier::new(2));
     let w = waiter.clone();
     let t = std::thread::spawn(move || {
