@@ -86,6 +86,7 @@ fn local_prints_a_namespace_without_a_cluster() {
         dir: dir.path().to_path_buf(),
         namespace: "cli".into(),
         mode: 0o600,
+        group: None,
         lock_timeout: dlock_local::LOCK_TIMEOUT_DEFAULT,
     };
     let seg = dlock_local::Segment::attach(&settings).expect("segment");

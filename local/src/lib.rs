@@ -35,6 +35,12 @@
 //!   (the `segment` module's docs); a process killed mid-change is rolled back by the next
 //!   locker. Handles of dead processes are reclaimed (their liveness is an OFD lock that the
 //!   kernel drops when they die) whenever any process attaches, creates or opens.
+//! * **Trust**: the segment holds pointers glibc and the kernel follow for every attached
+//!   thread (robust lists), so it is shared only with its owner and the one group
+//!   `DLOCK_LOCAL_GROUP` names; a file open to others, to another group, or owned by another
+//!   user outside that group is refused (`Untrusted`, `ERROR_ACCESS_DENIED`), which is also
+//!   what a squatter who created the file first gets: the way out is a private
+//!   `DLOCK_LOCAL_DIR` or another namespace.
 //! * **Versioning**: a segment with another layout version, a bad magic, size or checksum is
 //!   refused with an error naming the file, never trusted.
 //!
@@ -161,7 +167,8 @@ impl LocalError {
 /// |---|---|---|
 /// | `DLOCK_LOCAL_DIR` | directory of the segment file (created with the mode below plus search rights) | `/dev/shm` |
 /// | `DLOCK_LOCAL_NAMESPACE` | name of the namespace: processes meet only within one | `u<uid>` |
-/// | `DLOCK_LOCAL_MODE` | octal file mode of a new segment; `660` shares it with the group | `600` |
+/// | `DLOCK_LOCAL_MODE` | octal file mode of a new segment; `660` shares it with `DLOCK_LOCAL_GROUP` (never with other users) | `600` |
+/// | `DLOCK_LOCAL_GROUP` | the one group (name or gid) that may share the namespace; required for `660` | none |
 /// | `DLOCK_LOCAL_LOCK_TIMEOUT_MS` | longest wait for the namespace lock before a call fails with `ERROR_TIMEOUT` (1460) | `30000` |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -169,8 +176,13 @@ pub struct Settings {
     pub dir: PathBuf,
     /// Name of the namespace (1-64 of `[A-Za-z0-9._-]`): processes meet only within one.
     pub namespace: String,
-    /// Octal file mode of a new segment (within `0o666`, including `0o600`).
+    /// Octal file mode of a new segment (within `0o660`, including `0o600`: never for
+    /// "other" users).
     pub mode: u32,
+    /// The one group that may share the namespace (a gid), required for a mode with group
+    /// bits: a new segment is given to it, and a segment of another user is trusted only if
+    /// it belongs to it.
+    pub group: Option<u32>,
     /// The longest a call waits for the namespace lock (held by a process that does not run:
     /// stopped, frozen, in a debugger) before it fails with `ERROR_TIMEOUT`. Timed waits wait
     /// until their own deadline instead, and infinite waits for as long as it takes.
@@ -208,16 +220,40 @@ impl Settings {
         };
         let mode = match std::env::var("DLOCK_LOCAL_MODE") {
             Ok(raw) => match u32::from_str_radix(raw.trim(), 8) {
-                Ok(m) if m & !0o666 == 0 && m & 0o600 == 0o600 => m,
+                Ok(m) if m & !0o660 == 0 && m & 0o600 == 0o600 => m,
                 _ => {
                     tracing::warn!(
                         value = raw,
-                        "ignoring DLOCK_LOCAL_MODE: an octal mode within 666 including 600"
+                        "ignoring DLOCK_LOCAL_MODE: an octal mode within 660 including 600 \
+                         (a segment is never shared with other users)"
                     );
                     MODE_DEFAULT
                 }
             },
             Err(_) => MODE_DEFAULT,
+        };
+        let group = match std::env::var("DLOCK_LOCAL_GROUP") {
+            Ok(raw) if !raw.trim().is_empty() => match group_id(raw.trim()) {
+                Some(gid) => Some(gid),
+                None => {
+                    tracing::warn!(
+                        value = raw,
+                        "ignoring DLOCK_LOCAL_GROUP: no such group name or number"
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mode = if mode & 0o060 != 0 && group.is_none() {
+            tracing::warn!(
+                mode = format!("{mode:o}"),
+                "DLOCK_LOCAL_MODE shares the namespace with a group, but DLOCK_LOCAL_GROUP does \
+                 not name it; keeping the namespace private (600)"
+            );
+            MODE_DEFAULT
+        } else {
+            mode
         };
         let lock_timeout = match std::env::var("DLOCK_LOCAL_LOCK_TIMEOUT_MS") {
             Ok(raw) => match raw.trim().parse::<u64>() {
@@ -236,6 +272,7 @@ impl Settings {
             dir,
             namespace,
             mode,
+            group,
             lock_timeout,
         }
     }
@@ -244,6 +281,31 @@ impl Settings {
     pub fn segment_path(&self) -> PathBuf {
         self.dir.join(format!("dlock-local-{}", self.namespace))
     }
+}
+
+/// The gid of group `name_or_number` (a name from the group database, or a number).
+pub fn group_id(name_or_number: &str) -> Option<u32> {
+    if let Ok(gid) = name_or_number.parse::<u32>() {
+        return Some(gid);
+    }
+    let name = std::ffi::CString::new(name_or_number).ok()?;
+    // SAFETY: `libc::group` is a plain C struct for which all-zero bytes are valid; getgrnam_r
+    // fills it.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: a NUL-terminated name, a group struct and
+    // a buffer of the length passed, and the result pointer; getgrnam_r is thread-safe.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(group.gr_gid)
 }
 
 /// Whether `ns` is a valid namespace name: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`
@@ -297,14 +359,32 @@ pub fn namespace() -> Result<&'static Segment, Win32Error> {
     if let Some(seg) = SEGMENT.get() {
         return Ok(seg);
     }
+    // A namespace that cannot be attached is not tried again at every call (each try opens,
+    // maps and checks the file): the failure stands for ATTACH_RETRY_AFTER.
+    let mut last = LAST_FAILURE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, code)) = *last
+        && at.elapsed() < ATTACH_RETRY_AFTER
+    {
+        return Err(code);
+    }
     match Segment::attach(&settings()) {
-        Ok(seg) => Ok(SEGMENT.get_or_init(|| seg)),
+        Ok(seg) => {
+            *last = None;
+            Ok(SEGMENT.get_or_init(|| seg))
+        }
         Err(err) => {
             tracing::error!(error = %err, "cannot use the local namespace");
+            *last = Some((std::time::Instant::now(), err.code()));
             Err(err.code())
         }
     }
 }
+
+/// How long a failed attach of the process's namespace stands before the next call tries
+/// again.
+const ATTACH_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// When the process's namespace last failed to attach, and why.
+static LAST_FAILURE: StdMutex<Option<(std::time::Instant, Win32Error)>> = StdMutex::new(None);
 
 /// Whether this process is a child made by `fork` after the namespace was attached in its
 /// parent: it shares the parent's process slot, so the facade refuses `Local\` calls there

@@ -358,12 +358,12 @@ impl Segment {
         ensure_dir(dir, settings.mode).map_err(|e| LocalError::io(dir, e))?;
         let file = match open_existing(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => create(&path, settings.mode)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => create(&path, settings)?,
             Err(e) => return Err(LocalError::io(&path, e)),
         };
         let len = Layout::current().len;
         let meta = file.metadata().map_err(|e| LocalError::io(&path, e))?;
-        check_owner(&meta, settings.mode).map_err(|why| LocalError::Untrusted {
+        check_owner(&meta, settings).map_err(|why| LocalError::Untrusted {
             path: path.clone(),
             why,
         })?;
@@ -388,8 +388,17 @@ impl Segment {
             deferred: StdMutex::new(Vec::new()),
             has_deferred: AtomicBool::new(false),
         };
-        seg.validate()?;
-        seg.proc_slot = seg.register_process()?;
+        let attached = seg.validate().and_then(|()| seg.register_process());
+        match attached {
+            Ok(slot) => seg.proc_slot = slot,
+            Err(e) => {
+                // Nothing of this process is in the segment: give the mapping back.
+                // SAFETY: mapped above with this length; no reference into it outlives `seg`,
+                // which is forgotten without running anything that reads it.
+                unsafe { libc::munmap(seg.base.cast(), len as usize) };
+                return Err(e);
+            }
+        }
         tracing::debug!(path = %seg.path.display(), slot = seg.proc_slot, "attached to the local namespace");
         Ok(seg)
     }
@@ -643,7 +652,7 @@ impl Segment {
         let j = &self.header().journal;
         let mut restored = 0;
         if j.active.load(Ordering::Acquire) == 1 {
-            let count = (j.count.load(Ordering::Relaxed) as usize).min(JOURNAL_ENTRIES);
+            let count = (j.count.load(Ordering::Acquire) as usize).min(JOURNAL_ENTRIES);
             for e in j.entries[..count].iter().rev() {
                 let offset = e.offset.load(Ordering::Relaxed);
                 let len = e.len.load(Ordering::Relaxed) as usize;
@@ -687,6 +696,14 @@ impl Segment {
         for (s, c) in syncs.iter().zip(counts) {
             s.waiters.store(c, Ordering::SeqCst);
         }
+    }
+
+    /// Test hook: damages the journal's counters, as a stray write from outside would.
+    #[cfg(test)]
+    pub fn damage_journal_for_test(&self) {
+        let j = &self.header().journal;
+        j.count.store(u32::MAX, Ordering::Relaxed);
+        j.used.store(u32::MAX, Ordering::Relaxed);
     }
 
     /// Number of journal recoveries so far.
@@ -781,7 +798,20 @@ impl Guard<'_> {
         let ptr = (region as *const T).cast::<u8>();
         let offset = ptr as u64 - self.seg.base as u64;
         let len = size_of::<T>();
-        let count = j.count.load(Ordering::Relaxed) as usize;
+        if !self.open {
+            // A change starts with an empty journal (commit and recovery leave it so); damaged
+            // counters from outside must not make the slices below panic in every process.
+            if j.count.load(Ordering::Relaxed) != 0 || j.used.load(Ordering::Relaxed) != 0 {
+                tracing::error!(
+                    path = %self.seg.path.display(),
+                    "the local namespace journal was not empty at the start of a change; \
+                     resetting it"
+                );
+                j.count.store(0, Ordering::Relaxed);
+                j.used.store(0, Ordering::Relaxed);
+            }
+        }
+        let count = (j.count.load(Ordering::Relaxed) as usize).min(JOURNAL_ENTRIES);
         // Already saved if a saved region contains it (saving an overlapping larger region
         // again is harmless: restores run newest first, so the oldest bytes win).
         if j.entries[..count].iter().any(|e| {
@@ -805,7 +835,9 @@ impl Guard<'_> {
         e.len.store(len as u32, Ordering::Relaxed);
         e.data_at.store(used as u32, Ordering::Relaxed);
         j.used.store((used + len) as u32, Ordering::Relaxed);
-        j.count.store(count as u32 + 1, Ordering::Relaxed);
+        // The entry's bytes come first: a process killed between any two stores leaves either
+        // the old count or a complete entry (Release orders them, for the compiler as well).
+        j.count.store(count as u32 + 1, Ordering::Release);
         if !self.open {
             // The entry is complete before the journal says it must be replayed.
             j.active.store(1, Ordering::Release);
@@ -882,26 +914,37 @@ fn pid_namespace() -> [u64; 2] {
         .unwrap_or([0, 0])
 }
 
-/// Refuses a segment another user could have planted or can write: its memory is trusted with
-/// pointers the kernel and glibc follow (robust lists). It must be a regular file, not
-/// writable by others, and ours unless the configured mode shares it with the group.
-fn check_owner(meta: &std::fs::Metadata, mode: u32) -> Result<(), String> {
+/// Refuses a segment another user could have planted or can write. Its memory is trusted with
+/// pointers that glibc and the kernel follow (every attached thread's robust list links the
+/// mutexes it holds), so whoever can write the file can make them write into every attached
+/// process: it is shared with its owner and, if configured, the one group named by
+/// `DLOCK_LOCAL_GROUP`, whose members are trusted as much as the owner. It must be a regular
+/// file with no permission for other users; ours, or of that group; and if the group may
+/// access it, that group must be the configured one.
+fn check_owner(meta: &std::fs::Metadata, settings: &Settings) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     if !meta.file_type().is_file() {
         return Err("not a regular file".into());
     }
-    if meta.mode() & 0o002 != 0 {
+    let mode = meta.mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(format!("open to other users (mode {mode:o})"));
+    }
+    let group_ok = settings.mode & 0o060 != 0 && settings.group == Some(meta.gid());
+    if mode & 0o060 != 0 && !group_ok {
         return Err(format!(
-            "writable by other users (mode {:o})",
-            meta.mode() & 0o777
+            "open to group {} (mode {mode:o}), which DLOCK_LOCAL_GROUP does not name \
+             together with a group DLOCK_LOCAL_MODE",
+            meta.gid()
         ));
     }
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    if meta.uid() != me && mode & 0o060 == 0 {
+    if meta.uid() != me && !group_ok {
         return Err(format!(
-            "owned by uid {}, not by this user ({me}), and DLOCK_LOCAL_MODE does not share \
-             namespaces with the group",
+            "owned by uid {}, not by this user ({me}), and not shared through \
+             DLOCK_LOCAL_GROUP (another user may have created it first: point DLOCK_LOCAL_DIR \
+             at a directory only you can write, or choose another DLOCK_LOCAL_NAMESPACE)",
             meta.uid()
         ));
     }
@@ -934,7 +977,8 @@ fn open_existing(path: &Path) -> io::Result<File> {
 /// Creates and initialises the segment under a temporary name, then links it into place, so
 /// no process ever sees a half-initialised file. Losing the race to another creator is fine:
 /// its file is opened instead.
-fn create(path: &Path, mode: u32) -> Result<File, LocalError> {
+fn create(path: &Path, settings: &Settings) -> Result<File, LocalError> {
+    let mode = settings.mode;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let tmp = dir.join(format!(
         ".{}.{}.{:x}.tmp",
@@ -955,6 +999,13 @@ fn create(path: &Path, mode: u32) -> Result<File, LocalError> {
         .open(&tmp)
         .map_err(io_err)?;
     let result = (|| {
+        // The group that may share it, before anyone can open it (the creator must belong to
+        // it, or be root).
+        if mode & 0o060 != 0
+            && let Some(gid) = settings.group
+        {
+            std::os::unix::fs::fchown(&file, None, Some(gid))?;
+        }
         // The umask may have narrowed the mode; the configured one is what counts.
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         let layout = Layout::current();

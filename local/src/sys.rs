@@ -63,12 +63,16 @@ pub fn forked_child() -> bool {
     FORKED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Makes a forked child re-read its thread id (the child's only thread has a new one).
+/// Makes a forked child re-read its thread id (the child's only thread has a new one), once
+/// per process however many attaches are tried.
 pub fn install_fork_handler() {
-    // SAFETY: registers a handler that only writes a thread-local Cell.
-    unsafe {
-        libc::pthread_atfork(None, None, Some(reset_tid_in_child));
-    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a handler that only writes a thread-local Cell and an atomic.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(reset_tid_in_child));
+        }
+    });
 }
 
 /// Wakes up to `count` waiters of a shared (non-private) futex word.

@@ -30,6 +30,7 @@ fn settings(dir: &Path) -> Settings {
         dir: dir.to_path_buf(),
         namespace: "test".into(),
         mode: 0o600,
+        group: None,
         lock_timeout: super::LOCK_TIMEOUT_DEFAULT,
     }
 }
@@ -936,5 +937,94 @@ fn signals_serve_the_oldest_wait_first() {
     }
     for t in threads {
         assert!(t.join().unwrap().unwrap().is_acquired());
+    }
+}
+
+#[test]
+fn a_damaged_journal_count_is_reset_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = attach(dir.path());
+    seg.damage_journal_for_test();
+    // Every change starts by saving bytes in the journal.
+    let m = mutex(&seg, "after-damage");
+    m.close(&seg).unwrap();
+    check_invariants(&seg);
+}
+
+#[test]
+fn failed_attaches_leave_no_mapping_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    drop(attach(dir.path()));
+    // A file of the right size with a bad magic.
+    let mut bytes = std::fs::read(settings.segment_path()).unwrap();
+    bytes[0] = b'X';
+    std::fs::write(settings.segment_path(), &bytes).unwrap();
+    let path = settings.segment_path().display().to_string();
+    let mapped = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.ends_with(&path))
+            .count()
+    };
+    let before = mapped();
+    for _ in 0..20 {
+        assert!(matches!(
+            Segment::attach(&settings),
+            Err(LocalError::Corrupt { .. })
+        ));
+    }
+    assert_eq!(mapped(), before, "every failed attach unmapped the file");
+}
+
+#[test]
+fn a_segment_is_shared_only_with_the_one_named_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let private = settings(dir.path());
+    drop(attach(dir.path()));
+    let path = private.segment_path();
+    // Readable by others, or open to a group nobody named: refused, even though it is ours.
+    for mode in [0o604, 0o660] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = Segment::attach(&private).err().unwrap();
+        assert!(
+            matches!(err, LocalError::Untrusted { .. }),
+            "{mode:o}: {err}"
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+
+    // Shared with a named group (our own, which we may give files to): the new segment
+    // belongs to it, and is accepted under that name only.
+    // SAFETY: getegid has no preconditions.
+    let gid = unsafe { libc::getegid() };
+    let shared = Settings {
+        mode: 0o660,
+        group: Some(gid),
+        ..settings(dir.path())
+    };
+    drop(Segment::attach(&shared).unwrap());
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.gid(), gid);
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    let other_group = Settings {
+        group: Some(gid.wrapping_add(4242)),
+        ..shared.clone()
+    };
+    assert!(matches!(
+        Segment::attach(&other_group),
+        Err(LocalError::Untrusted { .. })
+    ));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Another user's segment in the named group is trusted; without the group, refused.
+        std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
+        drop(Segment::attach(&shared).unwrap());
+        assert!(matches!(
+            Segment::attach(&private),
+            Err(LocalError::Untrusted { .. })
+        ));
     }
 }

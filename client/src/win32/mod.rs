@@ -118,7 +118,8 @@
 //! |---|---|---|
 //! | `DLOCK_LOCAL_DIR` | directory of the segment file (created if missing) | `/dev/shm` |
 //! | `DLOCK_LOCAL_NAMESPACE` | namespace name (`[A-Za-z0-9._-]`, 1-64): processes meet only within one | `u<uid>` |
-//! | `DLOCK_LOCAL_MODE` | octal mode of a new segment file; `660` shares it with the group | `600` |
+//! | `DLOCK_LOCAL_MODE` | octal mode of a new segment file; `660` shares it with `DLOCK_LOCAL_GROUP` (never with other users) | `600` |
+//! | `DLOCK_LOCAL_GROUP` | the one group (name or gid) that may share the namespace; required for `660` | none |
 //! | `DLOCK_LOCAL_LOCK_TIMEOUT_MS` | longest wait for the namespace lock before a call fails with `ERROR_TIMEOUT` (1460); timed waits use their own deadline | `30000` |
 //!
 //! The segment is `DLOCK_LOCAL_DIR/dlock-local-<namespace>`. Its failures:
