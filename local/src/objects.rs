@@ -150,6 +150,9 @@ impl ObjSync {
 
 // ---- the namespace lock's operations ----
 
+/// How often the waits of one process reclaim dead processes (create and open always do).
+const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Guard<'_> {
     /// Finds the live object named `key`.
     fn find(&self, key: &str) -> Option<usize> {
@@ -280,11 +283,21 @@ impl Guard<'_> {
 
     /// Reaps every dead process (before name lookups, so a dead process's objects are gone).
     pub(crate) fn reap_dead(&mut self) {
+        self.seg.reaps.fetch_add(1, Ordering::Relaxed);
         let me = self.seg.proc_slot();
         for slot in 0..self.seg.procs().len() {
             if self.seg.procs()[slot].state.load(Ordering::Relaxed) != 0 {
                 self.reap_if_dead(slot as u32, me);
             }
+        }
+    }
+
+    /// [`Guard::reap_dead`] at most once per [`REAP_INTERVAL`] in this process: for the paths
+    /// that run at every wait, where a liveness test per attached process would cost every
+    /// wait up to 256 system calls under the lock.
+    pub(crate) fn reap_dead_now_and_then(&mut self) {
+        if self.seg.reap_due(REAP_INTERVAL) {
+            self.reap_dead();
         }
     }
 

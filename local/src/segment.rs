@@ -338,6 +338,12 @@ pub struct Segment {
     deferred: StdMutex<Vec<usize>>,
     /// Whether `deferred` may hold something (so lockers need not look).
     has_deferred: AtomicBool,
+    /// When this process last reclaimed dead processes from a wait (ms since `epoch`).
+    last_reap_ms: AtomicU64,
+    /// This process's clock origin for `last_reap_ms`.
+    epoch: Instant,
+    /// Full reclaims of dead processes run through this segment (diagnostics, tests).
+    pub(crate) reaps: AtomicU64,
 }
 
 // SAFETY: the mapping is shared memory designed for concurrent use; every access goes through
@@ -387,6 +393,9 @@ impl Segment {
             lock_timeout: settings.lock_timeout,
             deferred: StdMutex::new(Vec::new()),
             has_deferred: AtomicBool::new(false),
+            last_reap_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            reaps: AtomicU64::new(0),
         };
         let attached = seg.validate().and_then(|()| seg.register_process());
         match attached {
@@ -626,6 +635,18 @@ impl Segment {
             0 => "nobody (free now)".into(),
             tid => describe_thread(tid),
         }
+    }
+
+    /// Whether `interval` has passed since this process last reaped from a wait (and if so,
+    /// records now).
+    pub(crate) fn reap_due(&self, interval: Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64 + interval.as_millis() as u64;
+        let last = self.last_reap_ms.load(Ordering::Relaxed);
+        now >= last + interval.as_millis() as u64
+            && self
+                .last_reap_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The configured lock timeout.

@@ -1028,3 +1028,28 @@ fn a_segment_is_shared_only_with_the_one_named_group() {
         ));
     }
 }
+
+#[test]
+fn blocking_waits_do_not_each_test_every_process_for_liveness() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = attach(dir.path());
+    let (ev, _) = objects::create(
+        &seg,
+        "quiet",
+        &CreateParams::from_flags(ObjectKind::Event, 0, 0, 0),
+        EVENT_ALL_ACCESS,
+    )
+    .unwrap();
+    let before = seg.reaps.load(Ordering::Relaxed);
+    let started = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(
+            wait::wait(&seg, &[ev], false, Timeout::Millis(1)),
+            Ok(WaitOutcome::TimedOut)
+        );
+    }
+    let reaps = seg.reaps.load(Ordering::Relaxed) - before;
+    // At most one reclaim per interval (250 ms) in this process, not one per wait.
+    let allowed = (started.elapsed().as_millis() / 250) as u64 + 2;
+    assert!(reaps <= allowed, "{reaps} full liveness scans for 50 waits");
+}

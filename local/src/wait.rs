@@ -323,6 +323,19 @@ fn recheck_disabled() -> bool {
     }
 }
 
+/// Re-checks in a row that may be decided without the namespace lock.
+const RECHECKS_PER_REAP: u32 = 10;
+
+/// Whether `o` looks available, read without the lock (a hint: the locked attempt decides).
+fn looks_available(seg: &Segment, o: &LocalObj) -> bool {
+    let meta = o.meta(seg);
+    match o.kind {
+        ObjectKind::Mutex => o.sync(seg).word().load(Ordering::Relaxed) & FUTEX_TID_MASK == 0,
+        ObjectKind::Event => meta.signaled.load(Ordering::Relaxed) != 0,
+        ObjectKind::Semaphore => meta.count.load(Ordering::Relaxed) > 0,
+    }
+}
+
 /// How long a wait whose deadline has passed may still wait for the namespace lock for its
 /// last look (ordinary contention lasts microseconds; only a stuck holder costs this much).
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -488,7 +501,7 @@ pub fn signal_and_wait(
         };
         signal.check(&g)?;
         wait_on.check(&g)?;
-        g.reap_dead();
+        g.reap_dead_now_and_then();
         let slot = g.register(&[wait_on.index as usize], false)?;
         g.commit();
         slot
@@ -532,8 +545,9 @@ fn blocking_wait(
             return Ok(Taken::plain(WaitOutcome::TimedOut));
         }
         // Waits of dead processes inflate waiter counts (and so cost every releaser a
-        // system call) until reaped; a wait about to sleep is a good moment.
-        g.reap_dead();
+        // system call) until reaped; a wait about to sleep is a good moment, now and then (a
+        // liveness test per attached process is too much for every wait).
+        g.reap_dead_now_and_then();
         let slot = g.register(&indexes, wait_all)?;
         g.commit();
         slot
@@ -557,6 +571,7 @@ fn wait_loop(
     let mut lock_entries: Vec<(usize, usize)> = Vec::with_capacity(objs.len());
     let mut timed_out = false;
     let mut recheck_due = false;
+    let mut quiet_rechecks = 0u32;
     let mut failed: Option<Win32Error> = None;
     loop {
         // Snapshot the words first: any change after this wakes (or fails) the sleep below.
@@ -582,9 +597,26 @@ fn wait_loop(
                 });
             }
         }
+        // A re-check with nothing to act on (no grant, no object available) is decided
+        // without the namespace lock: many blocked waits must not each take it every second.
+        // Every RECHECKS_PER_REAP-th one looks under the lock anyway (and reaps).
+        let quiet = recheck_due
+            && quiet_rechecks < RECHECKS_PER_REAP
+            && failed.is_none()
+            && !timed_out
+            && cancel.is_none_or(|c| c.load(Ordering::SeqCst) == 0)
+            && seg.waiters()[slot].grants.any() == 0
+            && !objs.iter().any(|o| looks_available(seg, o));
+        if quiet {
+            quiet_rechecks += 1;
+        } else {
+            quiet_rechecks = 0;
+        }
         // Attempt, and leave the registry in the same critical section when done, so that a
         // PulseEvent never picks a wait that no longer waits.
-        let outcome = {
+        let outcome = if quiet {
+            Attempt::NotYet
+        } else {
             let mut g = match lock_for_wait(seg, deadline, cancel) {
                 Ok(Some(g)) => g,
                 ended => {
@@ -612,9 +644,9 @@ fn wait_loop(
                 complete_handed(seg, objs, wait_all, handed)
             } else {
                 if recheck_due {
-                    // A second without a wake: also reclaim dead processes, whose waits may
-                    // hold units a signal granted them as they died.
-                    g.reap_dead();
+                    // Long without a wake: also reclaim dead processes, whose waits may hold
+                    // units a signal granted them as they died (rate-limited per process).
+                    g.reap_dead_now_and_then();
                 }
                 attempt(&mut g, objs, wait_all)
             };

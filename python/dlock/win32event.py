@@ -305,7 +305,8 @@ def SignalObjectAndWait(hObjectToSignal, hObjectToWaitOn, dwMilliseconds, bAlert
 
 def DlockGetFencingToken(hMutex):
     """dlock addition: the fencing token of the calling thread's current hold of a mutex (it
-    grows with every grant, cluster-wide), or 0 if the thread does not own it. Raises
+    grows with every grant: cluster-wide for a named mutex, per mutex for a Local\\ or
+    unnamed one), or 0 if the thread does not own it. Raises
     :class:`error` on failure; leaves the last error as it was on success."""
     h = _as_handle_value(hMutex)
     _lib.check_usable()

@@ -21,9 +21,10 @@ mod backend {
         dlock_tests::unique(prefix)
     }
 
-    /// Unnamed objects (served by the local engine).
+    /// A named cluster object where a test could use an unnamed one: unnamed objects are
+    /// served by the local engine, and this suite is about the cluster.
     pub fn anon() -> Option<String> {
-        None
+        Some(dlock_tests::unique("anon"))
     }
 }
 
@@ -83,7 +84,8 @@ fn the_service_loop_waits_on_a_private_shutdown_event_and_a_shared_mutex() {
     let worker = std::thread::spawn(move || {
         let mut rounds = 0;
         loop {
-            match WaitForMultipleObjects(&[shutdown, work], FALSE, INFINITE) {
+            // Bounded, so that a wait that never ends fails the test instead of hanging it.
+            match WaitForMultipleObjects(&[shutdown, work], FALSE, 30_000) {
                 WAIT_OBJECT_0 => return rounds,
                 r if r == WAIT_OBJECT_0 + 1 => {
                     rounds += 1;
@@ -107,6 +109,18 @@ fn the_service_loop_waits_on_a_private_shutdown_event_and_a_shared_mutex() {
     let rounds = worker.join().unwrap();
     assert!(rounds >= 3, "{rounds}");
     assert_eq!(ReleaseMutex(work), TRUE);
+    // The loop's cluster wait, stopped when the event ended it, took nothing: the mutex is
+    // free for another thread (the cancellation is applied in the background).
+    let free = std::thread::spawn(move || {
+        let r = WaitForSingleObject(work, 5_000);
+        if r == WAIT_OBJECT_0 || r == WAIT_ABANDONED {
+            ReleaseMutex(work);
+        }
+        r
+    })
+    .join()
+    .unwrap();
+    assert_eq!(free, WAIT_OBJECT_0, "not held, not abandoned");
     CloseHandle(shutdown);
     CloseHandle(work);
 }
@@ -159,7 +173,34 @@ fn a_mixed_wait_any_returns_the_lowest_signaled_index_and_gives_back_the_rest() 
         WaitForMultipleObjects(&[local_ev, cluster_ev], FALSE, 300),
         WAIT_TIMEOUT
     );
-    assert!(start.elapsed() >= Duration::from_millis(300));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "one timeout, not two: {took:?}"
+    );
+    // A local object without SYNCHRONIZE fails the wait before anything is taken.
+    let name = format!("Local\\{}", unique("nosync"));
+    let owner = CreateEventA(None, TRUE, TRUE, Some(&name));
+    let no_sync = OpenEventA(EVENT_MODIFY_STATE, FALSE, Some(&name));
+    assert_ne!(no_sync, 0);
+    assert_eq!(WaitForSingleObject(cluster, 0), WAIT_OBJECT_0);
+    assert_eq!(ReleaseMutex(cluster), TRUE);
+    assert_eq!(
+        WaitForMultipleObjects(&[no_sync, cluster], FALSE, 0),
+        WAIT_FAILED
+    );
+    assert_eq!(GetLastError(), ERROR_ACCESS_DENIED);
+    let other = std::thread::spawn(move || {
+        let r = WaitForSingleObject(cluster, 0);
+        ReleaseMutex(cluster);
+        r
+    })
+    .join()
+    .unwrap();
+    assert_eq!(other, WAIT_OBJECT_0, "the failed wait took nothing");
+    CloseHandle(no_sync);
+    CloseHandle(owner);
     // Across backends SignalObjectAndWait signals, then waits.
     assert_eq!(WaitForSingleObject(cluster, 0), WAIT_OBJECT_0);
     assert_eq!(SetEvent(local_ev), TRUE);

@@ -209,8 +209,9 @@ BOOL CloseHandle(HANDLE hObject);
 DWORD GetLastError(void);
 void SetLastError(DWORD dwErrCode);
 
-/* dlock's own: the fencing token of the calling thread's current hold of a mutex (the Raft
- * log index of the grant, increasing across all grants of the cluster), or 0 if the thread
+/* dlock's own: the fencing token of the calling thread's current hold of a mutex (for a
+ * cluster mutex the Raft log index of the grant, increasing across all grants of the cluster;
+ * for a Local\ or unnamed mutex the count of that mutex's acquisitions), or 0 if the thread
  * does not own it (the last error is then left alone). On failure it returns 0 and sets the
  * last error (6 for a bad or non-mutex handle, or a cluster code). Give the token to the
  * resources the mutex protects so that they can refuse a stale owner. */

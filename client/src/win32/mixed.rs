@@ -3,15 +3,16 @@
 //! most common Win32 service loop: `WaitForMultipleObjects({shutdown_event, work_mutex},
 //! FALSE, INFINITE)` with a private shutdown event and a shared mutex.
 //!
-//! A wait-any first looks without waiting, in index order: the cluster side (one request),
-//! then the local objects below the index the cluster could give, so that the lowest
-//! signaled index wins among what is signaled at the call. Otherwise both sides wait at once:
-//! the calling thread in the local engine (a local mutex belongs to the thread that takes
-//! it), the cluster wait on the facade's runtime. The first to be satisfied ends the other:
-//! the cluster side cancels the local wait through its cancel word, the local side stops the
-//! cluster wait, whose grant, if it raced the stop, is given back by the client's cancellation
-//! (docs/architecture.md "Waits"); if both were satisfied, the lower index wins and the other
-//! is given back.
+//! A wait-any first looks without waiting: at the local objects (no network), then at the
+//! cluster objects below the local winner's index (one request, only if there are any), so
+//! that the lowest index wins among what is signaled at the call, and a ready local object
+//! does not wait for an unreachable cluster. Otherwise both sides wait at once, for what is
+//! left of the timeout: the calling thread in the local engine (a local mutex belongs to the
+//! thread that takes it), the cluster wait on the facade's runtime. The first to be satisfied
+//! ends the other: the cluster side cancels the local wait through its cancel word, the local
+//! side stops the cluster wait, whose grant, if it raced the stop, the cluster gives back
+//! itself (docs/architecture.md "Waits"). Only local grants are ever given back by this code,
+//! because only the local engine can do it exactly.
 //!
 //! A wait-all that mixes the backends stays `ERROR_INVALID_PARAMETER` (87): taking objects
 //! of two independent systems in one atomic step would need a commit protocol between them.
@@ -79,158 +80,146 @@ fn index_of(outcome: &WaitOutcome) -> Option<usize> {
     }
 }
 
-/// Gives back what a cluster wait-any took (its outcome in the cluster side's own indexes).
-async fn give_back_remote(
-    session: &Session,
-    thread: u64,
-    entries: &[(usize, Entry)],
-    outcome: WaitOutcome,
-) {
-    let Some((_, entry)) = index_of(&outcome).and_then(|i| entries.get(i)) else {
-        return;
-    };
-    let result = match entry.kind {
-        ObjectKind::Mutex => session.release_mutex(thread, entry.id).await,
-        ObjectKind::Semaphore => session.release_semaphore(entry.id, 1).await.map(|_| ()),
-        ObjectKind::Event => match session.query(entry.id).await {
-            // A manual-reset event was not consumed; an auto-reset one is set again.
-            Ok(state) if state.manual_reset => Ok(()),
-            _ => session.set_event(entry.id).await,
-        },
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "could not give back a cluster grant a mixed wait did not use");
+/// Cancels a local wait when dropped: the cluster side's task ends the local wait however it
+/// ends (also if it panics or the runtime shuts down), so the calling thread never waits for
+/// a side that is gone.
+struct CancelOnDrop(Arc<AtomicU32>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        local::cancel(&self.0);
     }
 }
 
+/// Gives back what a local wait took (on the calling thread, which owns any mutex taken).
+fn give_back_local(objs: &[LocalObj], taken: local::Taken) {
+    let _ = with_segment(|seg| {
+        local::give_back(seg, objs, false, taken);
+        Ok(())
+    });
+}
+
 /// `WaitForMultipleObjects(handles, FALSE, timeout)` over handles of both backends.
+///
+/// Only the local side is ever given back when both were satisfied: the local engine gives
+/// back exactly (an abandoned mutex stays abandoned, an auto-reset signal is restored only if
+/// no reset came since), while the cluster does so itself when a wait is cancelled. So when
+/// both sides race in the blocking phase, the cluster's outcome stands even if the local
+/// index is lower (the lowest-index rule holds for what is signaled at the call).
 pub(super) fn wait_any(handles: &[HANDLE], timeout: Timeout) -> Result<WaitOutcome, Win32Error> {
+    let deadline = timeout.as_duration().map(|d| std::time::Instant::now() + d);
     let Split { local, remote } = split(handles)?;
     if local.len() > local::CANCELLABLE_WAIT_OBJECTS_MAX {
         return Err(Win32Error::INVALID_PARAMETER);
+    }
+    // Checked before anything is taken, as Windows does.
+    if local.iter().any(|(_, o)| o.access & SYNCHRONIZE == 0) {
+        return Err(Win32Error::ACCESS_DENIED);
     }
     let session = remote
         .first()
         .map(|(_, e)| e.session.clone())
         .ok_or(Win32Error::INVALID_PARAMETER)?;
-    let ids: Vec<u64> = remote.iter().map(|(_, e)| e.id).collect();
-    let remote_indexes: Vec<usize> = remote.iter().map(|(i, _)| *i).collect();
     let local_objs: Vec<LocalObj> = local.iter().map(|(_, o)| *o).collect();
     let local_indexes: Vec<usize> = local.iter().map(|(i, _)| *i).collect();
     let thread = thread::current_thread_id();
     thread::mark_may_own();
 
-    // 1. What is signaled now, lowest index first.
-    let now = {
-        let (session, ids) = (session.clone(), ids.clone());
-        block_on(|_| async move {
+    // 1. What is signaled now, lowest index first: the local objects (no network), then the
+    //    cluster objects below the local winner, if any (only they can beat it).
+    let local_now = with_segment(|seg| {
+        local::wait_cancellable(seg, &local_objs, false, Timeout::Millis(0), None)
+    })?;
+    let local_first = index_of(&local_now.outcome).map(|i| local_indexes[i]);
+    let below: Vec<(usize, u64)> = remote
+        .iter()
+        .filter(|(i, _)| local_first.is_none_or(|l| *i < l))
+        .map(|(i, e)| (*i, e.id))
+        .collect();
+    if !below.is_empty() {
+        let ids: Vec<u64> = below.iter().map(|(_, id)| *id).collect();
+        let indexes: Vec<usize> = below.iter().map(|(i, _)| *i).collect();
+        let session = session.clone();
+        let polled = block_on(|_| async move {
             session
                 .wait(thread, &ids, false, Timeout::Millis(0))
                 .await
                 .map_err(|e| e.win32_error())
-        })?
-    };
-    let remote_first = index_of(&now).map(|i| remote_indexes[i]);
-    let below = remote_first.unwrap_or(usize::MAX);
-    let lower: Vec<LocalObj> = local
-        .iter()
-        .filter(|(i, _)| *i < below)
-        .map(|(_, o)| *o)
-        .collect();
-    if !lower.is_empty() {
-        let taken = with_segment(|seg| {
-            local::wait_cancellable(seg, &lower, false, Timeout::Millis(0), None)
-        })?;
-        if index_of(&taken.outcome).is_some() {
-            if remote_first.is_some() {
-                let (session, remote) = (session.clone(), &remote);
-                let _ = block_on(|_| async move {
-                    give_back_remote(&session, thread, remote, now).await;
-                    Ok(())
-                });
+        });
+        match polled {
+            Ok(outcome) if index_of(&outcome).is_some() => {
+                if local_first.is_some() {
+                    give_back_local(&local_objs, local_now);
+                }
+                return Ok(remap(outcome, &indexes));
             }
-            return Ok(remap(taken.outcome, &local_indexes));
+            Ok(_) => {}
+            // The cluster could not be asked: what the local side has stands.
+            Err(_) if local_first.is_some() => {}
+            Err(code) => return Err(code),
         }
     }
-    if remote_first.is_some() {
-        return Ok(remap(now, &remote_indexes));
+    if local_first.is_some() {
+        return Ok(remap(local_now.outcome, &local_indexes));
     }
-    if timeout == Timeout::Millis(0) {
-        return Ok(WaitOutcome::TimedOut);
-    }
+    let left = match deadline {
+        None => Timeout::Infinite,
+        Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+            // Rounded up to whole milliseconds: never ends before the caller's deadline.
+            Some(left) if !left.is_zero() => Timeout::Millis(
+                u32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u32::MAX - 1),
+            ),
+            _ => return Ok(WaitOutcome::TimedOut),
+        },
+    };
 
     // 2. Both sides wait; the first satisfied ends the other.
+    let ids: Vec<u64> = remote.iter().map(|(_, e)| e.id).collect();
+    let remote_indexes: Vec<usize> = remote.iter().map(|(i, _)| *i).collect();
     let cancel = Arc::new(AtomicU32::new(0));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let remote_task = {
         let (session, ids, cancel) = (session.clone(), ids.clone(), cancel.clone());
         block_on(|_| async move {
             Ok(tokio::spawn(async move {
-                let outcome = tokio::select! {
-                    outcome = session.wait(thread, &ids, false, timeout) => Some(outcome),
+                let _cancel_local = CancelOnDrop(cancel);
+                tokio::select! {
+                    outcome = session.wait(thread, &ids, false, left) => Some(outcome),
                     // Dropping the wait cancels it; a grant that raced is given back.
                     _ = stop_rx => None,
-                };
-                local::cancel(&cancel);
-                outcome
+                }
             }))
         })?
     };
-    let local_result = with_segment(|seg| {
-        local::wait_cancellable(seg, &local_objs, false, timeout, Some(&cancel))
-    });
+    let local_result =
+        with_segment(|seg| local::wait_cancellable(seg, &local_objs, false, left, Some(&cancel)));
     let _ = stop_tx.send(());
-    let remote_result = block_on(|_| async move {
-        remote_task
-            .await
-            .map_err(|_| Win32Error::INTERNAL_ERROR)
-            .map(|r| r.map(|r| r.map_err(|e| e.win32_error())))
-    })?;
+    let remote_result = block_on(|_| async move { Ok(remote_task.await) });
     let local_taken = match local_result {
         Ok(taken) if index_of(&taken.outcome).is_some() => Some(taken),
         Ok(_) | Err(Win32Error::OPERATION_ABORTED) => None,
         Err(code) => {
-            // The local side failed; give back anything the cluster side took.
-            if let Some(Ok(outcome)) = remote_result {
-                let (session, remote) = (session.clone(), &remote);
-                let _ = block_on(|_| async move {
-                    give_back_remote(&session, thread, remote, outcome).await;
-                    Ok(())
-                });
-            }
-            return Err(code);
+            // The cluster side, if it was satisfied, stands; else the local failure.
+            return match remote_result {
+                Ok(Ok(Some(Ok(outcome)))) if index_of(&outcome).is_some() => {
+                    Ok(remap(outcome, &remote_indexes))
+                }
+                _ => Err(code),
+            };
         }
     };
     let remote_outcome = match remote_result {
-        Some(Ok(outcome)) if index_of(&outcome).is_some() => Some(outcome),
-        Some(Ok(_)) | None => None,
-        Some(Err(code)) => {
-            if let Some(taken) = local_taken {
-                // The local side was satisfied: that outcome stands.
-                tracing::debug!(%code, "the cluster half of a mixed wait failed after the local half won");
-                return Ok(remap(taken.outcome, &local_indexes));
-            }
-            return Err(code);
-        }
+        Ok(Ok(Some(Ok(outcome)))) => index_of(&outcome).is_some().then_some(outcome),
+        Ok(Ok(Some(Err(e)))) if local_taken.is_none() => return Err(e.win32_error()),
+        Ok(Ok(_)) => None,
+        // The task failed (a panic, a runtime shutting down): the local side stands, if any.
+        Ok(Err(_)) | Err(_) if local_taken.is_some() => None,
+        Ok(Err(_)) | Err(_) => return Err(Win32Error::INTERNAL_ERROR),
     };
     match (local_taken, remote_outcome) {
         (Some(taken), Some(outcome)) => {
-            let l = remap(taken.outcome, &local_indexes);
-            let r = remap(outcome, &remote_indexes);
-            if index_of(&l) < index_of(&r) {
-                let (session, remote) = (session.clone(), &remote);
-                let _ = block_on(|_| async move {
-                    give_back_remote(&session, thread, remote, outcome).await;
-                    Ok(())
-                });
-                Ok(l)
-            } else {
-                with_segment(|seg| {
-                    local::give_back(seg, &local_objs, false, taken);
-                    Ok(())
-                })?;
-                Ok(r)
-            }
+            give_back_local(&local_objs, taken);
+            Ok(remap(outcome, &remote_indexes))
         }
         (Some(taken), None) => Ok(remap(taken.outcome, &local_indexes)),
         (None, Some(outcome)) => Ok(remap(outcome, &remote_indexes)),
@@ -246,6 +235,13 @@ pub(super) fn signal_and_wait(
     timeout: Timeout,
 ) -> Result<WaitOutcome, Win32Error> {
     let thread = thread::current_thread_id();
+    // Both handles are checked before the signal, as Windows does.
+    let target = global::lookup(wait_on, None)?;
+    if let Slot::Local(obj) = &target
+        && obj.access & SYNCHRONIZE == 0
+    {
+        return Err(Win32Error::ACCESS_DENIED);
+    }
     match global::lookup(signal, None)? {
         Slot::Local(obj) => with_segment(|seg| match obj.kind {
             ObjectKind::Mutex => obj.release_mutex(seg),
@@ -265,7 +261,7 @@ pub(super) fn signal_and_wait(
             .map_err(|e| e.win32_error())
         })?,
     }
-    match global::lookup(wait_on, None)? {
+    match target {
         Slot::Local(obj) => with_segment(|seg| local::wait(seg, &[obj], false, timeout)),
         Slot::Remote(entry) => {
             thread::mark_may_own();

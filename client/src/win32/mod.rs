@@ -85,8 +85,9 @@
 //! # Restrictions
 //!
 //! * Do not call the facade from inside a tokio runtime (an async task or a runtime worker
-//!   thread): the calls block. They fail with `ERROR_NOT_SUPPORTED` there; use the async API
-//!   ([`crate::Session`]) instead. The facade runs its own runtime (2 worker threads named
+//!   thread): the calls block. Cluster calls fail with `ERROR_NOT_SUPPORTED` there; calls on
+//!   `Local\` and unnamed objects do not need the runtime and are not refused, but a wait
+//!   blocks the worker. Use the async API ([`crate::Session`]) instead. The facade runs its own runtime (2 worker threads named
 //!   `dlock-worker`).
 //! * A wait-all cannot mix `Local\` (or unnamed) handles with cluster handles: it fails with
 //!   `ERROR_INVALID_PARAMETER` (87), because taking objects of two independent systems in one
@@ -105,7 +106,8 @@
 //! the same namespace, and never involves dlockd (no cluster, session or network is needed).
 //! Every other name, `Global\X` and plain `X` alike, is cluster-wide. `Local\X` and `X` are
 //! different objects. Unnamed objects (`NULL` or `""` names) are private to the process, so
-//! the local engine serves them too: they need no cluster at all.
+//! the local engine serves them too: they need no cluster at all. They do need the host's
+//! segment (its failures below apply to them) and count against its limits.
 //!
 //! Local objects have the cluster objects' semantics (create-or-open, 183, cross-type 6,
 //! access rights, recursive per-thread mutex ownership, 288, 298, wait-any and atomic

@@ -124,6 +124,11 @@ pub fn CloseHandle(hObject: HANDLE) -> BOOL {
     let entry = match global::lookup(hObject, None) {
         Ok(Slot::Remote(entry)) => entry,
         Ok(Slot::Local(_)) => {
+            // A forked child shares its parent's process record: closing would close the
+            // parent's handle.
+            if local::in_forked_child() {
+                return fail(ERROR_NOT_SUPPORTED, FALSE);
+            }
             // Only the thread that takes the handle out of the table closes it.
             return match global::forget(hObject) {
                 Some(Slot::Local(obj)) => to_bool(with_segment(|seg| obj.close(seg))),
@@ -192,6 +197,7 @@ pub fn WaitForSingleObject(hHandle: HANDLE, dwMilliseconds: DWORD) -> DWORD {
     // The uncontended local mutex: a cached handle, one try-lock, no system call.
     if let Some(obj) = global::cached_local(hHandle)
         && let Some(seg) = local::attached()
+        && !local::in_forked_child()
         && let Some(result) = obj.try_lock(seg)
     {
         return result;
@@ -309,9 +315,10 @@ pub fn SignalObjectAndWait(
 }
 
 /// **dlock extension.** The fencing token of the calling thread's current hold of the mutex
-/// behind `hMutex`, or 0 if the thread does not own it. The token is the Raft log index of
-/// the grant; it grows strictly across successive owners, so a storage system that remembers
-/// the highest token it has seen can reject a stale owner. Reads the cluster (linearizable).
+/// behind `hMutex`, or 0 if the thread does not own it. For a cluster mutex the token is the
+/// Raft log index of the grant (read linearizably); for a `Local\` or unnamed mutex it counts
+/// the acquisitions of that one mutex. Either way it grows strictly across successive owners,
+/// so a resource that remembers the highest token it has seen can reject a stale owner.
 /// On failure returns 0 and sets the last error (6 bad or non-mutex handle, cluster codes);
 /// a successful call leaves the last error untouched.
 pub fn GetFencingToken(hMutex: HANDLE) -> u64 {
