@@ -53,10 +53,10 @@ pub(crate) enum Signal {
 }
 
 impl Guard<'_> {
-    /// Hands object `obj`, just signalled, to the registered waits it satisfies now, in
-    /// waiter-table order, while units remain. Returns whether it granted any wait; the
-    /// caller then wakes the object's waiters ([`crate::segment::ObjSync::notify`]) before it
-    /// commits.
+    /// Hands object `obj`, just signalled, to the registered waits it satisfies now, oldest
+    /// first, while units remain, and wakes each wait it granted (through the wait's own wake
+    /// word: the others sleep on). Returns whether it granted any wait. Called under the lock,
+    /// so the wakes come before the caller commits.
     pub(crate) fn grant(&mut self, obj: usize, signal: Signal) -> bool {
         let seg = self.seg;
         let Some(sync) = seg.syncs().get(obj) else {
@@ -134,6 +134,9 @@ impl Guard<'_> {
             self.touch(&w.grants);
             w.grants.released.store(released, Ordering::Relaxed);
             w.grants.granted.store(granted, Ordering::Relaxed);
+            // This wait, and no other, is woken, before the caller commits.
+            w.wake.fetch_add(1, Ordering::SeqCst);
+            super::sys::futex_wake(&w.wake, 1);
             granted_any = true;
             if signal == Signal::Pulse && !manual {
                 break;
@@ -264,9 +267,7 @@ impl Guard<'_> {
                 }
                 _ => continue,
             };
-            if self.grant(o, signal) {
-                seg.syncs()[o].notify();
-            }
+            self.grant(o, signal);
         }
     }
 }

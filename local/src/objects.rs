@@ -646,9 +646,7 @@ impl LocalObj {
         if meta.signaled.load(Ordering::Relaxed) == 0 {
             g.touch(&meta.signaled);
             meta.signaled.store(1, Ordering::Relaxed);
-            if g.grant(self.index as usize, Signal::Set) {
-                self.sync(seg).notify();
-            }
+            g.grant(self.index as usize, Signal::Set);
         }
         g.commit();
         Ok(())
@@ -676,9 +674,7 @@ impl LocalObj {
         self.check(&g)?;
         let meta = self.meta(seg);
         g.forget_give_back(self.index as usize);
-        if g.grant(self.index as usize, Signal::Pulse) {
-            self.sync(seg).notify();
-        }
+        g.grant(self.index as usize, Signal::Pulse);
         g.touch(&meta.signaled);
         meta.signaled.store(0, Ordering::Relaxed);
         g.commit();
@@ -702,9 +698,7 @@ impl LocalObj {
         }
         g.touch(&meta.count);
         meta.count.store(previous + count, Ordering::Relaxed);
-        if g.grant(self.index as usize, Signal::Release) {
-            self.sync(seg).notify();
-        }
+        g.grant(self.index as usize, Signal::Release);
         g.commit();
         Ok(previous)
     }

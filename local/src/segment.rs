@@ -283,7 +283,9 @@ pub struct WaiterSlot {
     /// (its deadline passed, or it was cancelled, while the namespace lock was held for
     /// long): signals skip it, and a locker of its process removes it. Set without the lock.
     pub ended: AtomicU32,
-    _pad: u32,
+    /// Bumped and woken by a signal that grants this wait: a waiter sleeps on it (besides its
+    /// mutexes), so a signal wakes the waits it satisfied and no others.
+    pub wake: AtomicU32,
     /// The order of registration (from the header's counter): signals serve the oldest wait
     /// first, so a thread that waits again at once cannot starve the others.
     pub ticket: AtomicU64,
@@ -344,6 +346,8 @@ pub struct Segment {
     epoch: Instant,
     /// Full reclaims of dead processes run through this segment (diagnostics, tests).
     pub(crate) reaps: AtomicU64,
+    /// Looks a blocked wait of this process took under the lock after sleeping (tests).
+    pub(crate) looks: AtomicU64,
 }
 
 // SAFETY: the mapping is shared memory designed for concurrent use; every access goes through
@@ -396,6 +400,7 @@ impl Segment {
             last_reap_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             reaps: AtomicU64::new(0),
+            looks: AtomicU64::new(0),
         };
         let attached = seg.validate().and_then(|()| seg.register_process());
         match attached {

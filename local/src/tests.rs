@@ -1053,3 +1053,56 @@ fn blocking_waits_do_not_each_test_every_process_for_liveness() {
     let allowed = (started.elapsed().as_millis() / 250) as u64 + 2;
     assert!(reaps <= allowed, "{reaps} full liveness scans for 50 waits");
 }
+
+#[test]
+fn a_signal_wakes_the_waits_it_satisfied_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg: &'static Segment = Box::leak(Box::new(attach(dir.path())));
+    let (ev, _) = objects::create(
+        seg,
+        "herd",
+        &CreateParams::from_flags(ObjectKind::Event, 0, 0, 0),
+        EVENT_ALL_ACCESS,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..8 {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            // Only wakes count here, not the safety-net re-check.
+            wait::NO_RECHECK.with(|n| n.set(true));
+            let _ = tx.send(wait::wait(seg, &[ev], false, Timeout::Millis(20_000)));
+        });
+    }
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    while seg.syncs()[ev.index as usize]
+        .waiters
+        .load(Ordering::SeqCst)
+        < 8
+    {
+        assert!(Instant::now() < deadline, "the waits never registered");
+        std::thread::yield_now();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let before = seg.looks.load(Ordering::SeqCst);
+    // One auto-reset signal satisfies one wait: that one wakes, the seven others sleep on.
+    ev.set_event(seg).unwrap();
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap()
+            .is_acquired()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let looks = seg.looks.load(Ordering::SeqCst) - before;
+    assert_eq!(looks, 1, "{looks} waits woke and looked for one signal");
+    for _ in 0..7 {
+        ev.set_event(seg).unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_secs(10))
+                .unwrap()
+                .unwrap()
+                .is_acquired()
+        );
+    }
+}

@@ -583,19 +583,26 @@ fn wait_loop(
                 expected: 0,
             });
         }
-        for o in objs {
+        // Events and semaphores reach a wait only through grants, which wake the wait's own
+        // word; a wait of mutexes only is never granted (and may need all 128 futex words).
+        if objs.iter().any(|o| o.kind != ObjectKind::Mutex) {
+            let wake = &seg.waiters()[slot].wake;
+            words.push(WaitOn {
+                word: wake,
+                expected: wake.load(Ordering::SeqCst),
+            });
+        }
+        for o in objs.iter().filter(|o| o.kind == ObjectKind::Mutex) {
             let sync = o.sync(seg);
             words.push(WaitOn {
                 word: &sync.seq,
                 expected: sync.seq.load(Ordering::SeqCst),
             });
-            if o.kind == ObjectKind::Mutex {
-                lock_entries.push((words.len(), o.index as usize));
-                words.push(WaitOn {
-                    word: sync.word(),
-                    expected: sync.sleep_value(tid),
-                });
-            }
+            lock_entries.push((words.len(), o.index as usize));
+            words.push(WaitOn {
+                word: sync.word(),
+                expected: sync.sleep_value(tid),
+            });
         }
         // A re-check with nothing to act on (no grant, no object available) is decided
         // without the namespace lock: many blocked waits must not each take it every second.
@@ -630,6 +637,7 @@ fn wait_loop(
                     };
                 }
             };
+            seg.looks.fetch_add(1, Ordering::Relaxed);
             let w = &seg.waiters()[slot];
             let handed = Handed {
                 released: w.grants.released.load(Ordering::Relaxed),
