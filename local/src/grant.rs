@@ -70,9 +70,9 @@ impl Guard<'_> {
         let mut granted_any = false;
         // The waits naming the object that no signal satisfied yet, oldest first.
         let mut candidates: Vec<(u64, usize)> = seg
-            .waiters()
-            .iter()
-            .enumerate()
+            .registered_waits(&self.held)
+            .into_iter()
+            .map(|slot| (slot, &seg.waiters()[slot]))
             .filter(|(_, w)| {
                 w.proc.load(Ordering::Relaxed) != 0
                     && w.ended.load(Ordering::Acquire) == 0
@@ -212,7 +212,8 @@ impl Guard<'_> {
         {
             return;
         }
-        for w in seg.waiters() {
+        for slot in seg.registered_waits(&self.held) {
+            let w = &seg.waiters()[slot];
             let granted = w.grants.granted.load(Ordering::Relaxed);
             if w.proc.load(Ordering::Relaxed) == 0 || granted == 0 {
                 continue;

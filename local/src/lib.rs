@@ -176,8 +176,8 @@ pub struct Settings {
     pub dir: PathBuf,
     /// Name of the namespace (1-64 of `[A-Za-z0-9._-]`): processes meet only within one.
     pub namespace: String,
-    /// Octal file mode of a new segment (within `0o660`, including `0o600`: never for
-    /// "other" users).
+    /// Octal file mode of a new segment: `0o600` (this user only) or `0o660` (with `group`);
+    /// never for other users.
     pub mode: u32,
     /// The one group that may share the namespace (a gid), required for a mode with group
     /// bits: a new segment is given to it, and a segment of another user is trusted only if
@@ -220,12 +220,12 @@ impl Settings {
         };
         let mode = match std::env::var("DLOCK_LOCAL_MODE") {
             Ok(raw) => match u32::from_str_radix(raw.trim(), 8) {
-                Ok(m) if m & !0o660 == 0 && m & 0o600 == 0o600 => m,
+                Ok(m @ (0o600 | 0o660)) => m,
                 _ => {
                     tracing::warn!(
                         value = raw,
-                        "ignoring DLOCK_LOCAL_MODE: an octal mode within 660 including 600 \
-                         (a segment is never shared with other users)"
+                        "ignoring DLOCK_LOCAL_MODE: 600 (this user only) or 660 (with \
+                         DLOCK_LOCAL_GROUP); a segment is never shared with other users"
                     );
                     MODE_DEFAULT
                 }
@@ -245,16 +245,14 @@ impl Settings {
             },
             _ => None,
         };
-        let mode = if mode & 0o060 != 0 && group.is_none() {
+        // A group mode without a usable group is not quietly made private (the first process
+        // would lock the group out): attaching refuses it with a message.
+        if mode == 0o600 && group.is_some() {
             tracing::warn!(
-                mode = format!("{mode:o}"),
-                "DLOCK_LOCAL_MODE shares the namespace with a group, but DLOCK_LOCAL_GROUP does \
-                 not name it; keeping the namespace private (600)"
+                "DLOCK_LOCAL_GROUP is set but DLOCK_LOCAL_MODE is 600: the namespace stays \
+                 private (set DLOCK_LOCAL_MODE=660 to share it with the group)"
             );
-            MODE_DEFAULT
-        } else {
-            mode
-        };
+        }
         let lock_timeout = match std::env::var("DLOCK_LOCAL_LOCK_TIMEOUT_MS") {
             Ok(raw) => match raw.trim().parse::<u64>() {
                 Ok(ms) if ms > 0 => Duration::from_millis(ms),
@@ -292,20 +290,36 @@ pub fn group_id(name_or_number: &str) -> Option<u32> {
     // SAFETY: `libc::group` is a plain C struct for which all-zero bytes are valid; getgrnam_r
     // fills it.
     let mut group: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: a NUL-terminated name, a group struct and
-    // a buffer of the length passed, and the result pointer; getgrnam_r is thread-safe.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            &mut group,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(group.gr_gid)
+    let mut len = 16 * 1024;
+    loop {
+        let mut buf = vec![0 as libc::c_char; len];
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: a NUL-terminated name, a group struct
+        // and a buffer of the length passed, and the result pointer; getgrnam_r is
+        // thread-safe.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut group,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        match rc {
+            0 => return (!result.is_null()).then_some(group.gr_gid),
+            // A large group (LDAP, sssd): a bigger buffer, up to a bound.
+            libc::ERANGE if len < 16 * 1024 * 1024 => len *= 4,
+            rc => {
+                tracing::error!(
+                    group = name_or_number,
+                    error = %std::io::Error::from_raw_os_error(rc),
+                    "cannot look up DLOCK_LOCAL_GROUP"
+                );
+                return None;
+            }
+        }
+    }
 }
 
 /// Whether `ns` is a valid namespace name: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`
@@ -335,6 +349,8 @@ pub fn configure(settings: Settings) -> Result<(), Settings> {
     if SEGMENT.get().is_some() {
         return Err(settings);
     }
+    // A failure under the previous settings says nothing about these.
+    *LAST_FAILURE.lock().unwrap_or_else(|e| e.into_inner()) = None;
     CONFIGURED.set(settings)
 }
 

@@ -262,7 +262,7 @@ impl Guard<'_> {
                 handles += 1;
             }
         }
-        for i in 0..self.seg.waiters().len() {
+        for i in self.seg.registered_waits(&self.held) {
             if self.seg.waiters()[i].proc.load(Ordering::Relaxed) == owner {
                 self.unregister(i);
                 self.commit();
@@ -303,8 +303,19 @@ impl Guard<'_> {
 
     /// Registers a wait on `objs` for the calling thread.
     pub(crate) fn register(&mut self, objs: &[usize], wait_all: bool) -> Result<usize, Win32Error> {
-        let (i, w) = self.free_slot(self.seg.waiters(), |w| &w.proc, "waiter")?;
+        let Some(i) = self
+            .seg
+            .free_wait_slot(&self.held)
+            .filter(|&i| self.seg.waiters()[i].proc.load(Ordering::Relaxed) == 0)
+        else {
+            tracing::warn!(path = %self.seg.path().display(), table = "waiter", "local table full");
+            return Err(Win32Error::NO_SYSTEM_RESOURCES);
+        };
+        let w = &self.seg.waiters()[i];
         self.touch(w);
+        let (word, bit) = self.seg.waits_used_bit(i);
+        self.touch(word);
+        word.fetch_or(bit, Ordering::Relaxed);
         w.tid.store(sys::tid(), Ordering::Relaxed);
         w.count.store(objs.len() as u32, Ordering::Relaxed);
         w.wait_all.store(u32::from(wait_all), Ordering::Relaxed);
@@ -331,6 +342,9 @@ impl Guard<'_> {
         let objs: Vec<usize> = w.objects().filter(|&o| o < OBJECTS_MAX).collect();
         self.touch(&w.proc);
         w.proc.store(0, Ordering::Relaxed);
+        let (word, bit) = self.seg.waits_used_bit(slot);
+        self.touch(word);
+        word.fetch_and(!bit, Ordering::Relaxed);
         for &o in &objs {
             let s = &self.seg.syncs()[o].waiters;
             let _ = s.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));

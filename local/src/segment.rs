@@ -207,6 +207,9 @@ struct Header {
     recoveries: AtomicU64,
     /// The next wait's ticket: signals grant registered waits oldest first.
     next_ticket: AtomicU64,
+    /// Bit i: waiter slot i holds a registered wait. Signals walk these bits, not the table
+    /// (which would touch a cache line per slot).
+    waits_used: [AtomicU64; WAITERS_MAX / 64],
     journal: Journal,
 }
 
@@ -365,7 +368,11 @@ impl Segment {
         sys::install_fork_handler();
         let path = settings.segment_path();
         let dir = path.parent().unwrap_or(Path::new("/"));
-        ensure_dir(dir, settings.mode).map_err(|e| LocalError::io(dir, e))?;
+        check_settings(settings).map_err(|why| LocalError::Untrusted {
+            path: settings.segment_path(),
+            why,
+        })?;
+        ensure_dir(dir, settings).map_err(|e| LocalError::io(dir, e))?;
         let file = match open_existing(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => create(&path, settings)?,
@@ -413,6 +420,7 @@ impl Segment {
                 return Err(e);
             }
         }
+        sys::mark_attached();
         tracing::debug!(path = %seg.path.display(), slot = seg.proc_slot, "attached to the local namespace");
         Ok(seg)
     }
@@ -541,7 +549,8 @@ impl Segment {
     pub fn lock_until(&self, deadline: Instant) -> Result<Option<Guard<'_>>, Win32Error> {
         let m = self.header().ns_lock.0.get();
         // SAFETY: initialised by the creator; the mapping lives forever.
-        match unsafe { sys::robust_lock_until(m, deadline) } {
+        let attempt = unsafe { sys::robust_lock_until(m, deadline) };
+        match attempt {
             Ok(None) => return Ok(None),
             Ok(Some(sys::Locked::OwnerDied)) => {
                 self.recover(&Held {
@@ -705,14 +714,49 @@ impl Segment {
         restored
     }
 
-    /// Recomputes every object's waiter count from the waiter table.
+    /// The waiter slots that hold a registered wait, in slot order (read under the lock).
+    pub(crate) fn registered_waits(&self, _held: &Held) -> Vec<usize> {
+        let mut slots = Vec::new();
+        for (i, word) in self.header().waits_used.iter().enumerate() {
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                slots.push(i * 64 + b);
+                bits &= bits - 1;
+            }
+        }
+        slots
+    }
+
+    /// The bitmap word holding waiter slot `slot`'s bit, and the bit.
+    pub(crate) fn waits_used_bit(&self, slot: usize) -> (&AtomicU64, u64) {
+        (&self.header().waits_used[slot / 64], 1 << (slot % 64))
+    }
+
+    /// The first free waiter slot according to the bitmap.
+    pub(crate) fn free_wait_slot(&self, _held: &Held) -> Option<usize> {
+        self.header()
+            .waits_used
+            .iter()
+            .enumerate()
+            .find_map(|(i, w)| {
+                let free = !w.load(Ordering::Relaxed);
+                (free != 0).then(|| i * 64 + free.trailing_zeros() as usize)
+            })
+            .filter(|&slot| slot < WAITERS_MAX)
+    }
+
+    /// Recomputes every object's waiter count, and the bitmap of registered waits, from the
+    /// waiter table.
     fn recount_waiters(&self, _held: &Held) {
         let syncs = self.syncs();
         let mut counts = vec![0u32; OBJECTS_MAX];
-        for w in self.waiters() {
+        let mut used = [0u64; WAITERS_MAX / 64];
+        for (slot, w) in self.waiters().iter().enumerate() {
             if w.proc.load(Ordering::Relaxed) == 0 {
                 continue;
             }
+            used[slot / 64] |= 1 << (slot % 64);
             for o in w.objects() {
                 if let Some(c) = counts.get_mut(o) {
                     *c += 1;
@@ -721,6 +765,9 @@ impl Segment {
         }
         for (s, c) in syncs.iter().zip(counts) {
             s.waiters.store(c, Ordering::SeqCst);
+        }
+        for (word, bits) in self.header().waits_used.iter().zip(used) {
+            word.store(bits, Ordering::Relaxed);
         }
     }
 
@@ -954,13 +1001,18 @@ fn check_owner(meta: &std::fs::Metadata, settings: &Settings) -> Result<(), Stri
     }
     let mode = meta.mode() & 0o777;
     if mode & 0o007 != 0 {
-        return Err(format!("open to other users (mode {mode:o})"));
+        return Err(format!(
+            "open to other users (mode {mode:o}); remove it once no process uses it (an older \
+             dlock may have made it so)"
+        ));
     }
     let group_ok = settings.mode & 0o060 != 0 && settings.group == Some(meta.gid());
     if mode & 0o060 != 0 && !group_ok {
         return Err(format!(
-            "open to group {} (mode {mode:o}), which DLOCK_LOCAL_GROUP does not name \
-             together with a group DLOCK_LOCAL_MODE",
+            "open to group {} (mode {mode:o}), but this process shares namespaces with no \
+             group or another one (DLOCK_LOCAL_MODE=660 and DLOCK_LOCAL_GROUP={} would trust \
+             it; or chmod 600 the file, or remove it once no process uses it)",
+            meta.gid(),
             meta.gid()
         ));
     }
@@ -977,14 +1029,45 @@ fn check_owner(meta: &std::fs::Metadata, settings: &Settings) -> Result<(), Stri
     Ok(())
 }
 
-fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+/// Creates the segment's directory if missing: owner only until it belongs to the named group
+/// (when the mode shares with one), then with the search rights the mode implies.
+fn ensure_dir(dir: &Path, settings: &Settings) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, dir_mode(mode));
-    builder.create(dir)
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    if settings.mode & 0o060 != 0
+        && let Some(gid) = settings.group
+    {
+        std::os::unix::fs::chown(dir, None, Some(gid))?;
+    }
+    std::fs::set_permissions(
+        dir,
+        std::fs::Permissions::from_mode(dir_mode(settings.mode)),
+    )
+}
+
+/// Refuses settings that would make a segment others could write, whether they came from the
+/// environment or from [`crate::configure`]: a mode of `600` or `660` only, and `660` only
+/// with the one group named.
+fn check_settings(settings: &Settings) -> Result<(), String> {
+    match (settings.mode, settings.group) {
+        (0o600, _) => Ok(()),
+        (0o660, Some(_)) => Ok(()),
+        (0o660, None) => Err(
+            "DLOCK_LOCAL_MODE 660 shares the namespace with a group, but \
+             DLOCK_LOCAL_GROUP names none (or could not be resolved: see the log); set it, or \
+             use mode 600"
+                .into(),
+        ),
+        (mode, _) => Err(format!(
+            "DLOCK_LOCAL_MODE {mode:o} is not allowed: use 600 (this user only) or 660 with \
+             DLOCK_LOCAL_GROUP (one named group)"
+        )),
+    }
 }
 
 /// The directory mode for a file mode: execute wherever read is granted.
@@ -1020,13 +1103,15 @@ fn create(path: &Path, settings: &Settings) -> Result<File, LocalError> {
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(mode)
+        // Owner only until it belongs to the named group: a descriptor opened meanwhile by a
+        // member of another group would keep its access after the change.
+        .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
         .open(&tmp)
         .map_err(io_err)?;
     let result = (|| {
-        // The group that may share it, before anyone can open it (the creator must belong to
-        // it, or be root).
+        // The group that may share it, before its mode lets the group in (the creator must
+        // belong to it, or be root).
         if mode & 0o060 != 0
             && let Some(gid) = settings.group
         {

@@ -50,9 +50,19 @@ fn gettid() -> u32 {
 /// Set in a child made by `fork` after this process attached a namespace.
 static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Set once this process has a slot in a namespace.
+static ATTACHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records that this process holds a slot in a namespace (a child forked from now on shares it).
+pub fn mark_attached() {
+    ATTACHED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 extern "C" fn reset_tid_in_child() {
     let _ = TID.try_with(|t| t.set(0));
-    FORKED.store(true, std::sync::atomic::Ordering::Relaxed);
+    if ATTACHED.load(std::sync::atomic::Ordering::Relaxed) {
+        FORKED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Whether this process is a child made by `fork` after its parent attached a namespace: it

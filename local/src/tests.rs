@@ -63,6 +63,14 @@ fn check_invariants(seg: &Segment) {
             refs[h.obj.load(Ordering::Relaxed) as usize] += 1;
         }
     }
+    let registered: Vec<usize> = (0..seg.waiters().len())
+        .filter(|&i| seg.waiters()[i].proc.load(Ordering::Relaxed) != 0)
+        .collect();
+    assert_eq!(
+        seg.registered_waits(&g.held),
+        registered,
+        "the bitmap of registered waits"
+    );
     let mut waits = vec![0u32; OBJECTS_MAX];
     for w in seg.waiters() {
         if w.proc.load(Ordering::Relaxed) != 0 {
@@ -1105,4 +1113,47 @@ fn a_signal_wakes_the_waits_it_satisfied_and_no_others() {
                 .is_acquired()
         );
     }
+}
+
+#[test]
+fn settings_that_would_open_a_segment_to_others_are_refused_before_any_file_exists() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, group) in [
+        (0o666, None),
+        (0o660, None),
+        (0o640, Some(0)),
+        (0o604, None),
+    ] {
+        let bad = Settings {
+            mode,
+            group,
+            ..settings(dir.path())
+        };
+        let err = Segment::attach(&bad).err().expect("refused");
+        assert!(
+            matches!(err, LocalError::Untrusted { .. }),
+            "{mode:o}: {err}"
+        );
+        assert!(!bad.segment_path().exists(), "{mode:o}: no file was made");
+    }
+    // A missing directory for a shared namespace belongs to the named group.
+    // SAFETY: geteuid and getegid have no preconditions.
+    let gid = if unsafe { libc::geteuid() } == 0 {
+        4242
+    } else {
+        // SAFETY: getegid has no preconditions.
+        unsafe { libc::getegid() }
+    };
+    let shared = Settings {
+        dir: dir.path().join("shared"),
+        mode: 0o660,
+        group: Some(gid),
+        ..settings(dir.path())
+    };
+    drop(Segment::attach(&shared).unwrap());
+    let meta = std::fs::metadata(&shared.dir).unwrap();
+    assert_eq!(meta.gid(), gid);
+    assert_eq!(meta.mode() & 0o777, 0o770);
+    assert_eq!(std::fs::metadata(shared.segment_path()).unwrap().gid(), gid);
 }

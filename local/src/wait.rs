@@ -303,7 +303,8 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool) -> Attempt {
 /// How long a blocked wait sleeps at most before it looks at its objects again: a safety net
 /// for a wake that was lost (the kernel hands a mutex owner's death to one sleeper only, and
 /// that sleeper may die too). Every wake this engine knows of is delivered; this is not how
-/// a wait learns of a signal.
+/// a wait learns of a signal. A look with nothing available is made without the namespace
+/// lock; at least every `RECHECKS_PER_REAP + 1`-th look takes it (and reaps).
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
