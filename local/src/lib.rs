@@ -310,6 +310,7 @@ pub fn group_id(name_or_number: &str) -> Option<u32> {
             0 => return (!result.is_null()).then_some(group.gr_gid),
             // A large group (LDAP, sssd): a bigger buffer, up to a bound.
             libc::ERANGE if len < 16 * 1024 * 1024 => len *= 4,
+            libc::EINTR => {}
             rc => {
                 tracing::error!(
                     group = name_or_number,
@@ -349,9 +350,10 @@ pub fn configure(settings: Settings) -> Result<(), Settings> {
     if SEGMENT.get().is_some() {
         return Err(settings);
     }
+    CONFIGURED.set(settings)?;
     // A failure under the previous settings says nothing about these.
     *LAST_FAILURE.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    CONFIGURED.set(settings)
+    Ok(())
 }
 
 /// The settings the process's namespace attaches with: [`configure`]'s, else the environment's.

@@ -303,10 +303,19 @@ impl Guard<'_> {
 
     /// Registers a wait on `objs` for the calling thread.
     pub(crate) fn register(&mut self, objs: &[usize], wait_all: bool) -> Result<usize, Win32Error> {
-        let Some(i) = self
-            .seg
-            .free_wait_slot(&self.held)
-            .filter(|&i| self.seg.waiters()[i].proc.load(Ordering::Relaxed) == 0)
+        let mut free = self.seg.free_wait_slot(&self.held);
+        if let Some(i) = free
+            && self.seg.waiters()[i].proc.load(Ordering::Relaxed) != 0
+        {
+            // The bitmap disagrees with the table (it never should): rebuild it, look again.
+            tracing::error!(
+                slot = i,
+                "the bitmap of registered local waits was wrong; rebuilt"
+            );
+            self.seg.recount_waiters(&self.held);
+            free = self.seg.free_wait_slot(&self.held);
+        }
+        let Some(i) = free.filter(|&i| self.seg.waiters()[i].proc.load(Ordering::Relaxed) == 0)
         else {
             tracing::warn!(path = %self.seg.path().display(), table = "waiter", "local table full");
             return Err(Win32Error::NO_SYSTEM_RESOURCES);

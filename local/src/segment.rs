@@ -1,7 +1,7 @@
 //! The shared-memory segment: its file, its layout, the versioned header, the namespace lock
 //! with its undo journal, and the table of attached processes.
 //!
-//! # Layout (version 2)
+//! # Layout (version 3)
 //!
 //! ```text
 //! Header      magic "DLOCKSHM", version, ready flag, Layout, checksum,
@@ -11,7 +11,8 @@
 //! ObjMeta     [OBJECTS_MAX]   state, kind, name, handle count, event and semaphore state
 //! ObjSync     [OBJECTS_MAX]   the lock-free part: robust mutex, waiter count, wake sequence
 //! HandleRec   [HANDLES_MAX]   one per open handle: which process holds which object
-//! WaiterSlot  [WAITERS_MAX]   one per blocked wait: its objects and what signals granted it
+//! WaiterSlot  [WAITERS_MAX]   one per blocked wait: its objects, what signals granted it, and
+//!                             its own wake word (signals wake the waits they granted)
 //! ```
 //!
 //! # Crash safety
@@ -40,8 +41,9 @@ use super::{LocalError, Settings};
 
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"DLOCKSHM";
-/// The layout version this library reads and writes (2: waits carry grants, `Grants`).
-pub const VERSION: u32 = 2;
+/// The layout version this library reads and writes (2: waits carry grants, `Grants`; 3:
+/// waits have their own wake word and the header a bitmap of registered waits).
+pub const VERSION: u32 = 3;
 /// `Header::ready` once the creator finished initialising.
 const READY: u32 = 0x5245_4459; // "READY"
 
@@ -748,7 +750,7 @@ impl Segment {
 
     /// Recomputes every object's waiter count, and the bitmap of registered waits, from the
     /// waiter table.
-    fn recount_waiters(&self, _held: &Held) {
+    pub(crate) fn recount_waiters(&self, _held: &Held) {
         let syncs = self.syncs();
         let mut counts = vec![0u32; OBJECTS_MAX];
         let mut used = [0u64; WAITERS_MAX / 64];
@@ -1029,25 +1031,44 @@ fn check_owner(meta: &std::fs::Metadata, settings: &Settings) -> Result<(), Stri
     Ok(())
 }
 
-/// Creates the segment's directory if missing: owner only until it belongs to the named group
-/// (when the mode shares with one), then with the search rights the mode implies.
+/// Creates the segment's directory if missing: its parents with the search rights the mode
+/// implies; itself owner only until it belongs to the named group (when the mode shares with
+/// one), then with those rights. A directory another process created meanwhile is left as it
+/// is; one this process could not finish is removed again.
 fn ensure_dir(dir: &Path, settings: &Settings) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)?;
-    if settings.mode & 0o060 != 0
-        && let Some(gid) = settings.group
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.is_dir()
     {
-        std::os::unix::fs::chown(dir, None, Some(gid))?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, dir_mode(settings.mode));
+        builder.create(parent)?;
     }
-    std::fs::set_permissions(
-        dir,
-        std::fs::Permissions::from_mode(dir_mode(settings.mode)),
-    )
+    let mut builder = std::fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let finish = || -> io::Result<()> {
+        if settings.mode & 0o060 != 0
+            && let Some(gid) = settings.group
+        {
+            std::os::unix::fs::chown(dir, None, Some(gid))?;
+        }
+        std::fs::set_permissions(
+            dir,
+            std::fs::Permissions::from_mode(dir_mode(settings.mode)),
+        )
+    };
+    finish().inspect_err(|_| {
+        let _ = std::fs::remove_dir(dir);
+    })
 }
 
 /// Refuses settings that would make a segment others could write, whether they came from the

@@ -1091,6 +1091,12 @@ fn a_signal_wakes_the_waits_it_satisfied_and_no_others() {
         assert!(Instant::now() < deadline, "the waits never registered");
         std::thread::yield_now();
     }
+    // Each wait makes one look under the lock before it first sleeps.
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    while seg.looks.load(Ordering::SeqCst) < 8 {
+        assert!(Instant::now() < deadline, "the waits never looked");
+        std::thread::yield_now();
+    }
     std::thread::sleep(Duration::from_millis(50));
     let before = seg.looks.load(Ordering::SeqCst);
     // One auto-reset signal satisfies one wait: that one wakes, the seven others sleep on.

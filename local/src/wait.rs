@@ -1,7 +1,8 @@
 //! The wait engine of the local namespace: `WaitForSingleObject`, `WaitForMultipleObjects`
 //! (any and all), `SignalObjectAndWait`, cancellable waits for the async API, and giving back
 //! what a wait took. A wait evaluates its objects under the namespace lock ([`Guard`]), and
-//! sleeps in `futex_waitv` on their wake sequences and held mutexes' lock words until woken
+//! sleeps in `futex_waitv` on its own wake word (which a signal that grants it bumps) and on its
+//! mutexes' wake sequences and lock words until woken
 //! (with a re-check after a second without a wake, as a safety net: see `RECHECK`).
 //!
 //! Every function returns Win32 outcomes: `Ok` values, or `Err(code)` with the last-error code.
