@@ -103,13 +103,21 @@ fn compile_with(name: &str, out: &Path, link: &[&std::ffi::OsStr]) -> PathBuf {
     out.to_path_buf()
 }
 
+/// The local namespace directory of this test binary's programs (unnamed and `Local\`
+/// objects), never `/dev/shm`, where a segment of another build may be.
+fn local_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("local namespace directory"))
+        .path()
+}
+
 /// Runs a compiled program against `endpoints`; its output.
 fn run(program: &Path, endpoints: &str, args: &[&str]) -> Output {
     Command::new(program)
         .args(args)
         .env("DLOCK_ENDPOINTS", endpoints)
         .env("DLOCK_SESSION_TTL_MS", TTL_MS.to_string())
-        .env_remove("DLOCK_LOCAL_DIR")
+        .env("DLOCK_LOCAL_DIR", local_dir())
         .output()
         .expect("the program runs")
 }

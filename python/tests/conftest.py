@@ -4,13 +4,19 @@ always killed.
 * dlockd is ``DLOCKD_BIN`` or the repository's ``target/debug/dlockd``; it runs on free
   127.0.0.1 ports with a temporary data directory, and ``DLOCK_ENDPOINTS`` (with a short
   ``DLOCK_SESSION_TTL_MS``) is set for this process and every child before any test runs.
+* Unnamed and ``Local\\`` objects live in a namespace of this run's own (``DLOCK_LOCAL_DIR``
+  is a temporary directory for this process and every child), never in ``/dev/shm``, where a
+  segment of another build may be.
 * The package under test is the installed ``dlock`` (``pip install ./python``). Without an
   install, the source tree is used with the repository's ``target/debug/libdlock.so``
   (``DLOCK_LIBRARY`` overrides, as always).
 """
 
+import atexit
 import os
 import queue
+import shutil
+import tempfile
 import socket
 import subprocess
 import sys
@@ -43,6 +49,12 @@ def _find_package():
 
 
 PACKAGE_DIR = _find_package()
+
+# Before any dlock call: the local namespace is attached (and its directory read) at the first
+# unnamed or Local\ object.
+LOCAL_DIR = tempfile.mkdtemp(prefix="dlock-local-")
+os.environ["DLOCK_LOCAL_DIR"] = LOCAL_DIR
+atexit.register(shutil.rmtree, LOCAL_DIR, ignore_errors=True)
 
 
 def child_env(**extra):
