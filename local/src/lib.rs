@@ -44,9 +44,9 @@
 //! * **Versioning**: a segment with another layout version, a bad magic, size or checksum is
 //!   refused with an error naming the file, never trusted.
 //!
-//! Deliberate differences from the cluster: waiters are not served FIFO (the no-system-call
-//! fast path lets a running thread take a free mutex before a woken one, as Windows and
-//! pthreads do); fencing tokens count acquisitions of that one mutex; a mutex is abandoned the
+//! Deliberate differences from the cluster: mutex waiters are not served FIFO (the
+//! no-system-call fast path lets a running thread take a free mutex before a woken one, as
+//! Windows and pthreads do; events and semaphores serve the oldest wait first); fencing tokens count acquisitions of that one mutex; a mutex is abandoned the
 //! moment its owning thread exits (no TTL). `SignalObjectAndWait` registers its wait before it
 //! signals, so nothing the signal provokes (a `PulseEvent`) can slip between the two.
 //!
