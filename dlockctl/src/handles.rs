@@ -302,6 +302,25 @@ struct Report {
     exit: u8,
 }
 
+impl Report {
+    /// A successful call's report: `head`, then the object's state if it could be read (also
+    /// added to `fields` as `state`).
+    fn with_state(head: String, state: Option<ObjectState>, mut fields: Value) -> Report {
+        let mut line = head;
+        if let Some(state) = &state {
+            line.push_str(&format!(": {}", state_words(state)));
+        }
+        if let Value::Object(map) = &mut fields {
+            map.insert("state".into(), json!(state.as_ref().map(state_json)));
+        }
+        Report {
+            line,
+            fields,
+            exit: 0,
+        }
+    }
+}
+
 /// A failed call, as printed: the Win32 error by name and number, or the cluster problem.
 fn failed(what: &str, name: &str, e: dlock::Error) -> Failure {
     Failure(format!("{what} {name:?}: {e}"))
@@ -456,37 +475,22 @@ async fn act(session: &Session, op: &Op) -> Result<(Report, Option<u64>, bool), 
             } else {
                 "created new"
             };
-            let mut line = format!("{verb} {kind} {name:?}");
-            if let Some(state) = &state {
-                line.push_str(&format!(": {}", state_words(state)));
-            }
             let fields = json!({
                 "created": !created.already_existed,
                 "owned": owned,
                 "fencing_token": created.fencing_token,
-                "state": state.as_ref().map(state_json),
             });
-            let report = Report {
-                line,
-                fields,
-                exit: 0,
-            };
+            let report = Report::with_state(format!("{verb} {kind} {name:?}"), state, fields);
             Ok((report, Some(created.handle), owned))
         }
         Op::Open { kind, .. } => {
             let kind = kind.object_kind();
             let handle = open(kind).await?;
-            let state = query(handle).await;
-            let mut line = format!("opened {kind} {name:?}");
-            if let Some(state) = &state {
-                line.push_str(&format!(": {}", state_words(state)));
-            }
-            let fields = json!({ "state": state.as_ref().map(state_json) });
-            let report = Report {
-                line,
-                fields,
-                exit: 0,
-            };
+            let report = Report::with_state(
+                format!("opened {kind} {name:?}"),
+                query(handle).await,
+                json!({}),
+            );
             Ok((report, Some(handle), false))
         }
         Op::Wait { kind, timeout, .. } => {
@@ -559,17 +563,11 @@ async fn act(session: &Session, op: &Op) -> Result<(Report, Option<u64>, bool), 
                 _ => (session.pulse_event(handle).await, "pulsed"),
             };
             done.map_err(|e| failed(op.verb(), name, e))?;
-            let state = query(handle).await;
-            let mut line = format!("{verb} event {name:?}");
-            if let Some(state) = &state {
-                line.push_str(&format!(": {}", state_words(state)));
-            }
-            let fields = json!({ "state": state.as_ref().map(state_json) });
-            let report = Report {
-                line,
-                fields,
-                exit: 0,
-            };
+            let report = Report::with_state(
+                format!("{verb} event {name:?}"),
+                query(handle).await,
+                json!({}),
+            );
             Ok((report, Some(handle), false))
         }
         Op::ReleaseSemaphore { count, .. } => {

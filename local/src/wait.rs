@@ -132,7 +132,16 @@ fn complete_handed(seg: &Segment, objs: &[LocalObj], wait_all: bool, handed: Han
             pulsed: handed.released & (1 << k),
         });
     }
-    let tid = sys::tid();
+    match take_mutexes(seg, objs, sys::tid()) {
+        Ok((abandoned, token)) => Attempt::Done(wait_all_taken(abandoned, token, handed.released)),
+        Err(not_done) => not_done,
+    }
+}
+
+/// Takes every mutex of a wait-all for thread `tid`: the abandoned bits and the first fencing
+/// token, or (having given back those it took) `NotYet` if another thread holds one, `Failed`
+/// at the recursion limit.
+fn take_mutexes(seg: &Segment, objs: &[LocalObj], tid: u32) -> Result<(u64, u64), Attempt> {
     let mut taken: Vec<(usize, bool)> = Vec::new();
     let mut abandoned_mask = 0u64;
     let mut token = 0;
@@ -152,18 +161,24 @@ fn complete_handed(seg: &Segment, objs: &[LocalObj], wait_all: bool, handed: Han
                 taken.push((o.index as usize, was_abandoned));
             }
             other => {
+                // A thread outside the namespace lock took it first (or the limit was hit).
                 for &(i, was_abandoned) in taken.iter().rev() {
                     untake_mutex(seg, i, was_abandoned);
                 }
-                return match other {
+                return Err(match other {
                     Attempt::Failed(code) => Attempt::Failed(code),
                     _ => Attempt::NotYet,
-                };
+                });
             }
         }
     }
-    Attempt::Done(Taken {
-        outcome: if abandoned_mask != 0 {
+    Ok((abandoned_mask, token))
+}
+
+/// The outcome of a completed wait-all.
+fn wait_all_taken(abandoned: u64, token: u64, pulsed: u64) -> Taken {
+    Taken {
+        outcome: if abandoned != 0 {
             WaitOutcome::Abandoned {
                 index: 0,
                 fencing_token: token,
@@ -174,9 +189,9 @@ fn complete_handed(seg: &Segment, objs: &[LocalObj], wait_all: bool, handed: Han
                 fencing_token: token,
             }
         },
-        abandoned: abandoned_mask,
-        pulsed: handed.released,
-    })
+        abandoned,
+        pulsed,
+    }
 }
 
 /// One attempt at a wait on `objs` under the namespace lock, with what the objects hold now.
@@ -240,33 +255,10 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool) -> Attempt {
             return Attempt::NotYet;
         }
     }
-    let mut taken: Vec<(usize, bool)> = Vec::new();
-    let mut abandoned_mask = 0u64;
-    let mut token = 0;
-    for (k, o) in objs.iter().enumerate() {
-        if o.kind != ObjectKind::Mutex {
-            continue;
-        }
-        match take_mutex(o.sync(seg), tid, k) {
-            Attempt::Done(t) => {
-                let was_abandoned = matches!(t.outcome, WaitOutcome::Abandoned { .. });
-                if was_abandoned {
-                    abandoned_mask |= 1 << k;
-                }
-                if token == 0 {
-                    token = t.outcome.fencing_token().unwrap_or(0);
-                }
-                taken.push((o.index as usize, was_abandoned));
-            }
-            _ => {
-                // A thread outside the namespace lock took it between check and take.
-                for &(i, was_abandoned) in taken.iter().rev() {
-                    untake_mutex(seg, i, was_abandoned);
-                }
-                return Attempt::NotYet;
-            }
-        }
-    }
+    let (abandoned_mask, token) = match take_mutexes(seg, objs, tid) {
+        Ok(taken) => taken,
+        Err(not_done) => return not_done,
+    };
     for o in objs {
         let meta = o.meta(seg);
         match o.kind {
@@ -284,21 +276,7 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool) -> Attempt {
             ObjectKind::Mutex => {}
         }
     }
-    Attempt::Done(Taken {
-        outcome: if abandoned_mask != 0 {
-            WaitOutcome::Abandoned {
-                index: 0,
-                fencing_token: token,
-            }
-        } else {
-            WaitOutcome::Signaled {
-                index: 0,
-                fencing_token: token,
-            }
-        },
-        abandoned: abandoned_mask,
-        pulsed: 0,
-    })
+    Attempt::Done(wait_all_taken(abandoned_mask, token, 0))
 }
 
 /// How long a blocked wait sleeps at most before it looks at its objects again: a safety net
