@@ -48,14 +48,23 @@ pub fn target_binary(relative: &str) -> PathBuf {
     path
 }
 
-/// A free port on 127.0.0.1 (bound and released), never one this process was given before:
-/// the kernel readily hands the port it just released to the next bind, and two nodes of one
-/// cluster given the same port fail to start (seen in CI). Another process may still take it
-/// in between; that race is rare and fails loudly.
+/// A free port on 127.0.0.1 (bound and released), never one this process was given before,
+/// and outside the kernel's ephemeral range when that leaves room.
+///
+/// Two failures this avoids, both seen in CI: the kernel readily hands the port it just
+/// released to the next bind, so two nodes of one cluster could be given the same port; and a
+/// node restarted on its old port finds it taken for good when, while the node was down, an
+/// outgoing connection (a client's, to another node) was given that port as its local end, so
+/// ports for servers come from below `ip_local_port_range`, where `connect` never looks.
+/// Another process may still bind the port in between; that race is rare and fails loudly.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(port) = port_below_ephemeral_range(&given) {
+        given.insert(port);
+        return port;
+    }
     // Ports refused stay bound until one is accepted, so the kernel cannot offer them again.
     let mut refused = Vec::new();
     loop {
@@ -66,6 +75,28 @@ pub fn free_port() -> u16 {
         }
         refused.push(listener);
     }
+}
+
+/// The lowest port [`free_port`] picks from: above the registered services most machines run.
+const SERVER_PORT_LOW: u16 = 20_000;
+
+/// A port in `[SERVER_PORT_LOW, start of the ephemeral range)` that binds now and is not in
+/// `given`, starting at a random place so that concurrent test processes rarely meet; `None`
+/// when that range is too small or full.
+fn port_below_ephemeral_range(given: &std::collections::BTreeSet<u16>) -> Option<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let ephemeral_low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    let span = ephemeral_low.checked_sub(SERVER_PORT_LOW)?;
+    if span < 1_000 {
+        return None;
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let start = (hasher.finish() % u64::from(span)) as u16;
+    (0..span)
+        .map(|i| SERVER_PORT_LOW + (start + i) % span)
+        .find(|port| !given.contains(port) && TcpListener::bind(("127.0.0.1", *port)).is_ok())
 }
 
 /// Makes a child die with the test process (`PR_SET_PDEATHSIG`). The signal fires when the
@@ -316,4 +347,28 @@ pub fn configure_facade(
         config.request_timeout = timeout;
     }
     dlock::win32::configure(config).expect("the facade is configured before its first call");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node restarted on its port failed in CI for good because a client's outgoing
+    /// connection had been given that port meanwhile: server ports stay out of the range the
+    /// kernel gives outgoing connections.
+    #[test]
+    fn server_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .expect("Linux tells its ephemeral port range");
+        let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        let ports: Vec<u16> = (0..64).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "ports repeat: {ports:?}");
+        if low >= SERVER_PORT_LOW + 1_000 {
+            assert!(
+                ports.iter().all(|p| *p < low),
+                "ports {ports:?} overlap the ephemeral range starting at {low}"
+            );
+        }
+    }
 }

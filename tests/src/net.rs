@@ -19,7 +19,7 @@
 //! [`TestCluster::shutdown`] at the end.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use dlock_cluster::sim::{
@@ -99,21 +99,12 @@ impl TestCluster {
     pub async fn start(options: ClusterOptions) -> TestCluster {
         let net = Network::new();
         let dir = tempfile::tempdir().expect("temporary data directory");
-        // Reserve every port at once (so that they are distinct), then release them for the
-        // servers. Another process may grab one in between; starting retries then fail loudly.
-        let reserved: Vec<(TcpListener, TcpListener)> = (0..options.nodes)
-            .map(|_| (reserve_port(), reserve_port()))
+        // Distinct ports outside the ephemeral range, so a restarted node finds its own free
+        // (see `free_port`). Another process may grab one in between; starting retries then
+        // fail loudly.
+        let addrs: Vec<(SocketAddr, SocketAddr)> = (0..options.nodes)
+            .map(|_| (loopback(crate::free_port()), loopback(crate::free_port())))
             .collect();
-        let addrs: Vec<(SocketAddr, SocketAddr)> = reserved
-            .iter()
-            .map(|(c, p)| {
-                (
-                    c.local_addr().expect("bound client port"),
-                    p.local_addr().expect("bound peer port"),
-                )
-            })
-            .collect();
-        drop(reserved);
         let initial_cluster: BTreeMap<u64, String> = addrs
             .iter()
             .zip(1..)
@@ -370,6 +361,6 @@ impl TestCluster {
     }
 }
 
-fn reserve_port() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
