@@ -60,6 +60,13 @@ fn name_hash(key: &str) -> u64 {
     h.0 | 1
 }
 
+/// Where the lookup of a name with hash `h` starts: the hash's high bits (Fibonacci hashing;
+/// the low bit is always set) reduced to a slot.
+fn home_slot(h: u64) -> usize {
+    const _: () = assert!(OBJECTS_MAX.is_power_of_two());
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - OBJECTS_MAX.trailing_zeros())) as usize
+}
+
 /// Names a free object slot `key` (at most [`NAME_BYTES_MAX`] bytes, checked by `name_key`);
 /// `_held` proves the namespace lock is held, and, borrowed mutably, that no name read under
 /// it is still alive.
@@ -154,31 +161,57 @@ impl ObjSync {
 const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Guard<'_> {
-    /// Finds the live object named `key`.
+    /// Finds the live object named `key`: open addressing over the object table. A named
+    /// object is placed at the first free slot at or after its home ([`home_slot`]), and the
+    /// header's `probe_max` bounds how far past the home any was ever placed, so a lookup
+    /// compares at most `probe_max + 1` hashes, however full the table (freed slots do not
+    /// end a probe, so no tombstones are needed).
     fn find(&self, key: &str) -> Option<usize> {
         let h = name_hash(key);
+        let home = home_slot(h);
+        let probe_max = self.seg.probe_max().load(Ordering::Relaxed) as usize;
+        let hashes = self.seg.hashes();
         let metas = self.seg.metas();
-        self.seg
-            .hashes()
-            .iter()
-            .enumerate()
-            .filter(|(_, x)| x.load(Ordering::Relaxed) == h)
-            .map(|(i, _)| i)
+        let mut probed = 0;
+        let found = (0..=probe_max.min(OBJECTS_MAX - 1))
+            .map(|d| (home + d) % OBJECTS_MAX)
+            .inspect(|_| probed += 1)
+            .filter(|&i| hashes[i].load(Ordering::Relaxed) == h)
             .find(|&i| {
                 metas[i].state.load(Ordering::Relaxed) == OBJ_LIVE
                     && name_of(&self.held, &metas[i]) == key.as_bytes()
-            })
+            });
+        self.seg.probes.fetch_add(probed, Ordering::Relaxed);
+        found
     }
 
-    /// A free object slot (zombies whose mutex and waits are gone count as free).
-    fn free_object(&mut self) -> Option<usize> {
+    /// A free object slot (zombies whose mutex and waits are gone count as free): for a named
+    /// object the first at or after its name's home slot (raising `probe_max` if it lies
+    /// further than any before), for an unnamed one the first after a slot that varies.
+    fn free_object(&mut self, hash: Option<u64>) -> Option<usize> {
         let metas = self.seg.metas();
         let syncs = self.seg.syncs();
-        (0..OBJECTS_MAX).find(|&i| match metas[i].state.load(Ordering::Relaxed) {
-            OBJ_FREE => true,
-            OBJ_ZOMBIE => syncs[i].waiters.load(Ordering::Relaxed) == 0 && !syncs[i].is_held(),
-            _ => false,
-        })
+        let start = match hash {
+            Some(h) => home_slot(h),
+            // Unnamed objects spread over the table rather than crowding the low slots.
+            None => {
+                let n = self.seg.unnamed_created.fetch_add(1, Ordering::Relaxed);
+                home_slot((n << 1 | 1) ^ u64::from(std::process::id()) << 32)
+            }
+        };
+        let (d, i) = (0..OBJECTS_MAX)
+            .map(|d| (d, (start + d) % OBJECTS_MAX))
+            .find(|&(_, i)| match metas[i].state.load(Ordering::Relaxed) {
+                OBJ_FREE => true,
+                OBJ_ZOMBIE => syncs[i].waiters.load(Ordering::Relaxed) == 0 && !syncs[i].is_held(),
+                _ => false,
+            })?;
+        let probe_max = self.seg.probe_max();
+        if hash.is_some() && d as u32 > probe_max.load(Ordering::Relaxed) {
+            self.touch(probe_max);
+            probe_max.store(d as u32, Ordering::Relaxed);
+        }
+        Some(i)
     }
 
     /// The first free slot (owner field 0) of `table`, or 1450 with a warning naming it.
@@ -436,7 +469,7 @@ fn create_in(
         ));
     }
     let granted = new_access(kind, access)?;
-    let Some(i) = g.free_object() else {
+    let Some(i) = g.free_object(key.map(name_hash)) else {
         tracing::warn!(path = %seg.path().display(), "local object table full");
         return Err(Win32Error::NO_SYSTEM_RESOURCES);
     };

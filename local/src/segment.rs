@@ -1,13 +1,14 @@
 //! The shared-memory segment: its file, its layout, the versioned header, the namespace lock
 //! with its undo journal, and the table of attached processes.
 //!
-//! # Layout (version 3)
+//! # Layout (version 4)
 //!
 //! ```text
 //! Header      magic "DLOCKSHM", version, ready flag, Layout, checksum,
 //!             the namespace lock (robust pthread mutex), the undo journal
 //! ProcSlot    [PROCS_MAX]     attached processes (liveness: an OFD lock on byte PROC_LOCK_BASE+i)
-//! hashes      [OBJECTS_MAX]   name hash per object slot (0: no name), scanned by lookups
+//! hashes      [OBJECTS_MAX]   name hash per object slot (0: no name); a named object lives at
+//!                             or after its hash's home slot (open addressing, linear probing)
 //! ObjMeta     [OBJECTS_MAX]   state, kind, name, handle count, event and semaphore state
 //! ObjSync     [OBJECTS_MAX]   the lock-free part: robust mutex, waiter count, wake sequence
 //! HandleRec   [HANDLES_MAX]   one per open handle: which process holds which object
@@ -43,7 +44,7 @@ use super::{LocalError, Settings};
 pub const MAGIC: [u8; 8] = *b"DLOCKSHM";
 /// The layout version this library reads and writes (2: waits carry grants, `Grants`; 3:
 /// waits have their own wake word and the header a bitmap of registered waits).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// `Header::ready` once the creator finished initialising.
 const READY: u32 = 0x5245_4459; // "READY"
 
@@ -212,6 +213,10 @@ struct Header {
     /// Bit i: waiter slot i holds a registered wait. Signals walk these bits, not the table
     /// (which would touch a cache line per slot).
     waits_used: [AtomicU64; WAITERS_MAX / 64],
+    /// The longest distance from its home slot at which a named object was ever placed
+    /// (open addressing, see `objects`): a lookup probes this many slots past the home, no
+    /// more. Grows only.
+    probe_max: AtomicU32,
     journal: Journal,
 }
 
@@ -353,6 +358,10 @@ pub struct Segment {
     pub(crate) reaps: AtomicU64,
     /// Looks a blocked wait of this process took under the lock after sleeping (tests).
     pub(crate) looks: AtomicU64,
+    /// Object slots this process's name lookups compared (tests).
+    pub(crate) probes: AtomicU64,
+    /// Unnamed objects this process created (spreads them over the object table).
+    pub(crate) unnamed_created: AtomicU64,
 }
 
 // SAFETY: the mapping is shared memory designed for concurrent use; every access goes through
@@ -410,6 +419,8 @@ impl Segment {
             epoch: Instant::now(),
             reaps: AtomicU64::new(0),
             looks: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            unnamed_created: AtomicU64::new(0),
         };
         let attached = seg.validate().and_then(|()| seg.register_process());
         match attached {
@@ -731,6 +742,11 @@ impl Segment {
     }
 
     /// The bitmap word holding waiter slot `slot`'s bit, and the bit.
+    /// The header's probe bound for name lookups (see `objects`).
+    pub(crate) fn probe_max(&self) -> &AtomicU32 {
+        &self.header().probe_max
+    }
+
     pub(crate) fn waits_used_bit(&self, slot: usize) -> (&AtomicU64, u64) {
         (&self.header().waits_used[slot / 64], 1 << (slot % 64))
     }

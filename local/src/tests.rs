@@ -1163,3 +1163,47 @@ fn settings_that_would_open_a_segment_to_others_are_refused_before_any_file_exis
     assert_eq!(meta.mode() & 0o777, 0o770);
     assert_eq!(std::fs::metadata(shared.segment_path()).unwrap().gid(), gid);
 }
+
+/// Finding 5 of issue 12: create and open compared the name hash of every object slot (4,096)
+/// under the namespace lock. Names are now found by hash (open addressing): with 2,000 objects
+/// (half the table) a lookup compares a handful of slots.
+#[test]
+fn names_are_found_by_hash_not_by_scanning_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = attach(dir.path());
+    let objs: Vec<LocalObj> = (0..2000).map(|i| mutex(&seg, &format!("m{i}"))).collect();
+    // Churn: close every third and create new names in their slots.
+    for (i, o) in objs.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        o.close(&seg).unwrap();
+        mutex(&seg, &format!("n{i}"));
+    }
+    let before = seg.probes.load(Ordering::Relaxed);
+    let lookups = 2000u64;
+    for i in 0..lookups {
+        let name = if i % 3 == 0 {
+            format!("n{i}")
+        } else {
+            format!("m{i}")
+        };
+        let (o, existed) = objects::create(
+            &seg,
+            &name,
+            &CreateParams::Mutex {
+                initial_owner: false,
+            },
+            MUTEX_ALL_ACCESS,
+        )
+        .unwrap();
+        assert!(existed, "{name} is found again");
+        o.close(&seg).unwrap();
+    }
+    let missing = objects::open(&seg, ObjectKind::Mutex, "never-created", MUTEX_ALL_ACCESS);
+    assert_eq!(missing.err(), Some(Win32Error::FILE_NOT_FOUND));
+    let per_lookup = (seg.probes.load(Ordering::Relaxed) - before) as f64 / lookups as f64;
+    eprintln!("--- {per_lookup:.2} slots compared per lookup of 2,000 live names");
+    assert!(
+        per_lookup < 16.0,
+        "a lookup compared {per_lookup:.1} slots on average"
+    );
+    check_invariants(&seg);
+}
