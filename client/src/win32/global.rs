@@ -48,21 +48,30 @@ pub(crate) static HANDLES: LazyLock<StdMutex<HandleTable<Slot>>> =
 /// [`LOCAL_CACHE`].
 static LOCAL_EPOCH: AtomicU64 = AtomicU64::new(1);
 
-/// The last local handle a thread resolved, with the epoch it was valid in.
+/// Local handles a thread's cache holds: a lock/unlock loop over a few mutexes (or a mutex
+/// and an event) stays on the fast path.
+const LOCAL_CACHE_ENTRIES: usize = 16;
+
+/// Local handles a thread resolved, each with the epoch it was valid in: direct-mapped by
+/// handle value (handles are multiples of 4 handed out in order, so the next
+/// `LOCAL_CACHE_ENTRIES` handles a program opens never evict each other).
 struct CachedLocal {
-    /// 0 (NULL) when empty.
-    handle: Cell<isize>,
-    epoch: Cell<u64>,
-    obj: Cell<LocalObj>,
+    /// (handle, epoch, object); handle 0 (NULL) when empty.
+    entries: [Cell<(isize, u64, LocalObj)>; LOCAL_CACHE_ENTRIES],
+}
+
+impl CachedLocal {
+    fn entry(&self, handle: isize) -> &Cell<(isize, u64, LocalObj)> {
+        &self.entries[(handle as usize >> 2) % LOCAL_CACHE_ENTRIES]
+    }
 }
 
 thread_local! {
-    /// The fast path of a lock/unlock loop resolves its handle here, without the table's mutex.
+    /// The fast path of a lock/unlock loop resolves its handles here, without the table's
+    /// mutex (which every thread of the process shares).
     static LOCAL_CACHE: CachedLocal = const {
         CachedLocal {
-            handle: Cell::new(0),
-            epoch: Cell::new(0),
-            obj: Cell::new(LocalObj::EMPTY),
+            entries: [const { Cell::new((0, 0, LocalObj::EMPTY)) }; LOCAL_CACHE_ENTRIES],
         }
     };
 }
@@ -79,11 +88,7 @@ pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, Wi
         Slot::Local(obj) => {
             let obj = *obj;
             drop(table);
-            let _ = LOCAL_CACHE.try_with(|c| {
-                c.handle.set(handle);
-                c.epoch.set(epoch);
-                c.obj.set(obj);
-            });
+            let _ = LOCAL_CACHE.try_with(|c| c.entry(handle).set((handle, epoch, obj)));
             Ok(Slot::Local(obj))
         }
         Slot::Remote(entry) => {
@@ -98,16 +103,17 @@ pub(crate) fn lookup(handle: isize, kind: Option<ObjectKind>) -> Result<Slot, Wi
     }
 }
 
-/// The local object behind `handle` if this thread resolved it last and no local handle was
-/// closed since: two loads, no lock.
+/// The local object behind `handle` if this thread resolved it since the last close of a
+/// local handle (and no other handle took its cache entry since): two loads, no lock.
 #[inline]
 pub(crate) fn cached_local(handle: isize) -> Option<LocalObj> {
+    if handle == 0 {
+        return None;
+    }
     LOCAL_CACHE
         .try_with(|c| {
-            (c.handle.get() == handle
-                && handle != 0
-                && c.epoch.get() == LOCAL_EPOCH.load(Ordering::Acquire))
-            .then(|| c.obj.get())
+            let (h, epoch, obj) = c.entry(handle).get();
+            (h == handle && epoch == LOCAL_EPOCH.load(Ordering::Acquire)).then_some(obj)
         })
         .ok()
         .flatten()
@@ -418,6 +424,50 @@ pub(crate) fn thread_exited(thread: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding 5 of issue 12: the cache held one handle per thread, so a loop over two local
+    /// handles took the process-wide table mutex on every call. Both stay cached now, and
+    /// closing a local handle still invalidates every entry.
+    #[test]
+    fn a_thread_caches_several_local_handles() {
+        let handles: Vec<(isize, LocalObj)> = (0..LOCAL_CACHE_ENTRIES as u32)
+            .map(|i| {
+                let mut obj = LocalObj::EMPTY;
+                obj.index = 1000 + i;
+                let handle = HANDLES
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(Slot::Local(obj));
+                (handle, obj)
+            })
+            .collect();
+        std::thread::spawn(move || {
+            for (handle, _) in &handles {
+                assert!(matches!(lookup(*handle, None), Ok(Slot::Local(_))));
+            }
+            // Every handle resolves from the cache, without the table's mutex.
+            for _ in 0..3 {
+                for (handle, obj) in &handles {
+                    assert_eq!(cached_local(*handle), Some(*obj), "handle {handle}");
+                }
+            }
+            let (closed, _) = handles[0];
+            assert!(forget(closed).is_some());
+            assert_eq!(cached_local(closed), None);
+            assert_eq!(
+                cached_local(handles[1].0),
+                None,
+                "a close invalidates the cache"
+            );
+            assert!(matches!(lookup(handles[1].0, None), Ok(Slot::Local(_))));
+            assert_eq!(cached_local(handles[1].0), Some(handles[1].1));
+            for (handle, _) in &handles[1..] {
+                forget(*handle);
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn env_millis_falls_back_on_garbage() {
