@@ -140,7 +140,10 @@ impl ObjSync {
         }
     }
 
-    /// Tells registered waiters that the object changed.
+    /// Tells one registered waiter that the mutex was released: one release satisfies one
+    /// waiter, so the others sleep on. A woken wait that does not take the mutex while it is
+    /// free (a wait-all missing another object, a wait-any that completed on another index, a
+    /// wait that timed out) passes the wake on, once per release (`wait::pass_on_wakes`).
     #[inline]
     pub(crate) fn notify(&self) {
         #[cfg(not(target_arch = "x86_64"))]
@@ -150,8 +153,15 @@ impl ObjSync {
         compiler_fence(Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) != 0 {
             self.seq.fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake(&self.seq, i32::MAX as u32);
+            sys::futex_wake(&self.seq, 1);
         }
+    }
+
+    /// Which release of this mutex a free mutex is in: the fencing token of the last hold
+    /// (a wait passes a wake on at most once per value).
+    #[inline]
+    pub(crate) fn release_epoch(&self) -> u64 {
+        self.fencing.load(Ordering::Relaxed)
     }
 }
 

@@ -1207,3 +1207,119 @@ fn names_are_found_by_hash_not_by_scanning_the_table() {
     );
     check_invariants(&seg);
 }
+
+/// Finding 5 of issue 12: every release of a mutex woke every wait registered on it, each of
+/// which then took the namespace lock to find the mutex taken by the first. A release now
+/// wakes one waiter (glibc's unlock may wake a second through the lock word).
+#[test]
+fn a_mutex_release_wakes_one_waiter_not_the_herd() {
+    const WAITERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let seg: &'static Segment = Box::leak(Box::new(attach(dir.path())));
+    let (m, _) = objects::create(
+        seg,
+        "handoff",
+        &CreateParams::Mutex {
+            initial_owner: true,
+        },
+        MUTEX_ALL_ACCESS,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..WAITERS {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            wait::NO_RECHECK.with(|n| n.set(true));
+            let r = wait::wait(seg, &[m], false, Timeout::Millis(20_000));
+            if r.is_ok_and(|o| o.is_acquired()) {
+                std::thread::sleep(Duration::from_millis(5));
+                m.release_mutex(seg).unwrap();
+            }
+            let _ = tx.send(r);
+        });
+    }
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    while seg.syncs()[m.index as usize].waiters.load(Ordering::SeqCst) < WAITERS as u32
+        || seg.looks.load(Ordering::SeqCst) < WAITERS as u64
+    {
+        assert!(Instant::now() < deadline, "the waits never registered");
+        std::thread::yield_now();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let before = seg.looks.load(Ordering::SeqCst);
+    m.release_mutex(seg).unwrap();
+    for _ in 0..WAITERS {
+        let r = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert!(r.is_acquired(), "{r:?}");
+    }
+    let looks = seg.looks.load(Ordering::SeqCst) - before;
+    eprintln!("--- {looks} looks under the lock for {WAITERS} hand-offs");
+    assert!(
+        looks <= 2 * WAITERS as u64 + 2,
+        "{looks} looks under the lock for {WAITERS} hand-offs"
+    );
+}
+
+/// Waits that are woken by a release they cannot use pass the wake on: a wait-all missing an
+/// event does not keep a free mutex from a plain wait behind it (which would otherwise sleep
+/// until its re-check, off here).
+#[test]
+fn a_wake_a_wait_cannot_use_is_passed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg: &'static Segment = Box::leak(Box::new(attach(dir.path())));
+    let (m, _) = objects::create(
+        seg,
+        "pass-on",
+        &CreateParams::Mutex {
+            initial_owner: true,
+        },
+        MUTEX_ALL_ACCESS,
+    )
+    .unwrap();
+    let (ev, _) = objects::create(
+        seg,
+        "pass-on-event",
+        &CreateParams::from_flags(ObjectKind::Event, 1, 0, 0),
+        EVENT_ALL_ACCESS,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Several wait-alls that cannot complete register first (oldest), then one plain wait.
+    for _ in 0..4 {
+        std::thread::spawn(move || {
+            wait::NO_RECHECK.with(|n| n.set(true));
+            let r = wait::wait(seg, &[m, ev], true, Timeout::Millis(3_000));
+            if r.is_ok_and(|o| o.is_acquired()) {
+                m.release_mutex(seg).unwrap();
+            }
+        });
+    }
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    while seg.syncs()[m.index as usize].waiters.load(Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < deadline, "the wait-alls never registered");
+        std::thread::yield_now();
+    }
+    std::thread::spawn(move || {
+        wait::NO_RECHECK.with(|n| n.set(true));
+        let r = wait::wait(seg, &[m], false, Timeout::Millis(20_000));
+        if r.is_ok_and(|o| o.is_acquired()) {
+            m.release_mutex(seg).unwrap();
+        }
+        let _ = tx.send(r);
+    });
+    while seg.syncs()[m.index as usize].waiters.load(Ordering::SeqCst) < 5 {
+        assert!(Instant::now() < deadline, "the plain wait never registered");
+        std::thread::yield_now();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let released = Instant::now();
+    m.release_mutex(seg).unwrap();
+    let r = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert!(r.is_acquired(), "{r:?}");
+    // Well before the wait-alls' 3 s timeouts, which would also pass the wake on.
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "the plain wait got the mutex only after {:?}",
+        released.elapsed()
+    );
+}

@@ -279,6 +279,30 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool) -> Attempt {
     Attempt::Done(wait_all_taken(abandoned_mask, token, 0))
 }
 
+/// Passes on the wake of each mutex of `objs` that is free and not the calling thread's:
+/// a release wakes one waiter only ([`ObjSync::notify`]), and this wait may have been that one
+/// without taking the mutex. `passed[k]` remembers the release (by
+/// [`ObjSync::release_epoch`]) of object `k` already passed on, so that waits that cannot
+/// use a free mutex hand the wake round at most once each per release instead of forever.
+fn pass_on_wakes(seg: &Segment, objs: &[LocalObj], passed: &mut [u64]) {
+    for (k, o) in objs.iter().enumerate() {
+        if o.kind != ObjectKind::Mutex {
+            continue;
+        }
+        let sync = o.sync(seg);
+        let word = sync.word().load(Ordering::SeqCst);
+        if word & FUTEX_TID_MASK != 0 {
+            continue; // held (by this thread, or by another whose release will wake)
+        }
+        // Epochs are fencing tokens + 1, so that 0 means "nothing passed yet".
+        let epoch = sync.release_epoch() + 1;
+        if passed[k] != epoch {
+            passed[k] = epoch;
+            sync.notify();
+        }
+    }
+}
+
 /// How long a blocked wait sleeps at most before it looks at its objects again: a safety net
 /// for a wake that was lost (the kernel hands a mutex owner's death to one sleeper only, and
 /// that sleeper may die too). Every wake this engine knows of is delivered; this is not how
@@ -553,6 +577,8 @@ fn wait_loop(
     let mut recheck_due = false;
     let mut quiet_rechecks = 0u32;
     let mut failed: Option<Win32Error> = None;
+    // Per object: the release whose wake this wait passed on (see `pass_on_wakes`).
+    let mut passed = vec![0u64; objs.len()];
     loop {
         // Snapshot the words first: any change after this wakes (or fails) the sleep below.
         words.clear();
@@ -611,6 +637,7 @@ fn wait_loop(
                     // held the namespace lock: this wait leaves the registry (and gives back
                     // anything granted to it) at this process's next call that gets the lock.
                     seg.defer_unregister(slot);
+                    pass_on_wakes(seg, objs, &mut passed);
                     return match ended {
                         Ok(_) => Ok(Taken::plain(WaitOutcome::TimedOut)),
                         Err(code) => Err(code),
@@ -679,6 +706,9 @@ fn wait_loop(
             g.commit();
             r
         };
+        if !quiet {
+            pass_on_wakes(seg, objs, &mut passed);
+        }
         match outcome {
             Attempt::Done(taken) => return Ok(taken),
             Attempt::Failed(code) => return Err(code),
