@@ -852,6 +852,18 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// Test hook: closes this process's descriptor of the segment behind its back, as a
+    /// daemon closing every descriptor would (the mapping stays).
+    #[cfg(test)]
+    pub fn close_descriptor_for_test(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: closes a descriptor this process owns; the caller leaks the segment, so
+        // its `File` is never closed a second time.
+        unsafe { libc::close(self.file.as_raw_fd()) };
+    }
+}
+
 /// Test hook: a process that sets it is SIGKILLed right after its next commit, still holding
 /// the namespace lock: the window between a change becoming permanent and everything that
 /// follows it (the unlock, a wake).

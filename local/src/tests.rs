@@ -1323,3 +1323,52 @@ fn a_wake_a_wait_cannot_use_is_passed_on() {
         released.elapsed()
     );
 }
+
+/// Child of the test below: opens an object, closes its descriptor of the segment (as a
+/// daemon closing every descriptor would), and lives on.
+#[test]
+#[ignore = "child process of a_live_process_that_closed_its_descriptor_is_not_reaped"]
+fn child_close_descriptor() {
+    let Some(dir) = child_dir() else { return };
+    let seg = Box::leak(Box::new(attach(&dir)));
+    mutex(seg, "kept");
+    seg.close_descriptor_for_test();
+    println!("closed");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Finding 6 of issue 12 said that a live process that closed its segment descriptor would
+/// be reaped as dead, since liveness is an OFD lock. It is not: an OFD lock lasts as long as
+/// its open file description, and the segment's mapping holds a reference to that until the
+/// process exits (the kernel removes OFD locks at the description's last release, not at a
+/// close). This pins that down: the child's objects stay while it runs and go when it exits.
+#[test]
+fn a_live_process_that_closed_its_descriptor_is_not_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, rx) = spawn_child("tests::child_close_descriptor", dir.path());
+    expect_line(&rx, "closed");
+    let seg = attach(dir.path());
+    // Create and open reclaim dead processes first.
+    mutex(&seg, "other");
+    let kept = objects::open(&seg, ObjectKind::Mutex, "kept", MUTEX_ALL_ACCESS);
+    assert!(kept.is_ok(), "the live child's object was reaped: {kept:?}");
+    kept.unwrap().close(&seg).unwrap();
+    child.kill().unwrap();
+    // Not waited for yet: a zombie has exited, and counts as dead.
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    loop {
+        mutex(&seg, "another").close(&seg).unwrap();
+        match objects::open(&seg, ObjectKind::Mutex, "kept", MUTEX_ALL_ACCESS) {
+            Err(Win32Error::FILE_NOT_FOUND) => break,
+            other => {
+                assert!(Instant::now() < deadline, "the dead child kept its object");
+                other.unwrap().close(&seg).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    child.wait().unwrap();
+    check_invariants(&seg);
+}
