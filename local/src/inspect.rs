@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use super::segment::{OBJ_FREE, OBJ_LIVE, Segment};
-use super::sys::{FUTEX_OWNER_DIED, FUTEX_TID_MASK};
+use super::sys::FUTEX_TID_MASK;
 use dlock_proto::vocab::ObjectKind;
 
 /// What a local namespace holds at one moment (read under its lock).
@@ -97,7 +97,7 @@ impl Segment {
                 handles: m.refs.load(Ordering::Relaxed),
                 waiters: sync.waiters.load(Ordering::Relaxed),
                 owner_tid: if is_mutex { word & FUTEX_TID_MASK } else { 0 },
-                abandoned: is_mutex && word & FUTEX_TID_MASK == 0 && word & FUTEX_OWNER_DIED != 0,
+                abandoned: is_mutex && sync.is_abandoned(),
                 signaled: m.signaled.load(Ordering::Relaxed) != 0,
                 manual_reset: m.manual_reset.load(Ordering::Relaxed) != 0,
                 count: m.count.load(Ordering::Relaxed),

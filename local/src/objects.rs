@@ -114,13 +114,27 @@ impl ObjSync {
         self.word().load(Ordering::Acquire) & FUTEX_TID_MASK != 0
     }
 
-    /// Records a fresh acquisition by the calling thread.
+    /// Records a fresh acquisition by the calling thread (`owner_died`: glibc reported the
+    /// previous owner dead): the fencing token of the hold, and whether it was acquired
+    /// abandoned (the owner died, or an abandoned acquisition was given back).
     #[inline]
-    pub(crate) fn acquired(&self) -> u64 {
+    pub(crate) fn acquired(&self, owner_died: bool) -> (u64, bool) {
         self.recursion.store(1, Ordering::Relaxed);
         let token = self.fencing.load(Ordering::Relaxed) + 1;
         self.fencing.store(token, Ordering::Relaxed);
-        token
+        // A plain load first: the uncontended path pays no read-modify-write. The giver set
+        // the flag before its unlock, which the try-lock that got here synchronised with.
+        let given_back = self.given_back_abandoned.load(Ordering::Relaxed) != 0
+            && self.given_back_abandoned.swap(0, Ordering::Relaxed) != 0;
+        (token, owner_died || given_back)
+    }
+
+    /// Whether the mutex is free and its next acquirer reports `WAIT_ABANDONED`.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        let word = self.word().load(Ordering::Acquire);
+        word & FUTEX_TID_MASK == 0
+            && (word & sys::FUTEX_OWNER_DIED != 0
+                || self.given_back_abandoned.load(Ordering::Relaxed) != 0)
     }
 
     /// The lock word value to sleep on: as read, with `FUTEX_WAITERS` set first if another
@@ -508,6 +522,7 @@ fn create_in(
     }
     sync.seq.fetch_add(1, Ordering::Relaxed);
     sync.recursion.store(0, Ordering::Relaxed);
+    sync.given_back_abandoned.store(0, Ordering::Relaxed);
     // An unnamed object has no hash: no lookup can find it.
     seg.hashes()[i].store(key.map_or(0, name_hash), Ordering::Relaxed);
     meta.state.store(OBJ_LIVE, Ordering::Relaxed);
@@ -516,7 +531,7 @@ fn create_in(
         // Nobody can find the object before the commit, so this cannot fail.
         // SAFETY: initialised just above.
         if unsafe { sys::robust_trylock(sync.mutex_ptr()) } != Locked::Busy {
-            sync.acquired();
+            sync.acquired(false);
         }
     }
     g.commit();
@@ -588,16 +603,14 @@ impl LocalObj {
             return Some(WAIT_OBJECT_0);
         }
         // SAFETY: the mutex of a live object slot, initialised at creation.
-        match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
-            Locked::Clean => {
-                sync.acquired();
-                Some(WAIT_OBJECT_0)
-            }
-            Locked::OwnerDied => {
-                sync.acquired();
-                Some(WAIT_ABANDONED)
-            }
-            Locked::Busy => None,
+        let owner_died = match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
+            Locked::Clean => false,
+            Locked::OwnerDied => true,
+            Locked::Busy => return None,
+        };
+        match sync.acquired(owner_died) {
+            (_, false) => Some(WAIT_OBJECT_0),
+            (_, true) => Some(WAIT_ABANDONED),
         }
     }
 
@@ -688,7 +701,7 @@ impl LocalObj {
             } else {
                 0
             },
-            abandoned: is_mutex && owner == 0 && word & sys::FUTEX_OWNER_DIED != 0,
+            abandoned: is_mutex && sync.is_abandoned(),
             fencing_token: if is_mutex && owner != 0 {
                 sync.fencing.load(Ordering::Relaxed)
             } else {

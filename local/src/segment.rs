@@ -268,7 +268,11 @@ pub struct ObjSync {
     pub seq: AtomicU32,
     /// Mutex recursion count, written only by the owner thread.
     pub recursion: AtomicU32,
-    _pad: u32,
+    /// Non-zero while a mutex that was acquired abandoned and then given back (a wait-all
+    /// that could not complete, a cancelled async wait) is free: its next acquirer reports
+    /// `WAIT_ABANDONED`. Set by the giver while it still holds the mutex, so no acquirer can
+    /// slip in between and miss it; cleared by the acquirer.
+    pub given_back_abandoned: AtomicU32,
     /// Mutex acquisitions from unowned: the fencing token of the current hold.
     pub fencing: AtomicU64,
 }

@@ -1372,3 +1372,53 @@ fn a_live_process_that_closed_its_descriptor_is_not_reaped() {
     child.wait().unwrap();
     check_invariants(&seg);
 }
+
+/// Finding 6 of issue 12: giving back a mutex acquired abandoned (a wait-all that could not
+/// complete, a cancelled async wait) unlocked it and only then marked it abandoned again, so
+/// a try-lock in between took it clean (and the late mark could then make a later, clean
+/// acquisition report abandoned). The mark now comes before the unlock.
+#[test]
+fn a_given_back_abandoned_mutex_is_abandoned_for_whoever_takes_it_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg: &'static Segment = Box::leak(Box::new(attach(dir.path())));
+    let (mut child, rx) = spawn_child("tests::child_hold", dir.path());
+    expect_line(&rx, "owned");
+    let m = objects::open(seg, ObjectKind::Mutex, "owned", MUTEX_ALL_ACCESS).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let taken = wait::wait_cancellable(seg, &[m], false, Timeout::Millis(1_000), None).unwrap();
+    assert!(
+        matches!(taken.outcome, WaitOutcome::Abandoned { .. }),
+        "{taken:?}"
+    );
+    assert!(!m.query(seg).unwrap().abandoned, "held now");
+    // Another thread takes the mutex the instant it is unlocked by the give-back.
+    let raced = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = raced.clone();
+    wait::AFTER_UNTAKE_UNLOCK.with(|hook| {
+        *hook.borrow_mut() = Some(Box::new(move || {
+            let r = std::thread::spawn(move || {
+                let r = wait::wait(seg, &[m], false, Timeout::Millis(0));
+                if r.is_ok_and(|o| o.is_acquired()) {
+                    m.release_mutex(seg).unwrap();
+                }
+                r
+            })
+            .join()
+            .unwrap();
+            *slot.lock().unwrap() = Some(r);
+        }));
+    });
+    wait::give_back(seg, &[m], false, taken);
+    wait::AFTER_UNTAKE_UNLOCK.with(|hook| hook.borrow_mut().take());
+    let r = raced.lock().unwrap().take().expect("the hook ran");
+    assert!(
+        matches!(r, Ok(WaitOutcome::Abandoned { .. })),
+        "the thread that took it after the give-back got {r:?}"
+    );
+    // Reported once: the next acquisition is clean.
+    let next = wait::wait(seg, &[m], false, Timeout::Millis(0)).unwrap();
+    assert!(matches!(next, WaitOutcome::Signaled { .. }), "{next:?}");
+    m.release_mutex(seg).unwrap();
+    assert!(!m.query(seg).unwrap().abandoned);
+}

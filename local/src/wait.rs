@@ -65,21 +65,34 @@ fn take_mutex(sync: &ObjSync, tid: u32, index: usize) -> Attempt {
         }));
     }
     // SAFETY: the mutex of a live object slot, initialised at creation.
-    match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
-        Locked::Clean => Attempt::Done(Taken::plain(WaitOutcome::Signaled {
+    let owner_died = match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
+        Locked::Clean => false,
+        Locked::OwnerDied => true,
+        Locked::Busy => return Attempt::NotYet,
+    };
+    Attempt::Done(Taken::plain(match sync.acquired(owner_died) {
+        (fencing_token, false) => WaitOutcome::Signaled {
             index,
-            fencing_token: sync.acquired(),
-        })),
-        Locked::OwnerDied => Attempt::Done(Taken::plain(WaitOutcome::Abandoned {
+            fencing_token,
+        },
+        (fencing_token, true) => WaitOutcome::Abandoned {
             index,
-            fencing_token: sync.acquired(),
-        })),
-        Locked::Busy => Attempt::NotYet,
-    }
+            fencing_token,
+        },
+    }))
 }
 
-/// Undoes one acquisition of a mutex (a wait-all that could not complete). An acquisition
-/// that found the mutex abandoned leaves it abandoned again for the next owner.
+#[cfg(test)]
+thread_local! {
+    /// Test hook: runs inside `untake_mutex` right after the unlock, on the giving thread.
+    pub static AFTER_UNTAKE_UNLOCK: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Undoes one acquisition of a mutex (a wait-all that could not complete, a cancelled wait).
+/// An acquisition that found the mutex abandoned leaves it abandoned again for the next
+/// owner: marked before the unlock, so that whoever takes it first, even a lock-free
+/// try-lock an instant after the unlock, sees the mark.
 fn untake_mutex(seg: &Segment, index: usize, was_abandoned: bool) {
     let sync = &seg.syncs()[index];
     let r = sync.recursion.load(Ordering::Relaxed);
@@ -87,17 +100,17 @@ fn untake_mutex(seg: &Segment, index: usize, was_abandoned: bool) {
         sync.recursion.store(r - 1, Ordering::Relaxed);
     } else {
         sync.recursion.store(0, Ordering::Relaxed);
+        if was_abandoned {
+            sync.given_back_abandoned.store(1, Ordering::Relaxed);
+        }
         // SAFETY: acquired by this thread a moment ago.
         unsafe { sys::robust_unlock(sync.mutex_ptr()) };
-        if was_abandoned {
-            // glibc's next try-lock of a free word with OWNER_DIED reports EOWNERDEAD again.
-            let _ = sync.word().compare_exchange(
-                0,
-                sys::FUTEX_OWNER_DIED,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-        }
+        #[cfg(test)]
+        AFTER_UNTAKE_UNLOCK.with(|hook| {
+            if let Some(hook) = hook.borrow_mut().as_mut() {
+                hook();
+            }
+        });
         sync.notify();
     }
 }
