@@ -84,7 +84,7 @@ use std::sync::{Mutex as StdMutex, OnceLock};
 use std::time::Duration;
 
 pub use inspect::{LocalObjectInfo, LocalProcess, LocalSnapshot};
-pub use objects::{LocalObj, create, create_unnamed, open};
+pub use objects::{LocalObj, MUTEXES_HELD_MAX, create, create_unnamed, open};
 pub use segment::Segment;
 pub use wait::{
     CANCELLABLE_WAIT_OBJECTS_MAX, Taken, cancel, give_back, signal_and_wait, wait, wait_cancellable,

@@ -92,6 +92,32 @@ pub(crate) fn name_of<'a>(_held: &'a Held, meta: &'a ObjMeta) -> &'a [u8] {
 
 // ---- mutex word helpers ----
 
+/// The most local mutexes one thread may hold at once (recursive holds count once). The
+/// kernel walks at most 2,048 entries of a dying thread's robust list (`ROBUST_LIST_LIMIT`),
+/// and a mutex beyond that would stay owned by the dead thread's id, which the kernel may
+/// give to a new thread (in any attached process), making it the owner. Taking one more
+/// fails with 1450 (`ERROR_NO_SYSTEM_RESOURCES`); the margin leaves room for the namespace
+/// lock and other robust mutexes of the program.
+pub const MUTEXES_HELD_MAX: u32 = 2_000;
+
+thread_local! {
+    /// Local mutexes the calling thread holds (fresh acquisitions minus final releases).
+    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the calling thread may take one more local mutex ([`MUTEXES_HELD_MAX`]).
+#[inline]
+pub(crate) fn may_take_another() -> bool {
+    HELD.try_with(|h| h.get() < MUTEXES_HELD_MAX)
+        .unwrap_or(false)
+}
+
+/// Counts a final release of a local mutex by the calling thread.
+#[inline]
+pub(crate) fn released_one() {
+    let _ = HELD.try_with(|h| h.set(h.get().saturating_sub(1)));
+}
+
 impl ObjSync {
     pub(crate) fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
         self.mutex.get()
@@ -119,6 +145,7 @@ impl ObjSync {
     /// abandoned (the owner died, or an abandoned acquisition was given back).
     #[inline]
     pub(crate) fn acquired(&self, owner_died: bool) -> (u64, bool) {
+        let _ = HELD.try_with(|h| h.set(h.get() + 1));
         self.recursion.store(1, Ordering::Relaxed);
         let token = self.fencing.load(Ordering::Relaxed) + 1;
         self.fencing.store(token, Ordering::Relaxed);
@@ -470,6 +497,9 @@ fn create_in(
         _ => (0, 0),
     };
     let key = key.map(name_key).transpose()?;
+    if params.initial_owner() && !may_take_another() {
+        return Err(Win32Error::NO_SYSTEM_RESOURCES);
+    }
     let mut g = seg.lock()?;
     g.reap_dead();
     if let Some(i) = key.and_then(|key| g.find(key)) {
@@ -602,6 +632,9 @@ impl LocalObj {
             sync.recursion.store(r + 1, Ordering::Relaxed);
             return Some(WAIT_OBJECT_0);
         }
+        if !may_take_another() {
+            return None;
+        }
         // SAFETY: the mutex of a live object slot, initialised at creation.
         let owner_died = match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
             Locked::Clean => false,
@@ -660,6 +693,7 @@ impl LocalObj {
         sync.recursion.store(0, Ordering::Relaxed);
         // SAFETY: the calling thread owns it (checked above).
         unsafe { sys::robust_unlock(sync.mutex_ptr()) };
+        released_one();
         sync.notify();
         Ok(())
     }

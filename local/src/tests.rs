@@ -1422,3 +1422,58 @@ fn a_given_back_abandoned_mutex_is_abandoned_for_whoever_takes_it_next() {
     m.release_mutex(seg).unwrap();
     assert!(!m.query(seg).unwrap().abandoned);
 }
+
+/// Finding 6 of issue 12: a thread could hold any number of local mutexes, but the kernel
+/// marks at most 2,048 of a dying thread's robust mutexes abandoned; the rest stayed owned by
+/// its thread id, which a new thread could be given. A thread now holds at most
+/// `MUTEXES_HELD_MAX`, and the next take fails with 1450 and changes nothing.
+#[test]
+fn a_thread_cannot_hold_more_mutexes_than_the_kernel_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg: &'static Segment = Box::leak(Box::new(attach(dir.path())));
+    let max = super::MUTEXES_HELD_MAX as usize;
+    let mutexes: Vec<LocalObj> = (0..=max).map(|i| mutex(seg, &format!("many{i}"))).collect();
+    std::thread::spawn(move || {
+        for m in &mutexes[..max] {
+            assert!(m.try_lock(seg).is_some());
+        }
+        let last = mutexes[max];
+        assert_eq!(last.try_lock(seg), None);
+        assert_eq!(
+            wait::wait(seg, &[last], false, Timeout::Millis(0)),
+            Err(Win32Error::NO_SYSTEM_RESOURCES)
+        );
+        assert!(
+            !last.sync(seg).is_held(),
+            "the refused take changed nothing"
+        );
+        // Recursion is not a new hold.
+        assert!(wait::wait(seg, &[mutexes[0]], false, Timeout::Millis(0)).is_ok());
+        mutexes[0].release_mutex(seg).unwrap();
+        // One released, one more may be taken.
+        mutexes[1].release_mutex(seg).unwrap();
+        assert!(
+            wait::wait(seg, &[last], false, Timeout::Millis(0))
+                .unwrap()
+                .is_acquired()
+        );
+        assert_eq!(
+            objects::create(
+                seg,
+                "one-too-many",
+                &CreateParams::Mutex {
+                    initial_owner: true,
+                },
+                MUTEX_ALL_ACCESS,
+            )
+            .err(),
+            Some(Win32Error::NO_SYSTEM_RESOURCES)
+        );
+        for m in mutexes.iter().filter(|m| m.sync(seg).owned_by(sys::tid())) {
+            m.release_mutex(seg).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    check_invariants(seg);
+}

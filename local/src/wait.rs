@@ -64,6 +64,9 @@ fn take_mutex(sync: &ObjSync, tid: u32, index: usize) -> Attempt {
             fencing_token: sync.fencing.load(Ordering::Relaxed),
         }));
     }
+    if !super::objects::may_take_another() {
+        return Attempt::Failed(Win32Error::NO_SYSTEM_RESOURCES);
+    }
     // SAFETY: the mutex of a live object slot, initialised at creation.
     let owner_died = match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
         Locked::Clean => false,
@@ -105,6 +108,7 @@ fn untake_mutex(seg: &Segment, index: usize, was_abandoned: bool) {
         }
         // SAFETY: acquired by this thread a moment ago.
         unsafe { sys::robust_unlock(sync.mutex_ptr()) };
+        super::objects::released_one();
         #[cfg(test)]
         AFTER_UNTAKE_UNLOCK.with(|hook| {
             if let Some(hook) = hook.borrow_mut().as_mut() {
