@@ -54,7 +54,7 @@ fn new_access(kind: ObjectKind, mask: u32) -> Result<u32, Win32Error> {
     access::new_object(kind, mask)
 }
 
-fn name_hash(key: &str) -> u64 {
+pub(crate) fn name_hash(key: &str) -> u64 {
     let mut h = Fnv::new();
     h.write(key.as_bytes());
     h.0 | 1
@@ -62,7 +62,7 @@ fn name_hash(key: &str) -> u64 {
 
 /// Where the lookup of a name with hash `h` starts: the hash's high bits (Fibonacci hashing;
 /// the low bit is always set) reduced to a slot.
-fn home_slot(h: u64) -> usize {
+pub(crate) fn home_slot(h: u64) -> usize {
     const _: () = assert!(OBJECTS_MAX.is_power_of_two());
     (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - OBJECTS_MAX.trailing_zeros())) as usize
 }
@@ -184,7 +184,9 @@ impl ObjSync {
     /// Tells one registered waiter that the mutex was released: one release satisfies one
     /// waiter, so the others sleep on. A woken wait that does not take the mutex while it is
     /// free (a wait-all missing another object, a wait-any that completed on another index, a
-    /// wait that timed out) passes the wake on, once per release (`wait::pass_on_wakes`).
+    /// wait that timed out) passes the wake on, once per release (`wait::pass_on_wakes`). A
+    /// wake that reaches a wait whose process is stopped, or dies before it runs, reaches the
+    /// others through their one-second re-check, as the kernel's one owner-died wake does.
     #[inline]
     pub(crate) fn notify(&self) {
         #[cfg(not(target_arch = "x86_64"))]
@@ -195,6 +197,15 @@ impl ObjSync {
         if self.waiters.load(Ordering::SeqCst) != 0 {
             self.seq.fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(&self.seq, 1);
+        }
+    }
+
+    /// Tells every registered waiter that the mutex changed (a woken wait passing on a wake
+    /// it could not use: see `wait::pass_on_wakes`).
+    pub(crate) fn notify_all(&self) {
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(&self.seq, i32::MAX as u32);
         }
     }
 
@@ -216,7 +227,9 @@ impl Guard<'_> {
     /// object is placed at the first free slot at or after its home ([`home_slot`]), and the
     /// header's `probe_max` bounds how far past the home any was ever placed, so a lookup
     /// compares at most `probe_max + 1` hashes, however full the table (freed slots do not
-    /// end a probe, so no tombstones are needed).
+    /// end a probe, so no tombstones are needed). `probe_max` never shrinks while the segment
+    /// exists: after a time of high occupancy, a lookup of a name that does not exist (every
+    /// create of a new name) compares that many slots, as many as the table holds at worst.
     fn find(&self, key: &str) -> Option<usize> {
         let h = name_hash(key);
         let home = home_slot(h);
@@ -497,9 +510,6 @@ fn create_in(
         _ => (0, 0),
     };
     let key = key.map(name_key).transpose()?;
-    if params.initial_owner() && !may_take_another() {
-        return Err(Win32Error::NO_SYSTEM_RESOURCES);
-    }
     let mut g = seg.lock()?;
     g.reap_dead();
     if let Some(i) = key.and_then(|key| g.find(key)) {
@@ -523,6 +533,11 @@ fn create_in(
         ));
     }
     let granted = new_access(kind, access)?;
+    // A new mutex owned from the start is a hold like any other (opening an existing name
+    // takes nothing, so it is not refused above).
+    if params.initial_owner() && !may_take_another() {
+        return Err(Win32Error::NO_SYSTEM_RESOURCES);
+    }
     let Some(i) = g.free_object(key.map(name_hash)) else {
         tracing::warn!(path = %seg.path().display(), "local object table full");
         return Err(Win32Error::NO_SYSTEM_RESOURCES);

@@ -745,12 +745,12 @@ impl Segment {
         slots
     }
 
-    /// The bitmap word holding waiter slot `slot`'s bit, and the bit.
     /// The header's probe bound for name lookups (see `objects`).
     pub(crate) fn probe_max(&self) -> &AtomicU32 {
         &self.header().probe_max
     }
 
+    /// The bitmap word holding waiter slot `slot`'s bit, and the bit.
     pub(crate) fn waits_used_bit(&self, slot: usize) -> (&AtomicU64, u64) {
         (&self.header().waits_used[slot / 64], 1 << (slot % 64))
     }

@@ -101,6 +101,18 @@ fn check_invariants(seg: &Segment) {
                 assert_eq!(hash, 0, "unnamed object {i} findable");
             } else {
                 assert_ne!(hash, 0, "live object {i} without its name hash");
+                assert_eq!(
+                    hash,
+                    objects::name_hash(std::str::from_utf8(&name).unwrap()),
+                    "object {i}'s hash is not its name's"
+                );
+                let home = objects::home_slot(hash);
+                let distance = (i + OBJECTS_MAX - home) % OBJECTS_MAX;
+                let probe_max = seg.probe_max().load(Ordering::Relaxed) as usize;
+                assert!(
+                    distance <= probe_max,
+                    "object {i} lies {distance} slots past its home, beyond {probe_max}"
+                );
                 assert!(names.insert(name), "two live objects named alike");
             }
         } else {
@@ -1433,6 +1445,19 @@ fn a_thread_cannot_hold_more_mutexes_than_the_kernel_recovers() {
     let seg: &'static Segment = Box::leak(Box::new(attach(dir.path())));
     let max = super::MUTEXES_HELD_MAX as usize;
     let mutexes: Vec<LocalObj> = (0..=max).map(|i| mutex(seg, &format!("many{i}"))).collect();
+    // Held by this thread: at the cap, a wait-any passes over it to a signaled event.
+    let elsewhere = mutex(seg, "held-elsewhere");
+    assert!(elsewhere.try_lock(seg).is_some());
+    let (ev, _) = objects::create(
+        seg,
+        "cap-event",
+        &CreateParams::Event {
+            manual_reset: true,
+            initial_state: true,
+        },
+        EVENT_ALL_ACCESS,
+    )
+    .unwrap();
     std::thread::spawn(move || {
         for m in &mutexes[..max] {
             assert!(m.try_lock(seg).is_some());
@@ -1447,6 +1472,23 @@ fn a_thread_cannot_hold_more_mutexes_than_the_kernel_recovers() {
             !last.sync(seg).is_held(),
             "the refused take changed nothing"
         );
+        let any = wait::wait(seg, &[elsewhere, ev], false, Timeout::Millis(0));
+        assert!(
+            matches!(any, Ok(WaitOutcome::Signaled { index: 1, .. })),
+            "{any:?}"
+        );
+        // Opening an existing name takes nothing, even when asked for initial ownership.
+        let (again, existed) = objects::create(
+            seg,
+            "many0",
+            &CreateParams::Mutex {
+                initial_owner: true,
+            },
+            MUTEX_ALL_ACCESS,
+        )
+        .unwrap();
+        assert!(existed);
+        again.close(seg).unwrap();
         // Recursion is not a new hold.
         assert!(wait::wait(seg, &[mutexes[0]], false, Timeout::Millis(0)).is_ok());
         mutexes[0].release_mutex(seg).unwrap();

@@ -65,7 +65,13 @@ fn take_mutex(sync: &ObjSync, tid: u32, index: usize) -> Attempt {
         }));
     }
     if !super::objects::may_take_another() {
-        return Attempt::Failed(Win32Error::NO_SYSTEM_RESOURCES);
+        // At the cap, a free mutex fails the wait; a held one is passed over, so that a
+        // wait-any still returns a later index that is signaled.
+        return if sync.is_held() {
+            Attempt::NotYet
+        } else {
+            Attempt::Failed(Win32Error::NO_SYSTEM_RESOURCES)
+        };
     }
     // SAFETY: the mutex of a live object slot, initialised at creation.
     let owner_died = match unsafe { sys::robust_trylock(sync.mutex_ptr()) } {
@@ -298,24 +304,32 @@ fn attempt(g: &mut Guard<'_>, objs: &[LocalObj], wait_all: bool) -> Attempt {
 
 /// Passes on the wake of each mutex of `objs` that is free and not the calling thread's:
 /// a release wakes one waiter only ([`ObjSync::notify`]), and this wait may have been that one
-/// without taking the mutex. `passed[k]` remembers the release (by
-/// [`ObjSync::release_epoch`]) of object `k` already passed on, so that waits that cannot
-/// use a free mutex hand the wake round at most once each per release instead of forever.
+/// without taking the mutex. It wakes every waiter of the mutex then (the rare case: a wait
+/// that cannot use a free mutex), so that no queue order (real-time priorities put the
+/// waits that already passed first) can keep the wake from a wait that can take it.
+/// `passed[k]` remembers the release (by [`ObjSync::release_epoch`]) of object `k` already
+/// passed on, so each wait passes at most once per release: no ping-pong.
 fn pass_on_wakes(seg: &Segment, objs: &[LocalObj], passed: &mut [u64]) {
     for (k, o) in objs.iter().enumerate() {
         if o.kind != ObjectKind::Mutex {
             continue;
         }
         let sync = o.sync(seg);
-        let word = sync.word().load(Ordering::SeqCst);
-        if word & FUTEX_TID_MASK != 0 {
+        // The epoch is read on both sides of the word: a lock-free take between the two reads
+        // would otherwise make this wait record the epoch of a release that has not happened
+        // yet, and let the wake of that release stop here.
+        let before = sync.release_epoch();
+        if sync.word().load(Ordering::SeqCst) & FUTEX_TID_MASK != 0 {
             continue; // held (by this thread, or by another whose release will wake)
         }
+        if sync.release_epoch() != before {
+            continue; // taken (and maybe released) meanwhile: that holder's release wakes
+        }
         // Epochs are fencing tokens + 1, so that 0 means "nothing passed yet".
-        let epoch = sync.release_epoch() + 1;
+        let epoch = before + 1;
         if passed[k] != epoch {
             passed[k] = epoch;
-            sync.notify();
+            sync.notify_all();
         }
     }
 }
