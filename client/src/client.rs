@@ -45,6 +45,9 @@ use crate::config::{parse_endpoint, truncate_client_name};
 use crate::session::{Session, SessionCore};
 use crate::{ClientConfig, Error};
 
+/// Length of the secret a session's requests carry (`OpenSessionReply.session_secret`).
+const SESSION_SECRET_BYTES: usize = 16;
+
 /// HTTP/2 keepalive ping interval: detects a dead or frozen node within about interval +
 /// timeout, even while a call is blocked on it and no data flows.
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(250);
@@ -350,6 +353,13 @@ impl Client {
                 reply.session_id, reply.ttl_ms
             )));
         }
+        if reply.session_secret.len() != SESSION_SECRET_BYTES {
+            return Err(Error::Protocol(format!(
+                "OpenSession reply with a {}-byte session secret, not {SESSION_SECRET_BYTES} \
+                 (a dlockd older than this client?)",
+                reply.session_secret.len()
+            )));
+        }
         tracing::debug!(
             session = reply.session_id,
             ttl_ms = reply.ttl_ms,
@@ -358,6 +368,7 @@ impl Client {
         Ok(Session::start(
             self.clone(),
             reply.session_id,
+            reply.session_secret,
             Duration::from_millis(reply.ttl_ms),
             Duration::from_millis(reply.lease_margin_ms),
             sent_at,

@@ -24,6 +24,12 @@ pub enum Error {
     /// The session does not exist (expired or closed).
     #[error("session {0} is not known (expired or closed)")]
     SessionUnknown(u64),
+    /// The request named a session without its secret; nothing changed.
+    #[error(
+        "the request does not carry session {0}'s secret (OpenSessionReply.session_secret); \
+         nothing changed"
+    )]
+    SecretMismatch(u64),
     /// Another membership change is still being applied; retry after it.
     #[error("another membership change is in progress; retry when it has been applied")]
     ChangePending,

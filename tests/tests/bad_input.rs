@@ -17,6 +17,7 @@ const EVENT_ALL_ACCESS: u32 = 0x001F_0003;
 struct Session {
     client: DlockClient<Channel>,
     id: u64,
+    secret: Vec<u8>,
     seq: u64,
 }
 
@@ -34,7 +35,7 @@ impl Session {
                 })
                 .await
             {
-                Ok(reply) => break reply.into_inner().session_id,
+                Ok(reply) => break reply.into_inner(),
                 Err(status) if status.code() == Code::Unavailable => {
                     assert!(
                         std::time::Instant::now() < deadline,
@@ -45,13 +46,19 @@ impl Session {
                 Err(status) => panic!("open session: {status}"),
             }
         };
-        Session { client, id, seq: 0 }
+        Session {
+            client,
+            id: id.session_id,
+            secret: id.session_secret,
+            seq: 0,
+        }
     }
 
     fn header(&mut self) -> Option<pb::RequestHeader> {
         self.seq += 1;
         Some(pb::RequestHeader {
             session_id: self.id,
+            session_secret: self.secret.clone(),
             seq: self.seq,
             ack_below: self.seq,
             ..Default::default()
@@ -302,6 +309,7 @@ async fn requests_without_a_header_or_with_unknown_kinds_are_invalid_arguments()
     assert_eq!(status.code(), Code::InvalidArgument);
     let header = Some(pb::RequestHeader {
         session_id: 999_999,
+        session_secret: vec![0; 16],
         seq: 1,
         ack_below: 0,
         ..Default::default()
@@ -316,4 +324,114 @@ async fn requests_without_a_header_or_with_unknown_kinds_are_invalid_arguments()
         .await
         .expect_err("unknown session");
     assert_eq!(status.code(), Code::NotFound);
+}
+
+/// Issue 13: session ids are log indexes, so anyone who reaches the port could release another
+/// session's mutex, close it, keep it alive or read its outcomes. Every request naming a
+/// session must carry the secret its opener was given: without it, PERMISSION_DENIED, and
+/// nothing changes.
+#[tokio::test]
+async fn requests_in_another_sessions_name_without_its_secret_change_nothing() {
+    let (_dir, server) = server();
+    let mut owner = Session::open(&server).await;
+    let name = unique("victim");
+    let created = owner.create(pb::ObjectKind::Mutex, &name, 0, 0).await;
+    assert_eq!(created.error, 0);
+    let handle = created.handle;
+    assert_eq!(owner.wait(vec![handle], false).await.result, WAIT_OBJECT_0);
+    // The attacker knows the id (it is guessable) and the handle, not the secret.
+    let mut attacker = Session::open(&server).await;
+    for wrong in [
+        Vec::new(),
+        vec![0; 16],
+        attacker.secret.clone(),
+        vec![1; 15],
+    ] {
+        let header = Some(pb::RequestHeader {
+            session_id: owner.id,
+            session_secret: wrong.clone(),
+            seq: 1_000,
+            ack_below: 0,
+            ..Default::default()
+        });
+        let release = attacker
+            .client
+            .release_mutex(pb::HandleRequest {
+                header: header.clone(),
+                handle,
+                thread_id: 1,
+            })
+            .await
+            .expect_err("release in another session's name");
+        assert_eq!(release.code(), Code::PermissionDenied, "{release}");
+        let close = attacker
+            .client
+            .close_session(pb::CloseSessionRequest { header })
+            .await
+            .expect_err("close another session");
+        assert_eq!(close.code(), Code::PermissionDenied, "{close}");
+        let query = attacker
+            .client
+            .query(pb::QueryRequest {
+                session_id: owner.id,
+                session_secret: wrong.clone(),
+                handle,
+            })
+            .await
+            .expect_err("query in another session's name");
+        assert_eq!(query.code(), Code::PermissionDenied, "{query}");
+        let await_wait = attacker
+            .client
+            .await_wait(pb::AwaitWaitRequest {
+                session_id: owner.id,
+                session_secret: wrong.clone(),
+                seq: 2,
+                max_block_ms: 0,
+            })
+            .await
+            .expect_err("await another session's wait");
+        assert_eq!(await_wait.code(), Code::PermissionDenied, "{await_wait}");
+        let keepalive = tokio_stream::iter(vec![pb::KeepAliveRequest {
+            session_id: owner.id,
+            session_secret: wrong,
+        }]);
+        let mut stream = attacker
+            .client
+            .keep_alive(keepalive)
+            .await
+            .expect("a keepalive stream opens")
+            .into_inner();
+        let refused = stream
+            .message()
+            .await
+            .expect_err("a keepalive in another session's name");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    }
+    // Nothing changed: the owner still holds its mutex and its session goes on (its own next
+    // sequence number was not taken by the attacker's requests).
+    let state = owner
+        .client
+        .query(pb::QueryRequest {
+            session_id: owner.id,
+            session_secret: owner.secret.clone(),
+            handle,
+        })
+        .await
+        .expect("the owner's query")
+        .into_inner();
+    assert_eq!(state.error, 0);
+    assert_eq!(state.owner_session_id, owner.id);
+    assert_eq!(state.recursion, 1);
+    let header = owner.header();
+    let released = owner
+        .client
+        .release_mutex(pb::HandleRequest {
+            header,
+            handle,
+            thread_id: 1,
+        })
+        .await
+        .expect("the owner's release")
+        .into_inner();
+    assert_eq!(released.error, 0);
 }

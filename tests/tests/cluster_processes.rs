@@ -536,6 +536,7 @@ async fn a_wiped_node_rejoins_from_a_snapshot_and_then_votes() {
         .await
         .query(pb::QueryRequest {
             session_id: pin.id(),
+            session_secret: pin.secret().to_vec(),
             handle: sem.handle(),
         })
         .await

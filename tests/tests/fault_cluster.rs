@@ -824,9 +824,13 @@ async fn raw(endpoint: String) -> DlockClient<tonic::transport::Channel> {
     DlockClient::connect(endpoint).await.expect("connect")
 }
 
-fn header(session: u64, seq: u64) -> Option<pb::RequestHeader> {
+/// A session opened over raw gRPC: its id and its secret.
+type RawSession = (u64, Vec<u8>);
+
+fn header(session: &RawSession, seq: u64) -> Option<pb::RequestHeader> {
     Some(pb::RequestHeader {
-        session_id: session,
+        session_id: session.0,
+        session_secret: session.1.clone(),
         seq,
         ack_below: seq,
         ..Default::default()
@@ -836,10 +840,11 @@ fn header(session: u64, seq: u64) -> Option<pb::RequestHeader> {
 /// One keepalive on a fresh stream; the reply's `expired`, or `None` if the call failed.
 async fn raw_keepalive(
     raw: &mut DlockClient<tonic::transport::Channel>,
-    session: u64,
+    session: &RawSession,
 ) -> Option<bool> {
     let request = tonic::codegen::tokio_stream::iter(vec![pb::KeepAliveRequest {
-        session_id: session,
+        session_id: session.0,
+        session_secret: session.1.clone(),
     }]);
     let mut stream = raw.keep_alive(request).await.ok()?.into_inner();
     let reply = stream.message().await.ok()??;
@@ -866,7 +871,7 @@ async fn a_session_that_stops_its_keepalives_is_expired_once_after_its_ttl_by_th
             .expect("open the raw session")
             .into_inner();
         assert_eq!(opened.ttl_ms, SHORT_TTL.as_millis() as u64);
-        let session = opened.session_id;
+        let session: RawSession = (opened.session_id, opened.session_secret.clone());
         let holder = ClientId(1);
         let id = rec.invoke(
             holder,
@@ -878,7 +883,7 @@ async fn a_session_that_stops_its_keepalives_is_expired_once_after_its_ttl_by_th
         );
         let created = leader
             .create(pb::CreateRequest {
-                header: header(session, 1),
+                header: header(&session, 1),
                 thread_id: 1,
                 kind: pb::ObjectKind::Mutex as i32,
                 name: Some(name.clone()),
@@ -906,7 +911,7 @@ async fn a_session_that_stops_its_keepalives_is_expired_once_after_its_ttl_by_th
         );
         let waited = leader
             .wait(pb::WaitRequest {
-                header: header(session, 2),
+                header: header(&session, 2),
                 thread_id: 1,
                 handles: vec![created.handle],
                 wait_all: false,
@@ -952,14 +957,15 @@ async fn a_session_that_stops_its_keepalives_is_expired_once_after_its_ttl_by_th
             tokio::time::sleep(SHORT_TTL / 4).await;
             last_keepalive = rec.now();
             assert_eq!(
-                raw_keepalive(&mut leader, session).await,
+                raw_keepalive(&mut leader, &session).await,
                 Some(false),
                 "renewed"
             );
         }
         drop(leader);
         eprintln!(
-            "--- session {session} holds {name} (token {token}), now silent; killing leader {old}"
+            "--- session {} holds {name} (token {token}), now silent; killing leader {old}",
+            session.0
         );
         cluster.kill(old).await;
         let new = cluster.wait_new_leader(old).await;
@@ -998,7 +1004,7 @@ async fn a_session_that_stops_its_keepalives_is_expired_once_after_its_ttl_by_th
         // Exactly once: the session is gone for good, and nobody else gets the mutex.
         let mut now_leader = raw(cluster.endpoint(new)).await;
         assert_ne!(
-            raw_keepalive(&mut now_leader, session).await,
+            raw_keepalive(&mut now_leader, &session).await,
             Some(false),
             "the expired session cannot be renewed"
         );
@@ -1250,15 +1256,15 @@ async fn an_isolated_leader_renews_no_keepalive() {
             })
             .await
             .expect("open a session")
-            .into_inner()
-            .session_id;
+            .into_inner();
+        let session: RawSession = (session.session_id, session.session_secret);
         assert_eq!(
-            raw_keepalive(&mut leader, session).await,
+            raw_keepalive(&mut leader, &session).await,
             Some(false),
             "renewed while the leader leads"
         );
         cluster.net.isolate(old);
-        let answer = raw_keepalive(&mut leader, session).await;
+        let answer = raw_keepalive(&mut leader, &session).await;
         assert_eq!(
             answer, None,
             "an isolated leader must not answer a keepalive (answered expired={answer:?})"

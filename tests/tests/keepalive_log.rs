@@ -32,13 +32,14 @@ async fn a_burst_of_keepalives_writes_at_most_one_checkpoint_per_interval() {
         })
         .await
         .expect("open session")
-        .into_inner()
-        .session_id;
+        .into_inner();
+    let (session, secret) = (session.session_id, session.session_secret);
 
     let before = server.raft().status().last_index;
     let started = Instant::now();
     let requests = tokio_stream::iter((0..KEEPALIVES).map(move |_| pb::KeepAliveRequest {
         session_id: session,
+        session_secret: secret.clone(),
     }));
     let mut replies = client
         .keep_alive(requests)

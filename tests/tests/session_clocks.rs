@@ -86,6 +86,7 @@ async fn skewed_clocks_and_many_elections_expire_no_live_session() {
         .create(pb::CreateRequest {
             header: Some(pb::RequestHeader {
                 session_id: dead.session_id,
+                session_secret: dead.session_secret.clone(),
                 seq: 1,
                 ..Default::default()
             }),

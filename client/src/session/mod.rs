@@ -112,6 +112,9 @@ use tasks::{keepalive_task, stopped, thread_exit_task, until_applied};
 /// [`SessionInner`], so dropping the last [`Session`] is observable.
 pub(crate) struct SessionCore {
     id: u64,
+    /// The session's secret (`OpenSessionReply.session_secret`), sent with every request that
+    /// names the session. Never logged.
+    secret: Vec<u8>,
     ttl: Duration,
     client: Client,
     /// The runtime the session was opened in: background closes are spawned there.
@@ -145,6 +148,7 @@ impl<S: std::ops::Deref<Target = SessionCore>> InFlight<S> {
             let (seq, ack_below) = seqs.begin();
             v1::RequestHeader {
                 session_id: shared.id,
+                session_secret: shared.secret.clone(),
                 seq,
                 ack_below,
                 waits_done: seqs.waits_done(),
@@ -371,6 +375,7 @@ impl Session {
     pub(crate) fn start(
         client: Client,
         id: u64,
+        secret: Vec<u8>,
         ttl: Duration,
         margin: Duration,
         sent_at: Instant,
@@ -380,6 +385,7 @@ impl Session {
         let (exits, exits_rx) = mpsc::channel(THREAD_EXITS_QUEUED_MAX);
         let shared = Arc::new(SessionCore {
             id,
+            secret,
             ttl,
             client,
             runtime: tokio::runtime::Handle::current(),
@@ -412,6 +418,13 @@ impl Session {
     /// The session id the server assigned (never reused).
     pub fn id(&self) -> u64 {
         self.shared().id
+    }
+
+    /// The session's secret (`OpenSessionReply.session_secret`), for tools that speak the
+    /// gRPC API directly in this session's name. Whoever holds it can act as the session: do
+    /// not log it.
+    pub fn secret(&self) -> &[u8] {
+        &self.shared().secret
     }
 
     /// The TTL the server granted at open.
@@ -745,13 +758,15 @@ impl Session {
         self.ensure_alive()?;
         let request = v1::QueryRequest {
             session_id: self.id(),
+            session_secret: self.shared().secret.clone(),
             handle,
         };
         let reply = self
             .shared()
             .client
-            .call(self.unary_policy("Query"), |mut c| async move {
-                c.query(request).await
+            .call(self.unary_policy("Query"), |mut c| {
+                let request = request.clone();
+                async move { c.query(request).await }
             })
             .await?;
         match reply.error {
@@ -784,6 +799,7 @@ mod tests {
         let session = Session::start(
             client,
             7,
+            vec![0; 16],
             Duration::from_millis(900),
             Duration::ZERO,
             Instant::now(),
@@ -815,6 +831,7 @@ mod tests {
         let session = Session::start(
             client,
             7,
+            vec![0; 16],
             Duration::from_secs(60),
             Duration::ZERO,
             Instant::now(),

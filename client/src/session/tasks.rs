@@ -102,6 +102,7 @@ pub(super) async fn keepalive_task(shared: Arc<SessionCore>) {
     let attempt_timeout = shared.client.config().attempt_timeout;
     let request = v1::KeepAliveRequest {
         session_id: shared.id,
+        session_secret: shared.secret.clone(),
     };
     let mut backoff = Backoff::new();
     loop {
@@ -114,7 +115,7 @@ pub(super) async fn keepalive_task(shared: Arc<SessionCore>) {
         let (tx, rx) = mpsc::channel(4);
         let mut sent = VecDeque::new();
         sent.push_back(Instant::now());
-        let _ = tx.try_send(request);
+        let _ = tx.try_send(request.clone());
         let mut client = DlockClient::new(channel);
         let open =
             tokio::time::timeout(attempt_timeout, client.keep_alive(ReceiverStream::new(rx)));
@@ -136,7 +137,7 @@ pub(super) async fn keepalive_task(shared: Arc<SessionCore>) {
                                 break StreamEnd::Unresponsive;
                             }
                             sent.push_back(Instant::now());
-                            if tx.send(request).await.is_err() {
+                            if tx.send(request.clone()).await.is_err() {
                                 break StreamEnd::Broken(None);
                             }
                         }

@@ -135,6 +135,7 @@ impl Session {
                 .max(Duration::from_millis(1));
             let request = v1::AwaitWaitRequest {
                 session_id: shared.id,
+                session_secret: shared.secret.clone(),
                 seq,
                 max_block_ms: u32::try_from(block.as_millis()).unwrap_or(u32::MAX),
             };
@@ -146,7 +147,10 @@ impl Session {
             };
             reply = match shared
                 .client
-                .call(policy, |mut c| async move { c.await_wait(request).await })
+                .call(policy, |mut c| {
+                    let request = request.clone();
+                    async move { c.await_wait(request).await }
+                })
                 .await
             {
                 Ok(reply) => reply,

@@ -89,6 +89,7 @@ impl Dlock for Node {
             session_id: id,
             ttl_ms: ttl,
             lease_margin_ms: 0,
+            session_secret: vec![0; 16],
         }))
     }
 

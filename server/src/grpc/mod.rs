@@ -30,7 +30,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lease::LeaseConfirmer;
 use crate::metrics::Metrics;
-use crate::namespace::{Command, CreateParams, ObjectKind, Reply, Request, validate_request};
+use crate::namespace::{
+    Command, CreateParams, ObjectKind, Reply, Request, SessionSecret, validate_request,
+};
 use crate::replica::{Replica, lock, now_unix_ms};
 use convert::{kind_from_wire, query_reply, status_reply, unexpected};
 use dlock_proto::vocab::Win32Error;
@@ -122,8 +124,10 @@ impl DlockService {
             )));
         }
         let session = header.session_id;
+        let secret = wire_secret(session, &header.session_secret)?;
         let command = Command::Client {
             session,
+            secret,
             seq: header.seq,
             ack_below: header.ack_below,
             waits_done: header.waits_done,
@@ -132,11 +136,37 @@ impl DlockService {
         };
         match self.propose(command).await? {
             Reply::SessionUnknown => Err(to_status(Error::SessionUnknown(session))),
+            Reply::SecretMismatch => {
+                warn!(
+                    session,
+                    "a request without its session's secret was refused"
+                );
+                Err(to_status(Error::SecretMismatch(session)))
+            }
             Reply::TooManyPending => Err(to_status(Error::Overloaded(format!(
                 "session {session} has too many unacknowledged requests"
             )))),
             reply => Ok(reply),
         }
+    }
+}
+
+/// The session secret a request carried: PERMISSION_DENIED unless it is 16 bytes (a wrong one
+/// of the right length is found out where the session is known).
+fn wire_secret(session: u64, bytes: &[u8]) -> Result<SessionSecret, Status> {
+    SessionSecret::from_wire(bytes).ok_or_else(|| to_status(Error::SecretMismatch(session)))
+}
+
+/// Refuses a read request (`Query`, `AwaitWait`) naming a session the namespace knows without
+/// its secret. An unknown session passes: the read itself reports it.
+fn check_read_secret(replica: &Replica, session: u64, bytes: &[u8]) -> Result<(), Status> {
+    let secret = wire_secret(session, bytes)?;
+    match lock(&replica.ns).session_secret(session) {
+        Some(known) if !known.matches(&secret) => {
+            warn!(session, "a read without its session's secret was refused");
+            Err(to_status(Error::SecretMismatch(session)))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -187,8 +217,10 @@ impl Dlock for DlockService {
         }
         let ttl_ms = self.config.grant_ttl_ms(req.ttl_ms);
         tracing::Span::current().record("ttl_ms", ttl_ms);
+        let secret = SessionSecret::random();
         let command = Command::OpenSession {
             ttl_ms,
+            secret,
             now_unix_ms: now_unix_ms(),
             client_name: req.client_name,
         };
@@ -199,6 +231,7 @@ impl Dlock for DlockService {
                     session_id: session,
                     ttl_ms,
                     lease_margin_ms: self.config.election_timeout_max_ms(),
+                    session_secret: secret.0.to_vec(),
                 }))
             }
             Reply::Error(Win32Error::NO_SYSTEM_RESOURCES) => Err(to_status(Error::Overloaded(
@@ -231,7 +264,9 @@ impl Dlock for DlockService {
                 confirmer.clone(),
             );
             async move {
-                let session_id = item?.session_id;
+                let item = item?;
+                let session_id = item.session_id;
+                let secret = wire_secret(session_id, &item.session_secret)?;
                 let leadership = *node.leadership().borrow();
                 if !leadership.is_leader {
                     let err = Error::NotLeader {
@@ -239,9 +274,9 @@ impl Dlock for DlockService {
                     };
                     return Err(not_leader_hint(&directory, err));
                 }
-                let ttl = keep_alive(&replica, &node, &confirmer, session_id)
+                let ttl = keep_alive(&replica, &node, &confirmer, session_id, &secret)
                     .await
-                    .map_err(|e| not_leader_hint(&directory, Error::from(e)))?;
+                    .map_err(|e| not_leader_hint(&directory, e))?;
                 Ok(pb::KeepAliveReply {
                     session_id,
                     ttl_ms: ttl.map_or(0, |ttl| ttl.as_millis() as u64),
@@ -486,8 +521,9 @@ impl Dlock for DlockService {
         tracing::Span::current().record("session", req.session_id);
         tracing::Span::current().record("seq", req.seq);
         let max_block = Duration::from_millis(u64::from(req.max_block_ms)).min(AWAIT_BLOCK_MAX);
+        let secret = wire_secret(req.session_id, &req.session_secret)?;
         Ok(Response::new(
-            self.await_outcome(req.session_id, req.seq, max_block)
+            self.await_outcome(req.session_id, &secret, req.seq, max_block)
                 .await?,
         ))
     }
@@ -532,6 +568,7 @@ impl Dlock for DlockService {
             .read_index()
             .await
             .map_err(|e| self.cluster_error(e))?;
+        check_read_secret(&self.replica, req.session_id, &req.session_secret)?;
         let state = lock(&self.replica.ns).query(req.session_id, req.handle);
         Ok(Response::new(query_reply(state)))
     }

@@ -12,6 +12,7 @@ pub fn to_status(err: Error) -> Status {
         Error::Overloaded(_) => Code::ResourceExhausted,
         Error::InvalidArgument(_) | Error::Config(_) => Code::InvalidArgument,
         Error::SessionUnknown(_) => Code::NotFound,
+        Error::SecretMismatch(_) => Code::PermissionDenied,
         Error::ChangePending => Code::FailedPrecondition,
         Error::Internal(_) | Error::Io { .. } => Code::Internal,
     };

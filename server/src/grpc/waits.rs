@@ -11,7 +11,7 @@ use super::convert::{pending_reply, unexpected, wait_reply};
 use super::refused_before_log;
 use super::status::to_status;
 use crate::error::Error;
-use crate::namespace::{Reply, Request, WaitOutcome, WaitStatus};
+use crate::namespace::{Reply, Request, SessionSecret, WaitOutcome, WaitStatus};
 use crate::replica::lock;
 
 /// Longest `AwaitWait` block: a call still pending after this answers `pending` and the client
@@ -56,6 +56,7 @@ impl DlockService {
     pub(super) async fn await_outcome(
         &self,
         session: u64,
+        secret: &SessionSecret,
         seq: u64,
         max_block: Duration,
     ) -> Result<pb::WaitReply, Status> {
@@ -71,7 +72,20 @@ impl DlockService {
                 "too many blocked waits on this node".into(),
             ))
         })?;
-        match self.wait_status(session, seq).await? {
+        let status = self.wait_status(session, seq).await?;
+        // Only the session's opener may read its outcomes (the namespace is up to date here).
+        match lock(&self.replica.ns).session_secret(session) {
+            Some(known) if known.matches(secret) => {}
+            Some(_) => {
+                tracing::warn!(
+                    session,
+                    "an AwaitWait without its session's secret was refused"
+                );
+                return Err(to_status(Error::SecretMismatch(session)));
+            }
+            None => return Err(to_status(Error::SessionUnknown(session))),
+        }
+        match status {
             WaitStatus::Resolved(outcome) => return Ok(wait_reply(outcome)),
             WaitStatus::Pending => {}
             WaitStatus::SessionUnknown => return Err(to_status(Error::SessionUnknown(session))),

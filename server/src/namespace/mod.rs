@@ -207,7 +207,7 @@ pub const REPLIES_MAX: usize = 1_000_000;
 /// Longest `OpenSession::client_name`, in bytes. Longer names get `Error(87)` and no session.
 pub const CLIENT_NAME_MAX_BYTES: usize = 256;
 /// The first byte of every snapshot; [`Namespace::restore`] refuses any other.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 5;
 /// The largest namespace image ([`Namespace::snapshot`]) the default limits allow: every
 /// limit reached at once with the largest item of each kind (longest names, 64-object waits,
 /// 64-object grants), as built by the test `the_largest_state_fits_its_bound`. A node that
@@ -440,9 +440,10 @@ impl Namespace {
         let reply = match command {
             Command::OpenSession {
                 ttl_ms,
+                secret,
                 now_unix_ms,
                 client_name,
-            } => self.open_session(index, *ttl_ms, *now_unix_ms, client_name),
+            } => self.open_session(index, *ttl_ms, *secret, *now_unix_ms, client_name),
             Command::Checkpoint {
                 elapsed_ms,
                 sessions,
@@ -469,6 +470,7 @@ impl Namespace {
             }
             Command::Client {
                 session,
+                secret,
                 seq,
                 ack_below,
                 waits_done,
@@ -476,7 +478,7 @@ impl Namespace {
                 request,
             } => self.client(
                 index,
-                *session,
+                (*session, secret),
                 (*seq, *ack_below),
                 waits_done,
                 *now_unix_ms,

@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{HandleId, Reply, Seq, SessionId};
+use super::types::{HandleId, Reply, Seq, SessionId, SessionSecret};
 use super::wait::Outcome;
 
 /// A session's replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Session {
+    /// The secret every request naming the session must carry.
+    pub secret: SessionSecret,
     /// Client description (host, pid), for logs and status.
     pub client_name: String,
     /// Lease length without keepalives, in milliseconds.
@@ -82,6 +84,7 @@ impl Namespace {
         &mut self,
         index: u64,
         ttl_ms: u64,
+        secret: SessionSecret,
         _now: u64,
         client_name: &str,
     ) -> Reply {
@@ -92,6 +95,7 @@ impl Namespace {
             return Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
         }
         let session = Session {
+            secret,
             client_name: client_name.to_string(),
             ttl_ms,
             heard_at_watched_ms: self.watched_ms,
@@ -104,6 +108,12 @@ impl Namespace {
         let previous = self.sessions.insert(index, session);
         assert!(previous.is_none(), "session id {index} reused");
         Reply::SessionOpened { session: index }
+    }
+
+    /// The secret of session `id`, if it exists (for the requests that do not go through the
+    /// log: keepalives, `AwaitWait`, `Query`).
+    pub fn session_secret(&self, id: SessionId) -> Option<SessionSecret> {
+        self.sessions.get(&id).map(|s| s.secret)
     }
 
     /// Ends a session (expiry or close): fails its pending waits with 6, abandons every mutex its
@@ -146,13 +156,13 @@ impl Namespace {
         );
     }
 
-    /// A client request: session check, acknowledged wait outcomes, dedupe, acknowledgement
-    /// pruning, the reply-table limit, then the operation; the reply is recorded.
+    /// A client request: session and secret check, acknowledged wait outcomes, dedupe,
+    /// acknowledgement pruning, the reply-table limit, then the operation; the reply is recorded.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn client(
         &mut self,
         index: u64,
-        id: SessionId,
+        (id, secret): (SessionId, &SessionSecret),
         (seq, ack_below): (Seq, Seq),
         waits_done: &[Seq],
         now: u64,
@@ -163,6 +173,9 @@ impl Namespace {
         let Some(session) = self.sessions.get_mut(&id) else {
             return Reply::SessionUnknown;
         };
+        if !session.secret.matches(secret) {
+            return Reply::SecretMismatch;
+        }
         // The client has these outcomes: forget them (idempotent, so also on a retry).
         for done in waits_done.iter().take(self.limits.waits_per_session_max) {
             if session.outcomes.remove(done).is_some() {

@@ -114,6 +114,7 @@ impl Runner {
         let explicit_seq = seq != *next - 1;
         let validation = validate_request(&request);
         let command = Command::Client {
+            secret: SessionSecret::default(),
             session,
             seq,
             ack_below: ack,
@@ -167,6 +168,7 @@ impl Runner {
         match reply {
             Reply::SessionOpened { session } => format!("session opened id={session}"),
             Reply::SessionUnknown => "session unknown".into(),
+            Reply::SecretMismatch => "secret mismatch".into(),
             Reply::Created {
                 handle,
                 already_existed,
@@ -411,6 +413,7 @@ impl goldenscript::Runner for Runner {
                 let ttl_ms = key(&mut args, "ttl", 10_000)?;
                 let client_name = key(&mut args, "client", "test".to_string())?;
                 let output = self.apply(Command::OpenSession {
+                    secret: SessionSecret::default(),
                     ttl_ms,
                     now_unix_ms: self.now,
                     client_name,
@@ -767,6 +770,7 @@ fn test_goldenscript(path: &std::path::Path) {
 /// A fixed mix of commands touching every kind of state.
 fn sample_commands() -> Vec<Command> {
     let client = |session, seq, request| Command::Client {
+        secret: SessionSecret::default(),
         session,
         seq,
         ack_below: 0,
@@ -782,11 +786,13 @@ fn sample_commands() -> Vec<Command> {
     };
     vec![
         Command::OpenSession {
+            secret: SessionSecret::default(),
             ttl_ms: 1_000,
             now_unix_ms: 1,
             client_name: "a".into(),
         },
         Command::OpenSession {
+            secret: SessionSecret::default(),
             ttl_ms: 2_000,
             now_unix_ms: 2,
             client_name: "b".into(),
@@ -1007,6 +1013,7 @@ fn validate_request_checks_fields() {
 fn apply_refuses_a_non_increasing_index() {
     let mut ns = Namespace::new();
     let open = Command::OpenSession {
+        secret: SessionSecret::default(),
         ttl_ms: 1,
         now_unix_ms: 1,
         client_name: String::new(),
@@ -1019,6 +1026,7 @@ fn apply_refuses_a_non_increasing_index() {
 fn open_session_refuses_a_long_client_name() {
     let mut ns = Namespace::new();
     let open = |name: String| Command::OpenSession {
+        secret: SessionSecret::default(),
         ttl_ms: 1,
         now_unix_ms: 1,
         client_name: name,
@@ -1069,6 +1077,7 @@ fn largest_namespace(budget: WaitBudget) -> Namespace {
         ns.sessions.insert(
             session_id(i),
             Session {
+                secret: SessionSecret::default(),
                 client_name: "x".repeat(CLIENT_NAME_MAX_BYTES),
                 ttl_ms: u64::from(u32::MAX),
                 heard_at_watched_ms: base,
@@ -1263,4 +1272,63 @@ fn objects_and_sessions_list_in_pages() {
     assert!(more && first.len() == 1);
     let (second, more) = ns.list_sessions(first[0].info.id, 1);
     assert!(!more && second.len() == 1 && second[0].info.client_name == "b");
+}
+
+/// Issue 13: session ids are log indexes, so anyone could act in another session's name. A
+/// request without the session's secret gets `SecretMismatch`, records nothing (the same
+/// sequence number with the right secret then runs), and changes nothing.
+#[test]
+fn a_request_without_its_sessions_secret_changes_nothing() {
+    let mut ns = Namespace::new();
+    let secret = SessionSecret([7; 16]);
+    let open = Command::OpenSession {
+        secret,
+        ttl_ms: 1_000,
+        now_unix_ms: 1,
+        client_name: "owner".into(),
+    };
+    assert_eq!(
+        ns.apply(1, &open).reply,
+        Some(Reply::SessionOpened { session: 1 })
+    );
+    let create = |secret| Command::Client {
+        session: 1,
+        secret,
+        seq: 1,
+        ack_below: 0,
+        waits_done: Vec::new(),
+        now_unix_ms: 2,
+        request: Request::Create {
+            thread: 1,
+            name: Some("taken".into()),
+            params: CreateParams::Mutex {
+                initial_owner: true,
+            },
+            access: GENERIC_ALL,
+        },
+    };
+    let before = ns.snapshot();
+    for (index, wrong) in [(2, SessionSecret::default()), (3, SessionSecret([8; 16]))] {
+        assert_eq!(
+            ns.apply(index, &create(wrong)).reply,
+            Some(Reply::SecretMismatch)
+        );
+    }
+    assert_eq!(
+        Namespace::restore(&before)
+            .unwrap()
+            .sessions()
+            .collect::<Vec<_>>(),
+        ns.sessions().collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        ns.apply(4, &create(secret)).reply,
+        Some(Reply::Created { .. })
+    ));
+    assert_eq!(ns.session_secret(1), Some(secret));
+    assert!(secret.matches(&SessionSecret([7; 16])));
+    let mut last_differs = [7; 16];
+    last_differs[15] = 6;
+    assert!(!secret.matches(&SessionSecret(last_differs)));
+    assert_eq!(format!("{secret:?}"), "SessionSecret(..)", "never printed");
 }

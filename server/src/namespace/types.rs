@@ -18,6 +18,46 @@ pub type ThreadId = u64;
 /// (a retry reuses the number of the request it retries).
 pub type Seq = u64;
 
+/// A session's secret: 16 random bytes drawn by the leader that opened it. Session ids are log
+/// indexes, which anyone can guess; the secret is what proves a request comes from the session's
+/// opener.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SessionSecret(pub [u8; 16]);
+
+impl SessionSecret {
+    /// A fresh secret from the operating system's random source.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system has no random source (no supported Linux lacks one).
+    pub fn random() -> SessionSecret {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the OS random source works");
+        SessionSecret(bytes)
+    }
+
+    /// The secret a request carried, as bytes off the wire; `None` unless exactly 16 bytes.
+    pub fn from_wire(bytes: &[u8]) -> Option<SessionSecret> {
+        bytes.try_into().ok().map(SessionSecret)
+    }
+
+    /// Whether `other` is this secret, in time that does not depend on where they differ.
+    pub fn matches(&self, other: &SessionSecret) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for SessionSecret {
+    /// Never prints the bytes: logs and test output must not leak a session's secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionSecret(..)")
+    }
+}
+
 /// A command as it is stored in the Raft log. Time only ever enters the state machine as data in
 /// a command: durations measured by the proposing leader on its monotonic clock (`Checkpoint`),
 /// and wall-clock stamps (`now_unix_ms`) kept for the record, never compared.
@@ -28,6 +68,9 @@ pub enum Command {
         /// Time-to-live of the session without keepalives, in milliseconds (already validated
         /// against the server's limits).
         ttl_ms: u64,
+        /// The session's secret, drawn at random by the proposing leader (so that apply stays
+        /// deterministic): every later request naming the session must carry it.
+        secret: SessionSecret,
         /// Wall-clock time at the proposing node.
         now_unix_ms: u64,
         /// Free-form client description (host, pid) for logs and status; bounded by the server.
@@ -78,6 +121,9 @@ pub enum Command {
         /// The requesting session. An unknown (expired or closed) session gets
         /// `Reply::SessionUnknown` and nothing happens.
         session: SessionId,
+        /// The secret the request carried: unless it is the session's, the reply is
+        /// `Reply::SecretMismatch` and nothing happens (not even a dedupe lookup).
+        secret: SessionSecret,
         /// The request's sequence number. If a reply for it is already recorded, that reply is
         /// returned again and nothing else happens.
         seq: Seq,
@@ -236,6 +282,8 @@ pub enum Reply {
     },
     /// The command's session does not exist (never did, expired or closed).
     SessionUnknown,
+    /// The command named a session without its secret: nothing happened.
+    SecretMismatch,
     /// A create succeeded.
     Created {
         /// The new handle.
