@@ -43,8 +43,9 @@ pub enum Error {
     /// is invalid (for example an endpoint that is not `host:port`). Fix the caller.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// The server answered with a gRPC status the protocol does not use (for example
-    /// `UNIMPLEMENTED` from a node of another version, or `PERMISSION_DENIED` from a proxy).
+    /// The server answered with a gRPC status the protocol does not use for this call (for
+    /// example `UNIMPLEMENTED` from a node of another version), or `PERMISSION_DENIED` (a
+    /// request the server did not take this session's secret for, or a proxy's refusal).
     #[error("transport error: {0}")]
     Transport(String),
     /// A reply violated the wire contract (for example an unknown wait result). Indicates a bug

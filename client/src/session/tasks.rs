@@ -199,6 +199,18 @@ pub(super) async fn keepalive_task(shared: Arc<SessionCore>) {
                 shared.mark_server_expired("keepalive: session not found");
                 return;
             }
+            if status.code() == tonic::Code::PermissionDenied {
+                // The server does not take this session's secret (a server of another version,
+                // or not the cluster that opened it): no keepalive will ever renew it.
+                tracing::warn!(
+                    session = shared.id,
+                    node,
+                    message = status.message(),
+                    "the server refused this session's keepalives; the session is lost"
+                );
+                shared.mark_server_expired("keepalive: permission denied");
+                return;
+            }
         }
         let followed = status
             .as_ref()

@@ -125,6 +125,18 @@ impl DlockService {
         }
         let session = header.session_id;
         let secret = wire_secret(session, &header.session_secret)?;
+        // A known session's secret never changes: a wrong one is refused here without costing
+        // a log entry (apply checks again, for a session this node has not applied yet).
+        if lock(&self.replica.ns)
+            .session_secret(session)
+            .is_some_and(|known| !known.matches(&secret))
+        {
+            warn!(
+                session,
+                "a request without its session's secret was refused"
+            );
+            return Err(to_status(Error::SecretMismatch(session)));
+        }
         let command = Command::Client {
             session,
             secret,

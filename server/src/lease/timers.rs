@@ -304,7 +304,7 @@ mod tests {
 
     fn open(ns: &mut Namespace, index: u64, now_unix_ms: u64) {
         let open = Command::OpenSession {
-            secret: crate::namespace::SessionSecret::default(),
+            secret: crate::namespace::SessionSecret([0; 16]),
             ttl_ms: 1_000,
             now_unix_ms,
             client_name: "test".into(),

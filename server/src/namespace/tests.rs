@@ -114,7 +114,7 @@ impl Runner {
         let explicit_seq = seq != *next - 1;
         let validation = validate_request(&request);
         let command = Command::Client {
-            secret: SessionSecret::default(),
+            secret: SessionSecret([0; 16]),
             session,
             seq,
             ack_below: ack,
@@ -413,7 +413,7 @@ impl goldenscript::Runner for Runner {
                 let ttl_ms = key(&mut args, "ttl", 10_000)?;
                 let client_name = key(&mut args, "client", "test".to_string())?;
                 let output = self.apply(Command::OpenSession {
-                    secret: SessionSecret::default(),
+                    secret: SessionSecret([0; 16]),
                     ttl_ms,
                     now_unix_ms: self.now,
                     client_name,
@@ -770,7 +770,7 @@ fn test_goldenscript(path: &std::path::Path) {
 /// A fixed mix of commands touching every kind of state.
 fn sample_commands() -> Vec<Command> {
     let client = |session, seq, request| Command::Client {
-        secret: SessionSecret::default(),
+        secret: SessionSecret([0; 16]),
         session,
         seq,
         ack_below: 0,
@@ -786,13 +786,13 @@ fn sample_commands() -> Vec<Command> {
     };
     vec![
         Command::OpenSession {
-            secret: SessionSecret::default(),
+            secret: SessionSecret([0; 16]),
             ttl_ms: 1_000,
             now_unix_ms: 1,
             client_name: "a".into(),
         },
         Command::OpenSession {
-            secret: SessionSecret::default(),
+            secret: SessionSecret([0; 16]),
             ttl_ms: 2_000,
             now_unix_ms: 2,
             client_name: "b".into(),
@@ -1013,7 +1013,7 @@ fn validate_request_checks_fields() {
 fn apply_refuses_a_non_increasing_index() {
     let mut ns = Namespace::new();
     let open = Command::OpenSession {
-        secret: SessionSecret::default(),
+        secret: SessionSecret([0; 16]),
         ttl_ms: 1,
         now_unix_ms: 1,
         client_name: String::new(),
@@ -1026,7 +1026,7 @@ fn apply_refuses_a_non_increasing_index() {
 fn open_session_refuses_a_long_client_name() {
     let mut ns = Namespace::new();
     let open = |name: String| Command::OpenSession {
-        secret: SessionSecret::default(),
+        secret: SessionSecret([0; 16]),
         ttl_ms: 1,
         now_unix_ms: 1,
         client_name: name,
@@ -1077,7 +1077,7 @@ fn largest_namespace(budget: WaitBudget) -> Namespace {
         ns.sessions.insert(
             session_id(i),
             Session {
-                secret: SessionSecret::default(),
+                secret: SessionSecret([0; 16]),
                 client_name: "x".repeat(CLIENT_NAME_MAX_BYTES),
                 ttl_ms: u64::from(u32::MAX),
                 heard_at_watched_ms: base,
@@ -1308,7 +1308,7 @@ fn a_request_without_its_sessions_secret_changes_nothing() {
         },
     };
     let before = ns.snapshot();
-    for (index, wrong) in [(2, SessionSecret::default()), (3, SessionSecret([8; 16]))] {
+    for (index, wrong) in [(2, SessionSecret([0; 16])), (3, SessionSecret([8; 16]))] {
         assert_eq!(
             ns.apply(index, &create(wrong)).reply,
             Some(Reply::SecretMismatch)

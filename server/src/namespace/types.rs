@@ -21,7 +21,7 @@ pub type Seq = u64;
 /// A session's secret: 16 random bytes drawn by the leader that opened it. Session ids are log
 /// indexes, which anyone can guess; the secret is what proves a request comes from the session's
 /// opener.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionSecret(pub [u8; 16]);
 
 impl SessionSecret {
