@@ -145,6 +145,8 @@
 //!   an owner index (rebuilt from the objects on restore, checked by `verify`) makes it cost
 //!   what the owner holds.
 
+#[cfg(test)]
+mod fuzz;
 mod object;
 mod session;
 #[cfg(test)]
@@ -206,6 +208,42 @@ pub const REPLIES_PER_SESSION_MAX: usize = 1_024;
 pub const REPLIES_MAX: usize = 1_000_000;
 /// Longest `OpenSession::client_name`, in bytes. Longer names get `Error(87)` and no session.
 pub const CLIENT_NAME_MAX_BYTES: usize = 256;
+/// Decodes a map of a snapshot entry by entry. imbl's own `Deserialize` reserves capacity for
+/// the length the bytes claim, so one corrupt length (a damaged snapshot file, a forged
+/// `MsgSnapshot`) made the node abort on a multi-terabyte allocation; this grows with the
+/// entries actually present, and a short input fails with an error.
+fn cautious_map<'de, D, K, V>(deserializer: D) -> Result<OrdMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Ord + Clone,
+    V: Deserialize<'de> + Clone,
+{
+    struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K, V> serde::de::Visitor<'de> for Entries<K, V>
+    where
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+    {
+        type Value = OrdMap<K, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut entries = OrdMap::new();
+            while let Some((key, value)) = map.next_entry()? {
+                entries.insert(key, value);
+            }
+            Ok(entries)
+        }
+    }
+    deserializer.deserialize_map(Entries(std::marker::PhantomData))
+}
+
 /// The first byte of every snapshot; [`Namespace::restore`] refuses any other.
 pub const SNAPSHOT_FORMAT_VERSION: u8 = 5;
 /// The largest namespace image ([`Namespace::snapshot`]) the default limits allow: every
@@ -354,16 +392,20 @@ pub struct Namespace {
     /// The last object id handed out.
     last_object_id: ObjectId,
     /// Sessions by id.
+    #[serde(deserialize_with = "cautious_map")]
     sessions: OrdMap<SessionId, Session>,
     /// Handles by id.
+    #[serde(deserialize_with = "cautious_map")]
     handles: OrdMap<HandleId, Handle>,
     /// Objects by id.
+    #[serde(deserialize_with = "cautious_map")]
     objects: OrdMap<ObjectId, Object>,
     /// Name (namespace key) → object: an index over `objects` (not part of snapshots, where it
     /// would double the largest part of the largest state; rebuilt by `restore`).
     #[serde(skip)]
     names: OrdMap<String, ObjectId>,
     /// Pending waits by `(session, seq)`.
+    #[serde(deserialize_with = "cautious_map")]
     waits: OrdMap<WaitKey, Wait>,
     /// Watched time: the sum of every checkpoint's `elapsed_ms` (see `Command::Checkpoint`).
     watched_ms: u64,
