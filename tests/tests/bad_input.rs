@@ -435,3 +435,220 @@ async fn requests_in_another_sessions_name_without_its_secret_change_nothing() {
         .into_inner();
     assert_eq!(released.error, 0);
 }
+
+/// Issue 13 (fuzzing, at the gRPC layer): random requests of every kind, with random field
+/// values (unknown kinds and handles, bad names, huge counts, 70-handle waits, random sequence
+/// numbers and acknowledgements, wrong secrets), in one session's name against a real dlockd.
+/// Each is answered with a reply or a documented status, the node keeps serving, and the
+/// session still works. `DLOCK_FUZZ_SEED` repeats a run; `DLOCK_FUZZ_CASES` sets its length.
+#[tokio::test]
+async fn random_requests_are_answered_and_the_node_keeps_serving() {
+    let (_dir, server) = server();
+    let mut s = Session::open(&server).await;
+    let seed = std::env::var("DLOCK_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let cases: u64 = std::env::var("DLOCK_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    eprintln!("--- fuzz seed {seed} (DLOCK_FUZZ_SEED={seed} repeats it), {cases} requests");
+    let mut rng = dlock_cluster::sim::SplitMix64::new(seed);
+    let names = [
+        "",
+        "a",
+        "b",
+        "Global\\a",
+        "Local\\a",
+        "\\lead",
+        "a\\\\b",
+        "x\\y",
+        "ü€𝄞",
+    ];
+    let long = "n".repeat(300);
+    for i in 0..cases {
+        let mut r = || rng.next_u64();
+        let handle = if r() % 4 == 0 { r() } else { r() % 12 };
+        let thread_id = r() % 4;
+        let header = match r() % 10 {
+            // A sequence and acknowledgements of its own choosing.
+            0 => Some(pb::RequestHeader {
+                session_id: s.id,
+                session_secret: s.secret.clone(),
+                seq: r() % 50,
+                ack_below: if r() % 2 == 0 { r() % 50 } else { r() },
+                waits_done: (0..r() % 5).map(|_| r() % 50).collect(),
+            }),
+            // Another session's id, or no secret.
+            1 => Some(pb::RequestHeader {
+                session_id: r() % 5,
+                session_secret: if r() % 2 == 0 {
+                    vec![0; 16]
+                } else {
+                    Vec::new()
+                },
+                seq: 1 + r() % 50,
+                ..Default::default()
+            }),
+            2 => None,
+            _ => s.header(),
+        };
+        let name = match r() % 12 {
+            0 => None,
+            1 => Some(long.clone()),
+            k => Some(names[(k as usize) % names.len()].to_string()),
+        };
+        let small = |v: u64| (v % 7) as i32 - 2;
+        let result: Result<(), tonic::Status> = match r() % 14 {
+            0 | 1 => s
+                .client
+                .create(pb::CreateRequest {
+                    header,
+                    thread_id,
+                    kind: (r() % 5) as i32,
+                    name,
+                    access: if r() % 2 == 0 {
+                        r() as u32
+                    } else {
+                        MUTEX_ALL_ACCESS
+                    },
+                    initial_count: small(r()),
+                    maximum_count: if r() % 8 == 0 { i32::MAX } else { small(r()) },
+                    initial_owner: r() % 2 == 0,
+                    manual_reset: r() % 2 == 0,
+                    initial_state: r() % 2 == 0,
+                })
+                .await
+                .map(drop),
+            2 => s
+                .client
+                .open(pb::OpenRequest {
+                    header,
+                    kind: (r() % 5) as i32,
+                    name,
+                    access: r() as u32,
+                })
+                .await
+                .map(drop),
+            3 => s
+                .client
+                .close_handle(pb::HandleRequest {
+                    header,
+                    handle,
+                    thread_id,
+                })
+                .await
+                .map(drop),
+            4 => s
+                .client
+                .release_mutex(pb::HandleRequest {
+                    header,
+                    handle,
+                    thread_id,
+                })
+                .await
+                .map(drop),
+            5 => s
+                .client
+                .set_event(pb::HandleRequest {
+                    header,
+                    handle,
+                    thread_id,
+                })
+                .await
+                .map(drop),
+            6 => s
+                .client
+                .pulse_event(pb::HandleRequest {
+                    header,
+                    handle,
+                    thread_id,
+                })
+                .await
+                .map(drop),
+            7 => s
+                .client
+                .release_semaphore(pb::ReleaseSemaphoreRequest {
+                    header,
+                    handle,
+                    count: if r() % 4 == 0 { i32::MAX } else { small(r()) },
+                })
+                .await
+                .map(drop),
+            8 | 9 => s
+                .client
+                .wait(pb::WaitRequest {
+                    header,
+                    thread_id,
+                    handles: (0..if r() % 10 == 0 { 70 } else { r() % 5 })
+                        .map(|_| r() % 12)
+                        .collect(),
+                    wait_all: r() % 2 == 0,
+                    timeout_ms: [0, 10, u32::MAX][(r() % 3) as usize],
+                })
+                .await
+                .map(drop),
+            10 => s
+                .client
+                .signal_and_wait(pb::SignalAndWaitRequest {
+                    header,
+                    thread_id,
+                    signal_handle: handle,
+                    wait_handle: r() % 12,
+                    timeout_ms: [0, 10, u32::MAX][(r() % 3) as usize],
+                })
+                .await
+                .map(drop),
+            11 => s
+                .client
+                .cancel_wait(pb::CancelWaitRequest {
+                    header,
+                    wait_seq: r() % 50,
+                })
+                .await
+                .map(drop),
+            12 => s
+                .client
+                .await_wait(pb::AwaitWaitRequest {
+                    session_id: s.id,
+                    session_secret: s.secret.clone(),
+                    seq: r() % 50,
+                    max_block_ms: (r() % 20) as u32,
+                })
+                .await
+                .map(drop),
+            _ => s
+                .client
+                .query(pb::QueryRequest {
+                    session_id: s.id,
+                    session_secret: s.secret.clone(),
+                    handle,
+                })
+                .await
+                .map(drop),
+        };
+        if let Err(status) = result {
+            assert!(
+                matches!(
+                    status.code(),
+                    Code::InvalidArgument
+                        | Code::NotFound
+                        | Code::PermissionDenied
+                        | Code::FailedPrecondition
+                        | Code::ResourceExhausted
+                ),
+                "request {i} (seed {seed}): {status}"
+            );
+        }
+    }
+    // The node serves, and the session goes on.
+    let name = unique("after-fuzz");
+    let created = s.create(pb::ObjectKind::Mutex, &name, 0, 0).await;
+    assert_eq!(created.error, 0, "{created:?}");
+}
