@@ -71,6 +71,15 @@ else
   static_build -p dlock-client --example scheduler --example worker --example named_objects
 fi
 
+# The compose cluster's development certificates (deploy/docker-compose.yml), made once: a
+# CA, node certificates for node1..3 and client certificates for the health check (ops), the
+# example services and the host (app). Keys readable by the containers' user (development only).
+if [[ ! -f deploy/certs/ca.pem ]]; then
+  "$out/dlockctl" certs init --dir deploy/certs --nodes 3 --clients ops,scheduler,worker,app \
+    --readable-keys >/dev/null
+  echo "build-image.sh: made development certificates in deploy/certs"
+fi
+
 context=$(mktemp -d)
 trap 'rm -rf "$context" "$context.log"' EXIT
 

@@ -6,16 +6,19 @@
 #   deploy/local-cluster.sh status  [DIR]   processes, then `dlockctl status --all`
 #   deploy/local-cluster.sh kill N  [DIR]   SIGKILL node N (a crash)
 #   deploy/local-cluster.sh restart N [DIR] stop node N if it runs, start it again
-#   deploy/local-cluster.sh env             print the DLOCK_ENDPOINTS line
+#   deploy/local-cluster.sh env     [DIR]   print the client settings (endpoints, CA, certificate)
 #
-# Node N (1-3) serves clients on 127.0.0.1:771N and Raft on 127.0.0.1:772N; its data is in
-# DIR/nodeN, its log in DIR/nodeN.log, its pid in DIR/nodeN.pid. DIR defaults to
-# ./dlock-cluster. Point clients at the cluster with the printed line:
+# Node N (1-3) serves clients on 127.0.0.1:771N and Raft on 127.0.0.1:772N, both with mutual
+# TLS: the first start makes a development CA, node certificates and client certificates
+# `admin` and `app` in DIR/certs (`dlockctl certs init`). Its data is in DIR/nodeN, its log in
+# DIR/nodeN.log, its pid in DIR/nodeN.pid. DIR defaults to ./dlock-cluster. Point clients at
+# the cluster with the printed lines:
 #
-#   export DLOCK_ENDPOINTS=127.0.0.1:7711,127.0.0.1:7712,127.0.0.1:7713
+#   eval "$(deploy/local-cluster.sh env)"
 #
 # Environment: DLOCK_BUILD_PROFILE (release, or debug to use target/debug), RUST_LOG (info),
-# DLOCKD_TICK_MS and every other DLOCKD_* setting of dlockd (passed through).
+# DLOCK_PLAINTEXT=1 (no TLS: for comparisons), DLOCKD_TICK_MS and every other DLOCKD_* setting
+# of dlockd (passed through).
 set -euo pipefail
 
 readonly HOST=127.0.0.1
@@ -79,6 +82,33 @@ port_open() {
     (exec 3<>"/dev/tcp/${HOST}/$1") 2>/dev/null
 }
 
+# dlockd's TLS flags for node $1 (none with DLOCK_PLAINTEXT=1).
+tls_flags() {
+    [[ "${DLOCK_PLAINTEXT:-0}" == 1 ]] && return 0
+    local certs="${dir}/certs"
+    echo --cert-file "${certs}/node-$1.pem" --key-file "${certs}/node-$1.key" \
+        --trusted-ca-file "${certs}/ca.pem" --client-cert-auth \
+        --peer-cert-file "${certs}/node-$1.pem" --peer-key-file "${certs}/node-$1.key" \
+        --peer-trusted-ca-file "${certs}/ca.pem"
+}
+
+# Makes the development certificates unless DIR/certs has them.
+make_certs() {
+    [[ "${DLOCK_PLAINTEXT:-0}" == 1 || -f "${dir}/certs/ca.pem" ]] && return 0
+    "${dlockctl}" certs init --dir "${dir}/certs" --nodes 3 --clients admin,app >/dev/null
+    echo "made a development CA and certificates in ${dir}/certs"
+}
+
+# dlockctl as the admin client.
+ctl() {
+    if [[ "${DLOCK_PLAINTEXT:-0}" == 1 ]]; then
+        "${dlockctl}" --endpoint "${ENDPOINTS}" "$@"
+    else
+        "${dlockctl}" --endpoint "${ENDPOINTS}" --cacert "${dir}/certs/ca.pem" \
+            --cert "${dir}/certs/client-admin.pem" --key "${dir}/certs/client-admin.key" "$@"
+    fi
+}
+
 start_node() {
     local n=$1 pid
     pid=$(running_pid "${n}")
@@ -94,6 +124,7 @@ start_node() {
         --client-addr "${HOST}:$(client_port "${n}")" \
         --peer-addr "${HOST}:$(peer_port "${n}")" \
         --initial-cluster "${INITIAL_CLUSTER}" \
+        $(tls_flags "${n}") \
         >>"${dir}/node${n}.log" 2>&1 </dev/null &
     pid=$!
     echo "${pid}" >"${dir}/node${n}.pid"
@@ -112,7 +143,7 @@ wait_listening() {
 
 wait_leader() {
     local deadline=$((SECONDS + START_TIMEOUT_S))
-    until "${dlockctl}" --endpoint "${ENDPOINTS}" --timeout-ms 2000 status 2>/dev/null |
+    until ctl --timeout-ms 2000 status 2>/dev/null |
         grep -Eq 'leader [0-9]+ '; do
         ((SECONDS < deadline)) || die "no leader elected within ${START_TIMEOUT_S} s"
         sleep 0.2
@@ -143,6 +174,10 @@ stop_node() {
 
 print_env() {
     echo "export DLOCK_ENDPOINTS=${ENDPOINTS}"
+    if [[ "${DLOCK_PLAINTEXT:-0}" != 1 ]]; then
+        echo "export DLOCK_CACERT=${dir}/certs/ca.pem"
+        echo "export DLOCK_CERT=${dir}/certs/client-app.pem DLOCK_KEY=${dir}/certs/client-app.key"
+    fi
 }
 
 [[ $# -ge 1 ]] || usage
@@ -169,6 +204,7 @@ readonly dir
 case "${command}" in
     start)
         build
+        make_certs
         for n in "${NODES[@]}"; do
             start_node "${n}"
         done
@@ -176,7 +212,7 @@ case "${command}" in
             wait_listening "${n}"
         done
         wait_leader
-        "${dlockctl}" --endpoint "${ENDPOINTS}" status --all
+        ctl status --all
         echo
         echo "cluster running; point clients at it with:"
         print_env
@@ -196,7 +232,7 @@ case "${command}" in
             fi
         done
         [[ -x "${dlockctl}" ]] || die "${dlockctl} is missing: run '$0 start' to build it"
-        "${dlockctl}" --endpoint "${ENDPOINTS}" --timeout-ms 3000 status --all
+        ctl --timeout-ms 3000 status --all
         ;;
     kill)
         pid=$(running_pid "${node}")

@@ -113,8 +113,19 @@ fn local_dir() -> &'static Path {
 
 /// Runs a compiled program against `endpoints`; its output.
 fn run(program: &Path, endpoints: &str, args: &[&str]) -> Output {
+    run_with(program, endpoints, args, &[])
+}
+
+/// Like [`run`], with more environment variables.
+fn run_with(
+    program: &Path,
+    endpoints: &str,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Output {
     Command::new(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("DLOCK_ENDPOINTS", endpoints)
         .env("DLOCK_SESSION_TTL_MS", TTL_MS.to_string())
         .env("DLOCK_LOCAL_DIR", local_dir())
@@ -173,6 +184,42 @@ async fn the_seed_c_code_runs_unchanged_against_three_nodes() {
     }
     let gone = run(&open, &endpoints, &[]);
     assert_eq!(stdout(&gone), "OpenMutex error: 2\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_c_code_runs_unchanged_against_a_mutual_tls_cluster() {
+    let dir = tempfile::tempdir().expect("build directory");
+    let create = compile("seed_create", dir.path());
+    let cluster = ProcCluster::start_tls(3, &[]).await;
+    cluster.leader().await;
+    let certs = cluster.certs_dir();
+    let (ca, cert, key) = (
+        certs.join("ca.pem"),
+        certs.join("client-alice.pem"),
+        certs.join("client-alice.key"),
+    );
+    let tls = [
+        ("DLOCK_CACERT", ca.as_os_str()),
+        ("DLOCK_CERT", cert.as_os_str()),
+        ("DLOCK_KEY", key.as_os_str()),
+    ];
+    let quick = ("DLOCK_REQUEST_TIMEOUT_MS", std::ffi::OsStr::new("1500"));
+    let https = cluster
+        .endpoint_list()
+        .iter()
+        .map(|e| format!("https://{e}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let first = run_with(&create, &https, &[], &tls);
+    assert_eq!(stdout(&first), "CreateMutex created new mutex\n");
+    let second = run_with(&create, &cluster.endpoints(), &[], &tls);
+    assert_eq!(stdout(&second), "CreateMutex opened existing mutex\n");
+    // Without the CA the same program cannot reach the cluster: 1231, with the reason logged.
+    let plain = run_with(&create, &cluster.endpoints(), &[], &[quick]);
+    assert_eq!(stdout(&plain), "CreateMutex error: 1231\n");
+    // Without its certificate, the same.
+    let anonymous = run_with(&create, &cluster.endpoints(), &[], &[tls[0], quick]);
+    assert_eq!(stdout(&anonymous), "CreateMutex error: 1231\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::config::{parse_endpoint, truncate_client_name};
+use crate::config::{Scheme, parse_endpoint, parse_endpoint_scheme, truncate_client_name};
 use crate::session::{Session, SessionCore};
 use crate::{ClientConfig, Error};
 
@@ -287,7 +287,22 @@ impl Client {
         config.client_name = truncate_client_name(std::mem::take(&mut config.client_name));
         let mut list = Vec::with_capacity(config.endpoints.len());
         for raw in &config.endpoints {
-            let addr = parse_endpoint(raw)?;
+            let (addr, scheme) = parse_endpoint_scheme(raw)?;
+            match (scheme, config.tls.is_some()) {
+                (Scheme::Https, false) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "endpoint {raw:?} asks for TLS but no CA is configured (ClientConfig::tls; \
+                         DLOCK_CACERT for the facade, the C library, Python and dlockctl)"
+                    )));
+                }
+                (Scheme::Http, true) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "endpoint {raw:?} asks for plaintext but TLS is configured: the client \
+                         speaks one or the other to every node; use https:// or host:port"
+                    )));
+                }
+                _ => {}
+            }
             if list.iter().any(|n: &NodeConn| n.addr == addr) {
                 continue;
             }
@@ -556,6 +571,8 @@ impl Client {
     {
         let mut backoff = Backoff::new();
         let mut last_failure = Error::Unavailable;
+        // The last TLS failure seen: with no answer at all, it is the likely cause.
+        let mut tls_failure = None;
         let mut immediate_hints = 0;
         loop {
             if policy.session.is_some_and(SessionCore::is_expired) {
@@ -565,7 +582,10 @@ impl Client {
             let remaining = policy.deadline.map(|d| d.saturating_duration_since(now));
             if remaining == Some(Duration::ZERO) {
                 tracing::debug!(what = policy.what, error = %last_failure, "giving up at deadline");
-                return Err(last_failure);
+                return Err(match (last_failure, tls_failure) {
+                    (Error::Unavailable, Some(why)) => Error::Tls(why),
+                    (other, _) => other,
+                });
             }
             let limit = match (remaining, policy.attempt_timeout) {
                 (Some(r), Some(a)) => Some(r.min(a)),
@@ -616,6 +636,10 @@ impl Client {
                 }
                 Some(Err(status)) => match classify(status.code()) {
                     Disposition::NextNode => {
+                        if let Some(why) = dlock_tls::tls_failure(&status) {
+                            tracing::warn!(what = policy.what, node, why, "TLS failure");
+                            tls_failure = Some(why);
+                        }
                         tracing::debug!(
                             what = policy.what,
                             node,
@@ -646,6 +670,11 @@ impl Client {
                     }
                     Disposition::InvalidArgument => {
                         return Err(Error::InvalidArgument(status.message().to_owned()));
+                    }
+                    // A node that serves TLS only answers a plaintext client this way: a
+                    // configuration problem no retry fixes.
+                    Disposition::Unexpected if status.code() == Code::Unauthenticated => {
+                        return Err(Error::Tls(status.message().to_owned()));
                     }
                     Disposition::Unexpected => {
                         return Err(Error::Transport(format!(
@@ -683,7 +712,7 @@ fn make_channel(addr: &str, config: &ClientConfig) -> Result<Channel, Error> {
         .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint.connect_with_connector_lazy(dlock_tls::Connector::new(config.tls.clone())))
 }
 
 #[cfg(test)]

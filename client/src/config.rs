@@ -15,6 +15,66 @@ pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
 /// The longest client name the server accepts, in bytes (longer names are truncated).
 const CLIENT_NAME_BYTES_MAX: usize = 256;
 
+/// The environment variable naming the CA file (PEM) that nodes' certificates must chain to;
+/// setting it turns TLS on.
+pub const ENV_CACERT: &str = "DLOCK_CACERT";
+/// The environment variable naming this client's certificate (PEM), for nodes that require
+/// client certificates.
+pub const ENV_CERT: &str = "DLOCK_CERT";
+/// The environment variable naming the private key (PEM) of [`ENV_CERT`].
+pub const ENV_KEY: &str = "DLOCK_KEY";
+
+/// TLS settings from files: the CA that nodes' certificates must chain to and, optionally, this
+/// client's certificate and key.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] for a certificate without a key (or the reverse), a certificate
+/// without a CA, or an unreadable or unusable file.
+pub fn tls_from_files(
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<dlock_tls::ClientTls>, Error> {
+    let invalid = |why: String| Err(Error::InvalidArgument(why));
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return invalid("a client certificate and its key must be given together".into()),
+    };
+    let Some(ca) = ca else {
+        if identity.is_some() {
+            return invalid(
+                "a client certificate needs the CA file that the nodes' certificates chain to"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    };
+    dlock_tls::ClientTls::from_files(ca, identity)
+        .map(Some)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// TLS settings from [`ENV_CACERT`], [`ENV_CERT`] and [`ENV_KEY`]; `None` if none is set.
+///
+/// # Errors
+///
+/// As [`tls_from_files`], naming the variables.
+pub fn tls_from_env() -> Result<Option<dlock_tls::ClientTls>, Error> {
+    let path = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    tls_from_files(
+        path(ENV_CACERT).as_deref(),
+        path(ENV_CERT).as_deref(),
+        path(ENV_KEY).as_deref(),
+    )
+    .map_err(|e| Error::InvalidArgument(format!("{ENV_CACERT}/{ENV_CERT}/{ENV_KEY}: {e}")))
+}
+
 /// How a [`crate::Client`] reaches the cluster.
 ///
 /// ```
@@ -25,9 +85,13 @@ const CLIENT_NAME_BYTES_MAX: usize = 256;
 /// ```
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Cluster nodes' client addresses: `http://host:port` or plain `host:port`. Any node will
-    /// do; followers redirect to the leader. Must not be empty.
+    /// Cluster nodes' client addresses: `http://host:port`, `https://host:port` or plain
+    /// `host:port`. Any node will do; followers redirect to the leader. Must not be empty.
+    /// `https` needs [`ClientConfig::tls`]; with it, plain `host:port` endpoints (and leader
+    /// hints) use TLS too.
     pub endpoints: Vec<String>,
+    /// TLS for every endpoint ([`tls_from_files`], [`tls_from_env`]); `None`: plaintext.
+    pub tls: Option<dlock_tls::ClientTls>,
     /// How long a TCP connect to one node may take before the client tries the next node.
     pub connect_timeout: Duration,
     /// How long one call keeps retrying across nodes (on `UNAVAILABLE`, transport errors,
@@ -60,6 +124,7 @@ impl Default for ClientConfig {
     fn default() -> ClientConfig {
         ClientConfig {
             endpoints: vec![DEFAULT_ENDPOINT.to_owned()],
+            tls: None,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
@@ -91,13 +156,34 @@ pub(crate) fn truncate_client_name(mut name: String) -> String {
     name
 }
 
-/// Normalises an endpoint (`http://host:port` or `host:port`, also the leader-hint form) to a
-/// `http://host:port` URI.
+/// The scheme an endpoint was written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    /// `http://`: plaintext.
+    Http,
+    /// `https://`: TLS.
+    Https,
+    /// `host:port`: whatever the client is configured for.
+    Unspecified,
+}
+
+/// Normalises an endpoint (`http://host:port`, `https://host:port` or `host:port`, also the
+/// leader-hint form) to a `http://host:port` URI (the connector, not the scheme, decides on
+/// TLS) and the scheme it was written with.
 ///
 /// # Errors
 ///
-/// [`Error::InvalidArgument`] for an empty string, another scheme (`https` needs TLS, which the
-/// client does not support yet), a path, or a missing port.
+/// [`Error::InvalidArgument`] for an empty string, another scheme, a path, or a missing port.
+pub(crate) fn parse_endpoint_scheme(raw: &str) -> Result<(String, Scheme), Error> {
+    let (scheme, rest) = match raw.trim().split_once("://") {
+        Some(("https", rest)) => (Scheme::Https, rest),
+        Some(("http", rest)) => (Scheme::Http, rest),
+        _ => (Scheme::Unspecified, raw),
+    };
+    Ok((parse_endpoint(rest)?, scheme))
+}
+
+/// [`parse_endpoint_scheme`] without the scheme (`https` is refused).
 pub(crate) fn parse_endpoint(raw: &str) -> Result<String, Error> {
     let s = raw.trim();
     let invalid = |why: &str| Error::InvalidArgument(format!("endpoint {raw:?}: {why}"));

@@ -48,6 +48,13 @@ pub enum Error {
     /// request the server did not take this session's secret for, or a proxy's refusal).
     #[error("transport error: {0}")]
     Transport(String),
+    /// No node could be reached because TLS failed (an untrusted or misnamed node
+    /// certificate, a missing or refused client certificate, a node that does not speak TLS),
+    /// and none answered otherwise within the request timeout; or a node that requires TLS
+    /// answered a plaintext request (`UNAUTHENTICATED`). The text says what to change. The
+    /// request was not applied.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A reply violated the wire contract (for example an unknown wait result). Indicates a bug
     /// or a version mismatch between client and server.
     #[error("protocol violation: {0}")]
@@ -60,7 +67,7 @@ impl Error {
     ///
     /// | variant | code |
     /// |---|---|
-    /// | `Unavailable` | 1231 `ERROR_NETWORK_UNREACHABLE` |
+    /// | `Unavailable`, `Tls` | 1231 `ERROR_NETWORK_UNREACHABLE` |
     /// | `SessionLost` | 1236 `ERROR_CONNECTION_ABORTED` |
     /// | `Overloaded` | 1450 `ERROR_NO_SYSTEM_RESOURCES` |
     /// | `InvalidArgument` | 87 `ERROR_INVALID_PARAMETER` |
@@ -77,7 +84,7 @@ impl Error {
     pub fn win32_error(&self) -> Win32Error {
         match self {
             Error::Win32(e) => *e,
-            Error::Unavailable => Win32Error::NETWORK_UNREACHABLE,
+            Error::Unavailable | Error::Tls(_) => Win32Error::NETWORK_UNREACHABLE,
             Error::SessionLost => Win32Error::CONNECTION_ABORTED,
             Error::Overloaded => Win32Error::NO_SYSTEM_RESOURCES,
             Error::InvalidArgument(_) => Win32Error::INVALID_PARAMETER,

@@ -64,10 +64,11 @@ pub mod win32;
 
 pub use client::Client;
 pub use config::{
-    ATTEMPT_TIMEOUT_DEFAULT, CONNECT_TIMEOUT_DEFAULT, ClientConfig, DEFAULT_ENDPOINT,
-    REQUEST_TIMEOUT_DEFAULT,
+    ATTEMPT_TIMEOUT_DEFAULT, CONNECT_TIMEOUT_DEFAULT, ClientConfig, DEFAULT_ENDPOINT, ENV_CACERT,
+    ENV_CERT, ENV_KEY, REQUEST_TIMEOUT_DEFAULT, tls_from_env, tls_from_files,
 };
 pub use dlock_proto::vocab::Win32Error;
+pub use dlock_tls::ClientTls;
 pub use error::Error;
 pub use session::{Session, THREAD_EXITS_QUEUED_MAX, TYPED_OWNER_THREAD_ID};
 pub use typed::{Event, LocalNamespace, Mutex, Semaphore, Waitable};

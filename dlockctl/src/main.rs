@@ -79,6 +79,16 @@ struct Cli {
         default_value = "127.0.0.1:7700"
     )]
     endpoints: Vec<String>,
+    /// CA certificates (PEM) the nodes' certificates must chain to; turns TLS on (etcdctl's
+    /// `--cacert`).
+    #[arg(long, env = "DLOCK_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for nodes started with `--client-cert-auth`.
+    #[arg(long, env = "DLOCK_CERT", global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `--cert`.
+    #[arg(long, env = "DLOCK_KEY", global = true)]
+    key: Option<std::path::PathBuf>,
     /// Give up after this many milliseconds of retrying (leader changes, nodes down).
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
@@ -239,6 +249,13 @@ enum Command {
     /// Runs a command only while holding a named mutex (or one of N slots), forwarding
     /// signals, stopping it if the lease is in jeopardy, exiting with its status.
     Run(run::RunArgs),
+    /// Makes certificates for development and tests: a CA, one per node (naming the node, for
+    /// both ports) and one per client (its principal). Use your own PKI in production.
+    Certs {
+        /// What to make.
+        #[command(subcommand)]
+        action: CertsAction,
+    },
     /// Shows this host's `Local\` namespace (no cluster involved).
     Local {
         /// Directory of the segment file.
@@ -248,6 +265,68 @@ enum Command {
         #[arg(long, env = "DLOCK_LOCAL_NAMESPACE")]
         namespace: Option<String>,
     },
+}
+
+/// `dlockctl certs` actions.
+#[derive(Debug, Subcommand)]
+enum CertsAction {
+    /// Writes ca.pem/ca.key, node-N.pem/.key and client-NAME.pem/.key into DIR.
+    Init {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Node certificates for ids 1..=N.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Client certificates, comma-separated principal names (`CN=<name>`).
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
+        /// More host names or addresses every node certificate carries (beyond node-N,
+        /// nodeN, localhost, 127.0.0.1 and ::1).
+        #[arg(long = "host", value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Replace certificates already in DIR.
+        #[arg(long)]
+        force: bool,
+        /// Make the private keys readable by every user (0644), to bind-mount them into
+        /// containers that run as another user. Development only.
+        #[arg(long)]
+        readable_keys: bool,
+    },
+}
+
+/// Writes development certificates.
+fn certs(action: CertsAction) -> Result<(), Failure> {
+    let CertsAction::Init {
+        dir,
+        nodes,
+        clients,
+        hosts,
+        force,
+        readable_keys,
+    } = action;
+    if nodes > 100 {
+        return Err(Failure(format!("--nodes {nodes}: at most 100")));
+    }
+    let specs: Vec<_> = (1..=nodes)
+        .map(|id| dlock_tls::certs::NodeSpec::with_default_hosts(id, &hosts))
+        .collect();
+    let bundle = dlock_tls::certs::generate("dlock development CA", &specs, &clients)
+        .map_err(|e| Failure(e.to_string()))?;
+    let written = dlock_tls::certs::write(&dir, &bundle, force, readable_keys)
+        .map_err(|e| Failure(e.to_string()))?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// The TLS settings of the command line, set once before any connection.
+static TLS: std::sync::OnceLock<Option<dlock::ClientTls>> = std::sync::OnceLock::new();
+
+/// The TLS every connection of this process uses (`None`: plaintext).
+pub(crate) fn tls() -> Option<dlock::ClientTls> {
+    TLS.get().cloned().flatten()
 }
 
 /// How long `dlockctl local` waits for the namespace lock before naming its holder.
@@ -271,6 +350,7 @@ fn role_label(role: Role) -> &'static str {
 /// A client for the configured endpoints that retries for `timeout`.
 async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
     let mut config = ClientConfig::new(endpoints);
+    config.tls = tls();
     config.request_timeout = timeout;
     // A membership change waits for its commit and for the new configuration (seconds), so an
     // attempt may use whatever is left of the budget, as dlockctl always allowed; a node that
@@ -389,18 +469,24 @@ async fn health(endpoints: &[String], timeout: Duration, service: &str) -> Resul
     }
     let mut unhealthy = 0;
     for &endpoint in &endpoints {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
+        // The connector decides on TLS (--cacert); the scheme only has to parse.
+        let uri = match endpoint.split_once("://") {
+            Some(("https", rest)) if tls().is_some() => format!("http://{rest}"),
+            Some(("https", _)) => {
+                return Err(Failure(format!(
+                    "health: {endpoint} asks for TLS: give --cacert (DLOCK_CACERT)"
+                )));
+            }
+            Some(_) => endpoint.to_owned(),
+            None => format!("http://{endpoint}"),
         };
         let check = async {
             let channel = tonic::transport::Endpoint::from_shared(uri)
                 .map_err(|e| format!("bad endpoint: {e}"))?
                 .connect_timeout(timeout)
-                .connect()
+                .connect_with_connector(dlock_tls::Connector::new(tls()))
                 .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
+                .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
             let reply = HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: service.to_owned(),
@@ -451,7 +537,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     };
     let (what, result): (String, Result<MembershipReply, dlock::admin::AdminError>) =
         match cli.command {
-            Command::Local { .. } => unreachable!("handled before the runtime starts"),
+            Command::Local { .. } | Command::Certs { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
             Command::Create { args, session } => {
                 return object(handles::Op::Create(args), session).await;
             }
@@ -626,17 +714,46 @@ fn local(dir: std::path::PathBuf, namespace: Option<String>) -> Result<(), Failu
     Ok(())
 }
 
+/// Runs a command that talks to the cluster.
+fn on_cluster(cli: Cli) -> Result<u8, Failure> {
+    let tls = dlock::tls_from_files(
+        cli.cacert.as_deref(),
+        cli.cert.as_deref(),
+        cli.key.as_deref(),
+    )
+    .map_err(|e| Failure(e.to_string()))?;
+    let _ = TLS.set(tls);
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => Err(Failure(format!("cannot start the runtime: {e}"))),
+    }
+}
+
+/// An error and its sources, `: `-separated (tonic's transport error alone says only
+/// "transport error").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Local { dir, namespace } => local(dir, namespace).map(|()| 0),
-        _ => match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime.block_on(run(cli)),
-            Err(e) => Err(Failure(format!("cannot start the runtime: {e}"))),
-        },
+        Command::Certs { action } => certs(action).map(|()| 0),
+        _ => on_cluster(cli),
     };
     match result {
         Ok(code) => ExitCode::from(code),

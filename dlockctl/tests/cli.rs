@@ -275,3 +275,82 @@ async fn list_and_sessions_show_objects_owners_and_pages() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_cacert_cert_and_key_and_development_certificates() {
+    // `dlockctl certs init` makes what a cluster needs; ProcCluster uses the same library.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.display().to_string();
+    let (out, stdout, stderr) = dlockctl(&[
+        "certs",
+        "init",
+        "--dir",
+        &certs_arg,
+        "--nodes",
+        "2",
+        "--clients",
+        "ops",
+    ]);
+    assert!(out.status.success(), "certs init: {stdout}{stderr}");
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "node-1.pem",
+        "node-2.key",
+        "client-ops.pem",
+    ] {
+        assert!(certs.join(file).is_file(), "{file} missing: {stdout}");
+    }
+    let (out, _, stderr) = dlockctl(&["certs", "init", "--dir", &certs_arg]);
+    assert!(
+        !out.status.success() && stderr.contains("--force"),
+        "{stderr}"
+    );
+
+    let cluster = ProcCluster::start_tls(3, &[]).await;
+    cluster.leader().await;
+    let cluster_certs = cluster.certs_dir();
+    let file = |name: &str| cluster_certs.join(name).display().to_string();
+    let endpoints = cluster.endpoint_list().join(",");
+    let tls = [
+        "--cacert".to_owned(),
+        file("ca.pem"),
+        "--cert".to_owned(),
+        file("client-admin.pem"),
+        "--key".to_owned(),
+        file("client-admin.key"),
+    ];
+    let with_tls = |args: &[&str]| {
+        let mut all: Vec<&str> = vec!["--endpoint", &endpoints];
+        all.extend(tls.iter().map(String::as_str));
+        all.extend(args);
+        dlockctl(&all)
+    };
+    let (out, stdout, stderr) = with_tls(&["create", "mutex", "tls-jobs"]);
+    assert!(out.status.success(), "create: {stdout}{stderr}");
+    let (out, stdout, stderr) = with_tls(&["health"]);
+    assert!(out.status.success(), "health: {stdout}{stderr}");
+    let (out, stdout, stderr) = with_tls(&["status", "--all"]);
+    assert!(
+        out.status.success() && stdout.contains("LEADER"),
+        "status: {stdout}{stderr}"
+    );
+
+    // Without a client certificate: a message that says what is missing.
+    let (out, _, stderr) = dlockctl(&[
+        "--endpoint",
+        &endpoints,
+        "--cacert",
+        &file("ca.pem"),
+        "--timeout-ms",
+        "1500",
+        "status",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr.contains("requires a client certificate"), "{stderr}");
+    // Plaintext against TLS: the node says so.
+    let (out, _, stderr) = dlockctl(&["--endpoint", &endpoints, "--timeout-ms", "1500", "status"]);
+    assert!(!out.status.success());
+    assert!(stderr.contains("requires TLS"), "{stderr}");
+}

@@ -102,6 +102,24 @@ def dlockd(tmp_path_factory):
             pytrace=False,
         )
     root = tmp_path_factory.mktemp("dlockd")
+    # Mutual TLS, as a deployment would run it: every test below talks TLS with a client
+    # certificate (DLOCK_CACERT, DLOCK_CERT, DLOCK_KEY, inherited by child processes).
+    dlockctl = Path(os.environ.get("DLOCKCTL_BIN") or binary.parent / "dlockctl")
+    if not dlockctl.is_file():
+        pytest.fail(
+            f"no dlockctl at {dlockctl}: build it (cargo build --bin dlockctl) or set DLOCKCTL_BIN",
+            pytrace=False,
+        )
+    certs = root / "certs"
+    subprocess.run(
+        [str(dlockctl), "certs", "init", "--dir", str(certs), "--nodes", "1", "--clients", "py"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    tls_flags = [
+        "--cert-file", str(certs / "node-1.pem"), "--key-file", str(certs / "node-1.key"),
+        "--trusted-ca-file", str(certs / "ca.pem"), "--client-cert-auth",
+    ]
     failures = []
     for attempt in range(3):
         client_port, peer_port = _free_port(), _free_port()
@@ -114,6 +132,7 @@ def dlockd(tmp_path_factory):
                     "--data-dir", str(data_dir),
                     "--client-addr", f"127.0.0.1:{client_port}",
                     "--peer-addr", f"127.0.0.1:{peer_port}",
+                    *tls_flags,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -129,11 +148,25 @@ def dlockd(tmp_path_factory):
     else:
         pytest.fail("dlockd did not start:\n" + "\n".join(failures), pytrace=False)
 
-    saved = {k: os.environ.get(k) for k in ("DLOCK_ENDPOINTS", "DLOCK_SESSION_TTL_MS")}
+    tls_env = {
+        "DLOCK_CACERT": str(certs / "ca.pem"),
+        "DLOCK_CERT": str(certs / "client-py.pem"),
+        "DLOCK_KEY": str(certs / "client-py.key"),
+    }
+    saved = {
+        k: os.environ.get(k)
+        for k in ("DLOCK_ENDPOINTS", "DLOCK_SESSION_TTL_MS", *tls_env)
+    }
     os.environ["DLOCK_ENDPOINTS"] = f"127.0.0.1:{client_port}"
     os.environ["DLOCK_SESSION_TTL_MS"] = str(SESSION_TTL_MS)
+    os.environ.update(tls_env)
     try:
-        yield {"endpoint": os.environ["DLOCK_ENDPOINTS"], "process": proc, "log": log_path}
+        yield {
+            "endpoint": os.environ["DLOCK_ENDPOINTS"],
+            "process": proc,
+            "log": log_path,
+            "tls": tls_env,
+        }
     finally:
         _stop(proc)
         for key, value in saved.items():

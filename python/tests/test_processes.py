@@ -90,3 +90,35 @@ def test_pywin32_shaped_example_run_twice(unique, spawn):
     assert third.readline() == "CreateMutex created new mutex"
     third.signal(signal.SIGINT)  # Ctrl-C
     assert third.wait() == 0
+
+
+# A child that tries to create a mutex and prints the error it got.
+TRY_CREATE = """
+import sys
+from dlock import pywintypes, win32event
+try:
+    win32event.CreateMutex(None, False, sys.argv[1])
+    print("created", flush=True)
+except pywintypes.error as e:
+    print("error", e.winerror, e.funcname, flush=True)
+"""
+
+
+def test_a_child_without_its_certificate_cannot_reach_the_tls_cluster(unique, spawn):
+    name = unique()
+    # The session's run has mutual TLS (conftest.py): the certificate is what lets a child in.
+    child = spawn(["-c", TRY_CREATE, name])
+    assert child.readline() == "created"
+    child.wait()
+    no_cert = spawn(
+        ["-c", TRY_CREATE, name], DLOCK_CERT="", DLOCK_KEY="", DLOCK_REQUEST_TIMEOUT_MS="1500"
+    )
+    assert no_cert.readline() == "error 1231 CreateMutex"
+    no_ca = spawn(
+        ["-c", TRY_CREATE, name],
+        DLOCK_CACERT="",
+        DLOCK_CERT="",
+        DLOCK_KEY="",
+        DLOCK_REQUEST_TIMEOUT_MS="1500",
+    )
+    assert no_ca.readline() == "error 1231 CreateMutex"

@@ -93,6 +93,34 @@ pub struct Config {
     /// Where the Prometheus text endpoint (`GET /metrics`) listens; `None` (the default) serves
     /// no metrics.
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the client port: this node's certificate chain (PEM, the leaf first), which must
+    /// name the host names and addresses clients dial. `None` serves plaintext (etcd's
+    /// `--cert-file`).
+    pub cert_file: Option<PathBuf>,
+    /// The private key of [`Config::cert_file`] (etcd's `--key-file`).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates that client certificates must chain to (etcd's `--trusted-ca-file`).
+    /// Without [`Config::client_cert_auth`] a client certificate is optional but checked when
+    /// presented.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate that chains to [`Config::trusted_ca_file`] (etcd's
+    /// `--client-cert-auth`).
+    pub client_cert_auth: bool,
+    /// Mutual TLS on the peer port: this node's peer certificate, which must name the node as
+    /// the URI `dlock://node/<id>`, its host names and addresses, and both the server and
+    /// client extended key usages (it is presented in both directions). Requires
+    /// [`Config::peer_key_file`] and [`Config::peer_trusted_ca_file`]; peers without a
+    /// certificate from that CA naming their node are refused (etcd's `--peer-cert-file`).
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of [`Config::peer_cert_file`] (etcd's `--peer-key-file`).
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificates that peers' certificates must chain to, in both directions (etcd's
+    /// `--peer-trusted-ca-file`).
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Serve plaintext on addresses other than loopback. Without it, a node refuses to start
+    /// when the client or peer port would listen beyond loopback without TLS: anyone who
+    /// reaches such a port can take every lock (or, on the peer port, replace the data).
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -114,6 +142,14 @@ impl Default for Config {
             advertise_client_addr: None,
             advertise_peer_addr: None,
             metrics_addr: None,
+            cert_file: None,
+            key_file: None,
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            peer_cert_file: None,
+            peer_key_file: None,
+            peer_trusted_ca_file: None,
+            insecure: false,
         }
     }
 }
@@ -214,7 +250,77 @@ impl Config {
                 "metrics-addr ({metrics}) must differ from client-addr and peer-addr"
             ));
         }
+        self.validate_tls()
+    }
+
+    /// The TLS rules: files given in pairs, a CA where certificates are checked, and no
+    /// plaintext beyond loopback without [`Config::insecure`].
+    fn validate_tls(&self) -> Result<(), Error> {
+        let fail = |msg: String| Err(Error::Config(msg));
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return fail("cert-file and key-file must be given together".into());
+        }
+        if self.cert_file.is_none() && (self.trusted_ca_file.is_some() || self.client_cert_auth) {
+            return fail(
+                "trusted-ca-file and client-cert-auth need TLS on the client port: give \
+                 cert-file and key-file too"
+                    .into(),
+            );
+        }
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            return fail("client-cert-auth needs trusted-ca-file to check certificates".into());
+        }
+        let peer = [
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        ];
+        if peer.iter().any(|f| f.is_some()) && !peer.iter().all(|f| f.is_some()) {
+            return fail(
+                "peer TLS is mutual: give peer-cert-file, peer-key-file and \
+                 peer-trusted-ca-file together"
+                    .into(),
+            );
+        }
+        if !self.insecure {
+            if self.cert_file.is_none() && !self.client_addr.ip().is_loopback() {
+                return fail(format!(
+                    "refusing to serve the client API on {} without TLS: anyone who reaches it \
+                     could take or release any lock. Give cert-file and key-file (and \
+                     trusted-ca-file with client-cert-auth), or insecure to accept that",
+                    self.client_addr
+                ));
+            }
+            if self.peer_cert_file.is_none() && !self.peer_addr.ip().is_loopback() {
+                return fail(format!(
+                    "refusing to serve the peer port on {} without TLS: anyone who reaches it \
+                     could replace the cluster's data. Give peer-cert-file, peer-key-file and \
+                     peer-trusted-ca-file, or insecure to accept that",
+                    self.peer_addr
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The client port's TLS files, if it serves TLS.
+    pub fn client_tls(&self) -> Option<dlock_tls::ServerFiles> {
+        Some(dlock_tls::ServerFiles {
+            cert: self.cert_file.clone()?,
+            key: self.key_file.clone()?,
+            trusted_ca: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+        })
+    }
+
+    /// The peer port's TLS files, if it serves (mutual) TLS.
+    pub fn peer_tls(&self) -> Option<dlock_tls::ServerFiles> {
+        Some(dlock_tls::ServerFiles {
+            cert: self.peer_cert_file.clone()?,
+            key: self.peer_key_file.clone()?,
+            trusted_ca: Some(self.peer_trusted_ca_file.clone()?),
+            client_cert_auth: true,
+        })
     }
 
     /// The TTL a session asking for `requested_ms` gets (0 = default), clamped to the limits.
@@ -370,6 +476,31 @@ pub struct Settings {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, env = "DLOCKD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS certificate (PEM chain) of the client port [default: plaintext].
+    #[arg(long, env = "DLOCKD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of cert-file.
+    #[arg(long, env = "DLOCKD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(long, env = "DLOCKD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates from trusted-ca-file.
+    #[arg(long, env = "DLOCKD_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    /// Peer TLS certificate (PEM chain), naming this node as the URI `dlock://node/<id>`
+    /// [default: plaintext].
+    #[arg(long, env = "DLOCKD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of peer-cert-file.
+    #[arg(long, env = "DLOCKD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that peers' certificates must chain to.
+    #[arg(long, env = "DLOCKD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Allow plaintext client or peer ports on addresses other than loopback.
+    #[arg(long, env = "DLOCKD_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
 }
 
 impl Settings {
@@ -426,6 +557,14 @@ impl Settings {
             advertise_client_addr: self.advertise_client_addr.or(file.advertise_client_addr),
             advertise_peer_addr: self.advertise_peer_addr.or(file.advertise_peer_addr),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            cert_file: self.cert_file.or(file.cert_file),
+            key_file: self.key_file.or(file.key_file),
+            trusted_ca_file: self.trusted_ca_file.or(file.trusted_ca_file),
+            client_cert_auth: pick!(client_cert_auth),
+            peer_cert_file: self.peer_cert_file.or(file.peer_cert_file),
+            peer_key_file: self.peer_key_file.or(file.peer_key_file),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
+            insecure: pick!(insecure),
             ..d
         };
         config.validate()?;

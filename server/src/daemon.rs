@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -37,6 +37,9 @@ const LEADERSHIP_HANDOFF: Duration = Duration::from_secs(2);
 
 /// How often a follower retries learning an unreachable leader's client address.
 const DIRECTORY_RETRY: Duration = Duration::from_millis(200);
+
+/// How often the TLS files are checked for changes (a `stat` each); SIGHUP reads them at once.
+pub const TLS_RELOAD_POLL: Duration = Duration::from_secs(1);
 
 /// A running node. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
@@ -73,6 +76,14 @@ impl Server {
         transport: Option<Arc<dyn dlock_cluster::Transport>>,
     ) -> Result<Server, Error> {
         config.validate()?;
+        let client_tls = match config.client_tls() {
+            Some(files) => Some(dlock_tls::ServerTls::load(files, None)?),
+            None => None,
+        };
+        let peer_tls = match config.peer_tls() {
+            Some(files) => Some(dlock_tls::ServerTls::load(files, Some(config.node_id))?),
+            None => None,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
             context: format!("cannot create data directory {}", config.data_dir.display()),
             source,
@@ -108,7 +119,11 @@ impl Server {
         };
         let transport = match transport {
             Some(transport) => transport,
-            None => GrpcTransport::new(config.node_id),
+            None => GrpcTransport::with_tls(
+                config.node_id,
+                dlock_cluster::transport::PeerLimits::default(),
+                peer_tls.clone(),
+            ),
         };
         let node = dlock_cluster::Node::start(
             cluster_config,
@@ -117,7 +132,7 @@ impl Server {
         )?;
         node.observe(metrics.clone());
         let (stop, stopped) = watch::channel(false);
-        let directory = Directory::new(config.node_id, advertised.clone());
+        let directory = Directory::new(config.node_id, advertised.clone(), peer_tls.clone());
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         // Not serving until the health task has seen a leader (the reporter starts SERVING).
         crate::health::report(&health_reporter, ServingStatus::NotServing).await;
@@ -145,26 +160,46 @@ impl Server {
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .tcp_nodelay(true)
                 .layer(RequestMetricsLayer::new(metrics.clone()))
+                .layer(tonic::service::InterceptorLayer::new(
+                    refuse_plaintext_on_tls,
+                ))
                 .add_service(service)
                 .add_service(admin)
                 .add_service(health_service)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(client_listener),
+                    dlock_tls::incoming(client_listener, client_tls.clone(), "client"),
                     stopped_signal(stopped.clone()),
                 ),
         );
+        // With peer TLS only nodes are served; without it, everyone (a loopback or --insecure
+        // peer port).
+        let peer_gate = match &peer_tls {
+            Some(_) => {
+                refuse_non_nodes
+                    as fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
+            }
+            None => Ok,
+        };
+        let raft_peer = match &peer_tls {
+            Some(_) => RaftPeerService::authenticated(
+                node.clone(),
+                dlock_cluster::transport::PeerLimits::default(),
+            ),
+            None => RaftPeerService::new(node.clone()),
+        };
         let peer_serve = tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(1)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(3)))
                 .tcp_nodelay(true)
-                .add_service(RaftPeerService::new(node.clone()))
+                .layer(tonic::service::InterceptorLayer::new(peer_gate))
+                .add_service(raft_peer)
                 .add_service(PeerInfoServer::new(PeerInfoService::new(
                     node.clone(),
                     advertised.clone(),
                 )))
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
+                    dlock_tls::incoming(peer_listener, peer_tls.clone(), "peer"),
                     stopped_signal(stopped.clone()),
                 ),
         );
@@ -182,6 +217,13 @@ impl Server {
                 draining_rx,
             )),
         ];
+        let identities: Vec<_> = [("client", client_tls.clone()), ("peer", peer_tls.clone())]
+            .into_iter()
+            .filter_map(|(port, tls)| Some((port, tls?)))
+            .collect();
+        if !identities.is_empty() {
+            background.push(tokio::spawn(tls_reload_task(identities, stopped.clone())));
+        }
         if let Some(listener) = metrics_listener {
             background.push(tokio::spawn(crate::metrics::serve(
                 listener,
@@ -196,6 +238,9 @@ impl Server {
             client_addr = %local_addr,
             advertise_client_addr = %advertised,
             peer_addr = %peer_addr,
+            client_tls = client_tls.is_some(),
+            client_cert_auth = config.client_cert_auth,
+            peer_tls = peer_tls.is_some(),
             data_dir = %config.data_dir.display(),
             "dlockd serving"
         );
@@ -295,6 +340,86 @@ fn bound_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, Error> {
         context: "cannot read the bound address".into(),
         source,
     })
+}
+
+/// Refuses calls that arrived in plaintext on the TLS client port, saying what to change.
+fn refuse_plaintext_on_tls(
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    match request.extensions().get::<dlock_tls::ConnInfo>() {
+        Some(conn) if conn.plaintext_on_tls => {
+            debug!(remote = ?conn.remote_addr, "plaintext call on the TLS client port refused");
+            Err(dlock_tls::plaintext_refusal(false))
+        }
+        _ => Ok(request),
+    }
+}
+
+/// On the mutual-TLS peer port, refuses every call (raft streams and `PeerInfo`) that did not
+/// arrive over a connection whose certificate names a node.
+fn refuse_non_nodes(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let conn = request.extensions().get::<dlock_tls::ConnInfo>();
+    match conn {
+        Some(conn) if conn.plaintext_on_tls => {
+            debug!(remote = ?conn.remote_addr, "plaintext call on the TLS peer port refused");
+            Err(dlock_tls::plaintext_refusal(true))
+        }
+        Some(conn) if conn.peer.as_ref().is_some_and(|p| p.node_id.is_some()) => Ok(request),
+        _ => {
+            let subject = conn
+                .and_then(|c| c.peer.as_ref())
+                .map(|p| p.subject.clone());
+            warn!(remote = ?conn.and_then(|c| c.remote_addr), ?subject, "peer port call without a node certificate refused");
+            Err(tonic::Status::permission_denied(format!(
+                "the peer port serves only nodes, whose certificates name them \
+                 (dlock://node/<id>); this connection's certificate: {}",
+                subject.as_deref().unwrap_or("none")
+            )))
+        }
+    }
+}
+
+/// Reads the TLS files again when they change (checked every [`TLS_RELOAD_POLL`]) or on
+/// SIGHUP. New connections use the new certificates; open ones keep theirs. A file that does
+/// not make a valid configuration is reported and the previous certificates stay.
+async fn tls_reload_task(
+    identities: Vec<(&'static str, Arc<dlock_tls::ServerTls>)>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())
+        .inspect_err(|err| warn!(error = %err, "cannot catch SIGHUP; TLS files are still polled"))
+        .ok();
+    loop {
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(TLS_RELOAD_POLL) => false,
+            Some(()) = async {
+                match &mut hangup {
+                    Some(hangup) => hangup.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        for (port, tls) in &identities {
+            if !forced && !tls.changed() {
+                continue;
+            }
+            match tls.reload() {
+                Ok(()) => info!(
+                    port,
+                    subject = %tls.identity().subject,
+                    sighup = forced,
+                    "TLS certificates reloaded"
+                ),
+                Err(err) => error!(
+                    port,
+                    error = %err,
+                    "TLS certificates not reloaded; the previous ones stay in use"
+                ),
+            }
+        }
+    }
 }
 
 async fn stopped_signal(mut stopped: watch::Receiver<bool>) {

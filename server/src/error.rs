@@ -39,6 +39,9 @@ pub enum Error {
     /// Storage or another internal fault; the node may be failing.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A TLS certificate, key or CA file is unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] dlock_tls::Error),
     /// I/O while starting (binding the port, creating the data directory).
     #[error("{context}: {source}")]
     Io {

@@ -100,7 +100,15 @@ pub struct ProcCluster {
     dir: Option<tempfile::TempDir>,
     nodes: BTreeMap<u64, ProcNode>,
     extra: Vec<String>,
+    /// Mutual TLS on both ports with the certificates in [`ProcCluster::certs_dir`].
+    tls: bool,
 }
+
+/// The client certificates a TLS cluster's directory holds (`client-<name>.pem`/`.key`).
+pub const TLS_CLIENTS: [&str; 3] = ["admin", "alice", "bob"];
+
+/// How many node certificates a TLS cluster's directory holds (nodes added later need one).
+pub const TLS_NODES: u64 = 5;
 
 impl ProcCluster {
     /// Starts nodes `1..=n` with `--initial-cluster` naming all of them plus the `extra` flags
@@ -117,6 +125,17 @@ impl ProcCluster {
     /// Like [`ProcCluster::start`], with extra environment variables per node, `(node, name,
     /// value)`, kept for every restart (e.g. a test-only clock skew).
     pub async fn start_with_env(n: u64, extra: &[&str], env: &[(u64, &str, &str)]) -> ProcCluster {
+        ProcCluster::launch(n, extra, env, false).await
+    }
+
+    /// Like [`ProcCluster::start`], with mutual TLS on the client and peer ports: a CA, node
+    /// certificates for ids `1..=`[`TLS_NODES`] and client certificates for [`TLS_CLIENTS`]
+    /// are made in [`ProcCluster::certs_dir`]; every node requires client certificates.
+    pub async fn start_tls(n: u64, extra: &[&str]) -> ProcCluster {
+        ProcCluster::launch(n, extra, &[], true).await
+    }
+
+    async fn launch(n: u64, extra: &[&str], env: &[(u64, &str, &str)], tls: bool) -> ProcCluster {
         let dir = tempfile::Builder::new()
             .prefix("dlock-cluster-")
             .tempdir()
@@ -125,7 +144,18 @@ impl ProcCluster {
             dir: Some(dir),
             nodes: BTreeMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
         };
+        if tls {
+            let nodes: Vec<_> = (1..=TLS_NODES)
+                .map(|id| dlock_tls::certs::NodeSpec::with_default_hosts(id, &[]))
+                .collect();
+            let clients: Vec<String> = TLS_CLIENTS.iter().map(|c| c.to_string()).collect();
+            let bundle = dlock_tls::certs::generate("test CA", &nodes, &clients)
+                .expect("generate certificates");
+            dlock_tls::certs::write(&cluster.certs_dir(), &bundle, false, false)
+                .expect("write certificates");
+        }
         for id in 1..=n {
             cluster.add_node_record(id, String::new());
         }
@@ -152,6 +182,36 @@ impl ProcCluster {
     /// The cluster's directory (data directories and logs).
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("directory kept until drop").path()
+    }
+
+    /// Where a TLS cluster's certificates are (`ca.pem`, `node-<id>.pem`,
+    /// `client-<name>.pem`, and their `.key` files).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir().join("certs")
+    }
+
+    /// TLS settings of client `name` (one of [`TLS_CLIENTS`]) for a TLS cluster; `None` for a
+    /// plaintext one.
+    pub fn client_tls(&self, name: &str) -> Option<dlock::ClientTls> {
+        if !self.tls {
+            return None;
+        }
+        let certs = self.certs_dir();
+        let tls = dlock::tls_from_files(
+            Some(&certs.join("ca.pem")),
+            Some(&certs.join(format!("client-{name}.pem"))),
+            Some(&certs.join(format!("client-{name}.key"))),
+        )
+        .expect("client TLS settings");
+        Some(tls.expect("a CA was given"))
+    }
+
+    /// A client configuration for every node, with client `name`'s certificate on a TLS
+    /// cluster.
+    pub fn client_config(&self, name: &str) -> dlock::ClientConfig {
+        let mut config = dlock::ClientConfig::new(self.endpoint_list());
+        config.tls = self.client_tls(name);
+        config
     }
 
     /// Node `id`.
@@ -322,7 +382,7 @@ impl ProcCluster {
     ///
     /// The RPC's status (connection failures are `UNAVAILABLE`).
     pub async fn status(&self, id: u64) -> Result<pb::ClusterStatusReply, Status> {
-        let mut client = admin_client(self.node(id).client_addr).await?;
+        let mut client = admin_client(self.node(id).client_addr, self.client_tls("admin")).await?;
         Ok(client
             .status(pb::ClusterStatusRequest { all: false })
             .await?
@@ -511,10 +571,11 @@ impl ProcCluster {
         let mut target = self.leader().await;
         let mut ambiguous = false;
         loop {
-            let result = match admin_client(self.node(target).client_addr).await {
-                Ok(client) => call(client).await.map(tonic::Response::into_inner),
-                Err(status) => Err(status),
-            };
+            let result =
+                match admin_client(self.node(target).client_addr, self.client_tls("admin")).await {
+                    Ok(client) => call(client).await.map(tonic::Response::into_inner),
+                    Err(status) => Err(status),
+                };
             let status = match result {
                 Ok(reply) => return Ok(reply),
                 Err(status) => status,
@@ -583,7 +644,23 @@ impl ProcCluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let extra = self.extra.clone();
+        let mut extra = self.extra.clone();
+        if self.tls {
+            let certs = self.certs_dir();
+            let file = |name: String| certs.join(name).display().to_string();
+            for (flag, path) in [
+                ("--cert-file", file(format!("node-{id}.pem"))),
+                ("--key-file", file(format!("node-{id}.key"))),
+                ("--trusted-ca-file", file("ca.pem".into())),
+                ("--peer-cert-file", file(format!("node-{id}.pem"))),
+                ("--peer-key-file", file(format!("node-{id}.key"))),
+                ("--peer-trusted-ca-file", file("ca.pem".into())),
+            ] {
+                extra.push(flag.into());
+                extra.push(path);
+            }
+            extra.push("--client-cert-auth".into());
+        }
         let node = self.nodes.get_mut(&id).expect("known node");
         std::fs::create_dir_all(&node.data_dir).expect("create data directory");
         let log = File::options()
@@ -699,12 +776,15 @@ fn agreed_leader(views: &BTreeMap<u64, pb::ClusterStatusReply>) -> Option<pb::Cl
 }
 
 /// An admin client for the node at `addr`, with short connect and call timeouts.
-async fn admin_client(addr: SocketAddr) -> Result<AdminClient<Channel>, Status> {
+async fn admin_client(
+    addr: SocketAddr,
+    tls: Option<dlock::ClientTls>,
+) -> Result<AdminClient<Channel>, Status> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Status::invalid_argument(e.to_string()))?
         .connect_timeout(RPC_TIMEOUT)
         .timeout(RPC_TIMEOUT)
-        .connect()
+        .connect_with_connector(dlock_tls::Connector::new(tls))
         .await
         .map_err(|e| Status::unavailable(format!("connect to {addr}: {e}")))?;
     Ok(AdminClient::new(channel))

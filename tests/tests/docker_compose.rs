@@ -25,6 +25,19 @@ fn compose_file() -> PathBuf {
         .join("docker-compose.yml")
 }
 
+/// The host's client settings: mutual TLS with the certificates `deploy/build-image.sh` made.
+fn tls_env() -> [(&'static str, PathBuf); 3] {
+    let certs = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("deploy")
+        .join("certs");
+    [
+        ("DLOCK_CACERT", certs.join("ca.pem")),
+        ("DLOCK_CERT", certs.join("client-app.pem")),
+        ("DLOCK_KEY", certs.join("client-app.key")),
+    ]
+}
+
 fn compose(args: &[&str]) -> Output {
     Command::new("docker-compose")
         .arg("-p")
@@ -126,6 +139,7 @@ fn the_compose_cluster_serves_the_seed_example_from_the_host() {
     command
         .arg(&name)
         .env("DLOCK_ENDPOINTS", ENDPOINTS)
+        .envs(tls_env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -135,6 +149,7 @@ fn the_compose_cluster_serves_the_seed_example_from_the_host() {
     let second = Command::new(&example)
         .arg(&name)
         .env("DLOCK_ENDPOINTS", ENDPOINTS)
+        .envs(tls_env())
         .stdin(Stdio::null())
         .output()
         .expect("second run");

@@ -161,6 +161,9 @@ impl Cluster {
                 "-e",
                 &format!("DLOCKD_ADVERTISE_CLIENT_ADDR=node{id}:7700"),
                 "-e",
+                // Plaintext on the test's own network (published on loopback only).
+                "DLOCKD_INSECURE=true",
+                "-e",
                 "RUST_LOG=info",
                 "dlock/dlockd:latest",
             ])

@@ -156,6 +156,10 @@ pub struct FacadeConfig {
     /// configured list is unusable (every call that needs the cluster then fails with
     /// `ERROR_BAD_NET_NAME`, and the reason is logged).
     pub endpoints: Result<Vec<String>, String>,
+    /// TLS for every connection (`DLOCK_CACERT`, `DLOCK_CERT`, `DLOCK_KEY`), or why the
+    /// configured files are unusable (then, as for endpoints, every call that needs the
+    /// cluster fails with `ERROR_BAD_NET_NAME` and the reason is logged).
+    pub tls: Result<Option<crate::ClientTls>, String>,
     /// The session TTL asked for (the server clamps it).
     pub session_ttl: Duration,
     /// How long a call keeps retrying across nodes before failing with
@@ -221,6 +225,7 @@ impl FacadeConfig {
         };
         FacadeConfig {
             endpoints,
+            tls: crate::config::tls_from_env().map_err(|e| e.to_string()),
             session_ttl: env_millis("DLOCK_SESSION_TTL_MS", SESSION_TTL_DEFAULT),
             request_timeout: env_millis("DLOCK_REQUEST_TIMEOUT_MS", crate::REQUEST_TIMEOUT_DEFAULT),
         }
@@ -270,6 +275,20 @@ fn in_forked_child(facade: &Facade) -> bool {
 
 static FACADE: OnceLock<Option<Facade>> = OnceLock::new();
 
+/// Blocks `SIGPIPE` on the calling (runtime) thread. A write to a connection the other side
+/// closed raises `SIGPIPE` on the writing thread, whose default action ends the process; Rust
+/// programs ignore it from `main`, but a C program using `libdlock` does not (a node closing a
+/// TLS connection after refusing a client certificate killed one). Blocked, the write fails
+/// with `EPIPE` instead; the host program's own threads and disposition are left alone.
+fn block_sigpipe() {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGPIPE);
+    if let Err(err) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None) {
+        tracing::warn!(error = %err, "cannot block SIGPIPE on a dlock runtime thread");
+    }
+}
+
 fn facade() -> Option<&'static Facade> {
     FACADE
         .get_or_init(|| {
@@ -278,6 +297,7 @@ fn facade() -> Option<&'static Facade> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(RUNTIME_WORKER_THREADS)
                 .thread_name("dlock-worker")
+                .on_thread_start(block_sigpipe)
                 .enable_all()
                 .build();
             match runtime {
@@ -350,10 +370,15 @@ impl Facade {
                     tracing::error!(why, "no usable cluster endpoints");
                     Win32Error::BAD_NET_NAME
                 })?;
+                let tls = self.settings.tls.clone().map_err(|why| {
+                    tracing::error!(why, "unusable TLS settings");
+                    Win32Error::BAD_NET_NAME
+                })?;
                 let mut config = ClientConfig::new(endpoints);
                 config.request_timeout = self.settings.request_timeout;
+                config.tls = tls;
                 let client = Client::connect_with_config(config).await.map_err(|err| {
-                    tracing::error!(error = %err, "invalid DLOCK_ENDPOINTS");
+                    tracing::error!(error = %err, "invalid DLOCK_ENDPOINTS or TLS settings");
                     Win32Error::BAD_NET_NAME
                 })?;
                 conn.client = Some(client.clone());

@@ -28,6 +28,8 @@
 //! |---|---|---|
 //! | `DLOCK_ENDPOINTS` | comma-separated cluster nodes, each `http://host:port` or `host:port` | `127.0.0.1:7700` (dlockd's default client address) |
 //! | `DLOCK_SESSION_TTL_MS` | the session TTL asked for, in milliseconds (the server clamps it) | `10000` |
+//! | `DLOCK_CACERT` | CA certificates (PEM) the nodes' certificates must chain to; setting it makes every connection TLS (endpoints may then be written `https://host:port`) | unset: plaintext |
+//! | `DLOCK_CERT`, `DLOCK_KEY` | this process's client certificate and key (PEM), for clusters started with `--client-cert-auth`; its subject is the process's principal | unset |
 //! | `DLOCK_REQUEST_TIMEOUT_MS` | how long a call keeps retrying across nodes before failing with `ERROR_NETWORK_UNREACHABLE` | `10000` |
 //!
 //! A program can give the same settings as a value instead, before its first facade call:

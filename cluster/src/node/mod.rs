@@ -576,9 +576,31 @@ impl Node {
     /// addressed to another node; `Overloaded` if the inbound queue is full (the message is
     /// dropped; raft retransmits); `Stopped` / `Storage(..)` once stopped.
     pub fn receive(&self, message: Vec<u8>) -> Result<(), Error> {
+        self.receive_checked(None, message)
+    }
+
+    /// Like [`Node::receive`], for a message that arrived on a stream of node `sender`: a
+    /// message that names another sender in its `from` is refused.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::receive`]; `InvalidInput` if `from` is not `sender`.
+    pub fn receive_from(&self, sender: u64, message: Vec<u8>) -> Result<(), Error> {
+        self.receive_checked(Some(sender), message)
+    }
+
+    fn receive_checked(&self, sender: Option<u64>, message: Vec<u8>) -> Result<(), Error> {
         let shared = &self.inner.shared;
         let message = Message::parse_from_bytes(&message)
             .map_err(|e| Error::InvalidInput(format!("undecodable raft message: {e}")))?;
+        if let Some(sender) = sender
+            && message.from != sender
+        {
+            return Err(Error::InvalidInput(format!(
+                "raft message from node {} on node {sender}'s stream",
+                message.from
+            )));
+        }
         if raft::raw_node::is_local_msg(message.get_msg_type()) {
             return Err(Error::InvalidInput(format!(
                 "local raft message type {:?} from the network",

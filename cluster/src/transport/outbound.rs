@@ -60,6 +60,9 @@ impl Drop for PeerLink {
 struct PeerLinks {
     self_id: u64,
     limits: PeerLimits,
+    /// This node's peer certificate: links speak TLS with it and check that each peer's
+    /// certificate names the node they meant to reach. `None`: plaintext.
+    tls: Option<Arc<dlock_tls::ServerTls>>,
     runtime: tokio::runtime::Handle,
     feedback: Feedback,
     links: Mutex<HashMap<u64, PeerLink>>,
@@ -76,10 +79,15 @@ impl PeerLinks {
         }
         tracing::info!(peer = id, %address, "peer address set");
         let (queue, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
+        let connector = match &self.tls {
+            Some(tls) => dlock_tls::Connector::peer(tls.clone(), id),
+            None => dlock_tls::Connector::plain(),
+        };
         let task = self.runtime.spawn(run_link(
             self.self_id,
             id,
             address.clone(),
+            connector,
             rx,
             self.feedback.clone(),
             self.limits.effective_chunk_bytes(),
@@ -158,10 +166,26 @@ impl GrpcTransport {
     ///
     /// If called outside a tokio runtime.
     pub fn with_limits(self_id: u64, limits: PeerLimits) -> Arc<GrpcTransport> {
+        Self::with_tls(self_id, limits, None)
+    }
+
+    /// Like [`GrpcTransport::with_limits`], speaking TLS with `tls` (this node's peer
+    /// certificate, key and trusted CA, read again at every connect so that they rotate) and
+    /// sending to a peer only over a connection whose certificate names that peer.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub fn with_tls(
+        self_id: u64,
+        limits: PeerLimits,
+        tls: Option<Arc<dlock_tls::ServerTls>>,
+    ) -> Arc<GrpcTransport> {
         Arc::new(GrpcTransport {
             shared: Arc::new(PeerLinks {
                 self_id,
                 limits,
+                tls,
                 runtime: tokio::runtime::Handle::current(),
                 feedback: Feedback {
                     node: Arc::new(RwLock::new(WeakNode::default())),

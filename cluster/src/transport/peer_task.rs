@@ -36,14 +36,36 @@ fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
-/// Connects to `address` (resolved afresh), bounded by twice [`CONNECT_TIMEOUT`].
-async fn connect(address: &str) -> Result<Channel, String> {
+/// Connects to `address` (resolved afresh) through `connector` (TLS or not), bounded by twice
+/// [`CONNECT_TIMEOUT`].
+async fn connect(address: &str, connector: &dlock_tls::Connector) -> Result<Channel, String> {
     let endpoint = endpoint(address).map_err(|e| format!("invalid peer address: {e}"))?;
-    match tokio::time::timeout(2 * CONNECT_TIMEOUT, endpoint.connect()).await {
+    match tokio::time::timeout(
+        2 * CONNECT_TIMEOUT,
+        endpoint.connect_with_connector(connector.clone()),
+    )
+    .await
+    {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(err)) => Err(format!("connect: {err}")),
+        Ok(Err(err)) => Err(format!("connect: {}", error_chain(&err))),
         Err(_) => Err("connect: timed out".into()),
     }
+}
+
+/// An error and its sources, `: `-separated (tonic's transport error alone says only
+/// "transport error").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// How one stream on a connection ended.
@@ -61,6 +83,7 @@ pub(super) async fn run_link(
     self_id: u64,
     to: u64,
     address: String,
+    connector: dlock_tls::Connector,
     mut queue: mpsc::Receiver<Outbound>,
     feedback: Feedback,
     chunk_bytes: usize,
@@ -68,7 +91,7 @@ pub(super) async fn run_link(
     let mut backoff = RECONNECT_BACKOFF_MIN;
     let mut failures: u32 = 0;
     loop {
-        let failure = match connect(&address).await {
+        let failure = match connect(&address, &connector).await {
             Ok(channel) => {
                 tracing::debug!(peer = to, %address, "connected to peer");
                 let client = RaftPeerClient::new(channel)

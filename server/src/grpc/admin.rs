@@ -10,7 +10,7 @@ use tracing::{info, instrument};
 
 use super::convert::query_reply;
 use super::not_leader_hint;
-use super::peer_info::{Directory, ask_peer, own_status};
+use super::peer_info::{Directory, own_status};
 use crate::error::Error;
 use crate::replica::{Replica, lock};
 
@@ -257,16 +257,20 @@ impl Admin for AdminService {
         if all {
             let asks = members.iter().map(|m| {
                 let own = node.clone();
+                let directory = &self.directory;
                 async move {
                     if m.node_id == own.node_id {
                         return own;
                     }
-                    ask_peer(&m.peer_addr).await.unwrap_or(pb::NodeStatus {
-                        node_id: m.node_id,
-                        role: pb::Role::Unspecified.into(),
-                        reachable: false,
-                        ..pb::NodeStatus::default()
-                    })
+                    directory
+                        .ask(m.node_id, &m.peer_addr)
+                        .await
+                        .unwrap_or(pb::NodeStatus {
+                            node_id: m.node_id,
+                            role: pb::Role::Unspecified.into(),
+                            reachable: false,
+                            ..pb::NodeStatus::default()
+                        })
                 }
             });
             nodes = futures::future::join_all(asks).await;

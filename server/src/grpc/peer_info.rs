@@ -65,14 +65,28 @@ impl PeerInfo for PeerInfoService {
     }
 }
 
-/// Asks the node at `peer_addr` for its status; `None` if it does not answer in time.
-pub async fn ask_peer(peer_addr: &str) -> Option<pb::NodeStatus> {
+/// Asks node `id` at `peer_addr` for its status, over mutual TLS with `peer_tls` if given (and
+/// then only if its certificate names node `id`); `None` if it does not answer in time.
+pub async fn ask_peer(
+    id: u64,
+    peer_addr: &str,
+    peer_tls: Option<&Arc<dlock_tls::ServerTls>>,
+) -> Option<pb::NodeStatus> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{peer_addr}"))
         .ok()?
         .connect_timeout(PEER_INFO_TIMEOUT)
         .timeout(PEER_INFO_TIMEOUT);
+    let connector = match peer_tls {
+        Some(tls) => dlock_tls::Connector::peer(tls.clone(), id),
+        None => dlock_tls::Connector::plain(),
+    };
     let call = async {
-        let mut client = PeerInfoClient::new(endpoint.connect().await.ok()?);
+        let channel = endpoint
+            .connect_with_connector(connector)
+            .await
+            .inspect_err(|err| debug!(node_id = id, peer_addr, error = ?err, "cannot reach peer"))
+            .ok()?;
+        let mut client = PeerInfoClient::new(channel);
         client
             .info(pb::InfoRequest {})
             .await
@@ -89,17 +103,31 @@ pub async fn ask_peer(peer_addr: &str) -> Option<pb::NodeStatus> {
 /// follower can name the leader's client address in its `dlock-leader-hint`. An empty address
 /// records a node that advertises none (it listens on `0.0.0.0` without
 /// `--advertise-client-addr`): followers then send no hint for it.
-#[derive(Default)]
 pub struct Directory {
     client_addrs: Mutex<HashMap<u64, String>>,
+    /// This node's peer TLS identity, for asking peers.
+    peer_tls: Option<Arc<dlock_tls::ServerTls>>,
 }
 
 impl Directory {
-    /// A directory that already knows this node's advertised client address (empty: none).
-    pub fn new(node_id: u64, client_addr: String) -> Arc<Directory> {
-        let directory = Directory::default();
+    /// A directory that already knows this node's advertised client address (empty: none),
+    /// asking peers over mutual TLS with `peer_tls` if given.
+    pub fn new(
+        node_id: u64,
+        client_addr: String,
+        peer_tls: Option<Arc<dlock_tls::ServerTls>>,
+    ) -> Arc<Directory> {
+        let directory = Directory {
+            client_addrs: Mutex::new(HashMap::new()),
+            peer_tls,
+        };
         lock(&directory.client_addrs).insert(node_id, client_addr);
         Arc::new(directory)
+    }
+
+    /// Asks node `id` at `peer_addr` for its status: [`ask_peer`] with this node's peer TLS.
+    pub async fn ask(&self, id: u64, peer_addr: &str) -> Option<pb::NodeStatus> {
+        ask_peer(id, peer_addr, self.peer_tls.as_ref()).await
     }
 
     /// The advertised client address of node `id`, if it is known and the node has one.
@@ -118,7 +146,7 @@ impl Directory {
     /// Learns node `id`'s advertised client address by asking it at `peer_addr`, replacing
     /// what was known (the node may have restarted with another). True if it answered.
     pub async fn learn(&self, id: u64, peer_addr: &str) -> bool {
-        match ask_peer(peer_addr).await {
+        match self.ask(id, peer_addr).await {
             Some(status) if status.node_id == id => {
                 debug!(node_id = id, client_addr = %status.client_addr, "learned client address");
                 lock(&self.client_addrs).insert(id, status.client_addr);

@@ -14,7 +14,7 @@ pub fn to_status(err: Error) -> Status {
         Error::SessionUnknown(_) => Code::NotFound,
         Error::SecretMismatch(_) => Code::PermissionDenied,
         Error::ChangePending => Code::FailedPrecondition,
-        Error::Internal(_) | Error::Io { .. } => Code::Internal,
+        Error::Internal(_) | Error::Io { .. } | Error::Tls(_) => Code::Internal,
     };
     let not_leader = matches!(err, Error::NotLeader { .. });
     let mut status = Status::new(code, err.to_string());

@@ -1,0 +1,413 @@
+//! Mutual TLS end to end, against real three-node `dlockd` clusters started with certificates
+//! from `dlock_tls::certs`: clients with the right certificate work; plaintext clients, clients
+//! without a certificate and clients that do not trust the node's CA fail with a message that
+//! says what to change; forged raft messages on the peer port are refused and change nothing;
+//! certificates rotate under traffic without a failed request; a node refuses plaintext beyond
+//! loopback unless told `--insecure`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dlock::{Client, ClientConfig, Error, Timeout, WaitOutcome};
+use dlock_proto::v1::RaftEnvelope;
+use dlock_proto::v1::raft_peer_client::RaftPeerClient;
+use dlock_tests::procs::ProcCluster;
+use dlock_tests::{free_port, target_binary, unique};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+
+/// Bounds every wait of these tests (no timed assertions: a hang fails here instead).
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn quick(mut config: ClientConfig) -> ClientConfig {
+    config.request_timeout = Duration::from_secs(1);
+    config.attempt_timeout = Duration::from_millis(500);
+    config
+}
+
+/// A mutex round trip: create, acquire, release, close.
+async fn round_trip(client: &Client, name: &str) -> Result<(), Error> {
+    let session = client.open_session(Duration::ZERO).await?;
+    let mutex = session.create_mutex(Some(name), false).await?;
+    let outcome = mutex.lock(Timeout::Millis(5_000)).await?;
+    assert!(
+        matches!(outcome, WaitOutcome::Signaled { .. }),
+        "{outcome:?}"
+    );
+    mutex.release().await?;
+    session.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_need_the_right_certificates_and_are_told_what_is_wrong() {
+    let cluster = ProcCluster::start_tls(3, &[]).await;
+    cluster.leader().await;
+
+    let client = Client::connect_with_config(cluster.client_config("alice"))
+        .await
+        .unwrap();
+    round_trip(&client, &unique("tls-ok"))
+        .await
+        .expect("mTLS client works");
+
+    // https:// endpoints mean the same.
+    let mut config = cluster.client_config("bob");
+    config.endpoints = config
+        .endpoints
+        .iter()
+        .map(|e| format!("https://{e}"))
+        .collect();
+    let client = Client::connect_with_config(config).await.unwrap();
+    round_trip(&client, &unique("tls-https"))
+        .await
+        .expect("https endpoints work");
+
+    // Plaintext against the TLS port: refused with a status that says what to do.
+    let plain = Client::connect_with_config(quick(ClientConfig::new(cluster.endpoint_list())))
+        .await
+        .unwrap();
+    let err = plain.open_session(Duration::ZERO).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(why) if why.contains("requires TLS") && why.contains("DLOCK_CACERT")),
+        "{err}"
+    );
+
+    // TLS without a client certificate, against --client-cert-auth.
+    let certs = cluster.certs_dir();
+    let mut config = quick(ClientConfig::new(cluster.endpoint_list()));
+    config.tls = dlock::tls_from_files(Some(&certs.join("ca.pem")), None, None).unwrap();
+    let anonymous = Client::connect_with_config(config).await.unwrap();
+    let err = anonymous.open_session(Duration::ZERO).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(why) if why.contains("requires a client certificate")),
+        "{err}"
+    );
+
+    // A client that trusts another CA refuses the nodes' certificates.
+    let other = tempfile::tempdir().unwrap();
+    let bundle = dlock_tls::certs::generate("another CA", &[], &["eve".into()]).unwrap();
+    dlock_tls::certs::write(other.path(), &bundle, false, false).unwrap();
+    let mut config = quick(ClientConfig::new(cluster.endpoint_list()));
+    config.tls = dlock::tls_from_files(
+        Some(&other.path().join("ca.pem")),
+        Some(&other.path().join("client-eve.pem")),
+        Some(&other.path().join("client-eve.key")),
+    )
+    .unwrap();
+    let untrusting = Client::connect_with_config(config).await.unwrap();
+    let err = untrusting.open_session(Duration::ZERO).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(why) if why.contains("not trusted")),
+        "{err}"
+    );
+
+    // https:// without a CA is a configuration error, caught before any connection.
+    let err = Client::connect_with_config(ClientConfig::new(["https://127.0.0.1:1"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument(why) if why.contains("CA")),
+        "{err}"
+    );
+}
+
+/// A raft message that, if a follower took it, would move its term far ahead and depose the
+/// leader.
+fn forged_heartbeat(from: u64, to: u64, term: u64) -> Vec<u8> {
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgHeartbeat);
+    message.from = from;
+    message.to = to;
+    message.term = term;
+    message.write_to_bytes().unwrap()
+}
+
+/// Sends one envelope on a `RaftPeer.Stream` to `peer_addr` with `tls`; the stream's end.
+async fn send_raw(
+    peer_addr: std::net::SocketAddr,
+    tls: Option<dlock::ClientTls>,
+    envelope_from: u64,
+    payload: Vec<u8>,
+) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{peer_addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect_with_connector(dlock_tls::Connector::new(tls))
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let envelope = RaftEnvelope {
+        from: envelope_from,
+        payload,
+        more: false,
+        message_bytes: 0,
+    };
+    let mut client = RaftPeerClient::new(channel);
+    let call = client.stream(tokio_stream::iter(vec![envelope]));
+    match tokio::time::timeout(DEADLINE, call).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+        Err(_) => panic!("the raft stream hung"),
+    }
+}
+
+fn tls_of(certs: &Path, cert: Option<&str>) -> Option<dlock::ClientTls> {
+    let cert_path = cert.map(|c| certs.join(format!("{c}.pem")));
+    let key_path = cert.map(|c| certs.join(format!("{c}.key")));
+    dlock::tls_from_files(
+        Some(&certs.join("ca.pem")),
+        cert_path.as_deref(),
+        key_path.as_deref(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_raft_messages_on_the_peer_port_are_refused_and_change_nothing() {
+    let cluster = ProcCluster::start_tls(3, &[]).await;
+    let before = cluster.leader_status().await;
+    let leader = before.node.as_ref().unwrap().node_id;
+    let term = before.node.as_ref().unwrap().term;
+    let target = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let other = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader && *id != target)
+        .unwrap();
+    let peer_addr = cluster.node(target).peer_addr;
+    let certs = cluster.certs_dir();
+    let forged = || forged_heartbeat(leader, target, term + 100);
+
+    // Plaintext: refused with a message for the operator of the calling node.
+    let err = send_raw(peer_addr, None, leader, forged())
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("requires mutual TLS") && err.contains("--peer-cert-file"),
+        "{err}"
+    );
+    // TLS without a client certificate: the handshake fails.
+    let err = send_raw(peer_addr, tls_of(&certs, None), leader, forged())
+        .await
+        .unwrap_err();
+    assert!(!err.is_empty());
+    // A client certificate of the same CA that names no node.
+    let err = send_raw(
+        peer_addr,
+        tls_of(&certs, Some("client-alice")),
+        leader,
+        forged(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.starts_with("PermissionDenied") && err.contains("CN=alice"),
+        "{err}"
+    );
+    // Another node's certificate, claiming to be the leader.
+    let name = format!("node-{other}");
+    let err = send_raw(peer_addr, tls_of(&certs, Some(&name)), leader, forged())
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("PermissionDenied") && err.contains(&format!("names node {other}")),
+        "{err}"
+    );
+    // Its own name on the envelope, the leader's inside the message: dropped.
+    send_raw(peer_addr, tls_of(&certs, Some(&name)), other, forged())
+        .await
+        .expect("the stream itself is fine; the message is dropped");
+
+    // Nothing changed: same leader, same term, on every node.
+    for id in cluster.ids() {
+        let status = cluster.status(id).await.unwrap();
+        let node = status.node.unwrap();
+        assert_eq!((node.leader_id, node.term), (leader, term), "node {id}");
+    }
+    let log = std::fs::read_to_string(&cluster.node(target).log).unwrap();
+    assert!(
+        log.contains("peer port call without a node certificate refused"),
+        "{log}"
+    );
+    assert!(
+        log.contains("raft message in another node's name refused"),
+        "{log}"
+    );
+
+    // The control: the same message over the leader's own certificate is taken, and moves the
+    // target's term (so the refusals above are what kept it still).
+    let name = format!("node-{leader}");
+    send_raw(peer_addr, tls_of(&certs, Some(&name)), leader, forged())
+        .await
+        .expect("the leader's own message");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let node = cluster.status(target).await.unwrap().node.unwrap();
+        if node.term >= term + 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the control message was not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `text` to `path` through a temporary file renamed over it (what cert managers do).
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_traffic_without_a_failed_request() {
+    let mut cluster = ProcCluster::start_tls(3, &[]).await;
+    cluster.leader().await;
+    let certs = cluster.certs_dir();
+    let old_ca = std::fs::read_to_string(certs.join("ca.pem")).unwrap();
+    let new = dlock_tls::certs::generate(
+        "rotated CA",
+        &(1..=3)
+            .map(|id| dlock_tls::certs::NodeSpec::with_default_hosts(id, &[]))
+            .collect::<Vec<_>>(),
+        &["carol".into()],
+    )
+    .unwrap();
+    let both = format!("{old_ca}{}", new.ca.cert_pem);
+    let both_path = certs.join("both-cas.pem");
+    std::fs::write(&both_path, &both).unwrap();
+
+    // Traffic: long-lived clients trusting both CAs with the old client certificate, and a
+    // new client (a new connection) every round.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let stop = stop.clone();
+        let rounds = rounds.clone();
+        let endpoints = cluster.endpoint_list();
+        let both_path = both_path.clone();
+        let certs = certs.clone();
+        tokio::spawn(async move {
+            let config = || {
+                let mut config = ClientConfig::new(&endpoints);
+                config.tls = dlock::tls_from_files(
+                    Some(&both_path),
+                    Some(&certs.join("client-alice.pem")),
+                    Some(&certs.join("client-alice.key")),
+                )
+                .unwrap();
+                config
+            };
+            let steady = Client::connect_with_config(config()).await.unwrap();
+            let name = unique("rotation");
+            while !stop.load(Ordering::Relaxed) {
+                round_trip(&steady, &name).await.expect("steady client");
+                let fresh = Client::connect_with_config(config()).await.unwrap();
+                round_trip(&fresh, &name).await.expect("fresh client");
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let progress = |at_least: u64| {
+        let rounds = rounds.clone();
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            while rounds.load(Ordering::Relaxed) < at_least {
+                assert!(Instant::now() < deadline, "traffic stalled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    progress(3).await;
+
+    // 1. Trust both CAs (client port and peer port), 2. switch the node certificates.
+    replace_file(&certs.join("ca.pem"), &both);
+    let done = rounds.load(Ordering::Relaxed);
+    progress(done + 3).await;
+    for (id, pair) in &new.nodes {
+        replace_file(&certs.join(format!("node-{id}.key.pending")), &pair.key_pem);
+        replace_file(&certs.join(format!("node-{id}.pem")), &pair.cert_pem);
+        std::fs::rename(
+            certs.join(format!("node-{id}.key.pending")),
+            certs.join(format!("node-{id}.key")),
+        )
+        .unwrap();
+    }
+
+    // A client that trusts only the new CA, with a certificate of the new CA, gets in once the
+    // nodes have picked the new files up.
+    let new_only = tempfile::tempdir().unwrap();
+    dlock_tls::certs::write(new_only.path(), &new, false, false).unwrap();
+    let mut config = quick(ClientConfig::new(cluster.endpoint_list()));
+    config.tls = dlock::tls_from_files(
+        Some(&new_only.path().join("ca.pem")),
+        Some(&new_only.path().join("client-carol.pem")),
+        Some(&new_only.path().join("client-carol.key")),
+    )
+    .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let client = Client::connect_with_config(config.clone()).await.unwrap();
+        match round_trip(&client, &unique("new-ca")).await {
+            Ok(()) => break,
+            Err(err) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "new certificates never served: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    // Peer links made after the rotation use the new certificates: a follower killed and
+    // restarted rejoins.
+    let leader = cluster.leader().await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    cluster.kill9(follower);
+    cluster.restart(follower).await;
+    cluster.wait_caught_up(follower).await;
+
+    let done = rounds.load(Ordering::Relaxed);
+    progress(done + 3).await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::timeout(DEADLINE, traffic)
+        .await
+        .expect("traffic stops")
+        .expect("no request failed during the rotation");
+    for id in cluster.ids() {
+        let log = std::fs::read_to_string(&cluster.node(id).log).unwrap();
+        assert!(
+            log.contains("TLS certificates reloaded"),
+            "node {id}:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn plaintext_beyond_loopback_needs_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(target_binary("dlockd"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--client-addr")
+        .arg(format!("0.0.0.0:{}", free_port()))
+        .arg("--peer-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to serve the client API on 0.0.0.0")
+            && stderr.contains("insecure"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+}
