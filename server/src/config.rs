@@ -30,6 +30,10 @@ pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7701";
 /// The default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "dlockd-data";
 
+/// The default admin principal: the subject of the `admin` client certificate
+/// `dlockctl certs init` makes.
+pub const DEFAULT_ADMIN_PRINCIPAL: &str = "CN=admin";
+
 /// The largest session TTL any configuration may allow: one day, in milliseconds.
 pub const SESSION_TTL_MS_LIMIT: u64 = 24 * 3600 * 1000;
 /// The longest keepalive checkpoint interval: one hour, in milliseconds.
@@ -117,6 +121,11 @@ pub struct Config {
     /// CA certificates that peers' certificates must chain to, in both directions (etcd's
     /// `--peer-trusted-ca-file`).
     pub peer_trusted_ca_file: Option<PathBuf>,
+    /// The principals (client certificate subjects, RFC 4514: `CN=admin`) allowed to use the
+    /// admin API (`dlock.v1.Admin`: status, membership, listings) when the client port checks
+    /// client certificates (`trusted_ca_file`). Without client certificates there are no
+    /// principals and the admin API is as open as the rest of the port.
+    pub admin_principals: Vec<String>,
     /// Serve plaintext on addresses other than loopback. Without it, a node refuses to start
     /// when the client or peer port would listen beyond loopback without TLS: anyone who
     /// reaches such a port can take every lock (or, on the peer port, replace the data).
@@ -149,6 +158,7 @@ impl Default for Config {
             peer_cert_file: None,
             peer_key_file: None,
             peer_trusted_ca_file: None,
+            admin_principals: vec![DEFAULT_ADMIN_PRINCIPAL.to_owned()],
             insecure: false,
         }
     }
@@ -282,6 +292,9 @@ impl Config {
                     .into(),
             );
         }
+        if self.admin_principals.iter().any(|p| p.trim().is_empty()) {
+            return fail("admin-principals must not name an empty principal".into());
+        }
         if !self.insecure {
             if self.cert_file.is_none() && !self.client_addr.ip().is_loopback() {
                 return fail(format!(
@@ -301,6 +314,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// True if the admin API checks its callers' principals: the client port verifies client
+    /// certificates.
+    pub fn admin_needs_principal(&self) -> bool {
+        self.cert_file.is_some() && self.trusted_ca_file.is_some()
     }
 
     /// The client port's TLS files, if it serves TLS.
@@ -498,6 +517,10 @@ pub struct Settings {
     /// CA certificates (PEM) that peers' certificates must chain to.
     #[arg(long, env = "DLOCKD_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Principals (client certificate subjects such as CN=admin) allowed to use the admin API,
+    /// separated by ';' [default: CN=admin].
+    #[arg(long, env = "DLOCKD_ADMIN_PRINCIPALS")]
+    pub admin_principals: Option<String>,
     /// Allow plaintext client or peer ports on addresses other than loopback.
     #[arg(long, env = "DLOCKD_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
@@ -564,6 +587,15 @@ impl Settings {
             peer_cert_file: self.peer_cert_file.or(file.peer_cert_file),
             peer_key_file: self.peer_key_file.or(file.peer_key_file),
             peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
+            admin_principals: match self.admin_principals.or(file.admin_principals) {
+                Some(list) => list
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                None => d.admin_principals.clone(),
+            },
             insecure: pick!(insecure),
             ..d
         };
@@ -656,6 +688,46 @@ mod tests {
             d.snapshot_interval_entries
         );
         assert_eq!(config.request_bytes_max, d.request_bytes_max);
+    }
+
+    #[test]
+    fn admin_principals_are_semicolon_separated_subjects() {
+        let config = Settings {
+            admin_principals: Some("CN=admin; CN=ops,O=acme ;".into()),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(config.admin_principals, ["CN=admin", "CN=ops,O=acme"]);
+        let default = Settings::default().resolve().unwrap();
+        assert_eq!(default.admin_principals, [DEFAULT_ADMIN_PRINCIPAL]);
+        assert!(
+            !default.admin_needs_principal(),
+            "no client certificates, no principals"
+        );
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_is_refused_unless_insecure() {
+        let mut config = Config {
+            client_addr: "0.0.0.0:7700".parse().unwrap(),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("refusing to serve the client API on 0.0.0.0:7700"),
+            "{err}"
+        );
+        config.insecure = true;
+        config.validate().expect("insecure accepts it");
+        config.insecure = false;
+        config.client_addr = "127.0.0.1:7700".parse().unwrap();
+        config.peer_addr = "10.0.0.1:7701".parse().unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("peer port on 10.0.0.1:7701"), "{err}");
+        config.peer_cert_file = Some("p.pem".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("peer TLS is mutual"), "{err}");
     }
 
     #[test]

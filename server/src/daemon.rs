@@ -147,12 +147,15 @@ impl Server {
             metrics.clone(),
         ))
         .max_decoding_message_size(config.request_bytes_max);
-        let admin = AdminServer::new(AdminService::new(
-            node.clone(),
-            replica.clone(),
-            advertised.clone(),
-            directory.clone(),
-        ));
+        let admin = AdminServer::with_interceptor(
+            AdminService::new(
+                node.clone(),
+                replica.clone(),
+                advertised.clone(),
+                directory.clone(),
+            ),
+            AdminGate::new(&config),
+        );
         let serve = tokio::spawn(
             tonic::transport::Server::builder()
                 .concurrency_limit_per_connection(config.requests_per_connection_max)
@@ -340,6 +343,49 @@ fn bound_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, Error> {
         context: "cannot read the bound address".into(),
         source,
     })
+}
+
+/// Lets only admin principals call the admin API when the client port checks client
+/// certificates (`Config::admin_needs_principal`); everyone otherwise.
+#[derive(Clone)]
+struct AdminGate {
+    admins: Option<Arc<Vec<String>>>,
+}
+
+impl AdminGate {
+    fn new(config: &Config) -> AdminGate {
+        AdminGate {
+            admins: config
+                .admin_needs_principal()
+                .then(|| Arc::new(config.admin_principals.clone())),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for AdminGate {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(admins) = &self.admins else {
+            return Ok(request);
+        };
+        let conn = request.extensions().get::<dlock_tls::ConnInfo>();
+        let principal = conn
+            .and_then(|c| c.peer.as_ref())
+            .map(|p| p.subject.as_str());
+        if principal.is_some_and(|p| admins.iter().any(|a| a == p)) {
+            return Ok(request);
+        }
+        warn!(
+            remote = ?conn.and_then(|c| c.remote_addr),
+            principal = principal.unwrap_or("none"),
+            "admin call without an admin principal refused"
+        );
+        Err(tonic::Status::permission_denied(format!(
+            "the admin API needs an admin principal (admin-principals: {}); this connection's \
+             principal: {}",
+            admins.join("; "),
+            principal.unwrap_or("none (no client certificate)")
+        )))
+    }
 }
 
 /// Refuses calls that arrived in plaintext on the TLS client port, saying what to change.

@@ -411,3 +411,51 @@ fn plaintext_beyond_loopback_needs_insecure() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_an_admin_principal_and_a_refused_call_changes_nothing() {
+    let mut cluster = ProcCluster::start_tls(3, &[]).await;
+    cluster.leader().await;
+    cluster.start_joining(4, &[1, 2, 3]).await;
+    let peer4 = cluster.node(4).peer_addr.to_string();
+
+    let alice = Client::connect_with_config(quick(cluster.client_config("alice")))
+        .await
+        .unwrap();
+    let denied = |err: &Error| {
+        matches!(err, Error::Transport(why)
+            if why.starts_with("PermissionDenied")
+                && why.contains("admin principal")
+                && why.contains("CN=alice"))
+    };
+    let err = alice.admin().add_learner(4, &peer4).await.unwrap_err();
+    assert!(denied(&err.error), "{:?}", err.error);
+    let err = alice.admin().status(true).await.unwrap_err();
+    assert!(denied(&err), "{err:?}");
+    let err = alice.admin().list_sessions(0, 10).await.unwrap_err();
+    assert!(denied(&err), "{err:?}");
+    // The client API itself is alice's to use.
+    round_trip(&alice, &unique("alice-works")).await.unwrap();
+
+    // Nothing changed: still three voters and no learner.
+    let status = cluster.leader_status().await;
+    let members: Vec<(u64, bool)> = status
+        .members
+        .iter()
+        .map(|m| (m.node_id, m.voter))
+        .collect();
+    assert_eq!(members, vec![(1, true), (2, true), (3, true)]);
+
+    // The admin principal (the `admin` client certificate, CN=admin by default) may.
+    let admin = Client::connect_with_config(cluster.client_config("admin"))
+        .await
+        .unwrap();
+    admin
+        .admin()
+        .add_learner(4, &peer4)
+        .await
+        .expect("admin adds the learner");
+    cluster
+        .wait_members(&[(1, true), (2, true), (3, true), (4, false)])
+        .await;
+}
