@@ -73,11 +73,15 @@ fi
 
 # The compose cluster's development certificates (deploy/docker-compose.yml), made once: a
 # CA, node certificates for node1..3 and client certificates for the health check (ops), the
-# example services and the host (app). Keys readable by the containers' user (development only).
+# example services, the host (app) and the admin API (admin: dlockctl status, list, membership). Keys readable by the containers' user (development only).
 if [[ ! -f deploy/certs/ca.pem ]]; then
-  "$out/dlockctl" certs init --dir deploy/certs --nodes 3 --clients ops,scheduler,worker,app \
+  "$out/dlockctl" certs init --dir deploy/certs --nodes 3 --clients ops,scheduler,worker,app,admin \
     --readable-keys >/dev/null
-  echo "build-image.sh: made development certificates in deploy/certs"
+  # The CA key stays out of the directory the containers mount.
+  mkdir -p deploy/certs-ca
+  mv deploy/certs/ca.key deploy/certs-ca/ca.key
+  chmod 600 deploy/certs-ca/ca.key
+  echo "build-image.sh: made development certificates in deploy/certs (CA key in deploy/certs-ca)"
 fi
 
 context=$(mktemp -d)

@@ -82,14 +82,15 @@ port_open() {
     (exec 3<>"/dev/tcp/${HOST}/$1") 2>/dev/null
 }
 
-# dlockd's TLS flags for node $1 (none with DLOCK_PLAINTEXT=1).
+# dlockd's TLS flags for node $1 into the array tls (empty with DLOCK_PLAINTEXT=1).
 tls_flags() {
+    tls=()
     [[ "${DLOCK_PLAINTEXT:-0}" == 1 ]] && return 0
     local certs="${dir}/certs"
-    echo --cert-file "${certs}/node-$1.pem" --key-file "${certs}/node-$1.key" \
-        --trusted-ca-file "${certs}/ca.pem" --client-cert-auth \
-        --peer-cert-file "${certs}/node-$1.pem" --peer-key-file "${certs}/node-$1.key" \
-        --peer-trusted-ca-file "${certs}/ca.pem"
+    tls=(--cert-file "${certs}/node-$1.pem" --key-file "${certs}/node-$1.key"
+        --trusted-ca-file "${certs}/ca.pem" --client-cert-auth
+        --peer-cert-file "${certs}/node-$1.pem" --peer-key-file "${certs}/node-$1.key"
+        --peer-trusted-ca-file "${certs}/ca.pem")
 }
 
 # Makes the development certificates unless DIR/certs has them.
@@ -118,13 +119,16 @@ start_node() {
     fi
     [[ -x "${dlockd}" ]] || die "${dlockd} is missing: run '$0 start' to build it"
     mkdir -p "${dir}/node${n}"
+    make_certs
+    local tls
+    tls_flags "${n}"
     RUST_LOG="${RUST_LOG:-info}" nohup "${dlockd}" \
         --node-id "${n}" \
         --data-dir "${dir}/node${n}" \
         --client-addr "${HOST}:$(client_port "${n}")" \
         --peer-addr "${HOST}:$(peer_port "${n}")" \
         --initial-cluster "${INITIAL_CLUSTER}" \
-        $(tls_flags "${n}") \
+        "${tls[@]}" \
         >>"${dir}/node${n}.log" 2>&1 </dev/null &
     pid=$!
     echo "${pid}" >"${dir}/node${n}.pid"
@@ -143,8 +147,8 @@ wait_listening() {
 
 wait_leader() {
     local deadline=$((SECONDS + START_TIMEOUT_S))
-    until ctl --timeout-ms 2000 status 2>/dev/null |
-        grep -Eq 'leader [0-9]+ '; do
+    local out
+    until out=$(ctl --timeout-ms 2000 status 2>/dev/null) && grep -Eq 'leader [0-9]+ ' <<<"${out}"; do
         ((SECONDS < deadline)) || die "no leader elected within ${START_TIMEOUT_S} s"
         sleep 0.2
     done
@@ -173,10 +177,14 @@ stop_node() {
 }
 
 print_env() {
-    echo "export DLOCK_ENDPOINTS=${ENDPOINTS}"
+    printf 'export DLOCK_ENDPOINTS=%q\n' "${ENDPOINTS}"
     if [[ "${DLOCK_PLAINTEXT:-0}" != 1 ]]; then
-        echo "export DLOCK_CACERT=${dir}/certs/ca.pem"
-        echo "export DLOCK_CERT=${dir}/certs/client-app.pem DLOCK_KEY=${dir}/certs/client-app.key"
+        printf 'export DLOCK_CACERT=%q\n' "${dir}/certs/ca.pem"
+        printf 'export DLOCK_CERT=%q DLOCK_KEY=%q\n' "${dir}/certs/client-app.pem" \
+            "${dir}/certs/client-app.key"
+        printf '# admin commands (dlockctl status, list, sessions, membership) need the admin\n'
+        printf '# certificate: dlockctl --cert %q --key %q ...\n' \
+            "${dir}/certs/client-admin.pem" "${dir}/certs/client-admin.key"
     fi
 }
 
@@ -204,7 +212,6 @@ readonly dir
 case "${command}" in
     start)
         build
-        make_certs
         for n in "${NODES[@]}"; do
             start_node "${n}"
         done

@@ -671,10 +671,19 @@ impl Client {
                     Disposition::InvalidArgument => {
                         return Err(Error::InvalidArgument(status.message().to_owned()));
                     }
-                    // A node that serves TLS only answers a plaintext client this way: a
-                    // configuration problem no retry fixes.
+                    // A node that serves TLS only answers a plaintext client this way. Another
+                    // node may not (TLS being switched on node by node): try the others, and
+                    // report it if none answers.
                     Disposition::Unexpected if status.code() == Code::Unauthenticated => {
-                        return Err(Error::Tls(status.message().to_owned()));
+                        tracing::warn!(
+                            what = policy.what,
+                            node,
+                            why = status.message(),
+                            "refused as plaintext"
+                        );
+                        tls_failure = Some(status.message().to_owned());
+                        last_failure = Error::Unavailable;
+                        self.advance(node);
                     }
                     Disposition::Unexpected => {
                         return Err(Error::Transport(format!(

@@ -50,9 +50,9 @@ pub enum Error {
     Transport(String),
     /// No node could be reached because TLS failed (an untrusted or misnamed node
     /// certificate, a missing or refused client certificate, a node that does not speak TLS),
-    /// and none answered otherwise within the request timeout; or a node that requires TLS
-    /// answered a plaintext request (`UNAUTHENTICATED`). The text says what to change. The
-    /// request was not applied.
+    /// and none answered otherwise within the request timeout (a node that requires TLS
+    /// answering a plaintext request with `UNAUTHENTICATED` counts too). The text says what to
+    /// change. The request was not applied.
     #[error("TLS: {0}")]
     Tls(String),
     /// A reply violated the wire contract (for example an unknown wait result). Indicates a bug

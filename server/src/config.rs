@@ -30,8 +30,8 @@ pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7701";
 /// The default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "dlockd-data";
 
-/// The default admin principal: the subject of the `admin` client certificate
-/// `dlockctl certs init` makes.
+/// The default admin principal: the subject of the client certificate
+/// `dlockctl certs init --clients admin` makes.
 pub const DEFAULT_ADMIN_PRINCIPAL: &str = "CN=admin";
 
 /// The largest session TTL any configuration may allow: one day, in milliseconds.
@@ -123,8 +123,9 @@ pub struct Config {
     pub peer_trusted_ca_file: Option<PathBuf>,
     /// The principals (client certificate subjects, RFC 4514: `CN=admin`) allowed to use the
     /// admin API (`dlock.v1.Admin`: status, membership, listings) when the client port checks
-    /// client certificates (`trusted_ca_file`). Without client certificates there are no
-    /// principals and the admin API is as open as the rest of the port.
+    /// client certificates (`trusted_ca_file`). Only the subject is compared, so every CA in
+    /// `trusted_ca_file` can make an admin. Without client certificates there are no
+    /// principals: the admin API then answers loopback callers only, unless `insecure`.
     pub admin_principals: Vec<String>,
     /// Serve plaintext on addresses other than loopback. Without it, a node refuses to start
     /// when the client or peer port would listen beyond loopback without TLS: anyone who
@@ -292,8 +293,12 @@ impl Config {
                     .into(),
             );
         }
-        if self.admin_principals.iter().any(|p| p.trim().is_empty()) {
-            return fail("admin-principals must not name an empty principal".into());
+        if self.admin_principals.is_empty()
+            || self.admin_principals.iter().any(|p| p.trim().is_empty())
+        {
+            return fail(
+                "admin-principals must name at least one principal, and no empty one".into(),
+            );
         }
         if !self.insecure {
             if self.cert_file.is_none() && !self.client_addr.ip().is_loopback() {
@@ -393,6 +398,29 @@ impl Config {
 fn is_host_port(addr: &str) -> bool {
     addr.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// Splits `CN=a;CN=b` at every `;` that RFC 4514 did not escape (`\;` stays in the
+/// principal), trimming blanks and dropping empty entries.
+fn split_principals(list: &str) -> Vec<String> {
+    let mut principals = Vec::new();
+    let mut current = String::new();
+    let mut escaped = false;
+    for c in list.chars() {
+        match c {
+            ';' if !escaped => principals.push(std::mem::take(&mut current)),
+            c => {
+                escaped = c == '\\' && !escaped;
+                current.push(c);
+            }
+        }
+    }
+    principals.push(current);
+    principals
+        .into_iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 /// Parses `1=host:port,2=host:port,...` (the `initial-cluster` syntax).
@@ -588,12 +616,7 @@ impl Settings {
             peer_key_file: self.peer_key_file.or(file.peer_key_file),
             peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
             admin_principals: match self.admin_principals.or(file.admin_principals) {
-                Some(list) => list
-                    .split(';')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
+                Some(list) => split_principals(&list),
                 None => d.admin_principals.clone(),
             },
             insecure: pick!(insecure),
@@ -699,6 +722,14 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(config.admin_principals, ["CN=admin", "CN=ops,O=acme"]);
+        assert_eq!(split_principals("CN=a\\;b;CN=c"), ["CN=a\\;b", "CN=c"]);
+        let err = Settings {
+            admin_principals: Some(";".into()),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("at least one principal"), "{err}");
         let default = Settings::default().resolve().unwrap();
         assert_eq!(default.admin_principals, [DEFAULT_ADMIN_PRINCIPAL]);
         assert!(

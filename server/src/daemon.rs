@@ -345,11 +345,14 @@ fn bound_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, Error> {
     })
 }
 
-/// Lets only admin principals call the admin API when the client port checks client
-/// certificates (`Config::admin_needs_principal`); everyone otherwise.
+/// Who may call the admin API: only admin principals when the client port checks client
+/// certificates (`Config::admin_needs_principal`); without principals, only loopback callers
+/// unless the node runs `--insecure` (a TLS port without client certificates beyond loopback
+/// would otherwise let anyone change the membership).
 #[derive(Clone)]
 struct AdminGate {
     admins: Option<Arc<Vec<String>>>,
+    loopback_only: bool,
 }
 
 impl AdminGate {
@@ -358,16 +361,29 @@ impl AdminGate {
             admins: config
                 .admin_needs_principal()
                 .then(|| Arc::new(config.admin_principals.clone())),
+            loopback_only: !config.admin_needs_principal() && !config.insecure,
         }
     }
 }
 
 impl tonic::service::Interceptor for AdminGate {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let Some(admins) = &self.admins else {
-            return Ok(request);
-        };
         let conn = request.extensions().get::<dlock_tls::ConnInfo>();
+        let Some(admins) = &self.admins else {
+            let remote = conn.and_then(|c| c.remote_addr);
+            if !self.loopback_only || remote.is_some_and(|r| r.ip().is_loopback()) {
+                return Ok(request);
+            }
+            warn!(
+                ?remote,
+                "admin call from beyond loopback without client certificates refused"
+            );
+            return Err(tonic::Status::permission_denied(
+                "this node checks no client certificates, so its admin API answers only \
+                 loopback callers: give it trusted-ca-file and an admin certificate \
+                 (admin-principals), or insecure",
+            ));
+        };
         let principal = conn
             .and_then(|c| c.peer.as_ref())
             .map(|p| p.subject.as_str());
@@ -515,4 +531,59 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!("shutdown requested");
     server.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor;
+
+    fn call(gate: &mut AdminGate, remote: &str, subject: Option<&str>) -> Result<(), tonic::Code> {
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(dlock_tls::ConnInfo {
+            remote_addr: Some(remote.parse().unwrap()),
+            peer: subject.map(|s| {
+                Arc::new(dlock_tls::PeerIdentity {
+                    subject: s.to_owned(),
+                    node_id: None,
+                })
+            }),
+            plaintext_on_tls: false,
+        });
+        gate.call(request).map(|_| ()).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn the_admin_gate_admits_admin_principals_or_loopback_callers_only() {
+        let denied = Err(tonic::Code::PermissionDenied);
+        // Client certificates checked: the principal decides, wherever the caller is.
+        let mut gate = AdminGate::new(&Config {
+            cert_file: Some("c.pem".into()),
+            key_file: Some("c.key".into()),
+            trusted_ca_file: Some("ca.pem".into()),
+            ..Config::default()
+        });
+        assert_eq!(call(&mut gate, "10.0.0.9:1000", Some("CN=admin")), Ok(()));
+        assert_eq!(call(&mut gate, "127.0.0.1:1000", Some("CN=alice")), denied);
+        assert_eq!(call(&mut gate, "127.0.0.1:1000", None), denied);
+        assert_eq!(
+            call(&mut gate, "127.0.0.1:1000", Some("CN=admin,O=x")),
+            denied
+        );
+        // TLS without client certificates (or plaintext): loopback callers only...
+        let mut gate = AdminGate::new(&Config {
+            cert_file: Some("c.pem".into()),
+            key_file: Some("c.key".into()),
+            ..Config::default()
+        });
+        assert_eq!(call(&mut gate, "127.0.0.1:1000", None), Ok(()));
+        assert_eq!(call(&mut gate, "[::1]:1000", None), Ok(()));
+        assert_eq!(call(&mut gate, "10.0.0.9:1000", None), denied);
+        // ...unless the operator said insecure.
+        let mut gate = AdminGate::new(&Config {
+            insecure: true,
+            ..Config::default()
+        });
+        assert_eq!(call(&mut gate, "10.0.0.9:1000", None), Ok(()));
+    }
 }
