@@ -227,4 +227,101 @@ mod tests {
         next.more = true;
         assert!(reassemble(&mut partial, next, 100).is_err());
     }
+
+    /// The peer decoder fuzzed: any sequence of envelopes (random senders, flags, announced
+    /// sizes and payloads, well-formed chunked messages among them) is either reassembled into
+    /// exactly what was sent or refused; nothing panics, and the buffer never holds more than
+    /// the announced size, which never exceeds the limit. `DLOCK_FUZZ_CASES` sets the number
+    /// of sequences (default 256).
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        const LIMIT: u64 = 4096;
+
+        fn envelope() -> impl Strategy<Value = RaftEnvelope> {
+            (
+                0u64..4,
+                proptest::collection::vec(any::<u8>(), 0..600),
+                any::<bool>(),
+                prop_oneof![
+                    Just(0u64),
+                    0u64..8192,
+                    Just(u64::MAX),
+                    Just(LIMIT),
+                    Just(LIMIT + 1)
+                ],
+            )
+                .prop_map(|(from, payload, more, message_bytes)| RaftEnvelope {
+                    from,
+                    payload,
+                    more,
+                    message_bytes,
+                })
+        }
+
+        /// A well-formed message of up to 3000 bytes split into chunks of 500.
+        fn honest() -> impl Strategy<Value = (u64, Vec<u8>)> {
+            (1u64..4, proptest::collection::vec(any::<u8>(), 1..3000))
+        }
+
+        fn cases() -> u32 {
+            std::env::var("DLOCK_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            #[test]
+            fn envelope_sequences_are_reassembled_exactly_or_refused(
+                noise in proptest::collection::vec(envelope(), 0..12),
+                honest in proptest::collection::vec(honest(), 0..3),
+                order in any::<u64>(),
+            ) {
+                // Units: one noise envelope, or all the chunks of one honest message in order.
+                let mut units: Vec<(Vec<RaftEnvelope>, Option<Vec<u8>>)> =
+                    noise.into_iter().map(|e| (vec![e], None)).collect();
+                let mut seed = order;
+                for (from, payload) in honest {
+                    let chunks = Chunk::split(from, payload.clone(), 500)
+                        .into_iter()
+                        .map(Chunk::build)
+                        .collect();
+                    let at = (seed % (units.len() as u64 + 1)) as usize;
+                    seed = seed.rotate_left(7) ^ 0x9e37_79b9_7f4a_7c15;
+                    units.insert(at, (chunks, Some(payload)));
+                }
+                let mut partial = None;
+                for (envelopes, expected) in units {
+                    let last = envelopes.len() - 1;
+                    for (i, envelope) in envelopes.into_iter().enumerate() {
+                        match reassemble(&mut partial, envelope, LIMIT) {
+                            Ok(Some(message)) => {
+                                // A whole message comes out only at an honest message's last
+                                // chunk, and is exactly what was sent (noise is one envelope).
+                                if let Some(expected) = &expected {
+                                    prop_assert_eq!(i, last);
+                                    prop_assert_eq!(&message, expected);
+                                }
+                            }
+                            Ok(None) => {}
+                            // A refusal ends the stream; the sender's next stream starts with
+                            // its next message, so the rest of this one is never seen.
+                            Err(_) => {
+                                partial = None;
+                                break;
+                            }
+                        }
+                        if let Some(current) = &partial {
+                            prop_assert!(current.buffer.len() as u64 <= current.expected);
+                            prop_assert!(current.expected <= LIMIT.max(3000));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
