@@ -638,7 +638,20 @@ async fn a_new_node_catches_up_from_a_snapshot_in_many_chunks() {
         let image_bytes: usize = commands(&fresh).iter().map(|(_, c)| c.len()).sum();
         assert!(image_bytes > 80 * limits.chunk_bytes, "{image_bytes}");
         assert_eq!(commands(&fresh), commands(&running[&leader_id].sm));
-        assert!(leader_node.status().snapshots_sent >= 1);
+        // The sender counts a snapshot once its task reports the receiver's acknowledgement to
+        // the raft thread, which can come after node 4 has applied it and more (appends resume
+        // on node 4's response); and under load leadership may have moved meanwhile. Wait
+        // (bounded) for some node to have counted it.
+        let all = handles(&running);
+        wait_until("some node counted the snapshot as sent", || {
+            all.lock()
+                .unwrap()
+                .values()
+                .map(|n| n.status().snapshots_sent)
+                .sum::<u64>()
+                >= 1
+        })
+        .await;
 
         running.insert(4, node4);
         for (_, r) in std::mem::take(&mut running) {
