@@ -76,6 +76,13 @@ impl Server {
         transport: Option<Arc<dyn dlock_cluster::Transport>>,
     ) -> Result<Server, Error> {
         config.validate()?;
+        // Caught from the start: SIGHUP's default action ends the process, and an operator's
+        // reload (or a systemd ExecReload) may come while the node is still starting.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .inspect_err(
+                |err| warn!(error = %err, "cannot catch SIGHUP; TLS files are still polled"),
+            )
+            .ok();
         let client_tls = match config.client_tls() {
             Some(files) => Some(dlock_tls::ServerTls::load(files, None)?),
             None => None,
@@ -224,9 +231,11 @@ impl Server {
             .into_iter()
             .filter_map(|(port, tls)| Some((port, tls?)))
             .collect();
-        if !identities.is_empty() {
-            background.push(tokio::spawn(tls_reload_task(identities, stopped.clone())));
-        }
+        background.push(tokio::spawn(tls_reload_task(
+            identities,
+            hangup,
+            stopped.clone(),
+        )));
         if let Some(listener) = metrics_listener {
             background.push(tokio::spawn(crate::metrics::serve(
                 listener,
@@ -443,15 +452,13 @@ fn refuse_non_nodes(request: tonic::Request<()>) -> Result<tonic::Request<()>, t
 
 /// Reads the TLS files again when they change (checked every [`TLS_RELOAD_POLL`]) or on
 /// SIGHUP. New connections use the new certificates; open ones keep theirs. A file that does
-/// not make a valid configuration is reported and the previous certificates stay.
+/// not make a valid configuration is reported and the previous certificates stay. Runs without
+/// TLS too, so that a SIGHUP (whose default action ends the process) is only logged.
 async fn tls_reload_task(
     identities: Vec<(&'static str, Arc<dlock_tls::ServerTls>)>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = signal(SignalKind::hangup())
-        .inspect_err(|err| warn!(error = %err, "cannot catch SIGHUP; TLS files are still polled"))
-        .ok();
     loop {
         let forced = tokio::select! {
             _ = tokio::time::sleep(TLS_RELOAD_POLL) => false,
@@ -463,6 +470,9 @@ async fn tls_reload_task(
             } => true,
             _ = stopped.wait_for(|s| *s) => return,
         };
+        if forced && identities.is_empty() {
+            info!("SIGHUP: this node serves no TLS, nothing to read again");
+        }
         for (port, tls) in &identities {
             if !forced && !tls.changed() {
                 continue;

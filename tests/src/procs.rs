@@ -313,6 +313,11 @@ impl ProcCluster {
         self.signal(id, Signal::CONT);
     }
 
+    /// Sends node `id` `SIGHUP` (dlockd reads its TLS files again).
+    pub fn hangup(&self, id: u64) {
+        self.signal(id, Signal::HUP);
+    }
+
     fn signal(&self, id: u64, signal: Signal) {
         // A pid this harness spawned and has not reaped.
         let pid = self.node(id).pid().expect("the node is running");

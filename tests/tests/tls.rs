@@ -459,3 +459,65 @@ async fn the_admin_api_needs_an_admin_principal_and_a_refused_call_changes_nothi
         .wait_members(&[(1, true), (2, true), (3, true), (4, false)])
         .await;
 }
+
+/// Waits (bounded) until node `id`'s log has `count` lines containing every one of `parts`.
+async fn wait_for_log(cluster: &ProcCluster, id: u64, parts: &[&str], count: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = std::fs::read_to_string(&cluster.node(id).log).unwrap_or_default();
+        let seen = log
+            .lines()
+            .filter(|line| parts.iter().all(|p| line.contains(p)))
+            .count();
+        if seen >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {parts:?} in node {id}'s log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_certificates_and_a_broken_file_keeps_the_old_ones() {
+    let cluster = ProcCluster::start_tls(1, &[]).await;
+    cluster.leader().await;
+    cluster.hangup(1);
+    wait_for_log(
+        &cluster,
+        1,
+        &["TLS certificates reloaded", "sighup=true"],
+        2,
+    )
+    .await;
+
+    // A broken certificate file: reported, and the node keeps serving with the old one.
+    let cert = cluster.certs_dir().join("node-1.pem");
+    replace_file(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    );
+    cluster.hangup(1);
+    wait_for_log(
+        &cluster,
+        1,
+        &["TLS certificates not reloaded", "previous ones stay"],
+        1,
+    )
+    .await;
+    let client = Client::connect_with_config(cluster.client_config("alice"))
+        .await
+        .unwrap();
+    round_trip(&client, &unique("after-broken-reload"))
+        .await
+        .expect("a new connection gets the previous certificate");
+
+    // A node without TLS takes SIGHUP too (its default action would end the process).
+    let plain = ProcCluster::start(1, &[]).await;
+    plain.leader().await;
+    plain.hangup(1);
+    wait_for_log(&plain, 1, &["SIGHUP: this node serves no TLS"], 1).await;
+    plain.leader().await;
+}
