@@ -127,7 +127,7 @@ pub trait Observer: Send + Sync + 'static {
     /// took `took`.
     fn flushed(&self, took: Duration);
 }
-pub use node::{Node, WeakNode};
+pub use node::{Node, PeerOrigin, WeakNode};
 
 /// The replicated state: commands applied in log order on every node.
 ///
@@ -268,6 +268,8 @@ pub struct PeerStatus {
     /// On the leader: the highest log index known to be replicated on that member (for the
     /// leader itself, its last index). `None` on other nodes.
     pub matched: Option<u64>,
+    /// The incarnation of its data directory the cluster recorded, once it has.
+    pub incarnation: Option<u64>,
 }
 
 /// A point-in-time view of a node, for monitoring and tests.
@@ -275,6 +277,10 @@ pub struct PeerStatus {
 pub struct Status {
     /// This node's id.
     pub id: u64,
+    /// The cluster this node belongs to (0: none known yet).
+    pub cluster_id: u64,
+    /// The incarnation of this node's data directory.
+    pub incarnation: u64,
     /// Current role.
     pub role: Role,
     /// Current term.

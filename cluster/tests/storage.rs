@@ -169,7 +169,7 @@ fn run_seed(seed: u64) {
                 let snap = snapshot(index, term, vec![1, 2, 3, 4]);
                 let mem_result = mem.wl().apply_snapshot(snap.clone());
                 let staged = store
-                    .apply_snapshot(&mut batch, &snap, &BTreeMap::new())
+                    .apply_snapshot(&mut batch, &snap, &Default::default())
                     .unwrap();
                 assert_eq!(
                     mem_result.is_ok(),
@@ -227,7 +227,10 @@ fn local_snapshot_then_compaction_keeps_a_tail() {
             &mut batch,
             80,
             ConfState::from((vec![1, 2], vec![])),
-            &BTreeMap::from([(1, "a:1".to_string()), (2, "b:2".to_string())]),
+            &dlock_cluster::storage::Registry::with_addresses(BTreeMap::from([
+                (1, "a:1".to_string()),
+                (2, "b:2".to_string()),
+            ])),
             b"image".to_vec(),
         )
         .unwrap();
@@ -257,7 +260,7 @@ fn local_snapshot_then_compaction_keeps_a_tail() {
     assert_eq!(snap.get_metadata().term, 2);
     let (peers, image) = dlock_cluster::storage::decode_snapshot_data(&snap.data).unwrap();
     assert_eq!(image, b"image");
-    assert_eq!(peers.get(&2).map(String::as_str), Some("b:2"));
+    assert_eq!(peers.addresses.get(&2).map(String::as_str), Some("b:2"));
     // A node added after the stored snapshot is not in its configuration: raft-rs would refuse
     // it, so a fresh snapshot is asked for.
     assert_eq!(

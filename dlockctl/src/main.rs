@@ -373,14 +373,16 @@ fn node_line(n: &NodeStatus) -> String {
         n.leader_id.to_string()
     };
     format!(
-        "node {:<3} {:<13} term {:<5} commit {:<8} applied {:<8} leader {:<4} client {:<21} reachable",
+        "node {:<3} {:<13} term {:<5} commit {:<8} applied {:<8} leader {:<4} client {:<21} reachable cluster {:016x} incarnation {:016x}",
         n.node_id,
         role_label(n.role()),
         n.term,
         n.commit,
         n.applied,
         leader,
-        n.client_addr
+        n.client_addr,
+        n.cluster_id,
+        n.incarnation
     )
 }
 
@@ -392,8 +394,13 @@ fn member_line(m: &Member) -> String {
     } else {
         m.matched.to_string()
     };
+    let incarnation = if m.incarnation == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:016x}", m.incarnation)
+    };
     format!(
-        "member {:<3} {:<7} peer {:<21} matched {matched}",
+        "member {:<3} {:<7} peer {:<21} matched {matched:<8} incarnation {incarnation}",
         m.node_id, kind, m.peer_addr
     )
 }

@@ -51,6 +51,8 @@ pub const ADMIN_DEADLINE: Duration = Duration::from_secs(20);
 pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a node may take to exit after `SIGTERM`.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long [`ProcCluster::wait_for_log`] waits for a line.
+pub const LOG_DEADLINE: Duration = Duration::from_secs(30);
 /// Timeout of one admin RPC (and of its TCP connect).
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Poll interval while waiting for a condition (the deadlines above bound every wait).
@@ -379,6 +381,30 @@ impl ProcCluster {
         self.add_node_record(id, initial);
         self.spawn(id);
         self.wait_listening(id).await;
+    }
+
+    /// Waits until node `id`'s log has `count` lines that contain every one of `parts`.
+    ///
+    /// # Panics
+    ///
+    /// If it does not within [`LOG_DEADLINE`] (the log is printed).
+    pub async fn wait_for_log(&self, id: u64, parts: &[&str], count: usize) {
+        let deadline = Instant::now() + LOG_DEADLINE;
+        loop {
+            let log = std::fs::read_to_string(&self.node(id).log).unwrap_or_default();
+            let seen = log
+                .lines()
+                .filter(|line| parts.iter().all(|p| line.contains(p)))
+                .count();
+            if seen >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {parts:?} in node {id}'s log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Node `id`'s own view (`Admin.Status` without `all`).

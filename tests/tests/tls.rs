@@ -126,11 +126,13 @@ fn forged_heartbeat(from: u64, to: u64, term: u64) -> Vec<u8> {
     message.write_to_bytes().unwrap()
 }
 
-/// Sends one envelope on a `RaftPeer.Stream` to `peer_addr` with `tls`; the stream's end.
+/// Sends one envelope on a `RaftPeer.Stream` to `peer_addr` with `tls`, from `envelope_from`
+/// with the cluster id and sender incarnation `identity` (0s: none); the stream's end.
 async fn send_raw(
     peer_addr: std::net::SocketAddr,
     tls: Option<dlock::ClientTls>,
     envelope_from: u64,
+    identity: (u64, u64),
     payload: Vec<u8>,
 ) -> Result<(), String> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{peer_addr}"))
@@ -144,6 +146,9 @@ async fn send_raw(
         payload,
         more: false,
         message_bytes: 0,
+        cluster_id: identity.0,
+        from_incarnation: identity.1,
+        to_incarnation: 0,
     };
     let mut client = RaftPeerClient::new(channel);
     let call = client.stream(tokio_stream::iter(vec![envelope]));
@@ -182,7 +187,7 @@ async fn forged_raft_messages_on_the_peer_port_are_refused_and_change_nothing() 
     let forged = || forged_heartbeat(leader, target, term + 100);
 
     // Plaintext: refused with a message for the operator of the calling node.
-    let err = send_raw(peer_addr, None, leader, forged())
+    let err = send_raw(peer_addr, None, leader, (0, 0), forged())
         .await
         .unwrap_err();
     assert!(
@@ -190,7 +195,7 @@ async fn forged_raft_messages_on_the_peer_port_are_refused_and_change_nothing() 
         "{err}"
     );
     // TLS without a client certificate: the handshake fails.
-    let err = send_raw(peer_addr, tls_of(&certs, None), leader, forged())
+    let err = send_raw(peer_addr, tls_of(&certs, None), leader, (0, 0), forged())
         .await
         .unwrap_err();
     assert!(!err.is_empty());
@@ -199,6 +204,7 @@ async fn forged_raft_messages_on_the_peer_port_are_refused_and_change_nothing() 
         peer_addr,
         tls_of(&certs, Some("client-alice")),
         leader,
+        (0, 0),
         forged(),
     )
     .await
@@ -209,17 +215,30 @@ async fn forged_raft_messages_on_the_peer_port_are_refused_and_change_nothing() 
     );
     // Another node's certificate, claiming to be the leader.
     let name = format!("node-{other}");
-    let err = send_raw(peer_addr, tls_of(&certs, Some(&name)), leader, forged())
-        .await
-        .unwrap_err();
+    let err = send_raw(
+        peer_addr,
+        tls_of(&certs, Some(&name)),
+        leader,
+        (0, 0),
+        forged(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         err.starts_with("PermissionDenied") && err.contains(&format!("names node {other}")),
         "{err}"
     );
     // Its own name on the envelope, the leader's inside the message: dropped.
-    send_raw(peer_addr, tls_of(&certs, Some(&name)), other, forged())
-        .await
-        .expect("the stream itself is fine; the message is dropped");
+    let other_status = cluster.status(other).await.unwrap().node.unwrap();
+    send_raw(
+        peer_addr,
+        tls_of(&certs, Some(&name)),
+        other,
+        (other_status.cluster_id, other_status.incarnation),
+        forged(),
+    )
+    .await
+    .expect("the stream itself is fine; the message is dropped");
 
     // Nothing changed: same leader, same term, on every node.
     for id in cluster.ids() {
@@ -237,12 +256,48 @@ async fn forged_raft_messages_on_the_peer_port_are_refused_and_change_nothing() 
         "{log}"
     );
 
-    // The control: the same message over the leader's own certificate is taken, and moves the
-    // target's term (so the refusals above are what kept it still).
+    // Over the leader's own certificate, but of another cluster, of no cluster, or of another
+    // incarnation of the leader (a wiped data directory): refused before raft sees it.
     let name = format!("node-{leader}");
-    send_raw(peer_addr, tls_of(&certs, Some(&name)), leader, forged())
+    let leader_status = cluster.status(leader).await.unwrap().node.unwrap();
+    let (cluster_id, incarnation) = (leader_status.cluster_id, leader_status.incarnation);
+    assert_ne!(cluster_id, 0, "the cluster has an id");
+    for (identity, expected) in [
+        ((cluster_id ^ 1, incarnation), "belongs to cluster"),
+        ((0, incarnation ^ 1), "belongs to no cluster"),
+        ((cluster_id, incarnation ^ 1), "recorded incarnation"),
+    ] {
+        let err = send_raw(
+            peer_addr,
+            tls_of(&certs, Some(&name)),
+            leader,
+            identity,
+            forged(),
+        )
         .await
-        .expect("the leader's own message");
+        .unwrap_err();
+        assert!(
+            err.starts_with("FailedPrecondition") && err.contains(expected),
+            "{identity:?}: {err}"
+        );
+    }
+    for id in cluster.ids() {
+        let node = cluster.status(id).await.unwrap().node.unwrap();
+        assert_eq!((node.leader_id, node.term), (leader, term), "node {id}");
+    }
+
+    // The control: the same message over the leader's own certificate, with its cluster id and
+    // incarnation, is taken, and moves the target's term (so the refusals above are what kept
+    // it still).
+    send_raw(
+        peer_addr,
+        tls_of(&certs, Some(&name)),
+        leader,
+        (cluster_id, incarnation),
+        forged(),
+    )
+    .await
+    .expect("the leader's own message");
     let deadline = Instant::now() + DEADLINE;
     loop {
         let node = cluster.status(target).await.unwrap().node.unwrap();
@@ -368,7 +423,9 @@ async fn certificates_rotate_under_traffic_without_a_failed_request() {
     // Every node picked the new files up (each polls on its own clock; the client above
     // needed only the leader).
     for id in cluster.ids() {
-        wait_for_log(&cluster, id, &["TLS certificates reloaded"], 2).await;
+        cluster
+            .wait_for_log(id, &["TLS certificates reloaded"], 2)
+            .await;
     }
 
     // Peer links made after the rotation use the new certificates: a follower killed and
@@ -459,38 +516,14 @@ async fn the_admin_api_needs_an_admin_principal_and_a_refused_call_changes_nothi
         .await;
 }
 
-/// Waits (bounded) until node `id`'s log has `count` lines containing every one of `parts`.
-async fn wait_for_log(cluster: &ProcCluster, id: u64, parts: &[&str], count: usize) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let log = std::fs::read_to_string(&cluster.node(id).log).unwrap_or_default();
-        let seen = log
-            .lines()
-            .filter(|line| parts.iter().all(|p| line.contains(p)))
-            .count();
-        if seen >= count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {parts:?} in node {id}'s log:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rereads_the_certificates_and_a_broken_file_keeps_the_old_ones() {
     let cluster = ProcCluster::start_tls(1, &[]).await;
     cluster.leader().await;
     cluster.hangup(1);
-    wait_for_log(
-        &cluster,
-        1,
-        &["TLS certificates reloaded", "sighup=true"],
-        2,
-    )
-    .await;
+    cluster
+        .wait_for_log(1, &["TLS certificates reloaded", "sighup=true"], 2)
+        .await;
 
     // A broken certificate file: reported, and the node keeps serving with the old one.
     let cert = cluster.certs_dir().join("node-1.pem");
@@ -499,13 +532,13 @@ async fn sighup_rereads_the_certificates_and_a_broken_file_keeps_the_old_ones() 
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     );
     cluster.hangup(1);
-    wait_for_log(
-        &cluster,
-        1,
-        &["TLS certificates not reloaded", "previous ones stay"],
-        1,
-    )
-    .await;
+    cluster
+        .wait_for_log(
+            1,
+            &["TLS certificates not reloaded", "previous ones stay"],
+            1,
+        )
+        .await;
     let client = Client::connect_with_config(cluster.client_config("alice"))
         .await
         .unwrap();
@@ -517,6 +550,8 @@ async fn sighup_rereads_the_certificates_and_a_broken_file_keeps_the_old_ones() 
     let plain = ProcCluster::start(1, &[]).await;
     plain.leader().await;
     plain.hangup(1);
-    wait_for_log(&plain, 1, &["SIGHUP: this node serves no TLS"], 1).await;
+    plain
+        .wait_for_log(1, &["SIGHUP: this node serves no TLS"], 1)
+        .await;
     plain.leader().await;
 }

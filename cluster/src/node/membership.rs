@@ -68,16 +68,41 @@ impl Worker {
     fn conf_change_for(&self, change: &MembershipChange) -> Result<ConfChangeV2, Error> {
         let invalid = |msg: String| Err(Error::InvalidInput(msg));
         let cs = &self.conf_state;
-        let (id, address) = match change {
-            MembershipChange::AddVoter { id, address }
-            | MembershipChange::AddLearner { id, address } => (*id, Some(address)),
-            MembershipChange::Promote { id } | MembershipChange::Remove { id } => (*id, None),
+        let (id, address, incarnation) = match change {
+            MembershipChange::AddVoter {
+                id,
+                address,
+                incarnation,
+            }
+            | MembershipChange::AddLearner {
+                id,
+                address,
+                incarnation,
+            } => (*id, Some(address), *incarnation),
+            MembershipChange::Promote { id } | MembershipChange::Remove { id } => (*id, None, 0),
         };
         if id == 0 {
             return invalid("node id 0 is raft's 'no node'".into());
         }
         if address.is_some_and(|a| a.trim().is_empty()) {
             return invalid(format!("node {id}: empty peer address"));
+        }
+        if incarnation != 0 {
+            if self.registry.retired.contains(&(id, incarnation)) {
+                return invalid(format!(
+                    "node {id}'s data directory (incarnation {incarnation:016x}) was removed \
+                     from this cluster: wipe it and start the node again to join as a new member"
+                ));
+            }
+            if let Some(recorded) = self.registry.incarnations.get(&id)
+                && *recorded != incarnation
+            {
+                return invalid(format!(
+                    "node {id} now runs data directory incarnation {incarnation:016x}, but the \
+                     cluster recorded {recorded:016x}: its data was wiped or replaced; remove \
+                     node {id} first, then add it back as a learner"
+                ));
+            }
         }
         let is_voter = cs.voters.contains(&id);
         let is_learner = cs.learners.contains(&id);
@@ -107,12 +132,16 @@ impl Worker {
         single.node_id = id;
         let mut cc = ConfChangeV2::default();
         cc.set_changes(vec![single].into());
-        let address = address.or_else(|| self.peers.get(&id));
+        let address = address.or_else(|| self.registry.addresses.get(&id));
         if change_type != ConfChangeType::RemoveNode
             && let Some(address) = address
         {
-            let context = BTreeMap::from([(id, address.clone())]);
-            cc.set_context(storage::encode_peers(&context).into());
+            let mut context =
+                storage::Registry::with_addresses(BTreeMap::from([(id, address.clone())]));
+            if incarnation != 0 {
+                context.incarnations.insert(id, incarnation);
+            }
+            cc.set_context(storage::encode_registry(&context).into());
         }
         Ok(cc)
     }
@@ -193,8 +222,10 @@ impl Worker {
     }
 
     /// Records the configuration that `RawNode::apply_conf_change` returned and updates the
-    /// peer registry: addresses of added nodes come from `context` ([`storage::encode_peers`]);
-    /// nodes no longer in the configuration are forgotten. raft refuses an invalid change
+    /// peer registry: addresses of added nodes come from `context` ([`storage::encode_registry`]),
+    /// with the incarnation the node reported when it was added, if any (kept only if none is
+    /// recorded: a promotion never changes it); nodes no longer in the configuration are
+    /// forgotten, and their recorded incarnations retired. raft refuses an invalid change
     /// without changing anything, identically on every node, so that is not fatal: the
     /// configuration stays as it was and the proposer is told.
     pub(super) fn on_conf_change_applied(
@@ -214,21 +245,29 @@ impl Worker {
             }
         };
         let added = if context.is_empty() {
-            BTreeMap::new()
+            storage::Registry::default()
         } else {
-            match storage::decode_peers(context) {
+            match storage::decode_registry(context) {
                 Ok((added, _)) => added,
                 Err(err) => {
                     tracing::warn!(index, error = %err, "conf change context is not a peer registry; no address learnt");
-                    BTreeMap::new()
+                    storage::Registry::default()
                 }
             }
         };
         for change in changes {
-            if change.get_change_type() != ConfChangeType::RemoveNode
-                && let Some(address) = added.get(&change.node_id)
+            if change.get_change_type() == ConfChangeType::RemoveNode {
+                continue;
+            }
+            let id = change.node_id;
+            if let Some(address) = added.addresses.get(&id) {
+                self.registry.addresses.insert(id, address.clone());
+            }
+            if let Some(incarnation) = added.incarnations.get(&id)
+                && !self.registry.incarnations.contains_key(&id)
+                && !self.registry.retired.contains(&(id, *incarnation))
             {
-                self.peers.insert(change.node_id, address.clone());
+                self.registry.incarnations.insert(id, *incarnation);
             }
         }
         let member = |id: &u64| {
@@ -237,13 +276,31 @@ impl Worker {
                 || conf_state.voters_outgoing.contains(id)
                 || conf_state.learners_next.contains(id)
         };
-        self.peers.retain(|id, _| member(id));
+        self.registry.addresses.retain(|id, _| member(id));
+        let departed: Vec<(u64, u64)> = self
+            .registry
+            .incarnations
+            .iter()
+            .filter(|(id, _)| !member(id))
+            .map(|(id, incarnation)| (*id, *incarnation))
+            .collect();
+        for (id, incarnation) in departed {
+            self.registry.incarnations.remove(&id);
+            self.registry.retire(id, incarnation);
+            tracing::info!(
+                index,
+                node_id = id,
+                incarnation = format_args!("{incarnation:016x}"),
+                "removed member's incarnation retired: it can only come back wiped, as a new member"
+            );
+        }
+        self.shared.trust.set_registry(&self.registry);
         tracing::info!(
             index,
             voters = ?conf_state.voters,
             learners = ?conf_state.learners,
             voters_outgoing = ?conf_state.voters_outgoing,
-            peers = ?self.peers,
+            peers = ?self.registry.addresses,
             "configuration changed"
         );
         if !member(&self.id) {

@@ -8,8 +8,10 @@
 //! - `read_index.rs`: ReadIndex contexts and the issue/retry/answer bookkeeping of reads (its
 //!   module docs say how a read is kept alive until its deadline);
 //! - `membership.rs`: conf changes, leaving a joint configuration, a leader's own removal;
-//! - `snapshot.rs`: installing the leader's snapshots, building and recording this node's own.
+//! - `snapshot.rs`: installing the leader's snapshots, building and recording this node's own;
+//! - `identity.rs`: the cluster id and incarnations that peer messages are checked against.
 
+mod identity;
 mod membership;
 mod read_index;
 mod snapshot;
@@ -27,9 +29,12 @@ use raft::eraftpb::{ConfState, Message};
 use raft::{RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
-use crate::storage::{BOOTSTRAP_INDEX, SledStorage};
+use crate::storage::{BOOTSTRAP_INDEX, Registry, SledStorage};
 use crate::{Config, Error, Leadership, Membership, Observer, StateMachine, Status, Transport};
 
+pub use identity::PeerOrigin;
+pub(crate) use identity::Stamp;
+use identity::Trust;
 use read_index::{READ_RETRY_DIVISOR, READ_TIMEOUT_ELECTIONS, new_incarnation};
 use worker::Worker;
 
@@ -47,10 +52,23 @@ type ReadReply = oneshot::Sender<Result<u64, Error>>;
 /// A membership change requested through the `Node` API.
 #[derive(Debug, Clone)]
 enum MembershipChange {
-    AddVoter { id: u64, address: String },
-    AddLearner { id: u64, address: String },
-    Promote { id: u64 },
-    Remove { id: u64 },
+    /// `incarnation`: what the node reported when asked (0: not asked or did not answer).
+    AddVoter {
+        id: u64,
+        address: String,
+        incarnation: u64,
+    },
+    AddLearner {
+        id: u64,
+        address: String,
+        incarnation: u64,
+    },
+    Promote {
+        id: u64,
+    },
+    Remove {
+        id: u64,
+    },
 }
 
 /// Work for the raft thread.
@@ -99,6 +117,8 @@ struct NodeState {
     command_bytes_max: usize,
     /// The embedding program's hooks, once set.
     observer: OnceLock<Arc<dyn Observer>>,
+    /// Cluster id and incarnations, checked on every peer message.
+    trust: Trust,
 }
 
 impl NodeState {
@@ -205,13 +225,15 @@ impl Node {
     ) -> Result<Node, Error> {
         config.validate()?;
         let mut storage = SledStorage::open(&config.data_dir, config.sled_cache_bytes)?;
-        let mut peers = storage.snapshot_peers().clone();
+        let mut registry = storage.snapshot_registry().clone();
         if storage.is_initialized() {
             tracing::info!(
                 node_id = config.node_id,
                 voters = ?storage.conf_state().voters,
                 learners = ?storage.conf_state().learners,
-                peers = ?peers,
+                peers = ?registry.addresses,
+                cluster_id = format_args!("{:016x}", storage.cluster_id()),
+                incarnation = format_args!("{:016x}", storage.incarnation()),
                 "recovering existing store; initial cluster ignored"
             );
         } else if config.joins_existing_cluster() {
@@ -220,7 +242,7 @@ impl Node {
                 contacts = ?config.initial_cluster,
                 "empty store, not a founding member: joining an existing cluster, waiting for the leader's snapshot"
             );
-            peers = config.initial_cluster.clone();
+            registry = Registry::with_addresses(config.initial_cluster.clone());
         } else {
             let voters = config.bootstrap_voters();
             tracing::info!(
@@ -234,8 +256,14 @@ impl Node {
                 &config.initial_cluster,
                 (sm.snapshot())(),
             )?;
-            peers = config.initial_cluster.clone();
+            registry = Registry::with_addresses(config.initial_cluster.clone());
         }
+        let trust = Trust::new(
+            config.node_id,
+            storage.incarnation(),
+            storage.cluster_id(),
+            &registry,
+        );
         let snapshot_index = storage.snapshot_metadata().index;
         // Invariants the raft thread maintains (checked when written, again after reading):
         // compaction only goes behind a stored snapshot, and a snapshot is only of committed
@@ -282,6 +310,8 @@ impl Node {
             node_id: config.node_id,
             status: Mutex::new(Status {
                 id: config.node_id,
+                incarnation: trust.incarnation(),
+                cluster_id: trust.cluster_id(),
                 ..Status::default()
             }),
             fatal: Mutex::new(None),
@@ -294,6 +324,7 @@ impl Node {
             message_queue_max: config.message_queue_max,
             command_bytes_max: config.command_bytes_max,
             observer: OnceLock::new(),
+            trust,
         });
         let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
         let (membership_tx, membership_rx) = watch::channel(Membership::default());
@@ -323,7 +354,9 @@ impl Node {
             shared: shared.clone(),
             leadership_tx,
             membership_tx,
-            peers,
+            registry,
+            identity_proposed: false,
+            recording: std::collections::BTreeSet::new(),
             membership_index: snapshot_index,
             membership_dirty: true,
             next_proposal_id: proposal_id_seed,
@@ -501,11 +534,62 @@ impl Node {
     ///
     /// See [`Node::remove_node`].
     pub async fn add_voter(&self, id: u64, address: impl Into<String>) -> Result<u64, Error> {
-        self.change_membership(MembershipChange::AddVoter {
-            id,
-            address: address.into(),
+        self.add_member(id, address, 0, crate::MemberKind::Voter)
+            .await
+    }
+
+    /// Adds `id` as a voter or a learner ([`Node::add_voter`], [`Node::add_learner`]) whose
+    /// data directory reported `incarnation` when asked (0: unknown; the leader then records
+    /// the incarnation of its first message). Its messages are accepted from that incarnation
+    /// only, and never from an incarnation removed from the cluster earlier.
+    ///
+    /// # Errors
+    ///
+    /// See [`Node::remove_node`]; `InvalidInput` if `id` is already a member or `incarnation`
+    /// was removed from the cluster.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        address: impl Into<String>,
+        incarnation: u64,
+        kind: crate::MemberKind,
+    ) -> Result<u64, Error> {
+        let address = address.into();
+        self.change_membership(match kind {
+            crate::MemberKind::Voter => MembershipChange::AddVoter {
+                id,
+                address,
+                incarnation,
+            },
+            crate::MemberKind::Learner => MembershipChange::AddLearner {
+                id,
+                address,
+                incarnation,
+            },
         })
         .await
+    }
+
+    /// Checks the identity fields of a peer message (`origin`) before its payload is handed
+    /// to [`Node::receive_from`]: a message for another incarnation of this node, from another
+    /// cluster (or a node in none, once this node has a cluster id), or from an incarnation of
+    /// the sender that the cluster removed or does not have on record is refused with a
+    /// description for both nodes' logs. A node without a cluster id takes the sender's.
+    ///
+    /// # Errors
+    ///
+    /// `Error::InvalidInput` saying why the message is refused.
+    pub fn admit(&self, origin: &PeerOrigin) -> Result<(), Error> {
+        self.inner
+            .shared
+            .trust
+            .admit(origin)
+            .map_err(Error::InvalidInput)
+    }
+
+    /// The identity fields for a message from this node to `to`.
+    pub(crate) fn stamp(&self, to: u64) -> Stamp {
+        self.inner.shared.trust.stamp(to)
     }
 
     /// Adds `id` as a learner reachable at `address`: it receives the log (a snapshot first)
@@ -515,11 +599,8 @@ impl Node {
     ///
     /// See [`Node::remove_node`]; `InvalidInput` if `id` is already a member.
     pub async fn add_learner(&self, id: u64, address: impl Into<String>) -> Result<u64, Error> {
-        self.change_membership(MembershipChange::AddLearner {
-            id,
-            address: address.into(),
-        })
-        .await
+        self.add_member(id, address, 0, crate::MemberKind::Learner)
+            .await
     }
 
     /// Makes learner `id` a voter. Resolves with the conf change's log index once applied.

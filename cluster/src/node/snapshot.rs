@@ -1,14 +1,13 @@
 //! Snapshots on the raft thread: installing one received from the leader, and building this
 //! node's own in the background ([`SnapshotBuild`]), then recording it and compacting the log.
 
-use std::collections::BTreeMap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfState, Snapshot};
 
 use crate::Error;
-use crate::storage;
+use crate::storage::{self, Registry};
 
 use super::worker::Worker;
 
@@ -18,7 +17,7 @@ pub(super) struct SnapshotBuild {
     index: u64,
     /// The configuration and peer registry at `index`.
     conf_state: ConfState,
-    peers: BTreeMap<u64, String>,
+    registry: Registry,
     started: Instant,
     /// The envelope written, how long serialising took, how long wrapping and writing it took.
     pub(super) thread: JoinHandle<Result<(bytes::Bytes, Duration, Duration), Error>>,
@@ -36,7 +35,7 @@ impl Worker {
             tracing::warn!(index = meta.index, "ignoring out-of-date snapshot");
             return Ok(false);
         }
-        let (peers, image) = storage::decode_snapshot_data(snapshot.get_data())
+        let (registry, image) = storage::decode_snapshot_data(snapshot.get_data())
             .map_err(|e| Error::StateMachine(format!("snapshot from the leader: {e}")))?;
         tracing::info!(
             index = meta.index,
@@ -44,7 +43,8 @@ impl Worker {
             bytes = image.len(),
             voters = ?meta.get_conf_state().voters,
             learners = ?meta.get_conf_state().learners,
-            peers = ?peers,
+            peers = ?registry.addresses,
+            incarnations = ?registry.incarnations,
             "installing snapshot"
         );
         let started = Instant::now();
@@ -59,11 +59,15 @@ impl Worker {
         let mut local = Snapshot::default();
         local.set_metadata(meta.clone());
         local.set_data(image.to_vec().into());
-        let staged = self.raw.mut_store().apply_snapshot(batch, &local, &peers)?;
+        let staged = self
+            .raw
+            .mut_store()
+            .apply_snapshot(batch, &local, &registry)?;
         assert!(staged, "snapshot newer than the log was not staged");
         self.applied = meta.index;
         self.conf_state = meta.get_conf_state().clone();
-        self.peers = peers;
+        self.shared.trust.set_registry(&registry);
+        self.registry = registry;
         self.membership_index = meta.index;
         self.membership_dirty = true;
         self.snapshots += 1;
@@ -106,9 +110,9 @@ impl Worker {
         let started = Instant::now();
         let job = self.sm.snapshot();
         let index = self.applied;
-        let peers = self.peers.clone();
+        let registry = self.registry.clone();
         let files = self.raw.store().snapshot_files();
-        let image_peers = peers.clone();
+        let image_registry = registry.clone();
         let thread = std::thread::Builder::new()
             .name(format!("snapshot-{}", self.id))
             .spawn(move || {
@@ -116,7 +120,7 @@ impl Worker {
                 let image = job();
                 let serialised = began.elapsed();
                 let began = Instant::now();
-                let envelope = files.write_image(index, &image_peers, &image)?;
+                let envelope = files.write_image(index, &image_registry, &image)?;
                 Ok((envelope, serialised, began.elapsed()))
             })
             .map_err(|e| Error::Storage(format!("spawn snapshot thread: {e}")))?;
@@ -128,7 +132,7 @@ impl Worker {
         self.snapshot_build = Some(SnapshotBuild {
             index,
             conf_state: self.conf_state.clone(),
-            peers,
+            registry,
             started,
             thread,
         });
@@ -141,7 +145,7 @@ impl Worker {
         let SnapshotBuild {
             index,
             conf_state,
-            peers,
+            registry,
             started,
             thread,
         } = build;
@@ -169,7 +173,7 @@ impl Worker {
         let recording = Instant::now();
         let compact_to = index.saturating_sub(self.log_tail_entries) + 1;
         let mut batch = sled::Batch::default();
-        store.record_snapshot(&mut batch, index, conf_state, &peers, envelope)?;
+        store.record_snapshot(&mut batch, index, conf_state, &registry, envelope)?;
         store.compact(&mut batch, compact_to)?;
         let flushing = Instant::now();
         store.write(batch, true)?;

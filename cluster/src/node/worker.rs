@@ -5,7 +5,7 @@
 //! The ReadIndex, membership and snapshot duties of the worker are `impl Worker` blocks in
 //! `read_index.rs`, `membership.rs` and `snapshot.rs`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,9 +19,10 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::watch;
 
-use crate::storage::SledStorage;
+use crate::storage::{Registry, SledStorage};
 use crate::{Error, Leadership, MemberKind, Membership, PeerStatus, Role, StateMachine, Transport};
 
+use super::identity::RECORD_CONTEXT;
 use super::read_index::PendingRead;
 use super::snapshot::SnapshotBuild;
 use super::{Input, NodeState, ProposeReply, ReadReply, SNAPSHOT_MESSAGE_BYTES_MAX};
@@ -75,7 +76,11 @@ pub(super) struct Worker {
     pub(super) membership_tx: watch::Sender<Membership>,
     /// The peer registry as of `applied` (the addresses of `Config::initial_cluster` on a
     /// joining node until its first snapshot).
-    pub(super) peers: BTreeMap<u64, String>,
+    pub(super) registry: Registry,
+    /// This leader proposed a new cluster id in its term.
+    pub(super) identity_proposed: bool,
+    /// Incarnations this leader proposed to record, not applied yet.
+    pub(super) recording: BTreeSet<(u64, u64)>,
     /// The log index at which the current configuration was applied.
     pub(super) membership_index: u64,
     /// The configuration or registry changed since the last `publish`.
@@ -203,6 +208,7 @@ impl Worker {
             self.on_ready()?;
             let readied = Instant::now();
             self.maintain_membership();
+            self.maintain_identity()?;
             self.maybe_snapshot()?;
             self.publish();
             let done = Instant::now();
@@ -379,6 +385,10 @@ impl Worker {
                 let _ = proposal.reply.send(Err(Error::Dropped));
             }
         }
+        if leader_changed || role != StateRole::Leader {
+            self.identity_proposed = false;
+            self.recording.clear();
+        }
         if leader_changed || (was_leader && role != StateRole::Leader) {
             // Their answers would come from (or through) the old leader, if ever: issue them
             // again, to the new leader, once there is one (after this Ready). Only their
@@ -511,6 +521,10 @@ impl Worker {
                 "committed entries must be applied in order without gaps"
             );
             let outcome = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.context[..] == *RECORD_CONTEXT => {
+                    self.apply_record(entry.index, &entry.data)?;
+                    Outcome::Empty
+                }
                 EntryType::EntryNormal if entry.data.is_empty() => Outcome::Empty,
                 EntryType::EntryNormal => Outcome::Reply(self.sm.apply(entry.index, &entry.data)),
                 EntryType::EntryConfChange => {
@@ -574,6 +588,7 @@ impl Worker {
         {
             let mut status = self.shared.status.lock().expect("status lock poisoned");
             status.role = Role::from(raft.state);
+            status.cluster_id = self.shared.trust.cluster_id();
             status.term = raft.term;
             status.leader_id = leader_id;
             status.commit = raft.raft_log.committed;
@@ -607,9 +622,10 @@ impl Worker {
                 learners.sort_unstable();
                 let member = |id: u64, kind: MemberKind| PeerStatus {
                     id,
-                    address: self.peers.get(&id).cloned(),
+                    address: self.registry.addresses.get(&id).cloned(),
                     kind,
                     matched: None,
+                    incarnation: self.registry.incarnations.get(&id).copied(),
                 };
                 status.members = voters
                     .iter()
@@ -629,7 +645,7 @@ impl Worker {
                     voters: sorted_voters,
                     learners: sorted_learners,
                     voters_outgoing,
-                    peers: self.peers.clone(),
+                    peers: self.registry.addresses.clone(),
                     index: self.membership_index,
                 };
                 self.membership_tx.send_if_modified(|current| {

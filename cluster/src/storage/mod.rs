@@ -12,7 +12,9 @@
 //! | `hs` | `eraftpb::HardState` |
 //! | `cs` | `eraftpb::ConfState` as of the stored snapshot (equal to the one in `snap_meta`) |
 //! | `snap_meta` | `eraftpb::SnapshotMetadata` of the stored snapshot |
-//! | `snap_peers` | the peer address registry as of the stored snapshot ([`encode_peers`]) |
+//! | `snap_peers` | the peer registry (addresses, incarnations) as of the stored snapshot ([`encode_registry`]) |
+//! | `cluster_id` | `be_u64`: the cluster this store belongs to, once known |
+//! | `incarnation` | `be_u64`: this data directory's incarnation, drawn when it was created |
 //! | `trunc` | `be_u64(index) ‖ be_u64(term)` of the last entry removed from the log |
 //!
 //! Keys are big-endian so that sled's lexicographic order is numeric order. The metadata keys
@@ -47,7 +49,10 @@
 //! after it carry the addresses of the nodes they add and are re-applied on restart. A snapshot
 //! sent to another node carries the registry inline: `Snapshot.data` on the wire is an envelope
 //! ([`encode_snapshot_data`]) holding the registry and the state machine image, so a node that
-//! catches up through a snapshot learns every member's address.
+//! catches up through a snapshot learns every member's address. The registry ([`Registry`])
+//! also holds the recorded incarnation of each member and the retired incarnations of removed
+//! ones (node module `identity`); they change through identity-record entries and conf
+//! changes, and follow the same rule.
 //!
 //! # Bootstrap
 //!
@@ -67,7 +72,6 @@ mod codec;
 mod open;
 mod snapshot_files;
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -79,7 +83,11 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::Error;
 
-pub use codec::{decode_peers, decode_snapshot_data, encode_peers, encode_snapshot_data};
+pub use codec::{
+    RETIRED_MAX, Registry, decode_peers, decode_registry, decode_snapshot_data, encode_peers,
+    encode_registry, encode_snapshot_data,
+};
+pub(crate) use open::draw_nonzero;
 pub use snapshot_files::SnapshotFiles;
 
 /// Name of the sled tree that holds the Raft log and metadata.
@@ -92,6 +100,8 @@ const KEY_CONF_STATE: &[u8] = b"cs";
 const KEY_SNAP_META: &[u8] = b"snap_meta";
 const KEY_TRUNCATED: &[u8] = b"trunc";
 const KEY_SNAP_PEERS: &[u8] = b"snap_peers";
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+const KEY_INCARNATION: &[u8] = b"incarnation";
 
 /// Index (and term) of the snapshot that [`SledStorage::bootstrap_cluster`] stores.
 pub const BOOTSTRAP_INDEX: u64 = 1;
@@ -133,7 +143,11 @@ pub struct SledStorage {
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
     /// Peer addresses at the stored snapshot.
-    snapshot_peers: BTreeMap<u64, String>,
+    snapshot_registry: Registry,
+    /// The incarnation of this data directory, drawn when it was created.
+    incarnation: u64,
+    /// The cluster this store belongs to (0: not known yet).
+    cluster_id: u64,
     /// Index and term of the last entry removed from the log (0, 0 for a fresh log).
     truncated_index: u64,
     truncated_term: u64,
@@ -182,8 +196,46 @@ impl SledStorage {
     }
 
     /// The peer address registry at the stored snapshot (empty for stores that predate it).
-    pub fn snapshot_peers(&self) -> &BTreeMap<u64, String> {
-        &self.snapshot_peers
+    pub fn snapshot_registry(&self) -> &Registry {
+        &self.snapshot_registry
+    }
+
+    /// The incarnation of this data directory: a random number drawn when it was created (or,
+    /// for a store written before incarnations existed, when it was first opened since), so
+    /// that a wiped and recreated directory is a different member to the rest of the cluster.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The id of the cluster this store belongs to, 0 until it is known.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// Records the cluster id and flushes; a store keeps its first cluster id forever.
+    ///
+    /// # Panics
+    ///
+    /// If the store already belongs to another cluster (the callers check first).
+    ///
+    /// # Errors
+    ///
+    /// `Error::Storage` if the write or flush fails.
+    pub fn set_cluster_id(&mut self, cluster_id: u64) -> Result<(), Error> {
+        assert!(
+            self.cluster_id == 0 || self.cluster_id == cluster_id,
+            "store of cluster {:016x} moved to cluster {cluster_id:016x}",
+            self.cluster_id
+        );
+        if self.cluster_id == cluster_id {
+            return Ok(());
+        }
+        self.tree
+            .insert(KEY_CLUSTER_ID, &cluster_id.to_be_bytes())
+            .map_err(|e| storage_err("write cluster id", e))?;
+        self.flush()?;
+        self.cluster_id = cluster_id;
+        Ok(())
     }
 
     /// The stored snapshot's state machine image, if a snapshot past index 0 was ever stored.
@@ -337,7 +389,7 @@ impl SledStorage {
     /// Stages installing a snapshot received from the leader: the whole log is dropped, the
     /// truncated index/term, conf state and snapshot become the snapshot's, and the hard state's
     /// commit moves up to the snapshot index. `snapshot.data` is the state machine image (the
-    /// caller has already split the wire envelope) and `peers` the registry that came with it.
+    /// caller has already split the wire envelope) and `registry` the registry that came with it.
     ///
     /// # Errors
     ///
@@ -347,7 +399,7 @@ impl SledStorage {
         &mut self,
         batch: &mut sled::Batch,
         snapshot: &Snapshot,
-        peers: &BTreeMap<u64, String>,
+        registry: &Registry,
     ) -> Result<bool, Error> {
         let meta = snapshot.get_metadata();
         if meta.index < self.first() {
@@ -365,7 +417,7 @@ impl SledStorage {
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
         self.set_hard_state(batch, hs)?;
-        self.stage_snapshot(batch, snapshot, peers)?;
+        self.stage_snapshot(batch, snapshot, registry)?;
         Ok(true)
     }
 
@@ -386,12 +438,12 @@ impl SledStorage {
         batch: &mut sled::Batch,
         index: u64,
         conf_state: ConfState,
-        peers: &BTreeMap<u64, String>,
+        registry: &Registry,
         data: Vec<u8>,
     ) -> Result<(), Error> {
         self.assert_new_snapshot_index(index);
-        let envelope = self.files.write_image(index, peers, &data)?;
-        self.record_snapshot(batch, index, conf_state, peers, envelope)
+        let envelope = self.files.write_image(index, registry, &data)?;
+        self.record_snapshot(batch, index, conf_state, registry, envelope)
     }
 
     /// A snapshot of the local state machine must be newer than the stored one and of an entry
@@ -410,7 +462,7 @@ impl SledStorage {
     }
 
     /// Stages recording a snapshot taken at `index` whose envelope ([`encode_snapshot_data`]
-    /// of `peers` and the image) is already durable in its file ([`SnapshotFiles::write`]),
+    /// of `registry` and the image) is already durable in its file ([`SnapshotFiles::write`]),
     /// with the configuration and peer registry in force at `index`. The file of the snapshot
     /// it replaces is removed once this is durable.
     ///
@@ -426,7 +478,7 @@ impl SledStorage {
         batch: &mut sled::Batch,
         index: u64,
         conf_state: ConfState,
-        peers: &BTreeMap<u64, String>,
+        registry: &Registry,
         envelope: Bytes,
     ) -> Result<(), Error> {
         self.assert_new_snapshot_index(index);
@@ -445,7 +497,7 @@ impl SledStorage {
             hs.commit = index;
             self.set_hard_state(batch, hs)?;
         }
-        self.stage_metadata(batch, meta, peers, Some(envelope))
+        self.stage_metadata(batch, meta, registry, Some(envelope))
     }
 
     /// Writes the file of `snapshot` (its data is the state machine image) now and stages its
@@ -454,36 +506,36 @@ impl SledStorage {
         &mut self,
         batch: &mut sled::Batch,
         snapshot: &Snapshot,
-        peers: &BTreeMap<u64, String>,
+        registry: &Registry,
     ) -> Result<(), Error> {
         let meta = snapshot.get_metadata();
         let envelope = if meta.index > 0 {
             Some(
                 self.files
-                    .write_image(meta.index, peers, snapshot.get_data())?,
+                    .write_image(meta.index, registry, snapshot.get_data())?,
             )
         } else {
             None
         };
-        self.stage_metadata(batch, meta.clone(), peers, envelope)
+        self.stage_metadata(batch, meta.clone(), registry, envelope)
     }
 
     fn stage_metadata(
         &mut self,
         batch: &mut sled::Batch,
         meta: SnapshotMetadata,
-        peers: &BTreeMap<u64, String>,
+        registry: &Registry,
         envelope: Option<Bytes>,
     ) -> Result<(), Error> {
         batch.insert(KEY_SNAP_META, encode("snapshot metadata", &meta)?);
         batch.insert(KEY_CONF_STATE, encode("conf state", meta.get_conf_state())?);
-        batch.insert(KEY_SNAP_PEERS, encode_peers(peers));
+        batch.insert(KEY_SNAP_PEERS, encode_registry(registry));
         if self.snapshot_meta.index > 0 && self.snapshot_meta.index != meta.index {
             self.obsolete.push(self.snapshot_meta.index);
         }
         self.conf_state = meta.get_conf_state().clone();
         self.snapshot_meta = meta;
-        self.snapshot_peers = peers.clone();
+        self.snapshot_registry = registry.clone();
         *self.envelope.lock().expect("envelope lock poisoned") = envelope;
         Ok(())
     }

@@ -9,8 +9,9 @@ use std::sync::atomic::AtomicBool;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
 use super::{
-    BOOTSTRAP_INDEX, ENTRY_PREFIX, KEY_CONF_STATE, KEY_HARD_STATE, KEY_SNAP_META, KEY_SNAP_PEERS,
-    KEY_TRUNCATED, SledStorage, SnapshotFiles, TREE_NAME, decode, decode_peers, storage_err,
+    BOOTSTRAP_INDEX, ENTRY_PREFIX, KEY_CLUSTER_ID, KEY_CONF_STATE, KEY_HARD_STATE, KEY_INCARNATION,
+    KEY_SNAP_META, KEY_SNAP_PEERS, KEY_TRUNCATED, Registry, SledStorage, SnapshotFiles, TREE_NAME,
+    decode, decode_registry, storage_err,
 };
 use crate::Error;
 
@@ -72,19 +73,48 @@ impl SledStorage {
             Some(v) => decode("snapshot metadata", &v)?,
             None => SnapshotMetadata::default(),
         };
-        let snapshot_peers = match get(KEY_SNAP_PEERS)? {
+        let snapshot_registry = match get(KEY_SNAP_PEERS)? {
             Some(v) => {
-                let (peers, rest) =
-                    decode_peers(&v).map_err(|e| storage_err("decode peer registry", e))?;
+                let (registry, rest) =
+                    decode_registry(&v).map_err(|e| storage_err("decode peer registry", e))?;
                 if !rest.is_empty() {
                     return Err(Error::Storage(
                         "trailing bytes after the peer registry".into(),
                     ));
                 }
-                peers
+                registry
             }
             // Stores written before the registry existed.
-            None => BTreeMap::new(),
+            None => Registry::default(),
+        };
+        let read_u64 = |key: &[u8], what: &str| -> Result<Option<u64>, Error> {
+            match get(key)? {
+                None => Ok(None),
+                Some(v) => match <[u8; 8]>::try_from(&v[..]) {
+                    Ok(bytes) => Ok(Some(u64::from_be_bytes(bytes))),
+                    Err(_) => Err(Error::Storage(format!(
+                        "{what} has {} bytes, expected 8",
+                        v.len()
+                    ))),
+                },
+            }
+        };
+        let cluster_id = read_u64(KEY_CLUSTER_ID, "cluster id")?.unwrap_or(0);
+        let incarnation = match read_u64(KEY_INCARNATION, "incarnation")? {
+            Some(incarnation) => incarnation,
+            None => {
+                // A new data directory (or one written before incarnations existed).
+                let incarnation = draw_nonzero();
+                tree.insert(KEY_INCARNATION, &incarnation.to_be_bytes())
+                    .map_err(|e| storage_err("write incarnation", e))?;
+                tree.flush()
+                    .map_err(|e| storage_err("flush incarnation", e))?;
+                tracing::info!(
+                    incarnation = format_args!("{incarnation:016x}"),
+                    "new data directory: incarnation drawn"
+                );
+                incarnation
+            }
         };
         let (truncated_index, truncated_term) = match get(KEY_TRUNCATED)? {
             Some(v) => {
@@ -142,7 +172,9 @@ impl SledStorage {
             hard_state,
             conf_state,
             snapshot_meta,
-            snapshot_peers,
+            snapshot_registry,
+            incarnation,
+            cluster_id,
             truncated_index,
             truncated_term,
             last_index,
@@ -171,7 +203,7 @@ impl SledStorage {
         snapshot.mut_metadata().set_conf_state(conf_state);
         let mut batch = sled::Batch::default();
         self.set_truncated(&mut batch, 0, 0);
-        self.stage_snapshot(&mut batch, &snapshot, &BTreeMap::new())?;
+        self.stage_snapshot(&mut batch, &snapshot, &Registry::default())?;
         self.write(batch, true)
     }
 
@@ -209,7 +241,23 @@ impl SledStorage {
         self.set_truncated(&mut batch, BOOTSTRAP_INDEX, 1);
         self.last_index = BOOTSTRAP_INDEX;
         self.last_term = 1;
-        self.stage_snapshot(&mut batch, &snapshot, peers)?;
+        self.stage_snapshot(
+            &mut batch,
+            &snapshot,
+            &Registry::with_addresses(peers.clone()),
+        )?;
         self.write(batch, true)
+    }
+}
+
+/// A random nonzero `u64` from the operating system's generator (0 means "unknown" on the wire).
+pub(crate) fn draw_nonzero() -> u64 {
+    loop {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+        let value = u64::from_le_bytes(bytes);
+        if value != 0 {
+            return value;
+        }
     }
 }

@@ -2,13 +2,12 @@
 //! reading them back and removing the ones no metadata names (see the storage module docs,
 //! "Snapshot files").
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::{encode_snapshot_data, storage_err};
+use super::{Registry, encode_snapshot_data, storage_err};
 use crate::Error;
 
 /// The directory of snapshot files inside the store's directory.
@@ -61,7 +60,7 @@ impl SnapshotFiles {
         Ok(())
     }
 
-    /// Wraps `image` with the peer registry `peers` into the wire envelope
+    /// Wraps `image` with the peer registry `registry` into the wire envelope
     /// ([`encode_snapshot_data`]), writes it as the file for `index` ([`SnapshotFiles::write`])
     /// and returns it.
     ///
@@ -71,10 +70,10 @@ impl SnapshotFiles {
     pub fn write_image(
         &self,
         index: u64,
-        peers: &BTreeMap<u64, String>,
+        registry: &Registry,
         image: &[u8],
     ) -> Result<Bytes, Error> {
-        let envelope = Bytes::from(encode_snapshot_data(peers, image));
+        let envelope = Bytes::from(encode_snapshot_data(registry, image));
         self.write(index, &envelope)?;
         Ok(envelope)
     }

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use dlock_proto::v1::RaftEnvelope;
 use tonic::Status;
 
+use crate::node::Stamp;
+
 /// One envelope to send: a range of a shared payload.
 pub(super) struct Chunk {
     from: u64,
+    stamp: Stamp,
     payload: Arc<Vec<u8>>,
     range: std::ops::Range<usize>,
     /// The whole message's size on the first chunk of a chunked message, else 0.
@@ -19,12 +22,18 @@ impl Chunk {
     /// The envelopes that carry `payload` from node `from`: one if it fits `chunk_bytes`, else
     /// one per chunk of `chunk_bytes`. Each
     /// chunk is copied out only when it is about to be sent.
-    pub(super) fn split(from: u64, payload: Vec<u8>, chunk_bytes: usize) -> Vec<Chunk> {
+    pub(super) fn split(
+        from: u64,
+        stamp: Stamp,
+        payload: Vec<u8>,
+        chunk_bytes: usize,
+    ) -> Vec<Chunk> {
         let payload = Arc::new(payload);
         let total = payload.len();
         if total <= chunk_bytes {
             return vec![Chunk {
                 from,
+                stamp,
                 payload,
                 range: 0..total,
                 message_bytes: 0,
@@ -34,6 +43,7 @@ impl Chunk {
             .step_by(chunk_bytes)
             .map(|start| Chunk {
                 from,
+                stamp,
                 payload: payload.clone(),
                 range: start..(start + chunk_bytes).min(total),
                 message_bytes: if start == 0 { total as u64 } else { 0 },
@@ -55,6 +65,9 @@ impl Chunk {
             payload,
             more,
             message_bytes: self.message_bytes,
+            cluster_id: self.stamp.cluster_id,
+            from_incarnation: self.stamp.from_incarnation,
+            to_incarnation: self.stamp.to_incarnation,
         }
     }
 }
@@ -80,6 +93,7 @@ pub(super) fn reassemble(
         payload,
         more,
         message_bytes,
+        ..
     } = envelope;
     let Some(mut current) = partial.take() else {
         if !more {
@@ -155,10 +169,11 @@ mod tests {
     fn a_message_larger_than_a_chunk_is_split_and_reassembled() {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         for chunk_bytes in [1, 7, 4096, 9_999, 10_000, 1 << 20] {
-            let envelopes: Vec<RaftEnvelope> = Chunk::split(7, payload.clone(), chunk_bytes)
-                .into_iter()
-                .map(Chunk::build)
-                .collect();
+            let envelopes: Vec<RaftEnvelope> =
+                Chunk::split(7, Stamp::default(), payload.clone(), chunk_bytes)
+                    .into_iter()
+                    .map(Chunk::build)
+                    .collect();
             assert_eq!(envelopes.len(), payload.len().div_ceil(chunk_bytes));
             let mut partial = None;
             let mut out = Vec::new();
@@ -178,7 +193,7 @@ mod tests {
     #[test]
     fn chunked_messages_above_the_limit_or_malformed_are_refused() {
         let chunks = |n: usize| -> Vec<RaftEnvelope> {
-            Chunk::split(7, vec![1u8; n], 10)
+            Chunk::split(7, Stamp::default(), vec![1u8; n], 10)
                 .into_iter()
                 .map(Chunk::build)
                 .collect()
@@ -257,6 +272,7 @@ mod tests {
                     payload,
                     more,
                     message_bytes,
+                    ..RaftEnvelope::default()
                 })
         }
 
@@ -286,7 +302,7 @@ mod tests {
                     noise.into_iter().map(|e| (vec![e], None)).collect();
                 let mut seed = order;
                 for (from, payload) in honest {
-                    let chunks = Chunk::split(from, payload.clone(), 500)
+                    let chunks = Chunk::split(from, Stamp::default(), payload.clone(), 500)
                         .into_iter()
                         .map(Chunk::build)
                         .collect();

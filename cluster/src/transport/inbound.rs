@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::chunks::reassemble;
 use super::{PEER_ENVELOPE_BYTES_MAX, PeerLimits, is_snapshot_message};
-use crate::{Error, Node};
+use crate::{Error, Node, PeerOrigin};
 
 /// The receiving side of the peer transport (`dlock.v1.RaftPeer`): see the
 /// [module docs](super). It holds a strong [`Node`] handle: serve it only as long as the node.
@@ -159,6 +159,20 @@ impl RaftPeer for RaftPeerService {
                 return Err(Status::permission_denied(format!(
                     "this connection's certificate names node {node}, not node {sender}"
                 )));
+            }
+            let origin = PeerOrigin {
+                from: sender,
+                cluster_id: envelope.cluster_id,
+                from_incarnation: envelope.from_incarnation,
+                to_incarnation: envelope.to_incarnation,
+            };
+            if let Err(err) = self.node.admit(&origin) {
+                let reason = match err {
+                    Error::InvalidInput(reason) => reason,
+                    other => other.to_string(),
+                };
+                tracing::warn!(?remote, from = sender, %reason, "raft message refused; stream ended");
+                return Err(Status::failed_precondition(reason));
             }
             let message = reassemble(&mut partial, envelope, self.limits.message_bytes_max)
                 .inspect_err(|status| {

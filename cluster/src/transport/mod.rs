@@ -8,7 +8,9 @@
 //! and reports the peer unreachable (raft retransmits; docs/dependencies.md §1.3).
 //!
 //! A tokio task per peer connects (`connect_timeout`, `TCP_NODELAY`, HTTP/2 keepalive so a
-//! dead peer is noticed even on an idle stream), streams `RaftEnvelope { from, payload }` and,
+//! dead peer is noticed even on an idle stream), streams `RaftEnvelope { from, payload }`
+//! (each stamped with this node's cluster id and incarnation and the peer's recorded
+//! incarnation, which the receiver checks with [`Node::admit`] before anything else) and,
 //! on any error, reports the peer unreachable, drops what queued up meanwhile (stale by then)
 //! and reconnects with exponential backoff from [`RECONNECT_BACKOFF_MIN`] to
 //! [`RECONNECT_BACKOFF_MAX`], resolving the address again on every attempt.

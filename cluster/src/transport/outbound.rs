@@ -35,6 +35,11 @@ impl Feedback {
         }
     }
 
+    /// The identity fields for a message to `to` (all 0 before the transport is bound).
+    pub(super) fn stamp(&self, to: u64) -> crate::node::Stamp {
+        self.node().map(|node| node.stamp(to)).unwrap_or_default()
+    }
+
     pub(super) fn snapshot(&self, to: u64, delivered: bool) {
         if let Some(node) = self.node() {
             node.report_snapshot(to, delivered);

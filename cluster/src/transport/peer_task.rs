@@ -191,7 +191,8 @@ impl Session<'_> {
             };
             let bytes = payload.len();
             let started = Instant::now();
-            let chunks = Chunk::split(self.self_id, payload, self.chunk_bytes);
+            let stamp = self.feedback.stamp(to);
+            let chunks = Chunk::split(self.self_id, stamp, payload, self.chunk_bytes);
             let count = chunks.len();
             for envelope in chunks {
                 let sent = tokio::select! {

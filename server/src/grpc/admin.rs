@@ -6,7 +6,7 @@ use std::sync::Arc;
 use dlock_proto::v1 as pb;
 use dlock_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use super::convert::query_reply;
 use super::not_leader_hint;
@@ -62,12 +62,14 @@ impl AdminService {
     /// Every member, from the applied configuration, with the leader's replication progress.
     fn members(&self) -> Vec<pb::Member> {
         let membership = self.node.membership().borrow().clone();
-        let matched: std::collections::HashMap<u64, u64> = self
-            .node
-            .status()
-            .members
-            .into_iter()
+        let status = self.node.status().members;
+        let matched: std::collections::HashMap<u64, u64> = status
+            .iter()
             .filter_map(|m| m.matched.map(|matched| (m.id, matched)))
+            .collect();
+        let incarnations: std::collections::HashMap<u64, u64> = status
+            .iter()
+            .filter_map(|m| m.incarnation.map(|incarnation| (m.id, incarnation)))
             .collect();
         let voters = membership.voters.iter().map(|id| (*id, true));
         let learners = membership.learners.iter().map(|id| (*id, false));
@@ -78,10 +80,41 @@ impl AdminService {
                 peer_addr: membership.peers.get(&id).cloned().unwrap_or_default(),
                 voter,
                 matched: matched.get(&id).copied().unwrap_or(0),
+                incarnation: incarnations.get(&id).copied().unwrap_or(0),
             })
             .collect();
         members.sort_by_key(|m| m.node_id);
         members
+    }
+
+    /// Asks the node about to be added who it is: a node of another cluster is refused, and
+    /// the incarnation of its data directory goes into the conf change (0 if it does not
+    /// answer: the leader then records the incarnation of its first message).
+    async fn identify(&self, id: u64, peer_addr: &str) -> Result<u64, Status> {
+        let Some(status) = self.directory.ask(id, peer_addr).await else {
+            warn!(
+                node_id = id,
+                peer_addr,
+                "the node to add does not answer at its peer address; adding it anyway, its \
+                 incarnation will be recorded from its first message"
+            );
+            return Ok(0);
+        };
+        let ours = self.node.status().cluster_id;
+        if status.node_id != id {
+            return Err(Status::invalid_argument(format!(
+                "{peer_addr} is node {}, not node {id}",
+                status.node_id
+            )));
+        }
+        if status.cluster_id != 0 && ours != 0 && status.cluster_id != ours {
+            return Err(Status::invalid_argument(format!(
+                "node {id} at {peer_addr} belongs to cluster {:016x}, this is cluster {ours:016x}: \
+                 a node joins only with an empty data directory (or one of this cluster)",
+                status.cluster_id
+            )));
+        }
+        Ok(status.incarnation)
     }
 
     /// The reply to a change applied at `index`: the configuration as of that index (the raft
@@ -129,9 +162,15 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::MembershipReply>, Status> {
         let req = request.into_inner();
         check_new_member(&req)?;
+        let incarnation = self.identify(req.node_id, &req.peer_addr).await?;
         let index = self
             .node
-            .add_voter(req.node_id, req.peer_addr)
+            .add_member(
+                req.node_id,
+                req.peer_addr,
+                incarnation,
+                dlock_cluster::MemberKind::Voter,
+            )
             .await
             .map_err(|e| self.fail(e))?;
         Ok(self.changed(index, "add voter", req.node_id).await)
@@ -144,9 +183,15 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::MembershipReply>, Status> {
         let req = request.into_inner();
         check_new_member(&req)?;
+        let incarnation = self.identify(req.node_id, &req.peer_addr).await?;
         let index = self
             .node
-            .add_learner(req.node_id, req.peer_addr)
+            .add_member(
+                req.node_id,
+                req.peer_addr,
+                incarnation,
+                dlock_cluster::MemberKind::Learner,
+            )
             .await
             .map_err(|e| self.fail(e))?;
         Ok(self.changed(index, "add learner", req.node_id).await)

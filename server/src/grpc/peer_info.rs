@@ -39,6 +39,8 @@ pub fn own_status(node: &dlock_cluster::Node, client_addr: &str) -> pb::NodeStat
         leader_id: status.leader_id.unwrap_or(0),
         client_addr: client_addr.to_string(),
         reachable: true,
+        cluster_id: status.cluster_id,
+        incarnation: status.incarnation,
     }
 }
 
