@@ -493,7 +493,7 @@ async fn health(endpoints: &[String], timeout: Duration, service: &str) -> Resul
                 .connect_timeout(timeout)
                 .connect_with_connector(dlock_tls::Connector::new(tls()))
                 .await
-                .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
+                .map_err(|e| format!("cannot connect: {}", dlock_tls::error_chain(&e)))?;
             let reply = HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: service.to_owned(),
@@ -737,22 +737,6 @@ fn on_cluster(cli: Cli) -> Result<u8, Failure> {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(e) => Err(Failure(format!("cannot start the runtime: {e}"))),
     }
-}
-
-/// An error and its sources, `: `-separated (tonic's transport error alone says only
-/// "transport error").
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn main() -> ExitCode {

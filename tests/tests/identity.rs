@@ -135,12 +135,17 @@ async fn a_wiped_voter_restarted_with_its_member_list_is_refused_until_added_bac
         outside.applied <= 1 && outside.commit <= 1,
         "node 3 applied nothing of the cluster's log: {outside:?}"
     );
-    assert!(cluster.node(3).is_running(), "node 3 did not crash");
+    let log = std::fs::read_to_string(&cluster.node(3).log).unwrap();
+    assert!(
+        !log.contains("panicked") && !log.contains("raft thread stopped"),
+        "node 3's raft kept running:\n{log}"
+    );
 
     // Adding it as a learner while the cluster still lists it is refused; removing it and
     // adding it back is the way in.
     let err = cluster.add_learner(3).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("remove node 3 first"), "{err:?}");
     cluster.remove(3).await.expect("RemoveNode 3");
     cluster.wait_members(&[(1, true), (2, true)]).await;
     cluster.add_learner(3).await.expect("AddLearner 3");

@@ -262,9 +262,26 @@ async fn forged_raft_messages_on_the_peer_port_are_refused_and_change_nothing() 
     let leader_status = cluster.status(leader).await.unwrap().node.unwrap();
     let (cluster_id, incarnation) = (leader_status.cluster_id, leader_status.incarnation);
     assert_ne!(cluster_id, 0, "the cluster has an id");
+    // Wait until the target itself has the cluster id and the leader's incarnation on record.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let reply = cluster.status(target).await.unwrap();
+        let recorded = reply
+            .members
+            .iter()
+            .any(|m| m.node_id == leader && m.incarnation == incarnation);
+        if reply.node.unwrap().cluster_id == cluster_id && recorded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {target} never recorded the cluster's identity"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for (identity, expected) in [
         ((cluster_id ^ 1, incarnation), "belongs to cluster"),
-        ((0, incarnation ^ 1), "belongs to no cluster"),
+        ((0, incarnation ^ 1), "remove node"),
         ((cluster_id, incarnation ^ 1), "recorded incarnation"),
     ] {
         let err = send_raw(

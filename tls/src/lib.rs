@@ -194,3 +194,19 @@ fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 fn alpn_h2() -> Vec<Vec<u8>> {
     vec![b"h2".to_vec()]
 }
+
+/// An error and its sources, `: `-separated, each cause once (tonic's transport error alone
+/// says only "transport error"; the TLS failure is several sources down).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -29,8 +29,9 @@ use std::sync::Mutex;
 
 use crate::storage::Registry;
 
-/// Entry context that marks a [`Record`] in the log. Client proposals carry an 8-byte
-/// proposal id as their context, so the two never collide.
+/// Prefix of the context of an entry that carries a [`Record`] (the rest of the context; the
+/// entry's data is empty). Client proposals carry an 8-byte proposal id as their context, so
+/// the two never collide.
 pub(crate) const RECORD_CONTEXT: &[u8] = b"dlock/identity-record";
 
 /// Observed but unrecorded `(node, incarnation)` pairs kept for the leader at most (a peer
@@ -65,7 +66,8 @@ pub struct Stamp {
 }
 
 /// A log entry that records the cluster id and members' incarnations (context
-/// [`RECORD_CONTEXT`]): `be_u64(cluster_id) ‖ be_u32(n) ‖ (be_u64(id) ‖ be_u64(incarnation))*`.
+/// [`RECORD_CONTEXT`] ‖ `be_u64(cluster_id) ‖ be_u32(n) ‖ (be_u64(id) ‖ be_u64(incarnation))*`,
+/// empty data).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Record {
     /// A freshly drawn cluster id, or 0.
@@ -220,35 +222,33 @@ impl Trust {
     pub(crate) fn admit(&self, origin: &PeerOrigin) -> Result<(), String> {
         let me = self.node_id;
         let from = origin.from;
-        if origin.to_incarnation != 0 && origin.to_incarnation != self.incarnation {
-            return Err(format!(
-                "node {from} sent node {me} a message for its data directory incarnation {:016x}, \
-                 but node {me} now runs incarnation {:016x}: its data directory was wiped or \
-                 replaced, so it is a new member; remove node {me} from the cluster and add it \
-                 back as a learner",
-                origin.to_incarnation, self.incarnation
-            ));
-        }
         let mut state = self.lock();
-        // A founder that has not yet taken the cluster id its incarnation was recorded with
-        // (the record that drew the id recorded every founder it had heard from).
-        let recorded_founder = origin.cluster_id == 0
-            && origin.from_incarnation != 0
-            && state.incarnations.get(&from) == Some(&origin.from_incarnation);
-        if state.cluster_id != 0 && origin.cluster_id != state.cluster_id && !recorded_founder {
-            return Err(if origin.cluster_id == 0 {
-                format!(
-                    "node {from} belongs to no cluster yet (a new or wiped data directory) and \
-                     node {me} belongs to cluster {:016x}: add node {from} as a learner first",
-                    state.cluster_id
-                )
-            } else {
-                format!(
-                    "node {from} belongs to cluster {:016x}, node {me} to cluster {:016x}: \
-                     check --initial-cluster and peer addresses",
-                    origin.cluster_id, state.cluster_id
-                )
-            });
+        // The sender has this data directory on record: it holds replicated state that
+        // recorded it, which a node wiped since cannot have.
+        let knows_me = origin.to_incarnation != 0 && origin.to_incarnation == self.incarnation;
+        if origin.to_incarnation != 0 && !knows_me {
+            // A sender behind on the log may still name the incarnation this node had before
+            // it was removed and added back: this node's own registry then retired that one
+            // and records the current one, and the sender is the stale side.
+            let readded = state.retired.contains(&(me, origin.to_incarnation))
+                && state.incarnations.get(&me) == Some(&self.incarnation);
+            if !readded {
+                return Err(format!(
+                    "node {from} sent node {me} a message for its data directory incarnation \
+                     {:016x}, but node {me} now runs incarnation {:016x}: its data directory \
+                     was wiped or replaced, so it is a new member; remove node {me} from the \
+                     cluster first, then add it back as a learner",
+                    origin.to_incarnation, self.incarnation
+                ));
+            }
+        }
+        if origin.cluster_id != 0 && state.cluster_id != 0 && origin.cluster_id != state.cluster_id
+        {
+            return Err(format!(
+                "node {from} belongs to cluster {:016x}, node {me} to cluster {:016x}: check \
+                 --initial-cluster and the peer addresses",
+                origin.cluster_id, state.cluster_id
+            ));
         }
         if state.retired.contains(&(from, origin.from_incarnation)) {
             return Err(format!(
@@ -258,13 +258,23 @@ impl Trust {
             ));
         }
         match state.incarnations.get(&from) {
-            Some(&recorded) if recorded != origin.from_incarnation => {
-                return Err(format!(
-                    "node {from} runs data directory incarnation {:016x}, but the cluster \
-                     recorded incarnation {recorded:016x} for it: its data directory was wiped \
-                     or replaced; remove node {from} and add it back as a learner",
-                    origin.from_incarnation
-                ));
+            // A sender that has this node on record is ahead of it on the log (it was removed
+            // and added back with a new incarnation this node has not applied yet).
+            Some(&recorded) if recorded != origin.from_incarnation && !knows_me => {
+                return Err(if origin.from_incarnation == 0 {
+                    format!(
+                        "node {from} sends no data directory incarnation: it runs an older \
+                         dlockd; upgrade it"
+                    )
+                } else {
+                    format!(
+                        "node {from} runs data directory incarnation {:016x}, but the cluster \
+                         recorded incarnation {recorded:016x} for it: its data directory was \
+                         wiped or replaced; remove node {from} first, then add it back as a \
+                         learner",
+                        origin.from_incarnation
+                    )
+                });
             }
             Some(_) => {}
             None if origin.from_incarnation != 0 && state.unrecorded.len() < UNRECORDED_MAX => {
@@ -272,7 +282,9 @@ impl Trust {
             }
             None => {}
         }
-        if state.cluster_id == 0 && origin.cluster_id != 0 {
+        // Take the cluster id only from a sender that has this data directory on record: it
+        // is of the cluster that recorded it (not merely some node that reached the port).
+        if state.cluster_id == 0 && origin.cluster_id != 0 && knows_me {
             state.cluster_id = origin.cluster_id;
             state.adopted_unsaved = true;
         }
@@ -317,8 +329,15 @@ impl super::worker::Worker {
         }
         let mut seen = trust.take_unrecorded();
         seen.insert((self.id, trust.incarnation()));
+        // An id seen under two incarnations (a wiped node before its first one was recorded)
+        // is left for a later round rather than recorded under either.
+        let mut per_id: BTreeMap<u64, usize> = BTreeMap::new();
+        for (id, _) in &seen {
+            *per_id.entry(*id).or_default() += 1;
+        }
         for (id, incarnation) in seen {
-            if self.is_member(id)
+            if per_id[&id] == 1
+                && self.is_member(id)
                 && !self.registry.incarnations.contains_key(&id)
                 && !self.registry.retired.contains(&(id, incarnation))
                 && !self.recording.contains(&(id, incarnation))
@@ -330,7 +349,11 @@ impl super::worker::Worker {
         if record.is_empty() {
             return Ok(());
         }
-        match self.raw.propose(RECORD_CONTEXT.to_vec(), record.encode()) {
+        // The record travels in the entry's context with empty data: a dlockd that predates
+        // records takes it for an empty entry rather than a command for its state machine.
+        let mut context = RECORD_CONTEXT.to_vec();
+        context.extend_from_slice(&record.encode());
+        match self.raw.propose(context, Vec::new()) {
             Ok(()) => {
                 tracing::info!(
                     cluster_id = format_args!("{:016x}", record.cluster_id),
@@ -422,22 +445,31 @@ mod tests {
             ..Registry::default()
         };
         let trust = Trust::new(1, 10, 0, &registry);
-        // Without a cluster id: anything with the right incarnations, and the first id sticks.
+        // Without a cluster id: anything with the right incarnations; the id is taken only
+        // from a sender that has this node on record.
         trust.admit(&origin(2, 0, 20, 0)).unwrap();
+        trust.admit(&origin(2, 77, 20, 0)).unwrap();
+        assert_eq!(trust.cluster_id(), 0);
         trust.admit(&origin(2, 99, 20, 10)).unwrap();
         assert_eq!(trust.cluster_id(), 99);
         assert_eq!(trust.take_adopted(), Some(99));
         assert_eq!(trust.take_adopted(), None);
-        // Another cluster, no cluster (unless it is a recorded incarnation: a founder that
-        // has not taken the id yet), another incarnation of us or of them, a retired one.
+        // Another cluster; a message for another incarnation of this node (it was wiped).
         assert!(trust.admit(&origin(2, 98, 20, 10)).is_err());
-        trust.admit(&origin(2, 0, 20, 10)).unwrap();
-        assert!(trust.admit(&origin(4, 0, 40, 10)).is_err());
         assert!(trust.admit(&origin(2, 99, 20, 11)).is_err());
-        assert!(trust.admit(&origin(2, 99, 21, 10)).is_err());
+        // A recorded sender under another incarnation (wiped), or saying none (older build),
+        // a retired one.
+        let err = trust.admit(&origin(2, 99, 21, 0)).unwrap_err();
+        assert!(err.contains("remove node 2 first"), "{err}");
+        let err = trust.admit(&origin(2, 99, 0, 0)).unwrap_err();
+        assert!(err.contains("older dlockd"), "{err}");
         assert!(trust.admit(&origin(3, 99, 30, 0)).is_err());
-        // A node with nothing on record is taken at its word and noted for the leader.
-        trust.admit(&origin(4, 99, 40, 0)).unwrap();
+        // ... unless it has this node on record: then it is ahead on the log (re-added).
+        trust.admit(&origin(2, 99, 21, 10)).unwrap();
+        // A founder that has not taken the id yet; a node with nothing on record, taken at its
+        // word and noted for the leader.
+        trust.admit(&origin(2, 0, 20, 10)).unwrap();
+        trust.admit(&origin(4, 0, 40, 0)).unwrap();
         trust.admit(&origin(3, 99, 31, 0)).unwrap();
         assert_eq!(trust.take_unrecorded(), BTreeSet::from([(3, 31), (4, 40)]));
         assert_eq!(
@@ -450,5 +482,21 @@ mod tests {
         );
         // The first cluster id stays when a later record names another.
         assert_eq!(trust.settle_cluster_id(5), 99);
+    }
+
+    #[test]
+    fn a_readded_node_admits_a_sender_that_is_behind() {
+        // Node 1 was removed with incarnation 9 and added back with 10.
+        let registry = Registry {
+            incarnations: BTreeMap::from([(1, 10), (2, 20)]),
+            retired: BTreeSet::from([(1, 9)]),
+            ..Registry::default()
+        };
+        let trust = Trust::new(1, 10, 99, &registry);
+        trust.admit(&origin(2, 99, 20, 9)).unwrap();
+        assert!(trust.admit(&origin(2, 99, 20, 8)).is_err());
+        // A node that was wiped and never added back has no such record.
+        let wiped = Trust::new(1, 11, 0, &Registry::default());
+        assert!(wiped.admit(&origin(2, 99, 20, 10)).is_err());
     }
 }

@@ -521,8 +521,10 @@ impl Worker {
                 "committed entries must be applied in order without gaps"
             );
             let outcome = match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.context[..] == *RECORD_CONTEXT => {
-                    self.apply_record(entry.index, &entry.data)?;
+                EntryType::EntryNormal
+                    if entry.data.is_empty() && entry.context.starts_with(RECORD_CONTEXT) =>
+                {
+                    self.apply_record(entry.index, &entry.context[RECORD_CONTEXT.len()..])?;
                     Outcome::Empty
                 }
                 EntryType::EntryNormal if entry.data.is_empty() => Outcome::Empty,

@@ -13,9 +13,9 @@ const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"dlksnap1";
 /// Marks the incarnation section that follows the addresses in an encoded [`Registry`].
 const INCARNATIONS_TAG: &[u8; 4] = b"inc1";
 
-/// Retired incarnations kept at most; beyond it the oldest-numbered are forgotten (a removed
-/// data directory that comes back after thousands of later removals is then refused only by
-/// its cluster id and its certificate).
+/// Retired incarnations kept at most; beyond it the entries with the lowest node id (then
+/// lowest incarnation) are forgotten, and such a removed data directory, if it came back, would
+/// be refused by nothing but its certificate (it has this cluster's id).
 pub const RETIRED_MAX: usize = 4096;
 
 /// Incarnation records refused when decoding beyond this many (a corrupt count).

@@ -47,25 +47,9 @@ async fn connect(address: &str, connector: &dlock_tls::Connector) -> Result<Chan
     .await
     {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(err)) => Err(format!("connect: {}", error_chain(&err))),
+        Ok(Err(err)) => Err(format!("connect: {}", dlock_tls::error_chain(&err))),
         Err(_) => Err("connect: timed out".into()),
     }
-}
-
-/// An error and its sources, `: `-separated (tonic's transport error alone says only
-/// "transport error").
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// How one stream on a connection ended.
