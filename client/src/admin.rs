@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use dlock_proto::v1::admin_client::AdminClient;
 pub use dlock_proto::v1::{
     ClusterStatusReply, ListObjectsReply, ListSessionsReply, Member, MembershipReply, NodeStatus,
-    ObjectSummary, QueryReply, Role, SessionSummary,
+    ObjectSummary, QueryReply, RightsReply, Role, SessionSummary,
 };
 
 use crate::client::{Disposition, classify};
@@ -119,6 +119,28 @@ impl Admin<'_> {
         self.client
             .call_on(policy, |channel| async move {
                 AdminClient::new(channel).list_sessions(request).await
+            })
+            .await
+    }
+
+    /// What `principal` (a certificate subject such as `CN=alice`; empty: a caller without
+    /// one) may do with the object `name` under the answering node's ACL, and the rules that
+    /// grant it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an invalid name; [`Error::Unavailable`] when no node
+    /// answered within the request timeout.
+    pub async fn rights(&self, principal: &str, name: &str) -> Result<RightsReply, Error> {
+        let request = dlock_proto::v1::RightsRequest {
+            principal: principal.to_owned(),
+            name: name.to_owned(),
+        };
+        let policy = self.client.unary_policy("Rights", None);
+        self.client
+            .call_on(policy, |channel| {
+                let request = request.clone();
+                async move { AdminClient::new(channel).rights(request).await }
             })
             .await
     }

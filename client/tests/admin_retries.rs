@@ -70,6 +70,13 @@ impl Admin for Scripted {
     ) -> Result<Response<dlock_proto::v1::ListSessionsReply>, Status> {
         Err(Status::unimplemented("not scripted"))
     }
+
+    async fn rights(
+        &self,
+        _: Request<dlock_proto::v1::RightsRequest>,
+    ) -> Result<Response<dlock_proto::v1::RightsReply>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
 }
 
 /// Runs `add_learner` against a node whose attempts fail with `first`, then refuse.

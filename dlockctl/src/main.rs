@@ -59,7 +59,7 @@ use clap::{Parser, Subcommand};
 mod handles;
 mod objects;
 mod run;
-use dlock::admin::{Member, MembershipReply, NodeStatus, Role};
+use dlock::admin::{Member, MembershipReply, NodeStatus, RightsReply, Role};
 use dlock::{Client, ClientConfig};
 
 /// Command line of `dlockctl`.
@@ -160,6 +160,14 @@ enum Command {
     },
     /// Lists the open sessions: client name, TTL, silence, handles, waits, mutexes owned.
     Sessions,
+    /// Shows what a principal may do with a name under the answering node's ACL
+    /// (`--acl-file`), and the rules that grant it.
+    Acl {
+        /// A client certificate subject (`CN=alice`); "" for a caller without one.
+        principal: String,
+        /// An object name.
+        name: String,
+    },
     /// Creates a named object, or opens the existing one of that name (`CreateMutex`,
     /// `CreateEvent`, `CreateSemaphore`).
     Create {
@@ -386,6 +394,32 @@ fn node_line(n: &NodeStatus) -> String {
     )
 }
 
+/// `dlockctl acl`'s answer: the rights, then the rules that grant them.
+fn print_rights(principal: &str, name: &str, reply: &RightsReply) {
+    let who = if principal.is_empty() {
+        "(no principal)"
+    } else {
+        principal
+    };
+    if !reply.enforced {
+        println!(
+            "node {} has no ACL file: {who} may do everything with {name:?}",
+            reply.node_id
+        );
+        return;
+    }
+    let rights = if reply.rights.is_empty() {
+        "none (ERROR_ACCESS_DENIED)".to_owned()
+    } else {
+        reply.rights.join(", ")
+    };
+    println!("{who} on {name:?}: {rights}");
+    println!("acl file {} on node {}", reply.acl_file, reply.node_id);
+    for rule in &reply.rules {
+        println!("  granted by {rule}");
+    }
+}
+
 /// One line describing a member.
 fn member_line(m: &Member) -> String {
     let kind = if m.voter { "voter" } else { "learner" };
@@ -608,6 +642,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Command::Sessions => {
                 let client = connect(endpoints, timeout).await?;
                 return objects::sessions(&client, cli.output).await.map(|()| 0);
+            }
+            Command::Acl { principal, name } => {
+                let client = connect(endpoints, timeout).await?;
+                let reply = client
+                    .admin()
+                    .rights(&principal, &name)
+                    .await
+                    .map_err(|e| Failure(format!("acl: {e}")))?;
+                print_rights(&principal, &name, &reply);
+                return Ok(0);
             }
             Command::AddLearner { id, peer_addr } => {
                 let client = connect(endpoints, timeout).await?;

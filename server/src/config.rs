@@ -127,6 +127,9 @@ pub struct Config {
     /// `trusted_ca_file` can make an admin. Without client certificates there are no
     /// principals: the admin API then answers loopback callers only, unless `insecure`.
     pub admin_principals: Vec<String>,
+    /// Rights by principal and name prefix ([`crate::acl`]): a TOML file of `[[rule]]`s, read
+    /// at start and again on SIGHUP. `None`: every caller may do everything.
+    pub acl_file: Option<PathBuf>,
     /// Serve plaintext on addresses other than loopback. Without it, a node refuses to start
     /// when the client or peer port would listen beyond loopback without TLS: anyone who
     /// reaches such a port can take every lock (or, on the peer port, replace the data).
@@ -160,6 +163,7 @@ impl Default for Config {
             peer_key_file: None,
             peer_trusted_ca_file: None,
             admin_principals: vec![DEFAULT_ADMIN_PRINCIPAL.to_owned()],
+            acl_file: None,
             insecure: false,
         }
     }
@@ -549,6 +553,10 @@ pub struct Settings {
     /// separated by ';' [default: CN=admin].
     #[arg(long, env = "DLOCKD_ADMIN_PRINCIPALS")]
     pub admin_principals: Option<String>,
+    /// ACL file (TOML `[[rule]]` tables: principal, prefix, rights): what each principal may do with
+    /// which names; re-read on SIGHUP [default: none, everyone may do everything].
+    #[arg(long, env = "DLOCKD_ACL_FILE")]
+    pub acl_file: Option<PathBuf>,
     /// Allow plaintext client or peer ports on addresses other than loopback.
     #[arg(long, env = "DLOCKD_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
@@ -619,6 +627,7 @@ impl Settings {
                 Some(list) => split_principals(&list),
                 None => d.admin_principals.clone(),
             },
+            acl_file: self.acl_file.or(file.acl_file),
             insecure: pick!(insecure),
             ..d
         };

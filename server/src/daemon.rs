@@ -145,6 +145,21 @@ impl Server {
         crate::health::report(&health_reporter, ServingStatus::NotServing).await;
         let (draining, draining_rx) = watch::channel(false);
 
+        let policy = crate::acl::Policy::new(match &config.acl_file {
+            Some(path) => {
+                let acl = crate::acl::Acl::load(path)?;
+                info!(
+                    acl_file = %path.display(),
+                    rules = acl.len(),
+                    "ACL in force: what no rule grants is denied"
+                );
+                acl
+            }
+            None => {
+                info!("no ACL file: every caller may create and open every name");
+                crate::acl::Acl::open_to_all()
+            }
+        });
         let service = DlockServer::new(DlockService::new(
             replica.clone(),
             node.clone(),
@@ -152,6 +167,7 @@ impl Server {
             stopped.clone(),
             directory.clone(),
             metrics.clone(),
+            policy.clone(),
         ))
         .max_decoding_message_size(config.request_bytes_max);
         let admin = AdminServer::with_interceptor(
@@ -160,6 +176,7 @@ impl Server {
                 replica.clone(),
                 advertised.clone(),
                 directory.clone(),
+                policy.clone(),
             ),
             AdminGate::new(&config),
         );
@@ -233,6 +250,7 @@ impl Server {
             .collect();
         background.push(tokio::spawn(tls_reload_task(
             identities,
+            policy,
             hangup,
             stopped.clone(),
         )));
@@ -456,6 +474,7 @@ fn refuse_non_nodes(request: tonic::Request<()>) -> Result<tonic::Request<()>, t
 /// TLS too, so that a SIGHUP (whose default action ends the process) is only logged.
 async fn tls_reload_task(
     identities: Vec<(&'static str, Arc<dlock_tls::ServerTls>)>,
+    policy: Arc<crate::acl::Policy>,
     mut hangup: Option<tokio::signal::unix::Signal>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -470,6 +489,16 @@ async fn tls_reload_task(
             } => true,
             _ = stopped.wait_for(|s| *s) => return,
         };
+        if forced {
+            match policy.reload() {
+                Ok(Some(rules)) => info!(rules, "SIGHUP: ACL file read again"),
+                Ok(None) => {}
+                Err(err) => error!(
+                    error = %err,
+                    "ACL file not read again; the previous rules stay in force"
+                ),
+            }
+        }
         if forced && identities.is_empty() {
             info!("SIGHUP: this node serves no TLS, nothing to read again");
         }

@@ -31,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod config;
 pub mod daemon;
 pub mod error;

@@ -25,6 +25,7 @@ pub struct AdminService {
     replica: Arc<Replica>,
     client_addr: String,
     directory: Arc<Directory>,
+    policy: Arc<crate::acl::Policy>,
 }
 
 impl AdminService {
@@ -35,12 +36,14 @@ impl AdminService {
         replica: Arc<Replica>,
         client_addr: String,
         directory: Arc<Directory>,
+        policy: Arc<crate::acl::Policy>,
     ) -> Self {
         AdminService {
             node,
             replica,
             client_addr,
             directory,
+            policy,
         }
     }
 
@@ -257,6 +260,35 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListObjectsReply {
             objects,
             next_page_token,
+        }))
+    }
+
+    async fn rights(
+        &self,
+        request: Request<pb::RightsRequest>,
+    ) -> Result<Response<pb::RightsReply>, Status> {
+        let req = request.into_inner();
+        let key = dlock_proto::vocab::names::name_key(&req.name).map_err(|code| {
+            Status::invalid_argument(format!(
+                "{:?} is not a valid object name ({code:?})",
+                req.name
+            ))
+        })?;
+        let acl = self.policy.get();
+        let principal = (!req.principal.is_empty()).then_some(req.principal.as_str());
+        let (allowed, rules) = acl.check(principal, key);
+        Ok(Response::new(pb::RightsReply {
+            enforced: acl.is_enforced(),
+            rights: crate::acl::rights_names(&allowed)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            rules: rules.iter().map(|rule| rule.describe()).collect(),
+            acl_file: acl
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            node_id: self.node.id(),
         }))
     }
 

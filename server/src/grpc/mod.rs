@@ -24,18 +24,19 @@ use dlock_proto::v1::dlock_server::Dlock;
 use futures::Stream;
 use tokio::sync::watch;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::LeaseConfirmer;
 use crate::metrics::Metrics;
 use crate::namespace::{
-    Command, CreateParams, ObjectKind, Reply, Request, SessionSecret, validate_request,
+    Allowed, Command, CreateParams, ObjectKind, Reply, Request, SessionSecret, validate_request,
 };
 use crate::replica::{Replica, lock, now_unix_ms};
 use convert::{kind_from_wire, query_reply, status_reply, unexpected};
 use dlock_proto::vocab::Win32Error;
+use dlock_proto::vocab::names::{create_name_key, open_name_key};
 use keepalive::keep_alive;
 use peer_info::Directory;
 use status::to_status;
@@ -57,6 +58,8 @@ pub struct DlockService {
     confirmer: Arc<LeaseConfirmer>,
     /// Where proposals are counted and timed.
     metrics: Arc<Metrics>,
+    /// What each principal may do with which names.
+    policy: Arc<crate::acl::Policy>,
 }
 
 impl DlockService {
@@ -68,8 +71,10 @@ impl DlockService {
         stopped: watch::Receiver<bool>,
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
+        policy: Arc<crate::acl::Policy>,
     ) -> Self {
         DlockService {
+            policy,
             confirmer: LeaseConfirmer::new(
                 node.clone(),
                 Duration::from_millis(config.election_timeout_max_ms()),
@@ -80,6 +85,42 @@ impl DlockService {
             stopped,
             directory,
             metrics,
+        }
+    }
+
+    /// `request` (a `Create` or `Open`) under the ACL for `principal`: wrapped in
+    /// `Request::Limited` with what the principal may do with its name, unless no ACL is in
+    /// force, the object is unnamed (private to its creator), the name is invalid (validation
+    /// fails it anyway) or the principal may do everything.
+    fn limited(&self, principal: Option<&str>, request: Request) -> Request {
+        let acl = self.policy.get();
+        if !acl.is_enforced() {
+            return request;
+        }
+        let key = match &request {
+            Request::Create { name, .. } => match create_name_key(name.as_deref()) {
+                Ok(Some(key)) => key,
+                _ => return request,
+            },
+            Request::Open { name, .. } => match open_name_key(name.as_deref()) {
+                Ok(key) => key,
+                Err(_) => return request,
+            },
+            _ => return request,
+        };
+        let (allowed, _) = acl.check(principal, key);
+        if allowed == Allowed::ALL {
+            return request;
+        }
+        debug!(
+            principal,
+            name = key,
+            ?allowed,
+            "create/open limited by the ACL"
+        );
+        Request::Limited {
+            allowed,
+            request: Box::new(request),
         }
     }
 
@@ -204,6 +245,39 @@ pub fn not_leader_hint(directory: &Directory, err: Error) -> Status {
 /// before the log. Not when its header reports received wait outcomes (`waits_done`): those
 /// must reach the log, so such a request is proposed and refused by `apply` instead, with the
 /// same reply.
+/// The principal of a request: the subject of the client certificate its connection was
+/// verified with (`None` without one).
+fn principal_of<T>(request: &GrpcRequest<T>) -> Option<String> {
+    request
+        .extensions()
+        .get::<dlock_tls::ConnInfo>()
+        .and_then(|conn| conn.peer.as_ref())
+        .map(|peer| peer.subject.clone())
+}
+
+/// The name of a request the ACL limited, for the log line of a denial.
+fn denied_name(request: &Request) -> Option<String> {
+    match request {
+        Request::Limited { request, .. } => match &**request {
+            Request::Create { name, .. } | Request::Open { name, .. } => name.clone(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Logs a create or open the ACL denied (`name` is set only for limited requests).
+fn log_denial(code: Win32Error, principal: Option<&str>, name: Option<&str>, what: &str) {
+    if code == Win32Error::ACCESS_DENIED
+        && let Some(name) = name
+    {
+        info!(
+            principal = principal.unwrap_or("(none)"),
+            name, what, "denied by the ACL (ERROR_ACCESS_DENIED)"
+        );
+    }
+}
+
 fn refused_before_log(header: Option<&pb::RequestHeader>, request: &Request) -> Option<Win32Error> {
     let code = validate_request(request).err()?;
     header
@@ -317,6 +391,7 @@ impl Dlock for DlockService {
         &self,
         request: GrpcRequest<pb::CreateRequest>,
     ) -> Result<Response<pb::CreateReply>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let params = match kind_from_wire(req.kind)? {
             ObjectKind::Mutex => CreateParams::Mutex {
@@ -337,6 +412,8 @@ impl Dlock for DlockService {
             params,
             access: req.access,
         };
+        let request = self.limited(principal.as_deref(), request);
+        let denied_name = denied_name(&request);
         if let Some(code) = refused_before_log(req.header.as_ref(), &request) {
             return Ok(Response::new(pb::CreateReply {
                 error: code.code(),
@@ -358,11 +435,14 @@ impl Dlock for DlockService {
                 handle,
                 fencing_token,
             })),
-            Reply::Error(code) => Ok(Response::new(pb::CreateReply {
-                error: code.code(),
-                handle: 0,
-                fencing_token: 0,
-            })),
+            Reply::Error(code) => {
+                log_denial(code, principal.as_deref(), denied_name.as_deref(), "create");
+                Ok(Response::new(pb::CreateReply {
+                    error: code.code(),
+                    handle: 0,
+                    fencing_token: 0,
+                }))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -372,12 +452,15 @@ impl Dlock for DlockService {
         &self,
         request: GrpcRequest<pb::OpenRequest>,
     ) -> Result<Response<pb::OpenReply>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let request = Request::Open {
             kind: kind_from_wire(req.kind)?,
             name: req.name,
             access: req.access,
         };
+        let request = self.limited(principal.as_deref(), request);
+        let denied_name = denied_name(&request);
         if let Some(code) = refused_before_log(req.header.as_ref(), &request) {
             return Ok(Response::new(pb::OpenReply {
                 error: code.code(),
@@ -386,10 +469,13 @@ impl Dlock for DlockService {
         }
         match self.client(req.header, request).await? {
             Reply::Opened { handle } => Ok(Response::new(pb::OpenReply { error: 0, handle })),
-            Reply::Error(code) => Ok(Response::new(pb::OpenReply {
-                error: code.code(),
-                handle: 0,
-            })),
+            Reply::Error(code) => {
+                log_denial(code, principal.as_deref(), denied_name.as_deref(), "open");
+                Ok(Response::new(pb::OpenReply {
+                    error: code.code(),
+                    handle: 0,
+                }))
+            }
             other => Err(unexpected(other)),
         }
     }

@@ -122,6 +122,26 @@ fn request() -> impl Strategy<Value = Request> {
     ]
 }
 
+/// Requests, a fifth of them under an ACL decision (`Request::Limited`, usually of a create or
+/// an open, sometimes of anything else, which must be refused).
+fn limited_request() -> impl Strategy<Value = Request> {
+    let allowed = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(create, open, synchronize, modify_state)| Allowed {
+            create,
+            open,
+            synchronize,
+            modify_state,
+        },
+    );
+    prop_oneof![
+        4 => request(),
+        1 => (allowed, request()).prop_map(|(allowed, request)| Request::Limited {
+            allowed,
+            request: Box::new(request),
+        }),
+    ]
+}
+
 fn session_id() -> impl Strategy<Value = SessionId> {
     prop_oneof![8 => 1..=SESSIONS, 1 => Just(0u64), 1 => any::<u64>()]
 }
@@ -134,7 +154,7 @@ fn command() -> impl Strategy<Value = Command> {
             0u64..20,
             0u64..20,
             proptest::collection::vec(0u64..20, 0..3),
-            request(),
+            limited_request(),
         )
             .prop_map(|(session, right_secret, seq, ack_below, waits_done, request)| {
                 Command::Client {

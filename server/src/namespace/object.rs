@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{ObjectState, SessionId, ThreadId};
 use super::wait::WaitKey;
-use dlock_proto::vocab::MUTEX_RECURSION_MAX;
 use dlock_proto::vocab::ObjectKind;
+use dlock_proto::vocab::{MAXIMUM_ALLOWED, MUTEX_RECURSION_MAX};
 
 /// Internal object id (a counter; never exposed, never reused).
 pub(crate) type ObjectId = u64;
@@ -248,6 +248,7 @@ impl Object {
 // ---------------------------------------------------------------------------------------------
 
 impl Namespace {
+    #[allow(clippy::too_many_arguments)] // the fields of a Create, and the ACL's decision
     pub(super) fn create(
         &mut self,
         index: u64,
@@ -256,6 +257,7 @@ impl Namespace {
         name: Option<&str>,
         params: &CreateParams,
         access: u32,
+        allowed: Option<&Allowed>,
     ) -> Reply {
         let key = match create_name_key(name) {
             Ok(key) => key,
@@ -263,10 +265,14 @@ impl Namespace {
         };
         let kind = params.kind();
         if let Some(id) = key.and_then(|key| self.names.get(key)).copied() {
+            if allowed.is_some_and(|a| !a.open) {
+                return Reply::Error(Win32Error::ACCESS_DENIED);
+            }
             if self.object(id).kind() != kind {
                 return Reply::Error(Win32Error::INVALID_HANDLE);
             }
-            let granted = match access::existing_object(kind, access) {
+            let granted = match limit(kind, access::existing_object(kind, access), access, allowed)
+            {
                 Ok(granted) => granted,
                 Err(code) => return Reply::Error(code),
             };
@@ -280,7 +286,10 @@ impl Namespace {
                 fencing_token: 0,
             };
         }
-        let granted = match access::new_object(kind, access) {
+        if allowed.is_some_and(|a| !a.create) {
+            return Reply::Error(Win32Error::ACCESS_DENIED);
+        }
+        let granted = match limit(kind, access::new_object(kind, access), access, allowed) {
             Ok(granted) => granted,
             Err(code) => return Reply::Error(code),
         };
@@ -349,18 +358,23 @@ impl Namespace {
         kind: ObjectKind,
         name: Option<&str>,
         access: u32,
+        allowed: Option<&Allowed>,
     ) -> Reply {
         let key = match open_name_key(name) {
             Ok(key) => key,
             Err(code) => return Reply::Error(code),
         };
+        // Without the right to open, whether the name exists is none of the caller's business.
+        if allowed.is_some_and(|a| !a.open) {
+            return Reply::Error(Win32Error::ACCESS_DENIED);
+        }
         let Some(&id) = self.names.get(key) else {
             return Reply::Error(Win32Error::FILE_NOT_FOUND);
         };
         if self.object(id).kind() != kind {
             return Reply::Error(Win32Error::INVALID_HANDLE);
         }
-        let granted = match access::existing_object(kind, access) {
+        let granted = match limit(kind, access::existing_object(kind, access), access, allowed) {
             Ok(granted) => granted,
             Err(code) => return Reply::Error(code),
         };
@@ -624,4 +638,29 @@ impl Namespace {
         }
         abandoned
     }
+}
+
+/// The access check of an ACL on top of Windows' own (`granted`, for the request `access`):
+/// `MAXIMUM_ALLOWED` gets what the principal may have, and a request for more than that fails
+/// with `ERROR_ACCESS_DENIED`, as Windows does when a security descriptor denies a right.
+fn limit(
+    kind: ObjectKind,
+    granted: Result<u32, Win32Error>,
+    access: u32,
+    allowed: Option<&Allowed>,
+) -> Result<u32, Win32Error> {
+    let granted = granted?;
+    let Some(allowed) = allowed else {
+        return Ok(granted);
+    };
+    let mask = allowed.mask(kind);
+    let requested = access::map_generic(kind, access & !MAXIMUM_ALLOWED);
+    if requested & !mask != 0 {
+        return Err(Win32Error::ACCESS_DENIED);
+    }
+    let limited = granted & mask;
+    if limited == 0 && granted != 0 {
+        return Err(Win32Error::ACCESS_DENIED);
+    }
+    Ok(limited)
 }

@@ -337,10 +337,39 @@ impl Namespace {
                 name,
                 params,
                 access,
-            } => self.create(index, session, *thread, name.as_deref(), params, *access),
+            } => self.create(
+                index,
+                session,
+                *thread,
+                name.as_deref(),
+                params,
+                *access,
+                None,
+            ),
             Request::Open { kind, name, access } => {
-                self.open(session, *kind, name.as_deref(), *access)
+                self.open(session, *kind, name.as_deref(), *access, None)
             }
+            Request::Limited { allowed, request } => match &**request {
+                Request::Create {
+                    thread,
+                    name,
+                    params,
+                    access,
+                } => self.create(
+                    index,
+                    session,
+                    *thread,
+                    name.as_deref(),
+                    params,
+                    *access,
+                    Some(allowed),
+                ),
+                Request::Open { kind, name, access } => {
+                    self.open(session, *kind, name.as_deref(), *access, Some(allowed))
+                }
+                // validate_request refused it above.
+                _ => Reply::Error(Win32Error::INVALID_PARAMETER),
+            },
             Request::CloseHandle { handle } => match self.lookup(session, *handle) {
                 Ok(_) => {
                     self.close_handle(*handle);

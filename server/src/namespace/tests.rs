@@ -1332,3 +1332,100 @@ fn a_request_without_its_sessions_secret_changes_nothing() {
     assert!(!secret.matches(&SessionSecret(last_differs)));
     assert_eq!(format!("{secret:?}"), "SessionSecret(..)", "never printed");
 }
+
+#[test]
+fn an_acl_limited_create_or_open_is_denied_or_trimmed_and_a_denial_changes_nothing() {
+    let mut ns = Namespace::new();
+    let open_session = Command::OpenSession {
+        secret: SessionSecret([0; 16]),
+        ttl_ms: 1_000,
+        now_unix_ms: 1,
+        client_name: String::new(),
+    };
+    ns.apply(1, &open_session);
+    let mut index = 1;
+    let mut run = |ns: &mut Namespace, request: Request| {
+        index += 1;
+        ns.apply(
+            index,
+            &Command::Client {
+                secret: SessionSecret([0; 16]),
+                session: 1,
+                seq: index,
+                ack_below: 0,
+                waits_done: Vec::new(),
+                now_unix_ms: 1,
+                request,
+            },
+        )
+        .reply
+        .expect("a reply")
+    };
+    let limited = |allowed: Allowed, request: Request| Request::Limited {
+        allowed,
+        request: Box::new(request),
+    };
+    let create = |access| Request::Create {
+        thread: 1,
+        name: Some("jobs/e".into()),
+        params: CreateParams::Event {
+            manual_reset: true,
+            initial_state: false,
+        },
+        access,
+    };
+    let open = |access| Request::Open {
+        kind: ObjectKind::Event,
+        name: Some("jobs/e".into()),
+        access,
+    };
+    let read_only = Allowed {
+        create: false,
+        open: true,
+        synchronize: true,
+        modify_state: false,
+    };
+    let denied = Reply::Error(Win32Error::ACCESS_DENIED);
+    // No right to create: 5, and no object.
+    assert_eq!(
+        run(&mut ns, limited(read_only, create(EVENT_ALL_ACCESS))),
+        denied
+    );
+    assert!(ns.object_state_by_name("jobs/e").is_none());
+    // Without the right to open, a missing name is not even reported missing.
+    assert_eq!(
+        run(&mut ns, limited(Allowed::default(), open(SYNCHRONIZE))),
+        denied
+    );
+    // Created with every right, then opened under the read-only policy.
+    let Reply::Created { .. } = run(&mut ns, limited(Allowed::ALL, create(EVENT_ALL_ACCESS)))
+    else {
+        panic!("created");
+    };
+    let handles_before = ns.sessions().next().unwrap().handles;
+    assert_eq!(
+        run(&mut ns, limited(read_only, open(EVENT_MODIFY_STATE))),
+        denied
+    );
+    assert_eq!(
+        run(&mut ns, limited(read_only, create(GENERIC_ALL))),
+        denied
+    );
+    assert_eq!(ns.sessions().next().unwrap().handles, handles_before);
+    // MAXIMUM_ALLOWED gets what the policy allows, and the handle cannot set the event.
+    let Reply::Opened { handle } = run(&mut ns, limited(read_only, open(MAXIMUM_ALLOWED))) else {
+        panic!("opened");
+    };
+    assert_eq!(run(&mut ns, Request::SetEvent { handle }), denied);
+    let Reply::Opened { .. } = run(&mut ns, limited(read_only, open(SYNCHRONIZE))) else {
+        panic!("opened for waiting");
+    };
+    // Only Create and Open may be limited.
+    assert_eq!(
+        run(
+            &mut ns,
+            limited(Allowed::ALL, Request::CloseHandle { handle })
+        ),
+        Reply::Error(Win32Error::INVALID_PARAMETER)
+    );
+}

@@ -246,6 +246,63 @@ pub enum Request {
     },
     /// The client ends its session on purpose (same effects as `ExpireSession`). Reply: `Done`.
     CloseSession,
+    /// A `Create` or `Open` under an access policy (docs/security.md, "Rights"): what the
+    /// caller's principal may do with the name, decided by the proposing node from its ACL and
+    /// carried here so that every replica applies the same decision. A create that would make
+    /// a new object needs `allowed.create`, one that finds the name or an open needs
+    /// `allowed.open`; the handle's access is limited to [`Allowed::mask`]. Anything else
+    /// fails with `ERROR_ACCESS_DENIED` (5) and changes nothing. Any other request inside:
+    /// 87. (A variant of its own, last, so that log entries of the other requests keep their
+    /// encoding.)
+    Limited {
+        /// What the principal may do with this name.
+        allowed: Allowed,
+        /// The `Create` or `Open`.
+        request: Box<Request>,
+    },
+}
+
+/// What a principal may do with a name (the ACL's answer, docs/security.md "Rights").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowed {
+    /// Make a new object under the name.
+    pub create: bool,
+    /// Get a handle to an existing object under the name.
+    pub open: bool,
+    /// `SYNCHRONIZE`: wait on it (and so acquire a mutex, take a semaphore unit).
+    pub synchronize: bool,
+    /// `EVENT_MODIFY_STATE` / `SEMAPHORE_MODIFY_STATE`: set, reset, pulse, release units.
+    pub modify_state: bool,
+}
+
+impl Allowed {
+    /// Everything.
+    pub const ALL: Allowed = Allowed {
+        create: true,
+        open: true,
+        synchronize: true,
+        modify_state: true,
+    };
+
+    /// The access bits a handle of `kind` may hold: the type's `…_ALL_ACCESS` without
+    /// `SYNCHRONIZE` unless [`Allowed::synchronize`], and without the modify-state bit of
+    /// events and semaphores unless [`Allowed::modify_state`] (a mutex's `MUTEX_MODIFY_STATE`
+    /// is its query bit; `ReleaseMutex` needs no right, only ownership).
+    pub fn mask(&self, kind: ObjectKind) -> u32 {
+        use dlock_proto::vocab::{EVENT_MODIFY_STATE, SEMAPHORE_MODIFY_STATE, SYNCHRONIZE};
+        let mut mask = dlock_proto::vocab::access::rights(kind).all;
+        if !self.synchronize {
+            mask &= !SYNCHRONIZE;
+        }
+        if !self.modify_state {
+            mask &= !match kind {
+                ObjectKind::Mutex => 0,
+                ObjectKind::Event => EVENT_MODIFY_STATE,
+                ObjectKind::Semaphore => SEMAPHORE_MODIFY_STATE,
+            };
+        }
+        mask
+    }
 }
 
 /// How a wait ended.

@@ -33,6 +33,10 @@ pub fn validate_request(request: &Request) -> Result<(), Win32Error> {
             create_name_key(name.as_deref()).map(|_| ())
         }
         Request::Open { name, .. } => open_name_key(name.as_deref()).map(|_| ()),
+        Request::Limited { request, .. } => match **request {
+            Request::Create { .. } | Request::Open { .. } => validate_request(request),
+            _ => Err(Win32Error::INVALID_PARAMETER),
+        },
         Request::ReleaseSemaphore { count, .. } if *count <= 0 => {
             Err(Win32Error::INVALID_PARAMETER)
         }
