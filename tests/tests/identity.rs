@@ -248,3 +248,51 @@ async fn a_node_of_another_cluster_cannot_join() {
     // Its own cluster still works through it.
     other.wait_caught_up(4).await;
 }
+
+/// A voter that was down while another member was wiped, removed and added back (so its own
+/// registry still records the member's old incarnation) catches up from that member when it
+/// leads: the two must not refuse each other forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_behind_a_readd_catches_up_from_the_readded_leader() {
+    let mut cluster = ProcCluster::start(5, FLAGS).await;
+    cluster.leader().await;
+    let client = Client::connect(cluster.endpoint_list()).await.unwrap();
+    commits(&client, 3).await;
+    recorded_incarnations(&cluster, &[1, 2, 3, 4, 5]).await;
+
+    // Node 2 goes down; node 5 is wiped, removed and added back as a new incarnation.
+    cluster.kill9(2);
+    if cluster.leader().await == 5 {
+        cluster.kill9(5);
+        cluster.restart(5).await;
+    }
+    cluster.remove(5).await.expect("RemoveNode 5");
+    cluster.wipe(5);
+    cluster.rejoin(5, &[1, 3, 4]).await;
+    cluster.add_learner(5).await.expect("AddLearner 5");
+    cluster.wait_caught_up(5).await;
+    cluster.promote(5).await.expect("PromoteLearner 5");
+    commits(&client, 3).await;
+
+    // Make node 5 the leader (bounded: each kill of another leader is a fresh election).
+    let mut attempts = 0;
+    loop {
+        let leader = cluster.leader().await;
+        if leader == 5 {
+            break;
+        }
+        attempts += 1;
+        assert!(attempts <= 30, "node 5 never won an election");
+        cluster.kill9(leader);
+        cluster.leader().await;
+        cluster.restart(leader).await;
+    }
+
+    // Node 2 comes back with the registry it had: it must take node 5's messages.
+    cluster.restart(2).await;
+    commits(&client, 3).await;
+    cluster.wait_caught_up(2).await;
+    let reply = cluster.status(2).await.unwrap();
+    assert_eq!(own(reply).leader_id, cluster.leader().await);
+    commits(&client, 3).await;
+}
