@@ -167,6 +167,13 @@ impl Acl {
                 .strip_prefix(dlock_proto::vocab::names::GLOBAL_PREFIX)
                 .unwrap_or(&rule.prefix)
                 .to_owned();
+            if prefix.contains('\\') {
+                return Err(Error::Config(format!(
+                    "{at}: prefix {:?} can never match a name (`Local\\` names never reach the \
+                     cluster, and names have no other backslash)",
+                    rule.prefix
+                )));
+            }
             rules.push(Rule {
                 principal: rule.principal.trim().to_owned(),
                 prefix,
@@ -291,6 +298,10 @@ mod tests {
                 "unknown field",
             ),
             ("rules = 1", "unknown field"),
+            (
+                "[[rule]]\nprincipal = \"*\"\nprefix = \"Local\\\\x\"\nrights = [\"open\"]",
+                "never match",
+            ),
         ] {
             let err = Acl::parse(text, "t").unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");

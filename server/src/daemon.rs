@@ -148,6 +148,13 @@ impl Server {
         let policy = crate::acl::Policy::new(match &config.acl_file {
             Some(path) => {
                 let acl = crate::acl::Acl::load(path)?;
+                if config.trusted_ca_file.is_none() {
+                    warn!(
+                        acl_file = %path.display(),
+                        "an ACL without client certificates (trusted-ca-file): every caller is \
+                         anonymous, so only rules for \"*\" can ever apply"
+                    );
+                }
                 info!(
                     acl_file = %path.display(),
                     rules = acl.len(),

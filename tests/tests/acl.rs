@@ -105,6 +105,21 @@ async fn an_acl_denies_creates_and_opens_outside_a_principals_prefixes_with_5() 
         .unwrap_err();
     assert_eq!(err, DENIED);
 
+    // Nor may bob ask who owns it through a fencing token check; alice may.
+    let bob_client = Client::connect_with_config(cluster.client_config("bob"))
+        .await
+        .unwrap();
+    assert!(bob_client.check_fencing_token("alice/m", 1).await.is_err());
+    let alice_client = Client::connect_with_config(cluster.client_config("alice"))
+        .await
+        .unwrap();
+    assert!(
+        !alice_client
+            .check_fencing_token("alice/m", 1)
+            .await
+            .unwrap()
+    );
+
     // In shared/, bob may wait but not signal: asking for more is 5, MAXIMUM_ALLOWED gets a
     // handle that cannot set the event.
     let err = bob
@@ -119,13 +134,10 @@ async fn an_acl_denies_creates_and_opens_outside_a_principals_prefixes_with_5() 
         .await
         .expect("bob opens for waiting");
     assert_eq!(bob.set_event(handle).await.unwrap_err(), DENIED);
-    let waiter = bob
-        .open(ObjectKind::Event, "shared/ready", SYNCHRONIZE)
-        .await
-        .unwrap();
     event.set().await.unwrap();
+    // ... and the same handle kept SYNCHRONIZE: it waits.
     let outcome = bob
-        .wait(1, &[waiter], false, dlock::Timeout::Millis(5_000))
+        .wait(1, &[handle], false, dlock::Timeout::Millis(5_000))
         .await
         .unwrap();
     assert!(
@@ -183,16 +195,31 @@ async fn an_acl_denies_creates_and_opens_outside_a_principals_prefixes_with_5() 
             }
         }
     }
-    // A broken file keeps the rules in force.
+    // A broken file keeps the rules in force: what they deny stays denied, and what they
+    // allow (bob's new right to create in shared/) stays allowed.
     std::fs::write(
         &acl_path,
         "[[rule]]\nprincipal = \"*\"\nrights = [\"all\"]\n",
     )
     .unwrap();
-    cluster.hangup(1);
-    cluster
-        .wait_for_log(1, &["ACL file not read again"], 1)
-        .await;
+    for id in cluster.ids() {
+        cluster.hangup(id);
+    }
+    for id in cluster.ids() {
+        cluster
+            .wait_for_log(id, &["ACL file not read again"], 1)
+            .await;
+    }
     let err = bob.create_mutex(Some("alice/y"), false).await.unwrap_err();
     assert_eq!(err, DENIED);
+    bob.create(
+        1,
+        Some("shared/after-broken-file"),
+        CreateParams::Mutex {
+            initial_owner: false,
+        },
+        SYNCHRONIZE,
+    )
+    .await
+    .expect("the previous rules stay");
 }

@@ -24,7 +24,7 @@ use dlock_proto::v1::dlock_server::Dlock;
 use futures::Stream;
 use tokio::sync::watch;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, instrument, warn};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -241,10 +241,6 @@ pub fn not_leader_hint(directory: &Directory, err: Error) -> Status {
     status
 }
 
-/// The Win32 code of a request that fails the state-independent checks, if it may be refused
-/// before the log. Not when its header reports received wait outcomes (`waits_done`): those
-/// must reach the log, so such a request is proposed and refused by `apply` instead, with the
-/// same reply.
 /// The principal of a request: the subject of the client certificate its connection was
 /// verified with (`None` without one).
 fn principal_of<T>(request: &GrpcRequest<T>) -> Option<String> {
@@ -271,13 +267,18 @@ fn log_denial(code: Win32Error, principal: Option<&str>, name: Option<&str>, wha
     if code == Win32Error::ACCESS_DENIED
         && let Some(name) = name
     {
-        info!(
+        // Debug: a client can repeat a denied call as often as it likes.
+        debug!(
             principal = principal.unwrap_or("(none)"),
-            name, what, "denied by the ACL (ERROR_ACCESS_DENIED)"
+            name, what, "ERROR_ACCESS_DENIED for a create or open under the ACL"
         );
     }
 }
 
+/// The Win32 code of a request that fails the state-independent checks, if it may be refused
+/// before the log. Not when its header reports received wait outcomes (`waits_done`): those
+/// must reach the log, so such a request is proposed and refused by `apply` instead, with the
+/// same reply.
 fn refused_before_log(header: Option<&pb::RequestHeader>, request: &Request) -> Option<Win32Error> {
     let code = validate_request(request).err()?;
     header
@@ -676,7 +677,22 @@ impl Dlock for DlockService {
         &self,
         request: GrpcRequest<pb::CheckFencingTokenRequest>,
     ) -> Result<Response<pb::CheckFencingTokenReply>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        // Under an ACL, whether a name exists and who owns it is for those who may open it.
+        let acl = self.policy.get();
+        if acl.is_enforced() {
+            let key = dlock_proto::vocab::names::name_key(&req.name).unwrap_or(&req.name);
+            if !acl.check(principal.as_deref(), key).0.open {
+                return Err(Status::permission_denied(format!(
+                    "the ACL grants {} no open right on {:?}",
+                    principal
+                        .as_deref()
+                        .unwrap_or("a caller without a principal"),
+                    req.name
+                )));
+            }
+        }
         self.node
             .read_index()
             .await

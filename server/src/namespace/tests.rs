@@ -1386,9 +1386,9 @@ fn an_acl_limited_create_or_open_is_denied_or_trimmed_and_a_denial_changes_nothi
         modify_state: false,
     };
     let denied = Reply::Error(Win32Error::ACCESS_DENIED);
-    // No right to create: 5, and no object.
+    // No right to create (asking only for what the rights allow): 5, and no object.
     assert_eq!(
-        run(&mut ns, limited(read_only, create(EVENT_ALL_ACCESS))),
+        run(&mut ns, limited(read_only, create(SYNCHRONIZE))),
         denied
     );
     assert!(ns.object_state_by_name("jobs/e").is_none());
@@ -1420,6 +1420,36 @@ fn an_acl_limited_create_or_open_is_denied_or_trimmed_and_a_denial_changes_nothi
     let Reply::Opened { .. } = run(&mut ns, limited(read_only, open(SYNCHRONIZE))) else {
         panic!("opened for waiting");
     };
+    // A create that finds the name needs the right to open it.
+    let create_only = Allowed {
+        create: true,
+        open: false,
+        synchronize: true,
+        modify_state: true,
+    };
+    assert_eq!(
+        run(&mut ns, limited(create_only, create(SYNCHRONIZE))),
+        denied
+    );
+    // A creator's handle is trimmed too: created with MAXIMUM_ALLOWED without modify-state,
+    // it cannot set its own event.
+    let no_modify = Allowed {
+        modify_state: false,
+        ..Allowed::ALL
+    };
+    let new_event = Request::Create {
+        thread: 1,
+        name: Some("jobs/f".into()),
+        params: CreateParams::Event {
+            manual_reset: true,
+            initial_state: false,
+        },
+        access: MAXIMUM_ALLOWED,
+    };
+    let Reply::Created { handle: own, .. } = run(&mut ns, limited(no_modify, new_event)) else {
+        panic!("created");
+    };
+    assert_eq!(run(&mut ns, Request::SetEvent { handle: own }), denied);
     // Only Create and Open may be limited.
     assert_eq!(
         run(
