@@ -9,6 +9,10 @@
 //! 4. the same for a follower;
 //! 5. a rolling restart (`docker restart`, one node at a time, each healthy before the next).
 //!
+//! Every port speaks mutual TLS, as deploy/docker-compose.yml runs: the suite makes a
+//! development CA, node and client certificates for each run and mounts them into every
+//! container (the nodes, their health checks, the client containers) and uses them from the host.
+//!
 //! The clients' histories (on the host's clock: containers share `CLOCK_MONOTONIC`) are merged
 //! with the suite's own (it pins the mutexes from the host, through the published ports) and
 //! checked with the history checker: one owner at a time, fencing tokens increasing, no
@@ -122,12 +126,37 @@ struct Node {
 struct Cluster {
     network: String,
     nodes: BTreeMap<u64, Node>,
+    /// The development CA, node and client certificates every container mounts at `/certs`.
+    certs: tempfile::TempDir,
 }
 
 impl Cluster {
     async fn start(prefix: &str) -> Cluster {
         let network = format!("{prefix}-net");
         docker_ok(&["network", "create", "--label", LABEL, &network]).await;
+        // Mutual TLS on both ports, as deploy/docker-compose.yml runs: node certificates naming
+        // nodeN (the peers' and clients' address) and 127.0.0.1 (the published port), client
+        // certificates for the health check, the client containers and the host.
+        let certs = tempfile::Builder::new()
+            .prefix("dlock-fault-certs-")
+            .tempdir()
+            .expect("certificate directory");
+        let bundle = dlock_tls::certs::generate(
+            "dlock fault suite CA",
+            &(1..=3)
+                .map(|id| dlock_tls::certs::NodeSpec::with_default_hosts(id, &[]))
+                .collect::<Vec<_>>(),
+            &["ops".into(), "app".into(), "admin".into()],
+        )
+        .expect("certificates");
+        // Readable by the containers' unprivileged user (test certificates only).
+        dlock_tls::certs::write(certs.path(), &bundle, false, true).expect("write certificates");
+        std::fs::set_permissions(
+            certs.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod the certificate directory");
+        let certs_mount = format!("{}:/certs:ro", certs.path().display());
         let initial = "1=node1:7701,2=node2:7701,3=node3:7701";
         let mut nodes = BTreeMap::new();
         for id in 1..=3u64 {
@@ -152,6 +181,8 @@ impl Cluster {
                 &format!("node{id}"),
                 "-v",
                 &format!("{volume}:/data"),
+                "-v",
+                &certs_mount,
                 "-p",
                 &format!("{host_addr}:7700"),
                 "-e",
@@ -161,8 +192,26 @@ impl Cluster {
                 "-e",
                 &format!("DLOCKD_ADVERTISE_CLIENT_ADDR=node{id}:7700"),
                 "-e",
-                // Plaintext on the test's own network (published on loopback only).
-                "DLOCKD_INSECURE=true",
+                &format!("DLOCKD_CERT_FILE=/certs/node-{id}.pem"),
+                "-e",
+                &format!("DLOCKD_KEY_FILE=/certs/node-{id}.key"),
+                "-e",
+                "DLOCKD_TRUSTED_CA_FILE=/certs/ca.pem",
+                "-e",
+                "DLOCKD_CLIENT_CERT_AUTH=true",
+                "-e",
+                &format!("DLOCKD_PEER_CERT_FILE=/certs/node-{id}.pem"),
+                "-e",
+                &format!("DLOCKD_PEER_KEY_FILE=/certs/node-{id}.key"),
+                "-e",
+                "DLOCKD_PEER_TRUSTED_CA_FILE=/certs/ca.pem",
+                "-e",
+                // For the image's health check (dlockctl).
+                "DLOCK_CACERT=/certs/ca.pem",
+                "-e",
+                "DLOCK_CERT=/certs/client-ops.pem",
+                "-e",
+                "DLOCK_KEY=/certs/client-ops.key",
                 "-e",
                 "RUST_LOG=info",
                 "dlock/dlockd:latest",
@@ -176,11 +225,26 @@ impl Cluster {
                 },
             );
         }
-        let cluster = Cluster { network, nodes };
+        let cluster = Cluster {
+            network,
+            nodes,
+            certs,
+        };
         for id in 1..=3 {
             cluster.wait_healthy(id).await;
         }
         cluster
+    }
+
+    /// The client TLS of client certificate `name` (`client-NAME.pem`).
+    fn tls(&self, name: &str) -> Option<dlock::ClientTls> {
+        let dir = self.certs.path();
+        dlock::tls_from_files(
+            Some(&dir.join("ca.pem")),
+            Some(&dir.join(format!("client-{name}.pem"))),
+            Some(&dir.join(format!("client-{name}.key"))),
+        )
+        .expect("client certificates")
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -215,7 +279,7 @@ impl Cluster {
             // The leader of the highest term: a thawed old leader still believes it leads in
             // its old term until it hears the new one.
             let (leader, lead) = self.leader_status().await;
-            if let Some(own) = status(&self.nodes[&id].host_addr).await
+            if let Some(own) = status(&self.nodes[&id].host_addr, self.tls("admin")).await
                 && own.leader_id == leader
                 && own.term == lead.term
             {
@@ -243,7 +307,7 @@ impl Cluster {
         loop {
             let mut best: Option<pb::NodeStatus> = None;
             for node in self.nodes.values() {
-                if let Some(status) = status(&node.host_addr).await
+                if let Some(status) = status(&node.host_addr, self.tls("admin")).await
                     && status.role() == pb::Role::Leader
                     && best.as_ref().is_none_or(|b| status.term > b.term)
                 {
@@ -262,10 +326,16 @@ impl Cluster {
     }
 }
 
-/// A node's own status through its published port, if it answers within a second.
-async fn status(addr: &str) -> Option<pb::NodeStatus> {
+/// A node's own status through its published port (mutual TLS with `tls`), if it answers
+/// within a second.
+async fn status(addr: &str, tls: Option<dlock::ClientTls>) -> Option<pb::NodeStatus> {
     let call = async {
-        let mut admin = AdminClient::connect(format!("http://{addr}")).await.ok()?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_with_connector(dlock_tls::Connector::new(tls))
+            .await
+            .ok()?;
+        let mut admin = AdminClient::new(channel);
         admin
             .status(pb::ClusterStatusRequest { all: false })
             .await
@@ -476,6 +546,7 @@ async fn faults_between_containers_keep_the_lock_service_correct() {
     let rec = Recorder::system_monotonic();
     let mut config = ClientConfig::new(cluster.endpoints());
     config.request_timeout = Duration::from_secs(20);
+    config.tls = cluster.tls("app");
     let client = Client::connect_with_config(config)
         .await
         .expect("host client");
@@ -500,8 +571,16 @@ async fn faults_between_containers_keep_the_lock_service_correct() {
             &cluster.network,
             "-v",
             &format!("{}:/histories", histories.path().display()),
+            "-v",
+            &format!("{}:/certs:ro", cluster.certs.path().display()),
             "-e",
             "DLOCK_ENDPOINTS=node1:7700,node2:7700,node3:7700",
+            "-e",
+            "DLOCK_CACERT=/certs/ca.pem",
+            "-e",
+            "DLOCK_CERT=/certs/client-app.pem",
+            "-e",
+            "DLOCK_KEY=/certs/client-app.key",
             "dlock/fault-client:latest",
             "--out",
             "/histories",

@@ -91,6 +91,14 @@ async fn main() -> ExitCode {
     let mut config = ClientConfig::new(endpoints.split(','));
     config.client_name = format!("fault-client-{hostname}");
     config.request_timeout = Duration::from_secs(10);
+    // Mutual TLS with DLOCK_CACERT, DLOCK_CERT and DLOCK_KEY when they are set.
+    config.tls = match dlock::tls_from_env() {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("dlock-fault-client: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let client = match Client::connect_with_config(config).await {
         Ok(client) => client,
         Err(err) => {
