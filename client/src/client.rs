@@ -658,6 +658,17 @@ impl Client {
                             self.advance(node);
                         }
                     }
+                    Disposition::Overloaded
+                        if status.metadata().contains_key(dlock_proto::FINAL_METADATA) =>
+                    {
+                        tracing::debug!(
+                            what = policy.what,
+                            node,
+                            message = status.message(),
+                            "refused for lack of resources"
+                        );
+                        return Err(Error::Overloaded);
+                    }
                     Disposition::Overloaded => {
                         tracing::debug!(what = policy.what, node, "server overloaded; backing off");
                         last_failure = Error::Overloaded;

@@ -23,6 +23,11 @@ pub mod v1 {
 /// `UNAVAILABLE`.
 pub const LEADER_HINT_METADATA: &str = "dlock-leader-hint";
 
+/// Response metadata on a `RESOURCE_EXHAUSTED` that waiting will not cure (a principal at its
+/// quota, the cluster at its session limit): the client reports 1450 at once instead of backing
+/// off and trying again until its deadline.
+pub const FINAL_METADATA: &str = "dlock-final";
+
 /// gRPC metadata key set (to `1`) on every `UNAVAILABLE` a node answers because it is not the
 /// leader: the request was refused before the log, so it was not applied. Any other
 /// `UNAVAILABLE` (or a broken connection, or a timeout) leaves the outcome unknown.

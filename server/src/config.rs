@@ -127,6 +127,10 @@ pub struct Config {
     /// `trusted_ca_file` can make an admin. Without client certificates there are no
     /// principals: the admin API then answers loopback callers only, unless `insecure`.
     pub admin_principals: Vec<String>,
+    /// What one principal may hold at once, all its sessions together ([`crate::namespace::Quota`]); `None`:
+    /// only the cluster-wide limits. Every principal gets the same quota; callers without a
+    /// principal share one.
+    pub quota: Option<crate::namespace::Quota>,
     /// Rights by principal and name prefix ([`crate::acl`]): a TOML file of `[[rule]]`s, read
     /// at start and again on SIGHUP. `None`: every caller may do everything.
     pub acl_file: Option<PathBuf>,
@@ -164,6 +168,7 @@ impl Default for Config {
             peer_trusted_ca_file: None,
             admin_principals: vec![DEFAULT_ADMIN_PRINCIPAL.to_owned()],
             acl_file: None,
+            quota: None,
             insecure: false,
         }
     }
@@ -296,6 +301,20 @@ impl Config {
                  peer-trusted-ca-file together"
                     .into(),
             );
+        }
+        if let Some(quota) = &self.quota {
+            for (name, value) in [
+                ("quota-sessions", quota.sessions),
+                ("quota-objects", quota.objects),
+                ("quota-handles", quota.handles),
+                ("quota-waits", quota.waits),
+            ] {
+                if value == 0 {
+                    return fail(format!(
+                        "{name} must be at least 1 (leave it out for the cluster-wide limit)"
+                    ));
+                }
+            }
         }
         if self.admin_principals.is_empty()
             || self.admin_principals.iter().any(|p| p.trim().is_empty())
@@ -557,6 +576,20 @@ pub struct Settings {
     /// which names; re-read on SIGHUP [default: none, everyone may do everything].
     #[arg(long, env = "DLOCKD_ACL_FILE")]
     pub acl_file: Option<PathBuf>,
+    /// Sessions one principal may have open at once [default: no quota, only the cluster's
+    /// limit]. Setting any quota-* turns quotas on, the others defaulting to the cluster-wide
+    /// limits.
+    #[arg(long, env = "DLOCKD_QUOTA_SESSIONS")]
+    pub quota_sessions: Option<u32>,
+    /// Objects one principal's sessions may have created and still exist.
+    #[arg(long, env = "DLOCKD_QUOTA_OBJECTS")]
+    pub quota_objects: Option<u32>,
+    /// Handles one principal may have open.
+    #[arg(long, env = "DLOCKD_QUOTA_HANDLES")]
+    pub quota_handles: Option<u32>,
+    /// Blocked (pending) waits one principal may have.
+    #[arg(long, env = "DLOCKD_QUOTA_WAITS")]
+    pub quota_waits: Option<u32>,
     /// Allow plaintext client or peer ports on addresses other than loopback.
     #[arg(long, env = "DLOCKD_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
@@ -628,6 +661,20 @@ impl Settings {
                 None => d.admin_principals.clone(),
             },
             acl_file: self.acl_file.or(file.acl_file),
+            quota: {
+                let sessions = self.quota_sessions.or(file.quota_sessions);
+                let objects = self.quota_objects.or(file.quota_objects);
+                let handles = self.quota_handles.or(file.quota_handles);
+                let waits = self.quota_waits.or(file.quota_waits);
+                let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                (sessions.is_some() || objects.is_some() || handles.is_some() || waits.is_some())
+                    .then(|| crate::namespace::Quota {
+                        sessions: sessions.unwrap_or(cap(crate::namespace::SESSIONS_MAX)),
+                        objects: objects.unwrap_or(cap(crate::namespace::OBJECTS_MAX)),
+                        handles: handles.unwrap_or(cap(crate::namespace::HANDLES_MAX)),
+                        waits: waits.unwrap_or(cap(crate::namespace::WAITS_MAX)),
+                    })
+            },
             insecure: pick!(insecure),
             ..d
         };

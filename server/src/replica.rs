@@ -199,7 +199,10 @@ impl StateMachine for Machine {
         let mut timers = lock(&self.replica.timers);
         let now = Instant::now();
         match (&command, &out.reply) {
-            (Command::OpenSession { ttl_ms, .. }, Some(Reply::SessionOpened { session })) => {
+            (
+                Command::OpenSession { ttl_ms, .. } | Command::OpenSessionAs { ttl_ms, .. },
+                Some(Reply::SessionOpened { session }),
+            ) => {
                 debug!(session, ttl_ms, "session opened");
                 timers.session_opened(*session, *ttl_ms, now);
             }

@@ -223,3 +223,64 @@ async fn an_acl_denies_creates_and_opens_outside_a_principals_prefixes_with_5() 
     .await
     .expect("the previous rules stay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_at_its_quota_gets_1450_while_another_is_unaffected() {
+    let cluster =
+        ProcCluster::start_tls(3, &["--quota-sessions", "2", "--quota-handles", "3"]).await;
+    cluster.leader().await;
+    let alice = Client::connect_with_config(cluster.client_config("alice"))
+        .await
+        .unwrap();
+    let bob = Client::connect_with_config(cluster.client_config("bob"))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(10);
+    let a1 = alice.open_session(ttl).await.unwrap();
+    let a2 = alice.open_session(ttl).await.unwrap();
+    let err = alice.open_session(ttl).await.unwrap_err();
+    assert_eq!(err.code(), 1450, "{err}");
+    let b1 = bob.open_session(ttl).await.expect("bob is not affected");
+
+    // Handles, across alice's sessions (kept: a dropped typed handle closes itself).
+    let _held = [
+        a1.create_event(Some("quota/a1"), true, false)
+            .await
+            .unwrap(),
+        a1.create_event(Some("quota/a2"), true, false)
+            .await
+            .unwrap(),
+        a2.create_event(Some("quota/a3"), true, false)
+            .await
+            .unwrap(),
+    ];
+    let err = a2
+        .create_event(Some("quota/a4"), true, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 1450, "{err}");
+    let admin = Client::connect_with_config(cluster.client_config("admin"))
+        .await
+        .unwrap();
+    let page = admin
+        .admin()
+        .list_objects("quota/a4", "", 10)
+        .await
+        .unwrap();
+    assert!(page.objects.is_empty(), "nothing was created");
+    let mut bobs = Vec::new();
+    for i in 0..3 {
+        bobs.push(
+            b1.create_event(Some(&format!("quota/b{i}")), true, false)
+                .await
+                .expect("bob is not affected"),
+        );
+    }
+
+    // Closing a session gives its share back.
+    a2.close().await.unwrap();
+    alice
+        .open_session(ttl)
+        .await
+        .expect("a closed session's quota is given back");
+}

@@ -295,6 +295,7 @@ impl Dlock for DlockService {
         &self,
         request: GrpcRequest<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionReply>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
         if req.client_name.len() > CLIENT_NAME_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
@@ -302,14 +303,34 @@ impl Dlock for DlockService {
                 req.client_name.len()
             )));
         }
+        if principal
+            .as_ref()
+            .is_some_and(|p| p.len() > crate::namespace::PRINCIPAL_MAX_BYTES)
+        {
+            return Err(Status::invalid_argument(format!(
+                "the client certificate's subject is longer than {} bytes, too long to be a \
+                 principal",
+                crate::namespace::PRINCIPAL_MAX_BYTES
+            )));
+        }
         let ttl_ms = self.config.grant_ttl_ms(req.ttl_ms);
         tracing::Span::current().record("ttl_ms", ttl_ms);
         let secret = SessionSecret::random();
-        let command = Command::OpenSession {
-            ttl_ms,
-            secret,
-            now_unix_ms: now_unix_ms(),
-            client_name: req.client_name,
+        let command = match self.config.quota {
+            Some(quota) => Command::OpenSessionAs {
+                ttl_ms,
+                secret,
+                now_unix_ms: now_unix_ms(),
+                client_name: req.client_name,
+                principal: principal.clone().unwrap_or_default(),
+                quota,
+            },
+            None => Command::OpenSession {
+                ttl_ms,
+                secret,
+                now_unix_ms: now_unix_ms(),
+                client_name: req.client_name,
+            },
         };
         match self.propose(command).await? {
             Reply::SessionOpened { session } => {
@@ -321,9 +342,25 @@ impl Dlock for DlockService {
                     session_secret: secret.0.to_vec(),
                 }))
             }
-            Reply::Error(Win32Error::NO_SYSTEM_RESOURCES) => Err(to_status(Error::Overloaded(
-                "the cluster's session limit is reached".into(),
-            ))),
+            Reply::Error(Win32Error::NO_SYSTEM_RESOURCES) => {
+                let mut status = to_status(Error::Overloaded(match self.config.quota {
+                    Some(quota) => format!(
+                        "{} is at its quota of {} sessions, or the cluster's session limit is \
+                         reached",
+                        principal
+                            .as_deref()
+                            .unwrap_or("a caller without a principal"),
+                        quota.sessions
+                    ),
+                    None => "the cluster's session limit is reached".into(),
+                }));
+                // The state decided: trying again at once would get the same answer.
+                status.metadata_mut().insert(
+                    dlock_proto::FINAL_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                Err(status)
+            }
             Reply::Error(code) => Err(to_status(Error::InvalidArgument(format!(
                 "session refused with win32 error {code}"
             )))),

@@ -188,14 +188,33 @@ fn command() -> impl Strategy<Value = Command> {
     ]
 }
 
-/// The sequence: the fixed sessions first, then the random commands.
+/// Small quotas, so that random traffic reaches them.
+const FUZZ_QUOTA: Quota = Quota {
+    sessions: 8,
+    objects: 3,
+    handles: 4,
+    waits: 2,
+};
+
+/// The sequence: the fixed sessions first (two thirds of them for one of two principals under
+/// [`FUZZ_QUOTA`], the rest of none), then the random commands.
 fn with_sessions(commands: Vec<Command>) -> Vec<Command> {
     (1..=SESSIONS)
-        .map(|i| Command::OpenSession {
-            ttl_ms: 10_000,
-            secret: secret_of(i),
-            now_unix_ms: 1_000,
-            client_name: format!("s{i}"),
+        .map(|i| match i % 3 {
+            0 => Command::OpenSession {
+                ttl_ms: 10_000,
+                secret: secret_of(i),
+                now_unix_ms: 1_000,
+                client_name: format!("s{i}"),
+            },
+            p => Command::OpenSessionAs {
+                ttl_ms: 10_000,
+                secret: secret_of(i),
+                now_unix_ms: 1_000,
+                client_name: format!("s{i}"),
+                principal: format!("CN=p{p}"),
+                quota: FUZZ_QUOTA,
+            },
         })
         .chain(commands)
         .collect()

@@ -149,6 +149,7 @@
 mod fuzz;
 mod object;
 mod session;
+mod tenancy;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -208,6 +209,10 @@ pub const REPLIES_PER_SESSION_MAX: usize = 1_024;
 pub const REPLIES_MAX: usize = 1_000_000;
 /// Longest `OpenSession::client_name`, in bytes. Longer names get `Error(87)` and no session.
 pub const CLIENT_NAME_MAX_BYTES: usize = 256;
+
+/// Longest principal an `OpenSessionAs` may carry (a certificate subject); longer: 87. With at
+/// most one principal per session, the principal table is at most 10 MiB.
+pub const PRINCIPAL_MAX_BYTES: usize = 1024;
 /// Decodes a map of a snapshot entry by entry. imbl's own `Deserialize` reserves capacity for
 /// the length the bytes claim, so one corrupt length (a damaged snapshot file, a forged
 /// `MsgSnapshot`) made the node abort on a multi-terabyte allocation; this grows with the
@@ -244,8 +249,12 @@ where
     deserializer.deserialize_map(Entries(std::marker::PhantomData))
 }
 
-/// The first byte of every snapshot; [`Namespace::restore`] refuses any other.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 5;
+/// The first byte of every snapshot. Format 6 adds the per-principal attribution after the
+/// namespace; [`Namespace::restore`] also reads format 5 (without it) and refuses any other.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 6;
+
+/// The format before per-principal quotas, still read.
+const SNAPSHOT_FORMAT_VERSION_5: u8 = 5;
 /// The largest namespace image ([`Namespace::snapshot`]) the default limits allow: every
 /// limit reached at once with the largest item of each kind (longest names, 64-object waits,
 /// 64-object grants), as built by the test `the_largest_state_fits_its_bound`. A node that
@@ -422,6 +431,25 @@ pub struct Namespace {
     /// snapshots; recounted by `restore`.
     #[serde(skip)]
     replies_total: usize,
+    /// Principal and quota of the sessions opened with `OpenSessionAs` (snapshots carry it
+    /// after the rest: `tenancy::TenancyImage`).
+    #[serde(skip)]
+    tenants: OrdMap<SessionId, tenancy::Tenancy>,
+    /// The principal whose session created each object, for those of a principal (same).
+    #[serde(skip)]
+    object_tenants: OrdMap<ObjectId, tenancy::PrincipalId>,
+    /// The principals that hold something, by number (same).
+    #[serde(skip)]
+    principals: OrdMap<tenancy::PrincipalId, String>,
+    /// The last principal number handed out (same).
+    #[serde(skip)]
+    last_principal_id: tenancy::PrincipalId,
+    /// `principals` the other way round: derived, rebuilt by `restore`.
+    #[serde(skip)]
+    principal_ids: OrdMap<String, tenancy::PrincipalId>,
+    /// What each principal holds now: derived, recounted by `restore`.
+    #[serde(skip)]
+    usage: OrdMap<tenancy::PrincipalId, tenancy::Usage>,
 }
 
 impl Default for Namespace {
@@ -452,6 +480,12 @@ impl Namespace {
             owned: OrdMap::new(),
             outcomes_total: 0,
             replies_total: 0,
+            tenants: OrdMap::new(),
+            object_tenants: OrdMap::new(),
+            principals: OrdMap::new(),
+            last_principal_id: 0,
+            principal_ids: OrdMap::new(),
+            usage: OrdMap::new(),
         }
     }
 
@@ -486,6 +520,27 @@ impl Namespace {
                 now_unix_ms,
                 client_name,
             } => self.open_session(index, *ttl_ms, *secret, *now_unix_ms, client_name),
+            Command::OpenSessionAs {
+                ttl_ms,
+                secret,
+                now_unix_ms,
+                client_name,
+                principal,
+                quota,
+            } => {
+                if principal.len() > PRINCIPAL_MAX_BYTES {
+                    Reply::Error(Win32Error::INVALID_PARAMETER)
+                } else if self.usage_of(principal).sessions >= quota.sessions {
+                    Reply::Error(Win32Error::NO_SYSTEM_RESOURCES)
+                } else {
+                    let reply =
+                        self.open_session(index, *ttl_ms, *secret, *now_unix_ms, client_name);
+                    if let Reply::SessionOpened { session } = reply {
+                        self.tenant_opened(session, principal, *quota);
+                    }
+                    reply
+                }
+            }
             Command::Checkpoint {
                 elapsed_ms,
                 sessions,
@@ -718,6 +773,14 @@ impl Namespace {
         let mut bytes = vec![SNAPSHOT_FORMAT_VERSION];
         let encoded = postcard::to_stdvec(self).expect("encoding to a Vec cannot fail");
         bytes.extend_from_slice(&encoded);
+        let image = tenancy::TenancyImage {
+            principals: self.principals.clone(),
+            last_principal_id: self.last_principal_id,
+            tenants: self.tenants.clone(),
+            object_tenants: self.object_tenants.clone(),
+        };
+        let encoded = postcard::to_stdvec(&image).expect("encoding to a Vec cannot fail");
+        bytes.extend_from_slice(&encoded);
         bytes
     }
 
@@ -728,13 +791,27 @@ impl Namespace {
     /// [`NamespaceError`] for bytes that are not a consistent snapshot; never panics.
     pub fn restore(bytes: &[u8]) -> Result<Namespace, NamespaceError> {
         let (&version, rest) = bytes.split_first().ok_or(NamespaceError::Empty)?;
-        if version != SNAPSHOT_FORMAT_VERSION {
+        if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION_5 {
             return Err(NamespaceError::Version(version));
         }
-        let (mut namespace, trailing): (Namespace, _) = postcard::take_from_bytes(rest)?;
+        let (mut namespace, mut trailing): (Namespace, _) = postcard::take_from_bytes(rest)?;
+        if version == SNAPSHOT_FORMAT_VERSION {
+            let (image, rest): (tenancy::TenancyImage, _) = postcard::take_from_bytes(trailing)?;
+            namespace.tenants = image.tenants;
+            namespace.object_tenants = image.object_tenants;
+            namespace.principal_ids = image
+                .principals
+                .iter()
+                .map(|(id, name)| (name.clone(), *id))
+                .collect();
+            namespace.principals = image.principals;
+            namespace.last_principal_id = image.last_principal_id;
+            trailing = rest;
+        }
         if !trailing.is_empty() {
             return Err(NamespaceError::TrailingBytes(trailing.len()));
         }
+        namespace.usage = namespace.count_usage();
         namespace.owned = namespace.owner_index();
         namespace.names = namespace
             .objects
@@ -956,6 +1033,7 @@ impl Namespace {
         if expected_entries != queued.len() {
             return Err("an object queues a wait that is not waiting on it".into());
         }
+        self.verify_tenancy()?;
         Ok(())
     }
 }

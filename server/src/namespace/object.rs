@@ -1,6 +1,7 @@
 //! One synchronisation object: its type-specific state, its name, how many handles point at it
 //! and the FIFO queue of waits registered on it.
 
+use super::tenancy::Held;
 use super::*;
 use std::collections::VecDeque;
 
@@ -293,7 +294,10 @@ impl Namespace {
             Ok(granted) => granted,
             Err(code) => return Reply::Error(code),
         };
-        if !self.has_handle_room(session) || self.objects.len() >= self.limits.objects_max {
+        if !self.has_handle_room(session)
+            || self.objects.len() >= self.limits.objects_max
+            || !self.tenant_has_room(session, Held::Objects)
+        {
             return Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
         }
         let mut fencing_token = 0;
@@ -335,6 +339,7 @@ impl Namespace {
             self.objects.insert(id, object).is_none(),
             "object id {id} reused"
         );
+        self.tenant_object_created(id, session);
         if let Some(key) = key {
             assert!(
                 self.names.insert(key.to_string(), id).is_none(),
@@ -391,6 +396,7 @@ impl Namespace {
             .get(&session)
             .is_some_and(|s| s.handles.len() < self.limits.handles_per_session_max)
             && self.handles.len() < self.limits.handles_max
+            && self.tenant_has_room(session, Held::Handles)
     }
 
     pub(super) fn new_handle(
@@ -414,6 +420,7 @@ impl Namespace {
             .get_mut(&session)
             .expect("the handle's session exists");
         owner.handles.insert(id);
+        self.tenant_count(session, Held::Handles, true);
         self.objects
             .get_mut(&object)
             .expect("the handle's object exists")
@@ -433,6 +440,7 @@ impl Namespace {
             session.handles.remove(&id),
             "handle {id} missing from its session"
         );
+        self.tenant_count(handle.session, Held::Handles, false);
         let object = self
             .objects
             .get_mut(&handle.object)
@@ -464,6 +472,7 @@ impl Namespace {
                 self.unindex_owner(id, owner);
             }
             self.objects.remove(&id);
+            self.tenant_object_destroyed(id);
         }
     }
 

@@ -136,6 +136,7 @@ impl Namespace {
         for handle in handles {
             self.close_handle(handle);
         }
+        self.tenant_ended(id);
         let session = self
             .sessions
             .remove(&id)

@@ -1189,6 +1189,28 @@ fn largest_namespace(budget: WaitBudget) -> Namespace {
     ns.owned = ns.owner_index();
     ns.outcomes_total = ns.count_outcomes();
     ns.replies_total = ns.count_replies();
+    // Every session of a principal of its own with the longest name, under a quota, and every
+    // object attributed to one of them.
+    let quota = Quota {
+        sessions: u32::MAX,
+        objects: u32::MAX,
+        handles: u32::MAX,
+        waits: u32::MAX,
+    };
+    for i in 0..sessions {
+        let mut principal = format!("CN={i}");
+        principal.extend(std::iter::repeat_n(
+            'x',
+            PRINCIPAL_MAX_BYTES - principal.len(),
+        ));
+        ns.tenant_opened(session_id(i), &principal, quota);
+    }
+    let ids: Vec<u64> = ns.objects.keys().copied().collect();
+    for (n, id) in ids.into_iter().enumerate() {
+        let session = session_id(n as u64 % sessions);
+        ns.tenant_object_created(id, session);
+    }
+    ns.usage = ns.count_usage();
     ns
 }
 
@@ -1458,4 +1480,122 @@ fn an_acl_limited_create_or_open_is_denied_or_trimmed_and_a_denial_changes_nothi
         ),
         Reply::Error(Win32Error::INVALID_PARAMETER)
     );
+}
+
+#[test]
+fn a_principal_at_its_quota_gets_1450_and_another_is_unaffected() {
+    let mut ns = Namespace::new();
+    let quota = Quota {
+        sessions: 2,
+        objects: 2,
+        handles: 3,
+        waits: 1,
+    };
+    let index = std::cell::Cell::new(0u64);
+    let next = || {
+        index.set(index.get() + 1);
+        index.get()
+    };
+    let open = |ns: &mut Namespace, principal: &str| {
+        ns.apply(
+            next(),
+            &Command::OpenSessionAs {
+                ttl_ms: 10_000,
+                secret: SessionSecret([0; 16]),
+                now_unix_ms: 1,
+                client_name: String::new(),
+                principal: principal.into(),
+                quota,
+            },
+        )
+        .reply
+        .expect("a reply")
+    };
+    let full = Reply::Error(Win32Error::NO_SYSTEM_RESOURCES);
+    let Reply::SessionOpened { session: a1 } = open(&mut ns, "CN=alice") else {
+        panic!("opened");
+    };
+    let Reply::SessionOpened { session: a2 } = open(&mut ns, "CN=alice") else {
+        panic!("opened");
+    };
+    assert_eq!(open(&mut ns, "CN=alice"), full, "alice's third session");
+    let Reply::SessionOpened { session: b } = open(&mut ns, "CN=bob") else {
+        panic!("bob is not affected");
+    };
+    let mut seq = 0;
+    let mut run = |ns: &mut Namespace, session: SessionId, request: Request| {
+        seq += 1;
+        ns.apply(
+            next(),
+            &Command::Client {
+                secret: SessionSecret([0; 16]),
+                session,
+                seq,
+                ack_below: 0,
+                waits_done: Vec::new(),
+                now_unix_ms: 1,
+                request,
+            },
+        )
+        .reply
+        .expect("a reply")
+    };
+    let create = |name: &str| Request::Create {
+        thread: 1,
+        name: Some(name.into()),
+        params: CreateParams::Event {
+            manual_reset: true,
+            initial_state: false,
+        },
+        access: EVENT_ALL_ACCESS,
+    };
+    // Objects: two across alice's sessions, the third refused; bob creates his own.
+    let Reply::Created { handle: e1, .. } = run(&mut ns, a1, create("a/1")) else {
+        panic!("created");
+    };
+    let Reply::Created { .. } = run(&mut ns, a2, create("a/2")) else {
+        panic!("created");
+    };
+    assert_eq!(run(&mut ns, a1, create("a/3")), full);
+    assert!(ns.object_state_by_name("a/3").is_none());
+    let Reply::Created { .. } = run(&mut ns, b, create("b/1")) else {
+        panic!("bob is not affected");
+    };
+    // Handles: alice holds two; one more opens, the next is refused.
+    let Reply::Created { .. } = run(&mut ns, a2, create("b/1")) else {
+        panic!("opened through create");
+    };
+    assert_eq!(run(&mut ns, a1, create("b/1")), full);
+    // Waits: one blocked wait, the second refused; bob still waits.
+    let wait = |handle| Request::Wait {
+        thread: 1,
+        handles: vec![handle],
+        wait_all: false,
+        timeout_ms: INFINITE,
+    };
+    assert_eq!(run(&mut ns, a1, wait(e1)), Reply::WaitPending);
+    assert_eq!(
+        run(&mut ns, a1, wait(e1)),
+        Reply::Wait(WaitOutcome::Failed(Win32Error::NO_SYSTEM_RESOURCES))
+    );
+    // Closing a session gives its share back; the snapshot keeps the attribution.
+    let restored = Namespace::restore(&ns.snapshot()).expect("restore");
+    assert_eq!(restored, ns);
+    run(&mut ns, a2, Request::CloseSession);
+    let Reply::SessionOpened { .. } = open(&mut ns, "CN=alice") else {
+        panic!("alice's session back");
+    };
+    Namespace::restore(&ns.snapshot()).expect("consistent after the close");
+}
+
+#[test]
+fn format_5_snapshots_still_restore() {
+    let mut ns = Namespace::new();
+    for (i, command) in sample_commands().iter().enumerate() {
+        ns.apply(i as u64 + 1, command);
+    }
+    let mut old = vec![5u8];
+    old.extend_from_slice(&postcard::to_stdvec(&ns).unwrap());
+    let restored = Namespace::restore(&old).expect("a format 5 snapshot restores");
+    assert_eq!(restored, ns);
 }

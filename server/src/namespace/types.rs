@@ -141,6 +141,40 @@ pub enum Command {
         /// What to do.
         request: Request,
     },
+    /// `OpenSession` for a principal under a quota (docs/security.md, "Quotas"): the session
+    /// counts, with everything it holds, against `principal`'s `quota`, which the proposing
+    /// node took from its configuration (so every replica checks the same numbers). A
+    /// principal at its session quota gets `Error(NO_SYSTEM_RESOURCES)` (1450), and so does a
+    /// session of a principal at its object, handle or wait quota when it asks for one more;
+    /// other principals are not affected. (A variant of its own, last, so that the other
+    /// entries keep their encoding.)
+    OpenSessionAs {
+        /// As `OpenSession`.
+        ttl_ms: u64,
+        /// As `OpenSession`.
+        secret: SessionSecret,
+        /// As `OpenSession`.
+        now_unix_ms: u64,
+        /// As `OpenSession`.
+        client_name: String,
+        /// The principal (a client certificate subject; empty: a caller without one).
+        principal: String,
+        /// The principal's quota.
+        quota: Quota,
+    },
+}
+
+/// What one principal may hold at once, all its sessions together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Open sessions.
+    pub sessions: u32,
+    /// Objects its sessions created that still exist.
+    pub objects: u32,
+    /// Open handles.
+    pub handles: u32,
+    /// Pending (blocked) waits.
+    pub waits: u32,
 }
 
 /// The client operations. Each mirrors one Win32 call.

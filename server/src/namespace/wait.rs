@@ -1,5 +1,6 @@
 //! Waits: a registered `WaitForMultipleObjects` that could not be satisfied at once.
 
+use super::tenancy::Held;
 use super::*;
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +132,7 @@ impl Namespace {
                     self.waits.insert(key, wait).is_none(),
                     "wait {key:?} registered twice"
                 );
+                self.tenant_count(key.0, Held::Waits, true);
                 Reply::WaitPending
             }
             ready => {
@@ -158,17 +160,15 @@ impl Namespace {
         }
     }
 
-    pub(super) fn has_wait_room(&self, session: SessionId, objects: &[ObjectId]) -> bool {
-        let session = self
-            .sessions
-            .get(&session)
-            .expect("the waiting session exists");
+    pub(super) fn has_wait_room(&self, id: SessionId, objects: &[ObjectId]) -> bool {
+        let session = self.sessions.get(&id).expect("the waiting session exists");
         session.waits.len() + session.outcomes.values().filter(|o| !o.immediate).count()
             < self.limits.waits_per_session_max
             && self.waits.len() + self.outcomes_total < self.limits.waits_max
             && objects
                 .iter()
                 .all(|id| self.object(*id).waiters.len() < self.limits.waiters_per_object_max)
+            && self.tenant_has_room(id, Held::Waits)
     }
 
     /// How a wait by `owner` on `objects` could be satisfied now (§7.2, §7.3, §4.2).
@@ -331,6 +331,7 @@ impl Namespace {
             "wait {key:?} ended twice"
         );
         self.outcomes_total += 1;
+        self.tenant_count(key.0, Held::Waits, false);
         resolved.push(Resolved {
             session: key.0,
             seq: key.1,
