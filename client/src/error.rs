@@ -36,7 +36,8 @@ pub enum Error {
     #[error("dlock session lost (expired or closed)")]
     SessionLost,
     /// The cluster kept answering `RESOURCE_EXHAUSTED` (a queue or a per-session limit is full)
-    /// until the request timeout passed.
+    /// until the request timeout passed, or answered it once marked final (`dlock-final`: the
+    /// caller's principal is at its session quota).
     #[error("dlock cluster overloaded (resource exhausted until the request timeout)")]
     Overloaded,
     /// The request is malformed in a way no Win32 call can produce, or the client configuration

@@ -24,8 +24,8 @@ pub mod v1 {
 pub const LEADER_HINT_METADATA: &str = "dlock-leader-hint";
 
 /// Response metadata on a `RESOURCE_EXHAUSTED` that waiting will not cure (a principal at its
-/// quota, the cluster at its session limit): the client reports 1450 at once instead of backing
-/// off and trying again until its deadline.
+/// own session quota: only its own close frees one): the client reports 1450 at once instead
+/// of backing off and trying again until its deadline.
 pub const FINAL_METADATA: &str = "dlock-final";
 
 /// gRPC metadata key set (to `1`) on every `UNAVAILABLE` a node answers because it is not the

@@ -303,9 +303,10 @@ impl Dlock for DlockService {
                 req.client_name.len()
             )));
         }
-        if principal
-            .as_ref()
-            .is_some_and(|p| p.len() > crate::namespace::PRINCIPAL_MAX_BYTES)
+        if self.config.quota.is_some()
+            && principal
+                .as_ref()
+                .is_some_and(|p| p.len() > crate::namespace::PRINCIPAL_MAX_BYTES)
         {
             return Err(Status::invalid_argument(format!(
                 "the client certificate's subject is longer than {} bytes, too long to be a \
@@ -343,18 +344,25 @@ impl Dlock for DlockService {
                 }))
             }
             Reply::Error(Win32Error::NO_SYSTEM_RESOURCES) => {
-                let mut status = to_status(Error::Overloaded(match self.config.quota {
-                    Some(quota) => format!(
-                        "{} is at its quota of {} sessions, or the cluster's session limit is \
-                         reached",
-                        principal
-                            .as_deref()
-                            .unwrap_or("a caller without a principal"),
-                        quota.sessions
-                    ),
-                    None => "the cluster's session limit is reached".into(),
-                }));
-                // The state decided: trying again at once would get the same answer.
+                // At its own quota, a principal gets the same answer until it closes a
+                // session: final. The cluster's limit may free up as others' sessions expire:
+                // the client backs off and tries again, as before.
+                let at_quota = self.config.quota.is_some_and(|quota| {
+                    lock(&self.replica.ns).principal_sessions(principal.as_deref().unwrap_or(""))
+                        >= quota.sessions
+                });
+                if !at_quota {
+                    return Err(to_status(Error::Overloaded(
+                        "the cluster's session limit is reached".into(),
+                    )));
+                }
+                let mut status = to_status(Error::Overloaded(format!(
+                    "{} is at its quota of {} sessions",
+                    principal
+                        .as_deref()
+                        .unwrap_or("a caller without a principal"),
+                    self.config.quota.map_or(0, |q| q.sessions)
+                )));
                 status.metadata_mut().insert(
                     dlock_proto::FINAL_METADATA,
                     tonic::metadata::MetadataValue::from_static("1"),

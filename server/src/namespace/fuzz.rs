@@ -185,6 +185,14 @@ fn command() -> impl Strategy<Value = Command> {
             now_unix_ms: 1_000,
             client_name: "late".into(),
         }),
+        1 => (0usize..3).prop_map(|p| Command::OpenSessionAs {
+            ttl_ms: 10_000,
+            secret: SessionSecret([0x55; 16]),
+            now_unix_ms: 1_000,
+            client_name: "late".into(),
+            principal: ["CN=p1", "CN=p2", ""][p].into(),
+            quota: FUZZ_QUOTA,
+        }),
     ]
 }
 

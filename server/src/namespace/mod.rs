@@ -210,8 +210,8 @@ pub const REPLIES_MAX: usize = 1_000_000;
 /// Longest `OpenSession::client_name`, in bytes. Longer names get `Error(87)` and no session.
 pub const CLIENT_NAME_MAX_BYTES: usize = 256;
 
-/// Longest principal an `OpenSessionAs` may carry (a certificate subject); longer: 87. With at
-/// most one principal per session, the principal table is at most 10 MiB.
+/// Longest principal an `OpenSessionAs` may carry (a certificate subject); longer: 87. A
+/// principal is known only while it has a session, so the principal table is at most 10 MiB.
 pub const PRINCIPAL_MAX_BYTES: usize = 1024;
 /// Decodes a map of a snapshot entry by entry. imbl's own `Deserialize` reserves capacity for
 /// the length the bytes claim, so one corrupt length (a damaged snapshot file, a forged
@@ -309,7 +309,10 @@ pub enum NamespaceError {
     #[error("namespace snapshot is empty")]
     Empty,
     /// The snapshot was written by an unknown format version.
-    #[error("namespace snapshot has format version {0}, expected {SNAPSHOT_FORMAT_VERSION}")]
+    #[error(
+        "namespace snapshot has format version {0}, expected {SNAPSHOT_FORMAT_VERSION_5} or \
+         {SNAPSHOT_FORMAT_VERSION}"
+    )]
     Version(u8),
     /// The bytes do not decode.
     #[error("namespace snapshot does not decode: {0}")]
@@ -435,9 +438,10 @@ pub struct Namespace {
     /// after the rest: `tenancy::TenancyImage`).
     #[serde(skip)]
     tenants: OrdMap<SessionId, tenancy::Tenancy>,
-    /// The principal whose session created each object, for those of a principal (same).
+    /// The session of a principal that created each object it still counts (an index over
+    /// `tenants`: derived, rebuilt by `restore`).
     #[serde(skip)]
-    object_tenants: OrdMap<ObjectId, tenancy::PrincipalId>,
+    object_tenants: OrdMap<ObjectId, SessionId>,
     /// The principals that hold something, by number (same).
     #[serde(skip)]
     principals: OrdMap<tenancy::PrincipalId, String>,
@@ -528,9 +532,13 @@ impl Namespace {
                 principal,
                 quota,
             } => {
-                if principal.len() > PRINCIPAL_MAX_BYTES {
+                if client_name.len() > CLIENT_NAME_MAX_BYTES
+                    || principal.len() > PRINCIPAL_MAX_BYTES
+                {
                     Reply::Error(Win32Error::INVALID_PARAMETER)
-                } else if self.usage_of(principal).sessions >= quota.sessions {
+                } else if !self.can_number(principal)
+                    || self.usage_of(principal).sessions >= quota.sessions
+                {
                     Reply::Error(Win32Error::NO_SYSTEM_RESOURCES)
                 } else {
                     let reply =
@@ -770,17 +778,26 @@ impl Namespace {
         if let Err(err) = self.verify() {
             panic!("namespace invariant violated before snapshot: {err}");
         }
-        let mut bytes = vec![SNAPSHOT_FORMAT_VERSION];
+        // Format 5 while nothing was ever attributed to a principal, so that a build that
+        // predates quotas can still read it.
+        let attributed = self.last_principal_id != 0;
+        let version = if attributed {
+            SNAPSHOT_FORMAT_VERSION
+        } else {
+            SNAPSHOT_FORMAT_VERSION_5
+        };
+        let mut bytes = vec![version];
         let encoded = postcard::to_stdvec(self).expect("encoding to a Vec cannot fail");
         bytes.extend_from_slice(&encoded);
-        let image = tenancy::TenancyImage {
-            principals: self.principals.clone(),
-            last_principal_id: self.last_principal_id,
-            tenants: self.tenants.clone(),
-            object_tenants: self.object_tenants.clone(),
-        };
-        let encoded = postcard::to_stdvec(&image).expect("encoding to a Vec cannot fail");
-        bytes.extend_from_slice(&encoded);
+        if attributed {
+            let image = tenancy::TenancyImage {
+                principals: self.principals.clone(),
+                last_principal_id: self.last_principal_id,
+                tenants: self.tenants.clone(),
+            };
+            let encoded = postcard::to_stdvec(&image).expect("encoding to a Vec cannot fail");
+            bytes.extend_from_slice(&encoded);
+        }
         bytes
     }
 
@@ -798,7 +815,6 @@ impl Namespace {
         if version == SNAPSHOT_FORMAT_VERSION {
             let (image, rest): (tenancy::TenancyImage, _) = postcard::take_from_bytes(trailing)?;
             namespace.tenants = image.tenants;
-            namespace.object_tenants = image.object_tenants;
             namespace.principal_ids = image
                 .principals
                 .iter()
@@ -811,7 +827,10 @@ impl Namespace {
         if !trailing.is_empty() {
             return Err(NamespaceError::TrailingBytes(trailing.len()));
         }
-        namespace.usage = namespace.count_usage();
+        namespace.object_tenants = namespace.object_tenant_index();
+        namespace.usage = namespace.count_usage().ok_or_else(|| {
+            NamespaceError::Inconsistent("per-principal counts do not fit".into())
+        })?;
         namespace.owned = namespace.owner_index();
         namespace.names = namespace
             .objects

@@ -1210,7 +1210,7 @@ fn largest_namespace(budget: WaitBudget) -> Namespace {
         let session = session_id(n as u64 % sessions);
         ns.tenant_object_created(id, session);
     }
-    ns.usage = ns.count_usage();
+    ns.usage = ns.count_usage().expect("counts fit");
     ns
 }
 
@@ -1586,6 +1586,44 @@ fn a_principal_at_its_quota_gets_1450_and_another_is_unaffected() {
         panic!("alice's session back");
     };
     Namespace::restore(&ns.snapshot()).expect("consistent after the close");
+}
+
+#[test]
+fn a_hostile_tenancy_section_is_refused_without_panicking() {
+    let mut ns = Namespace::new();
+    ns.apply(
+        1,
+        &Command::OpenSessionAs {
+            ttl_ms: 10_000,
+            secret: SessionSecret([0; 16]),
+            now_unix_ms: 1,
+            client_name: String::new(),
+            principal: "CN=alice".into(),
+            quota: Quota {
+                sessions: 1,
+                objects: 1,
+                handles: 1,
+                waits: 1,
+            },
+        },
+    );
+    let image = ns.snapshot();
+    assert_eq!(image[0], SNAPSHOT_FORMAT_VERSION);
+    assert_eq!(Namespace::restore(&image).unwrap(), ns);
+    let body = postcard::to_stdvec(&ns).unwrap();
+    let head = 1 + body.len();
+    // A huge claimed length for the principal table, a truncated section, trailing bytes.
+    let mut huge = image[..head].to_vec();
+    huge.extend_from_slice(&[0xFF; 9]);
+    huge.push(0x01);
+    assert!(Namespace::restore(&huge).is_err());
+    assert!(Namespace::restore(&image[..image.len() - 1]).is_err());
+    let mut trailing = image.clone();
+    trailing.push(0);
+    assert!(Namespace::restore(&trailing).is_err());
+    // A namespace that never attributed anything still writes format 5.
+    let plain = Namespace::new();
+    assert_eq!(plain.snapshot()[0], 5);
 }
 
 #[test]
