@@ -222,7 +222,7 @@ impl Admin<'_> {
         mut f: F,
     ) -> Result<MembershipReply, AdminError>
     where
-        F: FnMut(AdminClient<tonic::transport::Channel>) -> Fut,
+        F: FnMut(AdminClient<crate::client::Rpc>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<MembershipReply>, tonic::Status>>,
     {
         // Attempts so far whose outcome is unknown; the last attempt's own outcome is the

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use dlock_proto::v1::{self, dlock_client::DlockClient};
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -126,11 +127,50 @@ struct Nodes {
     current: usize,
 }
 
+/// A connection to one node whose every call carries the configured bearer token.
+pub(crate) type Rpc = InterceptedService<Channel, Credentials>;
+
+/// Adds `authorization: Bearer TOKEN` to every call when a token is configured.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Credentials {
+    header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Credentials {
+    /// The credentials of `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a token that cannot travel in a header.
+    fn of(config: &ClientConfig) -> Result<Credentials, Error> {
+        let header = match &config.token {
+            None => None,
+            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+                Error::InvalidArgument(
+                    "the bearer token (DLOCK_TOKEN) must be printable ASCII".into(),
+                )
+            })?),
+        };
+        Ok(Credentials { header })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// The client's connection to one node of the cluster.
 struct NodeConn {
     /// Normalised `http://host:port`.
     addr: String,
-    channel: Channel,
+    channel: Rpc,
     /// The connection failed at the transport level; avoid the node until then.
     suspect_until: Option<Instant>,
     /// The node has answered at least once.
@@ -140,7 +180,7 @@ struct NodeConn {
 }
 
 impl NodeConn {
-    fn new(addr: String, channel: Channel) -> NodeConn {
+    fn new(addr: String, channel: Rpc) -> NodeConn {
         NodeConn {
             addr,
             channel,
@@ -285,6 +325,7 @@ impl Client {
             return Err(Error::InvalidArgument("no endpoints".into()));
         }
         config.client_name = truncate_client_name(std::mem::take(&mut config.client_name));
+        let credentials = Credentials::of(&config)?;
         let mut list = Vec::with_capacity(config.endpoints.len());
         for raw in &config.endpoints {
             let (addr, scheme) = parse_endpoint_scheme(raw)?;
@@ -307,7 +348,10 @@ impl Client {
                 continue;
             }
             let channel = make_channel(&addr, &config)?;
-            list.push(NodeConn::new(addr, channel));
+            list.push(NodeConn::new(
+                addr,
+                InterceptedService::new(channel, credentials.clone()),
+            ));
         }
         let configured = list.len();
         Ok(Client {
@@ -426,7 +470,7 @@ impl Client {
     }
 
     /// The node the next attempt goes to: its index and a handle to its channel.
-    pub(crate) fn pick(&self) -> (usize, Channel) {
+    pub(crate) fn pick(&self) -> (usize, Rpc) {
         let nodes = self.inner.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let node = &nodes.list[nodes.current];
         (nodes.current, node.channel.clone())
@@ -534,10 +578,14 @@ impl Client {
             tracing::warn!(hint, "too many hinted nodes; not adding");
             return false;
         }
+        let credentials = Credentials::of(&self.inner.config).unwrap_or_default();
         match make_channel(&addr, &self.inner.config) {
             Ok(channel) => {
                 tracing::debug!(node = %addr, "following leader hint to a new node");
-                nodes.list.push(NodeConn::new(addr, channel));
+                nodes.list.push(NodeConn::new(
+                    addr,
+                    InterceptedService::new(channel, credentials),
+                ));
                 nodes.current = nodes.list.len() - 1;
                 true
             }
@@ -550,7 +598,7 @@ impl Client {
     /// retry.
     pub(crate) async fn call<T, F, Fut>(&self, policy: CallPolicy<'_>, mut f: F) -> Result<T, Error>
     where
-        F: FnMut(DlockClient<Channel>) -> Fut,
+        F: FnMut(DlockClient<Rpc>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_on(policy, |channel| f(DlockClient::new(channel)))
@@ -566,7 +614,7 @@ impl Client {
         mut f: F,
     ) -> Result<T, Error>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Rpc) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut backoff = Backoff::new();

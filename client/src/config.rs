@@ -18,6 +18,8 @@ const CLIENT_NAME_BYTES_MAX: usize = 256;
 /// The environment variable naming the CA file (PEM) that nodes' certificates must chain to;
 /// setting it turns TLS on.
 pub const ENV_CACERT: &str = "DLOCK_CACERT";
+/// The environment variable holding a development bearer token ([`ClientConfig::token`]).
+pub const ENV_TOKEN: &str = "DLOCK_TOKEN";
 /// The environment variable naming this client's certificate (PEM), for nodes that require
 /// client certificates.
 pub const ENV_CERT: &str = "DLOCK_CERT";
@@ -104,6 +106,12 @@ pub struct ClientConfig {
     /// A description of this client for the server's logs (`OpenSessionRequest.client_name`),
     /// at most 256 bytes. Defaults to `host:pid`.
     pub client_name: String,
+    /// A bearer token sent with every call (`authorization: Bearer TOKEN`), which a node with
+    /// a token file maps to a principal: for development without client certificates
+    /// (docs/security.md, "Bearer tokens"). Defaults to `$DLOCK_TOKEN`, so the facade, the C
+    /// library, Python and `dlockctl` all take it from there. A client certificate's subject,
+    /// when there is one, is the principal instead.
+    pub token: Option<String>,
 }
 
 impl ClientConfig {
@@ -129,6 +137,7 @@ impl Default for ClientConfig {
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
             client_name: default_client_name(),
+            token: std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty()),
         }
     }
 }

@@ -65,7 +65,7 @@ pub mod win32;
 pub use client::Client;
 pub use config::{
     ATTEMPT_TIMEOUT_DEFAULT, CONNECT_TIMEOUT_DEFAULT, ClientConfig, DEFAULT_ENDPOINT, ENV_CACERT,
-    ENV_CERT, ENV_KEY, REQUEST_TIMEOUT_DEFAULT, tls_from_env, tls_from_files,
+    ENV_CERT, ENV_KEY, ENV_TOKEN, REQUEST_TIMEOUT_DEFAULT, tls_from_env, tls_from_files,
 };
 pub use dlock_proto::vocab::Win32Error;
 pub use dlock_tls::ClientTls;

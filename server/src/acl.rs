@@ -307,20 +307,249 @@ mod tests {
             assert!(err.contains(expected), "{text}: {err}");
         }
     }
+
+    #[test]
+    fn bearer_tokens_name_principals_and_unknown_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let token = "t".repeat(TOKEN_BYTES_MIN);
+        std::fs::write(
+            &path,
+            format!("[[token]]\nprincipal = \"dev-alice\"\ntoken = \"{token}\"\n"),
+        )
+        .unwrap();
+        let policy = Policy::with_tokens(Acl::open_to_all(), Tokens::load(&path).unwrap());
+        let ask = |policy: &Policy, header: Option<&str>| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            if let Some(header) = header {
+                metadata.insert("authorization", header.parse().unwrap());
+            }
+            policy.principal_of(&tonic::Extensions::new(), &metadata)
+        };
+        assert_eq!(
+            ask(&policy, Some(&format!("Bearer {token}"))).unwrap(),
+            Some("dev-alice".into())
+        );
+        assert_eq!(ask(&policy, None).unwrap(), None);
+        let wrong = format!("Bearer {}x", &token[1..]);
+        assert_eq!(
+            ask(&policy, Some(&wrong)).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert!(ask(&policy, Some("Basic abc")).is_err());
+        // A node without a token file refuses tokens rather than ignoring them.
+        let plain = Policy::new(Acl::open_to_all());
+        assert!(ask(&plain, Some(&format!("Bearer {token}"))).is_err());
+        // Short tokens and duplicates are refused when the file is read.
+        std::fs::write(&path, "[[token]]\nprincipal = \"a\"\ntoken = \"short\"\n").unwrap();
+        assert!(Tokens::load(&path).is_err());
+        std::fs::write(
+            &path,
+            format!(
+                "[[token]]\nprincipal = \"a\"\ntoken = \"{token}\"\n[[token]]\nprincipal = \"b\"\ntoken = \"{token}\"\n"
+            ),
+        )
+        .unwrap();
+        assert!(
+            Tokens::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("same token twice")
+        );
+    }
 }
 
-/// The policy in force on a node, replaced on SIGHUP ([`Policy::reload`]).
+/// Shortest bearer token a token file may hold (a guessable token is a principal for anyone).
+pub const TOKEN_BYTES_MIN: usize = 32;
+
+/// Tokens a token file may hold at most.
+pub const TOKENS_MAX: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    #[serde(default)]
+    token: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    principal: String,
+    token: String,
+}
+
+/// Development bearer tokens (`--token-file`): each stands for a principal, for callers without
+/// a client certificate (docs/security.md, "Bearer tokens"). A TOML file of `[[token]]` tables
+/// with `principal` and `token` (printable ASCII, at least [`TOKEN_BYTES_MIN`] bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    entries: Option<Vec<(String, String)>>,
+    path: Option<PathBuf>,
+}
+
+impl Tokens {
+    /// Reads a token file.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Config` naming the file and what is wrong with it.
+    pub fn load(path: &Path) -> Result<Tokens, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read token file {}: {e}", path.display()))
+        })?;
+        let origin = path.display().to_string();
+        let file: TokenFile = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("token file {origin}: {e}")))?;
+        if file.token.len() > TOKENS_MAX {
+            return Err(Error::Config(format!(
+                "token file {origin}: {} tokens, at most {TOKENS_MAX}",
+                file.token.len()
+            )));
+        }
+        let mut entries: Vec<(String, String)> = Vec::with_capacity(file.token.len());
+        for (i, entry) in file.token.into_iter().enumerate() {
+            let at = format!("token file {origin}, token {}", i + 1);
+            if entry.principal.trim().is_empty() || entry.principal.len() > FIELD_BYTES_MAX {
+                return Err(Error::Config(format!(
+                    "{at}: the principal must be 1 to {FIELD_BYTES_MAX} bytes"
+                )));
+            }
+            if entry.token.len() < TOKEN_BYTES_MIN
+                || !entry.token.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(Error::Config(format!(
+                    "{at}: a token must be at least {TOKEN_BYTES_MIN} printable ASCII \
+                     characters without spaces"
+                )));
+            }
+            if entries.iter().any(|(_, t)| *t == entry.token) {
+                return Err(Error::Config(format!("{at}: the same token twice")));
+            }
+            entries.push((entry.principal.trim().to_owned(), entry.token));
+        }
+        Ok(Tokens {
+            entries: Some(entries),
+            path: Some(path.to_owned()),
+        })
+    }
+
+    /// Whether a token file is in force.
+    pub fn is_enabled(&self) -> bool {
+        self.entries.is_some()
+    }
+
+    /// The principal `token` stands for. Every entry is compared in full (no early exit), so
+    /// the time taken does not tell how much of a guess was right.
+    pub fn principal(&self, token: &str) -> Option<&str> {
+        let mut found = None;
+        for (principal, known) in self.entries.iter().flatten() {
+            let same = known.len() == token.len()
+                && known
+                    .bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if same {
+                found = Some(principal.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// The policy in force on a node (ACL and bearer tokens), replaced on SIGHUP
+/// ([`Policy::reload`]).
 #[derive(Debug)]
 pub struct Policy {
     current: std::sync::RwLock<std::sync::Arc<Acl>>,
+    tokens: std::sync::RwLock<std::sync::Arc<Tokens>>,
 }
 
 impl Policy {
-    /// A policy starting with `acl`.
+    /// A policy starting with `acl` and no bearer tokens.
     pub fn new(acl: Acl) -> std::sync::Arc<Policy> {
+        Policy::with_tokens(acl, Tokens::default())
+    }
+
+    /// A policy starting with `acl` and `tokens`.
+    pub fn with_tokens(acl: Acl, tokens: Tokens) -> std::sync::Arc<Policy> {
         std::sync::Arc::new(Policy {
             current: std::sync::RwLock::new(std::sync::Arc::new(acl)),
+            tokens: std::sync::RwLock::new(std::sync::Arc::new(tokens)),
         })
+    }
+
+    /// The bearer tokens in force.
+    pub fn tokens(&self) -> std::sync::Arc<Tokens> {
+        self.tokens
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the token file again; a file that does not parse leaves the tokens as they were.
+    /// `Ok(None)` if the node has no token file.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tokens::load`].
+    pub fn reload_tokens(&self) -> Result<Option<usize>, Error> {
+        let Some(path) = self.tokens().path.clone() else {
+            return Ok(None);
+        };
+        let tokens = Tokens::load(&path)?;
+        let count = tokens.entries.as_ref().map_or(0, Vec::len);
+        *self
+            .tokens
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(tokens);
+        Ok(Some(count))
+    }
+
+    /// The principal of a call: the subject of the client certificate its connection was
+    /// verified with, else the principal of its bearer token (`authorization: Bearer TOKEN`),
+    /// else none.
+    ///
+    /// # Errors
+    ///
+    /// `PERMISSION_DENIED` for a bearer token the node does not know (or a node without a
+    /// token file), rather than treating the caller as anonymous.
+    pub fn principal_of(
+        &self,
+        extensions: &tonic::Extensions,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<String>, tonic::Status> {
+        if let Some(subject) = extensions
+            .get::<dlock_tls::ConnInfo>()
+            .and_then(|conn| conn.peer.as_ref())
+            .map(|peer| peer.subject.clone())
+        {
+            return Ok(Some(subject));
+        }
+        let Some(value) = metadata.get("authorization") else {
+            return Ok(None);
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                tonic::Status::permission_denied("the authorization header is not `Bearer TOKEN`")
+            })?;
+        let tokens = self.tokens();
+        if !tokens.is_enabled() {
+            return Err(tonic::Status::permission_denied(
+                "this node takes no bearer tokens (it has no token-file); use a client \
+                 certificate, or leave DLOCK_TOKEN unset",
+            ));
+        }
+        match tokens.principal(token) {
+            Some(principal) => Ok(Some(principal.to_owned())),
+            None => Err(tonic::Status::permission_denied(
+                "unknown bearer token (DLOCK_TOKEN): this node's token-file does not list it",
+            )),
+        }
     }
 
     /// The ACL in force.

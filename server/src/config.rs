@@ -134,6 +134,10 @@ pub struct Config {
     /// Rights by principal and name prefix ([`crate::acl`]): a TOML file of `[[rule]]`s, read
     /// at start and again on SIGHUP. `None`: every caller may do everything.
     pub acl_file: Option<PathBuf>,
+    /// Development bearer tokens ([`crate::acl::Tokens`]): a TOML file of `[[token]]`s
+    /// (principal, token), read at start and again on SIGHUP. A caller without a client
+    /// certificate that sends one of them is that principal. `None`: no tokens.
+    pub token_file: Option<PathBuf>,
     /// Serve plaintext on addresses other than loopback. Without it, a node refuses to start
     /// when the client or peer port would listen beyond loopback without TLS: anyone who
     /// reaches such a port can take every lock (or, on the peer port, replace the data).
@@ -168,6 +172,7 @@ impl Default for Config {
             peer_trusted_ca_file: None,
             admin_principals: vec![DEFAULT_ADMIN_PRINCIPAL.to_owned()],
             acl_file: None,
+            token_file: None,
             quota: None,
             insecure: false,
         }
@@ -576,6 +581,10 @@ pub struct Settings {
     /// which names; re-read on SIGHUP [default: none, everyone may do everything].
     #[arg(long, env = "DLOCKD_ACL_FILE")]
     pub acl_file: Option<PathBuf>,
+    /// Development bearer tokens (TOML `[[token]]` tables: principal, token): a caller
+    /// without a client certificate that sends one is that principal; re-read on SIGHUP.
+    #[arg(long, env = "DLOCKD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Sessions one principal may have open at once [default: no quota, only the cluster's
     /// limit]. Setting any quota-* turns quotas on, the others defaulting to the cluster-wide
     /// limits.
@@ -661,6 +670,7 @@ impl Settings {
                 None => d.admin_principals.clone(),
             },
             acl_file: self.acl_file.or(file.acl_file),
+            token_file: self.token_file.or(file.token_file),
             quota: {
                 let sessions = self.quota_sessions.or(file.quota_sessions);
                 let objects = self.quota_objects.or(file.quota_objects);

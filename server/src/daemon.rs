@@ -145,28 +145,43 @@ impl Server {
         crate::health::report(&health_reporter, ServingStatus::NotServing).await;
         let (draining, draining_rx) = watch::channel(false);
 
-        let policy = crate::acl::Policy::new(match &config.acl_file {
+        let tokens = match &config.token_file {
             Some(path) => {
-                let acl = crate::acl::Acl::load(path)?;
-                if config.trusted_ca_file.is_none() {
-                    warn!(
-                        acl_file = %path.display(),
-                        "an ACL without client certificates (trusted-ca-file): every caller is \
-                         anonymous, so only rules for \"*\" can ever apply"
-                    );
-                }
-                info!(
-                    acl_file = %path.display(),
-                    rules = acl.len(),
-                    "ACL in force: what no rule grants is denied"
+                let tokens = crate::acl::Tokens::load(path)?;
+                warn!(
+                    token_file = %path.display(),
+                    "bearer tokens in force: for development (a token is a password; without TLS \
+                     anyone on the path can read it)"
                 );
-                acl
+                tokens
             }
-            None => {
-                info!("no ACL file: every caller may create and open every name");
-                crate::acl::Acl::open_to_all()
-            }
-        });
+            None => crate::acl::Tokens::default(),
+        };
+        let policy = crate::acl::Policy::with_tokens(
+            match &config.acl_file {
+                Some(path) => {
+                    let acl = crate::acl::Acl::load(path)?;
+                    if config.trusted_ca_file.is_none() {
+                        warn!(
+                            acl_file = %path.display(),
+                            "an ACL without client certificates (trusted-ca-file): every caller is \
+                             anonymous, so only rules for \"*\" can ever apply"
+                        );
+                    }
+                    info!(
+                        acl_file = %path.display(),
+                        rules = acl.len(),
+                        "ACL in force: what no rule grants is denied"
+                    );
+                    acl
+                }
+                None => {
+                    info!("no ACL file: every caller may create and open every name");
+                    crate::acl::Acl::open_to_all()
+                }
+            },
+            tokens,
+        );
         let service = DlockServer::new(DlockService::new(
             replica.clone(),
             node.clone(),
@@ -185,7 +200,7 @@ impl Server {
                 directory.clone(),
                 policy.clone(),
             ),
-            AdminGate::new(&config),
+            AdminGate::new(&config, policy.clone()),
         );
         let serve = tokio::spawn(
             tonic::transport::Server::builder()
@@ -387,15 +402,20 @@ fn bound_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, Error> {
 struct AdminGate {
     admins: Option<Arc<Vec<String>>>,
     loopback_only: bool,
+    /// The admin principals, for a caller that names one with a bearer token.
+    principals: Arc<Vec<String>>,
+    policy: Arc<crate::acl::Policy>,
 }
 
 impl AdminGate {
-    fn new(config: &Config) -> AdminGate {
+    fn new(config: &Config, policy: Arc<crate::acl::Policy>) -> AdminGate {
         AdminGate {
             admins: config
                 .admin_needs_principal()
                 .then(|| Arc::new(config.admin_principals.clone())),
             loopback_only: !config.admin_needs_principal() && !config.insecure,
+            principals: Arc::new(config.admin_principals.clone()),
+            policy,
         }
     }
 }
@@ -403,6 +423,17 @@ impl AdminGate {
 impl tonic::service::Interceptor for AdminGate {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let conn = request.extensions().get::<dlock_tls::ConnInfo>();
+        // A bearer token of an admin principal (development, docs/security.md) is an admin
+        // wherever it comes from; an unknown token is refused outright.
+        let certified = conn.and_then(|c| c.peer.as_ref()).is_some();
+        if !certified && request.metadata().contains_key("authorization") {
+            let principal = self
+                .policy
+                .principal_of(request.extensions(), request.metadata())?;
+            if principal.is_some_and(|p| self.principals.contains(&p)) {
+                return Ok(request);
+            }
+        }
         let Some(admins) = &self.admins else {
             let remote = conn.and_then(|c| c.remote_addr);
             if !self.loopback_only || remote.is_some_and(|r| r.ip().is_loopback()) {
@@ -505,6 +536,14 @@ async fn tls_reload_task(
                     "ACL file not read again; the previous rules stay in force"
                 ),
             }
+            match policy.reload_tokens() {
+                Ok(Some(tokens)) => info!(tokens, "SIGHUP: token file read again"),
+                Ok(None) => {}
+                Err(err) => error!(
+                    error = %err,
+                    "token file not read again; the previous tokens stay in force"
+                ),
+            }
         }
         if forced && identities.is_empty() {
             info!("SIGHUP: this node serves no TLS, nothing to read again");
@@ -599,16 +638,21 @@ mod tests {
         gate.call(request).map(|_| ()).map_err(|s| s.code())
     }
 
+    use crate::acl::{Acl, Policy};
+
     #[test]
     fn the_admin_gate_admits_admin_principals_or_loopback_callers_only() {
         let denied = Err(tonic::Code::PermissionDenied);
         // Client certificates checked: the principal decides, wherever the caller is.
-        let mut gate = AdminGate::new(&Config {
-            cert_file: Some("c.pem".into()),
-            key_file: Some("c.key".into()),
-            trusted_ca_file: Some("ca.pem".into()),
-            ..Config::default()
-        });
+        let mut gate = AdminGate::new(
+            &Config {
+                cert_file: Some("c.pem".into()),
+                key_file: Some("c.key".into()),
+                trusted_ca_file: Some("ca.pem".into()),
+                ..Config::default()
+            },
+            Policy::new(Acl::open_to_all()),
+        );
         assert_eq!(call(&mut gate, "10.0.0.9:1000", Some("CN=admin")), Ok(()));
         assert_eq!(call(&mut gate, "127.0.0.1:1000", Some("CN=alice")), denied);
         assert_eq!(call(&mut gate, "127.0.0.1:1000", None), denied);
@@ -617,19 +661,25 @@ mod tests {
             denied
         );
         // TLS without client certificates (or plaintext): loopback callers only...
-        let mut gate = AdminGate::new(&Config {
-            cert_file: Some("c.pem".into()),
-            key_file: Some("c.key".into()),
-            ..Config::default()
-        });
+        let mut gate = AdminGate::new(
+            &Config {
+                cert_file: Some("c.pem".into()),
+                key_file: Some("c.key".into()),
+                ..Config::default()
+            },
+            Policy::new(Acl::open_to_all()),
+        );
         assert_eq!(call(&mut gate, "127.0.0.1:1000", None), Ok(()));
         assert_eq!(call(&mut gate, "[::1]:1000", None), Ok(()));
         assert_eq!(call(&mut gate, "10.0.0.9:1000", None), denied);
         // ...unless the operator said insecure.
-        let mut gate = AdminGate::new(&Config {
-            insecure: true,
-            ..Config::default()
-        });
+        let mut gate = AdminGate::new(
+            &Config {
+                insecure: true,
+                ..Config::default()
+            },
+            Policy::new(Acl::open_to_all()),
+        );
         assert_eq!(call(&mut gate, "10.0.0.9:1000", None), Ok(()));
     }
 }

@@ -284,3 +284,71 @@ async fn a_principal_at_its_quota_gets_1450_while_another_is_unaffected() {
         .await
         .expect("a closed session's quota is given back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_name_principals_without_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let alice_token = "alice-0123456789abcdef0123456789abcdef";
+    let bob_token = "bob-0123456789abcdef0123456789abcdef0";
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nprincipal = \"dev-alice\"\ntoken = \"{alice_token}\"\n\n\
+             [[token]]\nprincipal = \"dev-bob\"\ntoken = \"{bob_token}\"\n"
+        ),
+    )
+    .unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[[rule]]\nprincipal = \"dev-alice\"\nprefix = \"alice/\"\nrights = [\"all\"]\n",
+    )
+    .unwrap();
+    let (tokens_arg, acl_arg) = (tokens.display().to_string(), acl.display().to_string());
+    let cluster =
+        ProcCluster::start(1, &["--token-file", &tokens_arg, "--acl-file", &acl_arg]).await;
+    cluster.leader().await;
+    let client_with = |token: Option<&str>| {
+        let mut config = dlock::ClientConfig::new(cluster.endpoint_list());
+        config.token = token.map(str::to_owned);
+        config.request_timeout = Duration::from_secs(3);
+        Client::connect_with_config(config)
+    };
+    let alice = client_with(Some(alice_token)).await.unwrap();
+    let session = alice.open_session(Duration::from_secs(10)).await.unwrap();
+    let _m = session
+        .create_mutex(Some("alice/m"), false)
+        .await
+        .expect("alice's token names dev-alice");
+    let bob = client_with(Some(bob_token)).await.unwrap();
+    let session = bob.open_session(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        session
+            .create_mutex(Some("alice/b"), false)
+            .await
+            .unwrap_err(),
+        DENIED
+    );
+    let anonymous = client_with(None).await.unwrap();
+    let session = anonymous
+        .open_session(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        session
+            .create_mutex(Some("alice/c"), false)
+            .await
+            .unwrap_err(),
+        DENIED
+    );
+    // An unknown token is refused outright, with a message that says so.
+    let stranger = client_with(Some("not-a-token-0123456789abcdef0123456789"))
+        .await
+        .unwrap();
+    let err = stranger
+        .open_session(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown bearer token"), "{err}");
+}

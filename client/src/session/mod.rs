@@ -48,7 +48,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::client::{Backoff, CallPolicy, is_transport_failure, leader_hint};
 use crate::types::WAIT_OBJECTS_MAX;
@@ -253,7 +252,7 @@ impl SessionCore {
     /// Sends one mutating request with a fresh header, retried per `policy`.
     async fn mutate<T, F, Fut>(&self, policy: CallPolicy<'_>, f: F) -> Result<T, Error>
     where
-        F: FnMut(DlockClient<Channel>, v1::RequestHeader) -> Fut,
+        F: FnMut(DlockClient<crate::client::Rpc>, v1::RequestHeader) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let in_flight = InFlight::begin(self);
@@ -269,7 +268,7 @@ impl SessionCore {
         mut f: F,
     ) -> Result<T, Error>
     where
-        F: FnMut(DlockClient<Channel>, v1::RequestHeader) -> Fut,
+        F: FnMut(DlockClient<crate::client::Rpc>, v1::RequestHeader) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let result = self.client.call(policy, |c| f(c, header.clone())).await;
@@ -595,7 +594,7 @@ impl Session {
         rpc: F,
     ) -> Result<(), Error>
     where
-        F: Fn(DlockClient<Channel>, v1::HandleRequest) -> Fut,
+        F: Fn(DlockClient<crate::client::Rpc>, v1::HandleRequest) -> Fut,
         Fut: Future<Output = Result<tonic::Response<v1::StatusReply>, Status>>,
     {
         self.ensure_alive()?;

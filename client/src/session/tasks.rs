@@ -47,7 +47,7 @@ pub(super) async fn until_applied<T, F, Fut>(
     mut f: F,
 ) -> Option<T>
 where
-    F: FnMut(DlockClient<Channel>, v1::RequestHeader) -> Fut,
+    F: FnMut(DlockClient<crate::client::Rpc>, v1::RequestHeader) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
 {
     let mut stop = shared.stop_tx.subscribe();

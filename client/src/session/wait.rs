@@ -92,7 +92,7 @@ impl Session {
         register: F,
     ) -> Result<v1::WaitReply, Error>
     where
-        F: FnMut(DlockClient<Channel>, v1::RequestHeader) -> Fut,
+        F: FnMut(DlockClient<crate::client::Rpc>, v1::RequestHeader) -> Fut,
         Fut: Future<Output = Result<tonic::Response<v1::WaitReply>, Status>>,
     {
         let shared = &self.inner.shared;

@@ -124,6 +124,17 @@ impl DlockService {
         }
     }
 
+    /// The principal of a request (its client certificate's subject, else its bearer token's
+    /// principal, else none).
+    ///
+    /// # Errors
+    ///
+    /// `PERMISSION_DENIED` for an unknown bearer token.
+    fn principal_of<T>(&self, request: &GrpcRequest<T>) -> Result<Option<String>, Status> {
+        self.policy
+            .principal_of(request.extensions(), request.metadata())
+    }
+
     /// Maps a cluster error to its status; "not the leader" carries the leader's client address
     /// in the `dlock-leader-hint` metadata when this node knows it.
     fn cluster_error(&self, err: dlock_cluster::Error) -> Status {
@@ -241,16 +252,6 @@ pub fn not_leader_hint(directory: &Directory, err: Error) -> Status {
     status
 }
 
-/// The principal of a request: the subject of the client certificate its connection was
-/// verified with (`None` without one).
-fn principal_of<T>(request: &GrpcRequest<T>) -> Option<String> {
-    request
-        .extensions()
-        .get::<dlock_tls::ConnInfo>()
-        .and_then(|conn| conn.peer.as_ref())
-        .map(|peer| peer.subject.clone())
-}
-
 /// The name of a request the ACL limited, for the log line of a denial.
 fn denied_name(request: &Request) -> Option<String> {
     match request {
@@ -295,7 +296,7 @@ impl Dlock for DlockService {
         &self,
         request: GrpcRequest<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionReply>, Status> {
-        let principal = principal_of(&request);
+        let principal = self.principal_of(&request)?;
         let req = request.into_inner();
         if req.client_name.len() > CLIENT_NAME_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
@@ -437,7 +438,7 @@ impl Dlock for DlockService {
         &self,
         request: GrpcRequest<pb::CreateRequest>,
     ) -> Result<Response<pb::CreateReply>, Status> {
-        let principal = principal_of(&request);
+        let principal = self.principal_of(&request)?;
         let req = request.into_inner();
         let params = match kind_from_wire(req.kind)? {
             ObjectKind::Mutex => CreateParams::Mutex {
@@ -498,7 +499,7 @@ impl Dlock for DlockService {
         &self,
         request: GrpcRequest<pb::OpenRequest>,
     ) -> Result<Response<pb::OpenReply>, Status> {
-        let principal = principal_of(&request);
+        let principal = self.principal_of(&request)?;
         let req = request.into_inner();
         let request = Request::Open {
             kind: kind_from_wire(req.kind)?,
@@ -722,7 +723,7 @@ impl Dlock for DlockService {
         &self,
         request: GrpcRequest<pb::CheckFencingTokenRequest>,
     ) -> Result<Response<pb::CheckFencingTokenReply>, Status> {
-        let principal = principal_of(&request);
+        let principal = self.principal_of(&request)?;
         let req = request.into_inner();
         // Under an ACL, whether a name exists and who owns it is for those who may open it.
         let acl = self.policy.get();
