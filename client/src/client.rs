@@ -131,9 +131,18 @@ struct Nodes {
 pub(crate) type Rpc = InterceptedService<Channel, Credentials>;
 
 /// Adds `authorization: Bearer TOKEN` to every call when a token is configured.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Credentials {
     header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    /// Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.header.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 impl Credentials {
@@ -145,11 +154,17 @@ impl Credentials {
     fn of(config: &ClientConfig) -> Result<Credentials, Error> {
         let header = match &config.token {
             None => None,
-            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
-                Error::InvalidArgument(
-                    "the bearer token (DLOCK_TOKEN) must be printable ASCII".into(),
-                )
-            })?),
+            Some(token) => {
+                let mut header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+                    format!("Bearer {token}").parse().map_err(|_| {
+                        Error::InvalidArgument(
+                            "the bearer token (DLOCK_TOKEN) must be printable ASCII".into(),
+                        )
+                    })?;
+                // Kept out of HTTP/2 header compression tables.
+                header.set_sensitive(true);
+                Some(header)
+            }
         };
         Ok(Credentials { header })
     }

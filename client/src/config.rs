@@ -85,7 +85,7 @@ pub fn tls_from_env() -> Result<Option<dlock_tls::ClientTls>, Error> {
 /// config.request_timeout = Duration::from_secs(5);
 /// assert_eq!(config.endpoints.len(), 2);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Cluster nodes' client addresses: `http://host:port`, `https://host:port` or plain
     /// `host:port`. Any node will do; followers redirect to the leader. Must not be empty.
@@ -108,10 +108,30 @@ pub struct ClientConfig {
     pub client_name: String,
     /// A bearer token sent with every call (`authorization: Bearer TOKEN`), which a node with
     /// a token file maps to a principal: for development without client certificates
-    /// (docs/security.md, "Bearer tokens"). Defaults to `$DLOCK_TOKEN`, so the facade, the C
-    /// library, Python and `dlockctl` all take it from there. A client certificate's subject,
-    /// when there is one, is the principal instead.
+    /// (docs/security.md, "Bearer tokens"). `None` by default; [`token_from_env`] reads
+    /// `DLOCK_TOKEN`, as the facade, the C library, Python and `dlockctl` do. A client
+    /// certificate's subject, when there is one, is the principal instead.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    /// Everything but the token itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("client_name", &self.client_name)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+/// The bearer token in `DLOCK_TOKEN`, if set and not empty.
+pub fn token_from_env() -> Option<String> {
+    std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty())
 }
 
 impl ClientConfig {
@@ -137,7 +157,7 @@ impl Default for ClientConfig {
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
             client_name: default_client_name(),
-            token: std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty()),
+            token: None,
         }
     }
 }

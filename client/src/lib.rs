@@ -66,6 +66,7 @@ pub use client::Client;
 pub use config::{
     ATTEMPT_TIMEOUT_DEFAULT, CONNECT_TIMEOUT_DEFAULT, ClientConfig, DEFAULT_ENDPOINT, ENV_CACERT,
     ENV_CERT, ENV_KEY, ENV_TOKEN, REQUEST_TIMEOUT_DEFAULT, tls_from_env, tls_from_files,
+    token_from_env,
 };
 pub use dlock_proto::vocab::Win32Error;
 pub use dlock_tls::ClientTls;

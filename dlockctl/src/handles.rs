@@ -203,6 +203,7 @@ impl Op {
 pub async fn client(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
     let mut config = ClientConfig::new(endpoints);
     config.tls = crate::tls();
+    config.token = dlock::token_from_env();
     config.request_timeout = timeout;
     config.client_name = format!("dlockctl pid {}", std::process::id());
     Client::connect_with_config(config)

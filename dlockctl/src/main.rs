@@ -359,6 +359,7 @@ fn role_label(role: Role) -> &'static str {
 async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
     let mut config = ClientConfig::new(endpoints);
     config.tls = tls();
+    config.token = dlock::token_from_env();
     config.request_timeout = timeout;
     // A membership change waits for its commit and for the new configuration (seconds), so an
     // attempt may use whatever is left of the budget, as dlockctl always allowed; a node that

@@ -356,6 +356,22 @@ mod tests {
                 .to_string()
                 .contains("same token twice")
         );
+        // A parse error says where, never what the line holds.
+        let secret = "s".repeat(40);
+        std::fs::write(
+            &path,
+            format!("[[token]]\nprincipal = \"a\"\ntoken = \"{secret}\n"),
+        )
+        .unwrap();
+        let err = Tokens::load(&path).unwrap_err().to_string();
+        assert!(!err.contains(&secret) && err.contains("line"), "{err}");
+        // A principal that could pass for a certificate subject is refused.
+        std::fs::write(
+            &path,
+            format!("[[token]]\nprincipal = \"CN=admin\"\ntoken = \"{secret}\"\n"),
+        )
+        .unwrap();
+        assert!(Tokens::load(&path).is_err());
     }
 }
 
@@ -382,10 +398,20 @@ struct TokenEntry {
 /// Development bearer tokens (`--token-file`): each stands for a principal, for callers without
 /// a client certificate (docs/security.md, "Bearer tokens"). A TOML file of `[[token]]` tables
 /// with `principal` and `token` (printable ASCII, at least [`TOKEN_BYTES_MIN`] bytes).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Tokens {
     entries: Option<Vec<(String, String)>>,
     path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Tokens {
+    /// Never the tokens themselves.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("count", &self.entries.as_ref().map(Vec::len))
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 impl Tokens {
@@ -399,8 +425,17 @@ impl Tokens {
             Error::Config(format!("cannot read token file {}: {e}", path.display()))
         })?;
         let origin = path.display().to_string();
-        let file: TokenFile = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("token file {origin}: {e}")))?;
+        // Not the parser's own rendering, which quotes the offending line (a token).
+        let file: TokenFile = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            Error::Config(format!(
+                "token file {origin}{}: {}",
+                line.map(|l| format!(", line {l}")).unwrap_or_default(),
+                e.message()
+            ))
+        })?;
         if file.token.len() > TOKENS_MAX {
             return Err(Error::Config(format!(
                 "token file {origin}: {} tokens, at most {TOKENS_MAX}",
@@ -410,9 +445,16 @@ impl Tokens {
         let mut entries: Vec<(String, String)> = Vec::with_capacity(file.token.len());
         for (i, entry) in file.token.into_iter().enumerate() {
             let at = format!("token file {origin}, token {}", i + 1);
-            if entry.principal.trim().is_empty() || entry.principal.len() > FIELD_BYTES_MAX {
+            let principal = entry.principal.trim();
+            if principal.is_empty()
+                || principal.len() > crate::namespace::PRINCIPAL_MAX_BYTES
+                || principal == ANYONE
+                || principal.contains('=')
+            {
                 return Err(Error::Config(format!(
-                    "{at}: the principal must be 1 to {FIELD_BYTES_MAX} bytes"
+                    "{at}: the principal must be 1 to {} bytes, not \"*\", and without '=' \
+                     (so that it can never pass for a certificate subject such as CN=admin)",
+                    crate::namespace::PRINCIPAL_MAX_BYTES
                 )));
             }
             if entry.token.len() < TOKEN_BYTES_MIN
@@ -439,8 +481,9 @@ impl Tokens {
         self.entries.is_some()
     }
 
-    /// The principal `token` stands for. Every entry is compared in full (no early exit), so
-    /// the time taken does not tell how much of a guess was right.
+    /// The principal `token` stands for. Every entry of the same length is compared byte for
+    /// byte without an early exit, so the time taken does not tell how much of a guess was
+    /// right (only, at most, whether some token has its length).
     pub fn principal(&self, token: &str) -> Option<&str> {
         let mut found = None;
         for (principal, known) in self.entries.iter().flatten() {
@@ -533,7 +576,8 @@ impl Policy {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+            .map(|v| &v[7..])
             .ok_or_else(|| {
                 tonic::Status::permission_denied("the authorization header is not `Bearer TOKEN`")
             })?;

@@ -423,16 +423,45 @@ impl AdminGate {
 impl tonic::service::Interceptor for AdminGate {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let conn = request.extensions().get::<dlock_tls::ConnInfo>();
-        // A bearer token of an admin principal (development, docs/security.md) is an admin
-        // wherever it comes from; an unknown token is refused outright.
+        // Bearer tokens (development, docs/security.md): on a node that checks client
+        // certificates the admin API takes certificates only; elsewhere a token must name an
+        // admin principal (then it is an admin wherever it comes from), and a token that does
+        // not is refused, never taken for an anonymous loopback caller.
         let certified = conn.and_then(|c| c.peer.as_ref()).is_some();
         if !certified && request.metadata().contains_key("authorization") {
+            let remote = conn.and_then(|c| c.remote_addr);
+            if self.admins.is_some() {
+                warn!(
+                    ?remote,
+                    "admin call with a bearer token refused: certificates only"
+                );
+                return Err(tonic::Status::permission_denied(
+                    "this node checks client certificates: its admin API takes an admin \
+                     certificate, not a bearer token",
+                ));
+            }
             let principal = self
                 .policy
-                .principal_of(request.extensions(), request.metadata())?;
-            if principal.is_some_and(|p| self.principals.contains(&p)) {
-                return Ok(request);
-            }
+                .principal_of(request.extensions(), request.metadata())
+                .inspect_err(|_| {
+                    warn!(?remote, "admin call with an unknown bearer token refused")
+                })?;
+            return match principal {
+                Some(p) if self.principals.contains(&p) => Ok(request),
+                principal => {
+                    warn!(
+                        ?remote,
+                        ?principal,
+                        "admin call by a non-admin token principal refused"
+                    );
+                    Err(tonic::Status::permission_denied(format!(
+                        "the admin API needs an admin principal (admin-principals: {}); this \
+                         token's principal: {}",
+                        self.principals.join("; "),
+                        principal.as_deref().unwrap_or("none")
+                    )))
+                }
+            };
         }
         let Some(admins) = &self.admins else {
             let remote = conn.and_then(|c| c.remote_addr);
@@ -638,7 +667,62 @@ mod tests {
         gate.call(request).map(|_| ()).map_err(|s| s.code())
     }
 
-    use crate::acl::{Acl, Policy};
+    use crate::acl::{Acl, Policy, Tokens};
+
+    /// [`call`] with a bearer token.
+    fn call_with_token(gate: &mut AdminGate, remote: &str, token: &str) -> Result<(), tonic::Code> {
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(dlock_tls::ConnInfo {
+            remote_addr: Some(remote.parse().unwrap()),
+            peer: None,
+            plaintext_on_tls: false,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        gate.call(request).map(|_| ()).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn bearer_tokens_at_the_admin_gate() {
+        let denied = Err(tonic::Code::PermissionDenied);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let (admin, dev) = ("a".repeat(40), "d".repeat(40));
+        std::fs::write(
+            &path,
+            format!(
+                "[[token]]\nprincipal = \"ops\"\ntoken = \"{admin}\"\n\
+                 [[token]]\nprincipal = \"dev\"\ntoken = \"{dev}\"\n"
+            ),
+        )
+        .unwrap();
+        let policy = || Policy::with_tokens(Acl::open_to_all(), Tokens::load(&path).unwrap());
+        // No client certificates: an admin principal's token is an admin from anywhere; another
+        // principal's token, or an unknown one, is refused even on loopback.
+        let config = Config {
+            admin_principals: vec!["ops".into()],
+            ..Config::default()
+        };
+        let mut gate = AdminGate::new(&config, policy());
+        assert_eq!(call_with_token(&mut gate, "10.0.0.9:1000", &admin), Ok(()));
+        assert_eq!(call_with_token(&mut gate, "127.0.0.1:1000", &dev), denied);
+        assert_eq!(
+            call_with_token(&mut gate, "127.0.0.1:1000", &"x".repeat(40)),
+            denied
+        );
+        assert_eq!(call(&mut gate, "127.0.0.1:1000", None), Ok(()));
+        // Client certificates checked: certificates only.
+        let config = Config {
+            cert_file: Some("c.pem".into()),
+            key_file: Some("c.key".into()),
+            trusted_ca_file: Some("ca.pem".into()),
+            admin_principals: vec!["ops".into()],
+            ..Config::default()
+        };
+        let mut gate = AdminGate::new(&config, policy());
+        assert_eq!(call_with_token(&mut gate, "127.0.0.1:1000", &admin), denied);
+    }
 
     #[test]
     fn the_admin_gate_admits_admin_principals_or_loopback_callers_only() {

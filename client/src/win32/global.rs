@@ -160,6 +160,8 @@ pub struct FacadeConfig {
     /// configured files are unusable (then, as for endpoints, every call that needs the
     /// cluster fails with `ERROR_BAD_NET_NAME` and the reason is logged).
     pub tls: Result<Option<crate::ClientTls>, String>,
+    /// A development bearer token (`DLOCK_TOKEN`, [`crate::ClientConfig::token`]).
+    pub token: Option<String>,
     /// The session TTL asked for (the server clamps it).
     pub session_ttl: Duration,
     /// How long a call keeps retrying across nodes before failing with
@@ -226,6 +228,7 @@ impl FacadeConfig {
         FacadeConfig {
             endpoints,
             tls: crate::config::tls_from_env().map_err(|e| e.to_string()),
+            token: crate::config::token_from_env(),
             session_ttl: env_millis("DLOCK_SESSION_TTL_MS", SESSION_TTL_DEFAULT),
             request_timeout: env_millis("DLOCK_REQUEST_TIMEOUT_MS", crate::REQUEST_TIMEOUT_DEFAULT),
         }
@@ -377,8 +380,9 @@ impl Facade {
                 let mut config = ClientConfig::new(endpoints);
                 config.request_timeout = self.settings.request_timeout;
                 config.tls = tls;
+                config.token = self.settings.token.clone();
                 let client = Client::connect_with_config(config).await.map_err(|err| {
-                    tracing::error!(error = %err, "invalid DLOCK_ENDPOINTS or TLS settings");
+                    tracing::error!(error = %err, "invalid DLOCK_ENDPOINTS, TLS or DLOCK_TOKEN settings");
                     Win32Error::BAD_NET_NAME
                 })?;
                 conn.client = Some(client.clone());

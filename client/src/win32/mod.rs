@@ -30,6 +30,7 @@
 //! | `DLOCK_SESSION_TTL_MS` | the session TTL asked for, in milliseconds (the server clamps it) | `10000` |
 //! | `DLOCK_CACERT` | CA certificates (PEM) the nodes' certificates must chain to; setting it makes every connection TLS (endpoints may then be written `https://host:port`) | unset: plaintext |
 //! | `DLOCK_CERT`, `DLOCK_KEY` | this process's client certificate and key (PEM), for clusters started with `--client-cert-auth`; its subject is the process's principal | unset |
+//! | `DLOCK_TOKEN` | a development bearer token that a node's `--token-file` maps to a principal (without client certificates; docs/security.md) | unset |
 //! | `DLOCK_REQUEST_TIMEOUT_MS` | how long a call keeps retrying across nodes before failing with `ERROR_NETWORK_UNREACHABLE` | `10000` |
 //!
 //! A program can give the same settings as a value instead, before its first facade call:
