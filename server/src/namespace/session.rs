@@ -332,6 +332,11 @@ impl Namespace {
         if let Err(code) = validate_request(request) {
             return failure_reply(request, code);
         }
+        // An ACL's decision wraps a Create or Open (validate_request refused anything else).
+        let (request, allowed) = match request {
+            Request::Limited { allowed, request } => (&**request, Some(allowed)),
+            request => (request, None),
+        };
         match request {
             Request::Create {
                 thread,
@@ -345,32 +350,13 @@ impl Namespace {
                 name.as_deref(),
                 params,
                 *access,
-                None,
+                allowed,
             ),
             Request::Open { kind, name, access } => {
-                self.open(session, *kind, name.as_deref(), *access, None)
+                self.open(session, *kind, name.as_deref(), *access, allowed)
             }
-            Request::Limited { allowed, request } => match &**request {
-                Request::Create {
-                    thread,
-                    name,
-                    params,
-                    access,
-                } => self.create(
-                    index,
-                    session,
-                    *thread,
-                    name.as_deref(),
-                    params,
-                    *access,
-                    Some(allowed),
-                ),
-                Request::Open { kind, name, access } => {
-                    self.open(session, *kind, name.as_deref(), *access, Some(allowed))
-                }
-                // validate_request refused it above.
-                _ => Reply::Error(Win32Error::INVALID_PARAMETER),
-            },
+            // Unreachable: validate_request refused a nested one above.
+            Request::Limited { .. } => Reply::Error(Win32Error::INVALID_PARAMETER),
             Request::CloseHandle { handle } => match self.lookup(session, *handle) {
                 Ok(_) => {
                     self.close_handle(*handle);
