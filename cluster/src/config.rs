@@ -60,6 +60,9 @@ pub struct Config {
     pub committed_bytes_per_ready_max: u64,
     /// sled page cache size in bytes (sled's own default is 1 GiB, far too much here).
     pub sled_cache_bytes: u64,
+    /// Size of one write-ahead log segment (`storage::WAL_SEGMENT_BYTES`): the writes that
+    /// reach sled only when a segment fills, and what opening the store replays at most.
+    pub wal_segment_bytes: u64,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
             uncommitted_bytes_max: 4 * 1024 * 1024,
             committed_bytes_per_ready_max: 4 * 1024 * 1024,
             sled_cache_bytes: 64 * 1024 * 1024,
+            wal_segment_bytes: crate::storage::WAL_SEGMENT_BYTES,
         }
     }
 }
@@ -183,6 +187,16 @@ impl Config {
             return fail(format!(
                 "sled_cache_bytes ({}) must be at least 1 MiB",
                 self.sled_cache_bytes
+            ));
+        }
+        if !(crate::storage::WAL_SEGMENT_BYTES_MIN..=crate::storage::WAL_SEGMENT_BYTES_MAX)
+            .contains(&self.wal_segment_bytes)
+        {
+            return fail(format!(
+                "wal_segment_bytes ({}) must be between {} and {}",
+                self.wal_segment_bytes,
+                crate::storage::WAL_SEGMENT_BYTES_MIN,
+                crate::storage::WAL_SEGMENT_BYTES_MAX
             ));
         }
         Ok(())

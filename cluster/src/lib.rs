@@ -9,7 +9,7 @@
 //!
 //! [`Node::start`] spawns ONE dedicated `std::thread` (the *raft thread*) that owns the
 //! `RawNode`, the sled storage and the state machine. A std thread rather than a tokio task,
-//! because `sled::Db::flush` blocks for an fsync and must not stall an async worker. Everything
+//! because its storage writes block for an fsync and must not stall an async worker. Everything
 //! else talks to the raft thread through one bounded queue: proposals, ReadIndex requests,
 //! inbound peer messages and shutdown. Callers get answers through tokio oneshots, so
 //! [`Node::propose`] and [`Node::read_index`] are plain `async fn`s. A [`Node`] is a cheap,
@@ -23,7 +23,8 @@
 //!    `Ready` and share one fsync (group commit);
 //! 3. handle the `Ready` in exactly the canonical order of raft-rs's `five_mem_node` example:
 //!    send messages, install a snapshot, apply committed entries, append entries, store the hard
-//!    state, ONE `sled::Batch` + ONE `flush()`, send persisted messages, `advance`, handle the
+//!    state, ONE batch + ONE `fdatasync` of the write-ahead log, send persisted messages,
+//!    `advance`, handle the
 //!    `LightReady` (commit index, messages, committed entries), `advance_apply`, then serve read
 //!    states and take a snapshot / compact the log if due.
 //!
@@ -49,9 +50,10 @@
 //!
 //! # Durability and recovery
 //!
-//! All writes of one `Ready` go into one sled batch followed by one `flush()`, before any
-//! message that depends on them is sent and before any client is answered (sled inserts are NOT
-//! durable until a flush). The state machine lives in memory only: it is rebuilt on start from
+//! All writes of one `Ready` go into one batch, appended to the write-ahead log as one record
+//! followed by one `fdatasync` and kept in memory until sled gets it, before any message that depends on them is sent and before
+//! any client is answered (sled inserts are NOT durable until sled is flushed, which happens
+//! only when a log segment is full: the log is what makes them durable, and opening replays it). The state machine lives in memory only: it is rebuilt on start from
 //! the stored snapshot (`restore`) plus replay of the committed log after it (raft's
 //! `Config::applied` is set to the snapshot index). Every `snapshot_interval_entries` applied
 //! entries the node stores a fresh snapshot and compacts the log, keeping `log_tail_entries`

@@ -25,6 +25,9 @@ fn crash_config(dir: &std::path::Path) -> dlock_cluster::Config {
     dlock_cluster::Config {
         snapshot_interval_entries: 97,
         log_tail_entries: 13,
+        // Segments fill every few dozen Readies, so that kills also land while the logged
+        // writes go to sled and a new segment starts.
+        wal_segment_bytes: dlock_cluster::storage::WAL_SEGMENT_BYTES_MIN * 4,
         ..config(dir)
     }
 }

@@ -224,7 +224,11 @@ impl Node {
         transport: Arc<dyn Transport>,
     ) -> Result<Node, Error> {
         config.validate()?;
-        let mut storage = SledStorage::open(&config.data_dir, config.sled_cache_bytes)?;
+        let mut storage = SledStorage::open_with_wal_segment(
+            &config.data_dir,
+            config.sled_cache_bytes,
+            config.wal_segment_bytes,
+        )?;
         let mut registry = storage.snapshot_registry().clone();
         if storage.is_initialized() {
             tracing::info!(

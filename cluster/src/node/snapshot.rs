@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::{ConfState, Snapshot};
 
 use crate::Error;
-use crate::storage::{self, Registry};
+use crate::storage::{self, Batch, Registry};
 
 use super::worker::Worker;
 
@@ -27,7 +27,7 @@ impl Worker {
     /// Restores the state machine from a leader's snapshot and stages it into storage.
     pub(super) fn install_snapshot(
         &mut self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         snapshot: &Snapshot,
     ) -> Result<bool, Error> {
         let meta = snapshot.get_metadata();
@@ -172,7 +172,7 @@ impl Worker {
         }
         let recording = Instant::now();
         let compact_to = index.saturating_sub(self.log_tail_entries) + 1;
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         store.record_snapshot(&mut batch, index, conf_state, &registry, envelope)?;
         store.compact(&mut batch, compact_to)?;
         let flushing = Instant::now();

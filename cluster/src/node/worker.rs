@@ -19,7 +19,7 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::watch;
 
-use crate::storage::{Registry, SledStorage};
+use crate::storage::{Batch, Registry, SledStorage};
 use crate::{Error, Leadership, MemberKind, Membership, PeerStatus, Role, StateMachine, Transport};
 
 use super::identity::RECORD_CONTEXT;
@@ -127,7 +127,7 @@ impl Worker {
         let shared = self.shared.clone();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_loop()));
         let error = match result {
-            Ok(Ok(())) => match self.raw.store().flush() {
+            Ok(Ok(())) => match self.raw.mut_store().flush() {
                 Ok(()) => Error::Stopped,
                 Err(err) => err,
             },
@@ -464,7 +464,7 @@ impl Worker {
         // 2. The leader's messages may go out before its own write (Raft thesis §10.2.1).
         self.send_messages(rd.take_messages());
 
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut wrote = false;
         // 3. Snapshot from the leader: state machine, then storage.
         if !rd.snapshot().is_empty() {

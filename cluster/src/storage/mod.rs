@@ -3,8 +3,8 @@
 //! # Layout
 //!
 //! Everything lives in one sled tree named [`TREE_NAME`], so that all the writes of one `Ready`
-//! can go into one `sled::Batch` (batches are atomic only within a tree) and be made durable by
-//! one `Db::flush()`:
+//! can go into one [`Batch`] (sled batches are atomic only within a tree), made durable by one
+//! record of the write-ahead log and one `fdatasync` (module `wal`):
 //!
 //! | key | value |
 //! |---|---|
@@ -63,14 +63,16 @@
 //!
 //! # Writes
 //!
-//! Mutating methods only *stage* their writes into a caller-supplied [`sled::Batch`] and update
-//! the in-memory caches; [`SledStorage::write`] applies the batch and flushes. The raft thread
+//! Mutating methods only *stage* their writes into a caller-supplied [`Batch`] and update
+//! the in-memory caches; [`SledStorage::write`] logs the batch and keeps its writes in memory
+//! (where reads look first) until sled gets them (module `wal`). The raft thread
 //! never lets raft read the storage between staging and writing, and if the write fails the
 //! node stops (fails closed), so caches that ran ahead of the disk are never observed.
 
 mod codec;
 mod open;
 mod snapshot_files;
+mod wal;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +91,11 @@ pub use codec::{
 };
 pub(crate) use open::draw_nonzero;
 pub use snapshot_files::SnapshotFiles;
+use wal::Wal;
+pub use wal::{
+    Batch, SEGMENT_BYTES as WAL_SEGMENT_BYTES, SEGMENT_BYTES_MAX as WAL_SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN as WAL_SEGMENT_BYTES_MIN,
+};
 
 /// Name of the sled tree that holds the Raft log and metadata.
 pub const TREE_NAME: &str = "raft";
@@ -169,6 +176,12 @@ pub struct SledStorage {
     envelope: Mutex<Option<Bytes>>,
     /// Snapshot files to delete once the metadata that replaced them is durable.
     obsolete: Vec<u64>,
+    /// Where each write is made durable until sled is written and flushed (module `wal`).
+    wal: Wal,
+    /// The latest value (`None`: removed) of every key written since sled was last written:
+    /// the log's records, not yet in sled. Reads look here first. sled gets them in one batch
+    /// and one flush when the log's segment is full (module `wal` says why not per write).
+    pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 /// Most entries kept decoded in [`SledStorage`]'s cache of recent entries.
@@ -294,7 +307,7 @@ impl SledStorage {
     /// # Errors
     ///
     /// `Error::Storage` if an entry does not encode.
-    pub fn append(&mut self, batch: &mut sled::Batch, entries: &[Entry]) -> Result<(), Error> {
+    pub fn append(&mut self, batch: &mut Batch, entries: &[Entry]) -> Result<(), Error> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
@@ -320,10 +333,10 @@ impl SledStorage {
         let last = entries.last().expect("non-empty");
         // Remove the stored suffix that the new entries do not overwrite key by key.
         for index in last.index + 1..=self.last_index {
-            batch.remove(&entry_key(index));
+            batch.remove(entry_key(index));
         }
         for entry in entries {
-            batch.insert(&entry_key(entry.index), encode("entry", entry)?);
+            batch.insert(entry_key(entry.index), encode("entry", entry)?);
         }
         self.last_index = last.index;
         self.last_term = last.term;
@@ -365,24 +378,25 @@ impl SledStorage {
     /// # Errors
     ///
     /// `Error::Storage` if it does not encode.
-    pub fn set_hard_state(&mut self, batch: &mut sled::Batch, hs: HardState) -> Result<(), Error> {
+    pub fn set_hard_state(&mut self, batch: &mut Batch, hs: HardState) -> Result<(), Error> {
         batch.insert(KEY_HARD_STATE, encode("hard state", &hs)?);
         self.hard_state = hs;
         Ok(())
     }
 
     /// Records a new commit index without waiting for durability (raft does not need the commit
-    /// index to be durable; a lost update is recomputed after restart).
+    /// index to be durable; a lost update is recomputed after restart). It is not logged: sled
+    /// gets it with the next turn of the write-ahead log, and a replay after a crash may bring
+    /// back the last logged one.
     ///
     /// # Errors
     ///
-    /// `Error::Storage` if sled fails.
+    /// `Error::Storage` if the hard state does not encode.
     pub fn set_commit(&mut self, commit: u64) -> Result<(), Error> {
         self.hard_state.commit = commit;
         let bytes = encode("hard state", &self.hard_state)?;
-        self.tree
-            .insert(KEY_HARD_STATE, bytes)
-            .map_err(|e| storage_err("write commit index", e))?;
+        // Not logged: it reaches sled with the next flush, unless a crash comes first.
+        self.pending.insert(KEY_HARD_STATE.to_vec(), Some(bytes));
         Ok(())
     }
 
@@ -397,7 +411,7 @@ impl SledStorage {
     /// never hands out such snapshots, but ignoring them is safe).
     pub fn apply_snapshot(
         &mut self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         snapshot: &Snapshot,
         registry: &Registry,
     ) -> Result<bool, Error> {
@@ -407,6 +421,12 @@ impl SledStorage {
         }
         for item in self.tree.scan_prefix([ENTRY_PREFIX]).keys() {
             let key = item.map_err(|e| storage_err("scan entries", e))?;
+            batch.remove(key);
+        }
+        let pending = self
+            .pending
+            .range(vec![ENTRY_PREFIX]..vec![ENTRY_PREFIX + 1]);
+        for (key, _) in pending.filter(|(_, value)| value.is_some()) {
             batch.remove(key);
         }
         self.cache.clear();
@@ -435,7 +455,7 @@ impl SledStorage {
     /// `Error::Storage` if sled or the file write fails.
     pub fn create_snapshot(
         &mut self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         index: u64,
         conf_state: ConfState,
         registry: &Registry,
@@ -475,7 +495,7 @@ impl SledStorage {
     /// `Error::Storage` if sled fails.
     pub fn record_snapshot(
         &mut self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         index: u64,
         conf_state: ConfState,
         registry: &Registry,
@@ -491,12 +511,12 @@ impl SledStorage {
             ..Default::default()
         };
         meta.set_conf_state(conf_state);
-        if self.hard_state.commit < index {
-            // Keep the invariant commit >= snapshot index durable together with the snapshot.
-            let mut hs = self.hard_state.clone();
-            hs.commit = index;
-            self.set_hard_state(batch, hs)?;
-        }
+        // Keep the invariant commit >= snapshot index durable together with the snapshot,
+        // always: a commit index recorded by `set_commit` is not logged, so after a crash the
+        // write-ahead log's replay may bring back an older hard state than the one in memory.
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(index);
+        self.set_hard_state(batch, hs)?;
         self.stage_metadata(batch, meta, registry, Some(envelope))
     }
 
@@ -504,7 +524,7 @@ impl SledStorage {
     /// metadata (bootstrap, and snapshots received from the leader).
     fn stage_snapshot(
         &mut self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         snapshot: &Snapshot,
         registry: &Registry,
     ) -> Result<(), Error> {
@@ -522,7 +542,7 @@ impl SledStorage {
 
     fn stage_metadata(
         &mut self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         meta: SnapshotMetadata,
         registry: &Registry,
         envelope: Option<Bytes>,
@@ -540,7 +560,7 @@ impl SledStorage {
         Ok(())
     }
 
-    fn set_truncated(&mut self, batch: &mut sled::Batch, index: u64, term: u64) {
+    fn set_truncated(&mut self, batch: &mut Batch, index: u64, term: u64) {
         let mut value = [0u8; 16];
         value[..8].copy_from_slice(&index.to_be_bytes());
         value[8..].copy_from_slice(&term.to_be_bytes());
@@ -562,7 +582,7 @@ impl SledStorage {
     /// # Errors
     ///
     /// `Error::Storage` if sled fails.
-    pub fn compact(&mut self, batch: &mut sled::Batch, compact_index: u64) -> Result<(), Error> {
+    pub fn compact(&mut self, batch: &mut Batch, compact_index: u64) -> Result<(), Error> {
         if compact_index <= self.first() {
             return Ok(());
         }
@@ -575,7 +595,7 @@ impl SledStorage {
             .term_of(compact_index - 1)
             .map_err(|e| storage_err("compaction term", e))?;
         for index in self.first()..compact_index {
-            batch.remove(&entry_key(index));
+            batch.remove(entry_key(index));
         }
         while self.cache.front().is_some_and(|e| e.index < compact_index) {
             self.cache.pop_front();
@@ -584,18 +604,39 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Applies `batch` atomically and, if `sync`, flushes sled so everything written so far
-    /// survives a crash.
+    /// Logs `batch` as one atomic record of the write-ahead log and makes it visible to reads;
+    /// if `sync`, waits until everything written so far survives a crash (`fdatasync`).
     ///
     /// # Errors
     ///
-    /// `Error::Storage` if sled fails; the caller must then stop (fail closed).
-    pub fn write(&mut self, batch: sled::Batch, sync: bool) -> Result<(), Error> {
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| storage_err("apply batch", e))?;
+    /// `Error::Storage` if the log or sled fails; the caller must then stop (fail closed).
+    pub fn write(&mut self, batch: Batch, sync: bool) -> Result<(), Error> {
+        if batch.is_empty() {
+            if sync {
+                self.wal.sync()?;
+            }
+        } else {
+            let record = Wal::record(&batch);
+            if !self.wal.fits(record.len()) {
+                // The segment is full: what it holds goes to sled and a new one starts, BEFORE
+                // this batch is written anywhere. A crash between sled's flush and the removal
+                // of the old segment then replays that segment over exactly the state it ends
+                // in (written this way round, it would replay over this batch's writes too,
+                // and undo some of them).
+                self.flush()?;
+            }
+            if self.wal.fits(record.len()) {
+                // Even an unsynced write is logged, so that the replay keeps the order of writes.
+                self.wal.append(&record, sync)?;
+                batch.merge_into(&mut self.pending);
+            } else {
+                // Larger than a whole segment: straight to sled, atomically, and flushed (the
+                // segment a crash in between would replay is the empty one just started).
+                batch.merge_into(&mut self.pending);
+                self.flush()?;
+            }
+        }
         if sync {
-            self.db.flush().map_err(|e| storage_err("flush", e))?;
             for index in self.obsolete.drain(..) {
                 self.files.remove(index);
             }
@@ -603,20 +644,85 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Makes every write so far durable (used on graceful shutdown, for the commit index).
+    /// Writes everything logged since the last time to sled in one batch, flushes sled and
+    /// starts a new, empty write-ahead log segment (when a segment is full, on graceful
+    /// shutdown, and after the direct writes of `set_cluster_id`).
     ///
     /// # Errors
     ///
-    /// `Error::Storage` if sled fails.
-    pub fn flush(&self) -> Result<(), Error> {
+    /// `Error::Storage` if sled or the log fails.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in std::mem::take(&mut self.pending) {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| storage_err("apply the logged writes", e))?;
         self.db.flush().map_err(|e| storage_err("flush", e))?;
-        Ok(())
+        self.wal.restart()
+    }
+
+    /// The value of `key`: written since sled was last written, or in sled.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, sled::Error> {
+        match self.pending.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Calls `visit` with each stored entry in `[low, high)` in order (sled's, overlaid with
+    /// the pending writes) until it returns false.
+    fn visit_stored_entries(
+        &self,
+        low: u64,
+        high: u64,
+        mut visit: impl FnMut(&[u8]) -> raft::Result<bool>,
+    ) -> raft::Result<()> {
+        let range = entry_key(low).to_vec()..entry_key(high).to_vec();
+        let mut stored = self.tree.range(range.clone()).peekable();
+        let mut pending = self.pending.range(range).peekable();
+        loop {
+            let stored_key = match stored.peek() {
+                Some(Ok((key, _))) => Some(key.to_vec()),
+                Some(Err(_)) => {
+                    return Err(raft_other(stored.next().expect("peeked").unwrap_err()));
+                }
+                None => None,
+            };
+            let next = match (stored_key, pending.peek()) {
+                (None, None) => return Ok(()),
+                // A pending write of the same key replaces sled's value (or removes it).
+                (Some(s), Some((p, _))) if s >= **p => {
+                    if s == **p {
+                        stored.next();
+                    }
+                    pending.next().expect("peeked").1.clone()
+                }
+                (Some(_), _) => Some(
+                    stored
+                        .next()
+                        .expect("peeked")
+                        .map_err(raft_other)?
+                        .1
+                        .to_vec(),
+                ),
+                (None, Some(_)) => pending.next().expect("peeked").1.clone(),
+            };
+            if let Some(value) = next
+                && !visit(&value)?
+            {
+                return Ok(());
+            }
+        }
     }
 
     fn entry_at(&self, index: u64) -> raft::Result<Entry> {
         let value = self
-            .tree
-            .get(entry_key(index))
+            .get(&entry_key(index))
             .map_err(raft_other)?
             .ok_or_else(|| raft_other(format!("entry {index} missing from the log")))?;
         Entry::parse_from_bytes(&value).map_err(raft_other)
@@ -684,9 +790,8 @@ impl raft::Storage for SledStorage {
         }
         let mut entries = Vec::with_capacity((high.saturating_sub(low)) as usize);
         let mut size = 0u64;
-        for item in self.tree.range(entry_key(low)..entry_key(high)) {
-            let (_, value) = item.map_err(raft_other)?;
-            let entry = Entry::parse_from_bytes(&value).map_err(raft_other)?;
+        self.visit_stored_entries(low, high, |value| {
+            let entry = Entry::parse_from_bytes(value).map_err(raft_other)?;
             assert_eq!(
                 entry.index,
                 low + entries.len() as u64,
@@ -694,10 +799,11 @@ impl raft::Storage for SledStorage {
             );
             size += u64::from(entry.compute_size());
             if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
-                break;
+                return Ok(false);
             }
             entries.push(entry);
-        }
+            Ok(true)
+        })?;
         if entries.is_empty() && low < high {
             return Err(raft_other(format!("entries [{low}, {high}) missing")));
         }

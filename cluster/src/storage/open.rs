@@ -9,11 +9,14 @@ use std::sync::atomic::AtomicBool;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
 use super::{
-    BOOTSTRAP_INDEX, ENTRY_PREFIX, KEY_CLUSTER_ID, KEY_CONF_STATE, KEY_HARD_STATE, KEY_INCARNATION,
-    KEY_SNAP_META, KEY_SNAP_PEERS, KEY_TRUNCATED, Registry, SledStorage, SnapshotFiles, TREE_NAME,
-    decode, decode_registry, storage_err,
+    BOOTSTRAP_INDEX, Batch, ENTRY_PREFIX, KEY_CLUSTER_ID, KEY_CONF_STATE, KEY_HARD_STATE,
+    KEY_INCARNATION, KEY_SNAP_META, KEY_SNAP_PEERS, KEY_TRUNCATED, Registry, SledStorage,
+    SnapshotFiles, TREE_NAME, Wal, decode, decode_registry, storage_err,
 };
 use crate::Error;
+
+/// The write-ahead log's directory inside the data directory.
+pub const WAL_DIR: &str = "wal";
 
 /// How long [`open_db`] keeps retrying a data directory whose lock is still held.
 const DB_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -28,6 +31,9 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
         match sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
+            // sled is flushed only when the write-ahead log starts a new segment (module
+            // `wal`): its background flusher would cost CPU and make nothing more durable.
+            .flush_every_ms(None)
             .open()
         {
             Ok(db) => return Ok(db),
@@ -55,10 +61,40 @@ impl SledStorage {
     ///
     /// `Error::Storage` if sled cannot open the directory or a stored record does not decode.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
+        SledStorage::open_with_wal_segment(dir, cache_bytes, super::WAL_SEGMENT_BYTES)
+    }
+
+    /// [`SledStorage::open`] with write-ahead log segments of `segment_bytes` (between
+    /// [`WAL_SEGMENT_BYTES_MIN`](super::WAL_SEGMENT_BYTES_MIN) and
+    /// [`WAL_SEGMENT_BYTES_MAX`](super::WAL_SEGMENT_BYTES_MAX)).
+    ///
+    /// # Errors
+    ///
+    /// As [`SledStorage::open`].
+    pub fn open_with_wal_segment(
+        dir: &Path,
+        cache_bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<Self, Error> {
         let db = open_db(dir, cache_bytes)?;
         let tree = db
             .open_tree(TREE_NAME)
             .map_err(|e| storage_err("open raft tree", e))?;
+        // Writes made durable by the write-ahead log since sled's last flush (module `wal`).
+        let (mut wal, replay) = Wal::open(&dir.join(WAL_DIR), segment_bytes)?;
+        if !replay.is_empty() {
+            for batch in &replay {
+                tree.apply_batch(batch.to_sled())
+                    .map_err(|e| storage_err("replay the write-ahead log", e))?;
+            }
+            db.flush()
+                .map_err(|e| storage_err("flush the replayed log", e))?;
+            tracing::info!(
+                records = replay.len(),
+                "replayed the write-ahead log into sled"
+            );
+        }
+        wal.restart()?;
         let get = |key: &[u8]| tree.get(key).map_err(|e| storage_err("read metadata", e));
 
         let hard_state = match get(KEY_HARD_STATE)? {
@@ -184,6 +220,8 @@ impl SledStorage {
             files,
             envelope: Mutex::new(None),
             obsolete: Vec::new(),
+            wal,
+            pending: std::collections::BTreeMap::new(),
         })
     }
 
@@ -201,7 +239,7 @@ impl SledStorage {
         assert_eq!(self.last_index, 0, "bootstrapping a store with entries");
         let mut snapshot = Snapshot::default();
         snapshot.mut_metadata().set_conf_state(conf_state);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         self.set_truncated(&mut batch, 0, 0);
         self.stage_snapshot(&mut batch, &snapshot, &Registry::default())?;
         self.write(batch, true)
@@ -233,7 +271,7 @@ impl SledStorage {
         meta.index = BOOTSTRAP_INDEX;
         meta.term = 1;
         meta.set_conf_state(conf_state);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(1);
         hs.commit = hs.commit.max(BOOTSTRAP_INDEX);
