@@ -197,7 +197,10 @@ fn run_seed(seed: u64) {
             }
             // Restart from disk.
             _ => {
+                // A graceful restart, as the raft thread's on stop: everything reaches sled.
+                // (Unsynced writes do not survive a crash: cluster/tests/crash.rs.)
                 store.write(std::mem::take(&mut batch), true).unwrap();
+                store.flush().unwrap();
                 drop(sled.take());
                 sled = Some(open(dir.path()));
             }

@@ -604,8 +604,12 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Logs `batch` as one atomic record of the write-ahead log and makes it visible to reads;
-    /// if `sync`, waits until everything written so far survives a crash (`fdatasync`).
+    /// If `sync`, logs `batch` as one atomic record of the write-ahead log and waits until it
+    /// and everything written before survive a crash (`fdatasync`); otherwise the batch is not
+    /// logged, reaches sled with the next turn of the log, and a crash before that loses it
+    /// even if later synced writes survive (the raft thread writes unsynced only a hard state
+    /// whose commit index alone moved, which raft recomputes). Either way it is visible to
+    /// reads at once.
     ///
     /// # Errors
     ///
@@ -615,6 +619,10 @@ impl SledStorage {
             if sync {
                 self.wal.sync()?;
             }
+        } else if !sync {
+            // Not logged: an unsynced record followed by a synced one could be half lost to a
+            // power failure, which the replay could not tell from damage (module `wal`).
+            batch.merge_into(&mut self.pending);
         } else {
             let record = Wal::record(&batch);
             if !self.wal.fits(record.len()) {
@@ -626,8 +634,7 @@ impl SledStorage {
                 self.flush()?;
             }
             if self.wal.fits(record.len()) {
-                // Even an unsynced write is logged, so that the replay keeps the order of writes.
-                self.wal.append(&record, sync)?;
+                self.wal.append(&record)?;
                 batch.merge_into(&mut self.pending);
             } else {
                 // Larger than a whole segment: straight to sled, atomically, and flushed (the

@@ -83,16 +83,26 @@ impl SledStorage {
         // Writes made durable by the write-ahead log since sled's last flush (module `wal`).
         let (mut wal, replay) = Wal::open(&dir.join(WAL_DIR), segment_bytes)?;
         if !replay.is_empty() {
-            for batch in &replay {
-                tree.apply_batch(batch.to_sled())
-                    .map_err(|e| storage_err("replay the write-ahead log", e))?;
+            // The latest value of each key, applied as one sled batch: applying each record
+            // as its own batch makes sled write a buffer per record (seconds for a full
+            // segment, during which the node does not listen).
+            let mut latest = std::collections::BTreeMap::new();
+            let records = replay.len();
+            for batch in replay {
+                batch.merge_into(&mut latest);
             }
+            let mut batch = sled::Batch::default();
+            for (key, value) in latest {
+                match value {
+                    Some(value) => batch.insert(key, value),
+                    None => batch.remove(key),
+                }
+            }
+            tree.apply_batch(batch)
+                .map_err(|e| storage_err("replay the write-ahead log", e))?;
             db.flush()
                 .map_err(|e| storage_err("flush the replayed log", e))?;
-            tracing::info!(
-                records = replay.len(),
-                "replayed the write-ahead log into sled"
-            );
+            tracing::info!(records, "replayed the write-ahead log into sled");
         }
         wal.restart()?;
         let get = |key: &[u8]| tree.get(key).map_err(|e| storage_err("read metadata", e));
