@@ -111,6 +111,9 @@ pub struct Args {
     /// Internal: be the busy process of a disturbed run.
     #[arg(long, hide = true)]
     pub burn: bool,
+    /// Internal: run one system's workloads (`SYSTEM:RUN`) and print the samples.
+    #[arg(long, hide = true)]
+    pub child: Option<String>,
 }
 
 fn main() {
@@ -122,7 +125,54 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(args));
+    match args.child.clone() {
+        Some(which) => runtime.block_on(child(args, &which)),
+        None => runtime.block_on(run(args)),
+    }
+}
+
+/// One system's cluster and workloads for one run, in a process of its own (so that nothing a
+/// workload leaves behind, such as thousands of sessions' keepalive tasks, runs on while the
+/// other system is measured). Prints `SAMPLE <tab> metric <tab> value` lines on stdout.
+async fn child(args: Args, which: &str) {
+    let (system, run) = which.split_once(':').expect("SYSTEM:RUN");
+    let system = System::from_str(system, true).expect("a system");
+    let run: usize = run.parse().expect("a run number");
+    let mut cluster = Cluster::start(system, &args.etcd).await;
+    for &workload in &args.workloads {
+        for sample in workloads::run(&args, workload, &mut cluster, run).await {
+            eprintln!("   {workload:?} {}: {}", sample.metric, sample.value);
+            println!("SAMPLE\t{}\t{}", sample.metric, sample.value);
+        }
+    }
+    cluster.stop().await;
+}
+
+/// Runs [`child`] for `system` and run `run` and collects its samples.
+fn run_child(system: System, run: usize) -> Vec<Sample> {
+    let exe = std::env::current_exe().expect("own executable");
+    let output = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .args(["--child", &format!("{}:{run}", system.name())])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("start the run's process");
+    assert!(
+        output.status.success(),
+        "the {} run {run} failed: {}",
+        system.name(),
+        output.status
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.strip_prefix("SAMPLE\t")?.split('\t');
+            let metric = report::metric(parts.next()?)?;
+            let value = parts.next()?.parse().ok()?;
+            Some(Sample { metric, value })
+        })
+        .collect()
 }
 
 async fn run(args: Args) {
@@ -138,15 +188,8 @@ async fn run(args: Args) {
                 system.name()
             );
             let hog = disturbed.then(Hog::start);
-            let mut cluster = Cluster::start(system, &args.etcd).await;
-            for &workload in &args.workloads {
-                let samples = workloads::run(&args, workload, &mut cluster, run).await;
-                for sample in &samples {
-                    eprintln!("   {workload:?} {}: {}", sample.metric, sample.value);
-                }
-                report.add(system, disturbed, samples);
-            }
-            cluster.stop().await;
+            let samples = tokio::task::block_in_place(|| run_child(system, run));
+            report.add(system, disturbed, samples);
             drop(hog);
         }
     }

@@ -116,6 +116,11 @@ const METRICS: &[Metric] = &[
     },
 ];
 
+/// The metric named `name`, if there is one.
+pub fn metric(name: &str) -> Option<&'static str> {
+    METRICS.iter().find(|m| m.name == name).map(|m| m.name)
+}
+
 /// Every sample, by `(disturbed, metric, system)`.
 pub struct Report {
     samples: BTreeMap<(bool, &'static str, &'static str), Vec<f64>>,

@@ -587,7 +587,10 @@ async fn sessions(args: &Args, cluster: &Cluster, conn: &Conn) -> Vec<Sample> {
     let cluster_cpu = (cluster.cpu() - cluster_cpu).as_secs_f64() / wall * 100.0;
     let client_cpu = (own_cpu() - client_cpu).as_secs_f64() / wall * 100.0;
     let expired = match renewals {
-        Some(renewals) => renewals.expired().await,
+        Some(renewals) => match conn {
+            Conn::Etcd(client) => renewals.expired(*client.clone()).await,
+            Conn::Dlock(_) => unreachable!("renewals are etcd's"),
+        },
         None => held
             .iter()
             .filter(|h| matches!(h, Held::Dlock(s) if s.state() == dlock::SessionState::Expired))
@@ -611,12 +614,12 @@ enum Held {
     Etcd(i64),
 }
 
-/// Renews many etcd leases over one keep-alive stream every TTL/3 and records the TTL each
-/// last answered with (0: expired).
+/// Renews many etcd leases over one keep-alive stream every TTL/3 (as etcd's Go client
+/// multiplexes them).
 struct EtcdRenewals {
-    keeper: etcd_client::LeaseKeeper,
+    /// Holds the stream's sender open.
+    _keeper: etcd_client::LeaseKeeper,
     leases: Arc<Vec<i64>>,
-    last_ttl: Arc<std::sync::Mutex<std::collections::HashMap<i64, i64>>>,
     _renew: Aborting,
     _read: Aborting,
 }
@@ -628,15 +631,16 @@ impl EtcdRenewals {
             .await
             .expect("keep-alive stream");
         let leases = Arc::new(leases);
-        let last_ttl = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-        let read = {
-            let last_ttl = last_ttl.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(reply)) = stream.message().await {
-                    last_ttl.lock().unwrap().insert(reply.id(), reply.ttl());
+        // The answers are drained (an undrained stream would stop the renewals).
+        let read = tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return eprintln!("   (etcd closed the keep-alive stream)"),
+                    Err(e) => return eprintln!("   (etcd's keep-alive stream failed: {e})"),
                 }
-            })
-        };
+            }
+        });
         let renew = {
             let (leases, sender) = (leases.clone(), keeper.sender.clone());
             tokio::spawn(async move {
@@ -655,29 +659,23 @@ impl EtcdRenewals {
             })
         };
         EtcdRenewals {
-            keeper,
+            _keeper: keeper,
             leases,
-            last_ttl,
             _renew: Aborting(renew),
             _read: Aborting(read),
         }
     }
 
-    /// Renews every lease once more and counts those that answer expired or not at all.
-    async fn expired(mut self) -> usize {
-        self.last_ttl.lock().unwrap().clear();
-        for &id in self.leases.iter() {
-            self.keeper.id = id;
-            let _ = self.keeper.keep_alive().await;
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.last_ttl.lock().unwrap().len() < self.leases.len() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let answers = self.last_ttl.lock().unwrap();
-        self.leases
-            .iter()
-            .filter(|id| answers.get(id).is_none_or(|&ttl| ttl <= 0))
-            .count()
+    /// Counts the leases the cluster no longer has (etcd's `LeaseLeases` lists every live
+    /// lease), after the renewals have run for the hold.
+    async fn expired(self, mut client: etcd_client::Client) -> usize {
+        let live: std::collections::HashSet<i64> = match client.leases().await {
+            Ok(reply) => reply.leases().iter().map(|l| l.id()).collect(),
+            Err(e) => {
+                eprintln!("   (listing etcd's leases failed: {e}; counting all as expired)");
+                return self.leases.len();
+            }
+        };
+        self.leases.iter().filter(|id| !live.contains(id)).count()
     }
 }
