@@ -181,7 +181,7 @@ pub struct SledStorage {
     /// The latest value (`None`: removed) of every key written since sled was last written:
     /// the log's records, not yet in sled. Reads look here first. sled gets them in one batch
     /// and one flush when the log's segment is full (module `wal` says why not per write).
-    pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pending: wal::Latest,
 }
 
 /// Most entries kept decoded in [`SledStorage`]'s cache of recent entries.
@@ -659,15 +659,8 @@ impl SledStorage {
     ///
     /// `Error::Storage` if sled or the log fails.
     pub fn flush(&mut self) -> Result<(), Error> {
-        let mut batch = sled::Batch::default();
-        for (key, value) in std::mem::take(&mut self.pending) {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
         self.tree
-            .apply_batch(batch)
+            .apply_batch(wal::sled_batch(std::mem::take(&mut self.pending)))
             .map_err(|e| storage_err("apply the logged writes", e))?;
         self.db.flush().map_err(|e| storage_err("flush", e))?;
         self.wal.restart()

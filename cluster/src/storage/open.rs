@@ -86,19 +86,12 @@ impl SledStorage {
             // The latest value of each key, applied as one sled batch: applying each record
             // as its own batch makes sled write a buffer per record (seconds for a full
             // segment, during which the node does not listen).
-            let mut latest = std::collections::BTreeMap::new();
+            let mut latest = super::wal::Latest::new();
             let records = replay.len();
             for batch in replay {
                 batch.merge_into(&mut latest);
             }
-            let mut batch = sled::Batch::default();
-            for (key, value) in latest {
-                match value {
-                    Some(value) => batch.insert(key, value),
-                    None => batch.remove(key),
-                }
-            }
-            tree.apply_batch(batch)
+            tree.apply_batch(super::wal::sled_batch(latest))
                 .map_err(|e| storage_err("replay the write-ahead log", e))?;
             db.flush()
                 .map_err(|e| storage_err("flush the replayed log", e))?;
@@ -231,7 +224,7 @@ impl SledStorage {
             envelope: Mutex::new(None),
             obsolete: Vec::new(),
             wal,
-            pending: std::collections::BTreeMap::new(),
+            pending: super::wal::Latest::new(),
         })
     }
 

@@ -98,10 +98,7 @@ impl Batch {
     }
 
     /// Records the operations in `pending`, the latest value of each key.
-    pub(super) fn merge_into(
-        self,
-        pending: &mut std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    ) {
+    pub(super) fn merge_into(self, pending: &mut Latest) {
         for (key, value) in self.ops {
             pending.insert(key, value);
         }
@@ -171,6 +168,21 @@ impl Batch {
     }
 }
 
+/// The latest value of each key (`None`: removed), as accumulated by [`Batch::merge_into`].
+pub(super) type Latest = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// `latest` as one sled batch (atomic within a tree).
+pub(super) fn sled_batch(latest: Latest) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (key, value) in latest {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+    batch
+}
+
 /// The log: the current segment and where the next record goes.
 #[derive(Debug)]
 pub struct Wal {
@@ -203,10 +215,7 @@ impl Wal {
             let item = item.map_err(|e| io_err("list", dir, e))?;
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(sequence) = name
-                .strip_suffix(".log")
-                .and_then(|s| u64::from_str_radix(s, 16).ok())
-            {
+            if let Some(sequence) = segment_sequence(name) {
                 segments.push(sequence);
             } else if name.ends_with(".tmp") {
                 // A segment whose creation a crash interrupted: never written to.
@@ -337,15 +346,16 @@ fn segment_path(dir: &Path, sequence: u64) -> PathBuf {
     dir.join(format!("{sequence:016x}.log"))
 }
 
+/// The sequence number of a segment file named as [`segment_path`] names it.
+fn segment_sequence(file_name: &str) -> Option<u64> {
+    u64::from_str_radix(file_name.strip_suffix(".log")?, 16).ok()
+}
+
 fn segments_before(dir: &Path, sequence: u64) -> Result<Vec<u64>, Error> {
     let mut older = Vec::new();
     for item in std::fs::read_dir(dir).map_err(|e| io_err("list", dir, e))? {
         let item = item.map_err(|e| io_err("list", dir, e))?;
-        if let Some(s) = item
-            .file_name()
-            .to_str()
-            .and_then(|n| n.strip_suffix(".log"))
-            .and_then(|s| u64::from_str_radix(s, 16).ok())
+        if let Some(s) = item.file_name().to_str().and_then(segment_sequence)
             && s < sequence
         {
             older.push(s);
